@@ -1,0 +1,427 @@
+//! `meshcast edge` configuration: listeners, the cache, logging and sites.
+
+use crate::error::ConfError;
+use crate::spans::Doc;
+use crate::units::{ByteSize, Seconds};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole edge config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    pub edge: EdgeSection,
+    pub cache: CacheSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(rename = "site", default)]
+    pub sites: Vec<SiteConfig>,
+}
+
+/// `[edge]`: listeners and request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSection {
+    /// Plain-text listeners: HTTP/1.1 and h2c.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners: HTTP/1.1 and HTTP/2 by ALPN.
+    #[serde(default)]
+    pub listen_tls: Vec<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Admin listener: `/metrics`, `/healthz`, `POST /purge`.
+    pub admin: Option<SocketAddr>,
+    /// Bearer key that `POST /purge` must present; purge is refused without one.
+    pub admin_key: Option<Secret>,
+    /// Worker threads; defaults to the number of cores.
+    pub threads: Option<usize>,
+    #[serde(default = "default_connect_timeout")]
+    pub origin_connect_timeout: Seconds,
+    #[serde(default = "default_read_timeout")]
+    pub origin_read_timeout: Seconds,
+    /// Requests whose header block is larger get 431.
+    #[serde(default = "default_max_header")]
+    pub max_request_header_size: ByteSize,
+}
+
+/// `[cache]`: the two tiers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub dir: PathBuf,
+    pub disk_size: ByteSize,
+    #[serde(default = "default_memory_size")]
+    pub memory_size: ByteSize,
+    /// Larger responses are passed through, not cached.
+    #[serde(default = "default_max_object")]
+    pub max_object_size: ByteSize,
+    /// How long a request waits for another request's fetch of the same
+    /// object before it goes to the origin itself.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: Seconds,
+}
+
+/// `[log]`: diagnostics and the access log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `tracing` filter, e.g. "info" or "meshcast_edge=debug".
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// "stdout", "off", or a file path.
+    #[serde(default = "default_access")]
+    pub access: String,
+    #[serde(default)]
+    pub format: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[[site]]`: which hosts it answers and where their content comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub hosts: Vec<HostPattern>,
+    pub origin: Origin,
+    /// Host header sent to the origin; defaults to the client's Host.
+    pub origin_host: Option<String>,
+    /// Freshness of `.m3u8`/`.mpd` when the origin gives none.
+    #[serde(default = "default_playlist_ttl")]
+    pub playlist_ttl: Seconds,
+    /// Freshness of media segments when the origin gives none.
+    #[serde(default = "default_segment_ttl")]
+    pub segment_ttl: Seconds,
+    /// Freshness of anything else when the origin gives none; 0 = not cached.
+    #[serde(default = "zero")]
+    pub default_ttl: Seconds,
+    /// Serve stale while one request revalidates, unless the origin says otherwise.
+    #[serde(default = "zero")]
+    pub stale_while_revalidate: Seconds,
+    /// Serve stale when the origin fails, unless the origin says otherwise.
+    #[serde(default = "default_stale_if_error")]
+    pub stale_if_error: Seconds,
+    pub signed_urls: Option<SignedUrls>,
+}
+
+/// `[site.signed_urls]`: HMAC-SHA256 over path prefix and expiry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedUrls {
+    pub secret: Secret,
+}
+
+/// A secret string of at least 16 bytes; never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() < 16 {
+            return Err(de::Error::custom(format!(
+                "a secret must be at least 16 bytes long (this one has {}); generate one with `openssl rand -hex 32`",
+                s.len()
+            )));
+        }
+        Ok(Secret(s))
+    }
+}
+
+/// A Host pattern: `*` (any), `*.example.com` (any subdomain) or a name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Any,
+    Suffix(String),
+    Exact(String),
+}
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim().to_ascii_lowercase();
+        if t == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let (suffix, name) = match t.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, t.clone()),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            return Err(format!(
+                "{text:?} is not a host pattern; expected \"*\", \"*.example.com\" or a host name"
+            ));
+        }
+        Ok(if suffix { HostPattern::Suffix(format!(".{name}")) } else { HostPattern::Exact(name) })
+    }
+
+    /// `host` must be lowercase and without a port.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Suffix(s) => host.ends_with(s.as_str()),
+            HostPattern::Exact(e) => host == e,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        HostPattern::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+/// Where a site's content comes from: `http://host:port` or `https://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Origin {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        const HELP: &str = "expected an origin URL such as \"http://127.0.0.1:8000\" or \"https://origin.example.com\"";
+        let uri: http::Uri = text.parse().map_err(|e| format!("{text:?} is not a URL ({e}); {HELP}"))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("{text:?} has no http:// or https:// scheme; {HELP}")),
+        };
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+            return Err(format!("{text:?} has a path; an origin is scheme, host and port only; {HELP}"));
+        }
+        let host = uri.host().ok_or_else(|| format!("{text:?} has no host; {HELP}"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Origin { tls, host, port })
+    }
+
+    /// `host:port`, bracketing IPv6 literals.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Origin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Origin::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: default_level(), access: default_access(), format: AccessLogFormat::Text }
+    }
+}
+
+fn default_connect_timeout() -> Seconds {
+    Seconds(Duration::from_secs(3))
+}
+fn default_read_timeout() -> Seconds {
+    Seconds(Duration::from_secs(15))
+}
+fn default_max_header() -> ByteSize {
+    ByteSize(32 << 10)
+}
+fn default_memory_size() -> ByteSize {
+    ByteSize(256 << 20)
+}
+fn default_max_object() -> ByteSize {
+    ByteSize(256 << 20)
+}
+fn default_lock_timeout() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn default_access() -> String {
+    "stdout".into()
+}
+fn default_playlist_ttl() -> Seconds {
+    Seconds(Duration::from_secs(2))
+}
+fn default_segment_ttl() -> Seconds {
+    Seconds(Duration::from_secs(86400))
+}
+fn default_stale_if_error() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+fn zero() -> Seconds {
+    Seconds(Duration::ZERO)
+}
+
+impl EdgeConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfError> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| ConfError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(path, &src)
+    }
+
+    /// Parses and validates `src`; `path` is used only in error messages.
+    pub fn parse(path: &Path, src: &str) -> Result<Self, ConfError> {
+        let doc = match Doc::parse(src) {
+            Ok(doc) => doc,
+            Err(e) => return Err(ConfError::at(path, src, e.span(), None, e.message())),
+        };
+        let config: EdgeConfig = toml::from_str(src).map_err(|e| {
+            let key = e.span().and_then(|s| doc.key_at(&s));
+            ConfError::at(path, src, e.span(), key, e.message())
+        })?;
+        config.validate().map_err(|(key, message)| {
+            ConfError::at(path, src, doc.span_of(&key), Some(key), message)
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that span several keys. Returns the key to blame and why.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let e = &self.edge;
+        if e.listen.is_empty() && e.listen_tls.is_empty() {
+            return Err(("edge".into(), "no listener: set `listen = [\"0.0.0.0:80\"]` and/or `listen_tls`".into()));
+        }
+        if !e.listen_tls.is_empty() {
+            if e.tls_cert.is_none() {
+                return Err(("edge.listen_tls".into(), "TLS listeners need `tls_cert = \"PATH\"` (PEM certificate chain)".into()));
+            }
+            if e.tls_key.is_none() {
+                return Err(("edge.listen_tls".into(), "TLS listeners need `tls_key = \"PATH\"` (PEM private key)".into()));
+            }
+        }
+        if e.threads == Some(0) {
+            return Err(("edge.threads".into(), "threads must be at least 1".into()));
+        }
+        let c = &self.cache;
+        if c.memory_size.0 < (1 << 20) {
+            return Err(("cache.memory_size".into(), "the memory tier needs at least 1MiB".into()));
+        }
+        if c.max_object_size.0 > c.memory_size.0.max(c.disk_size.0) {
+            return Err(("cache.max_object_size".into(), "max_object_size is larger than both cache tiers".into()));
+        }
+        if self.sites.is_empty() {
+            return Err(("edge".into(), "no [[site]]: add one with `hosts = [\"*\"]` and `origin = \"http://HOST:PORT\"`".into()));
+        }
+        let mut seen: Vec<(&HostPattern, usize)> = Vec::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            if site.hosts.is_empty() {
+                return Err((format!("site[{i}].hosts"), "a site needs at least one host pattern, e.g. [\"*\"]".into()));
+            }
+            for host in &site.hosts {
+                if let Some((_, first)) = seen.iter().find(|(h, _)| *h == host) {
+                    return Err((
+                        format!("site[{i}].hosts"),
+                        format!("host pattern {host:?} is already used by site {} (sites are numbered from 1)", first + 1),
+                    ));
+                }
+                seen.push((host, i));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[edge]
+listen = ["127.0.0.1:8080"]      # HTTP/1.1 and h2c
+admin  = "127.0.0.1:9090"        # /metrics, /healthz, purge
+[cache]
+dir = "/var/lib/meshcast/cache"
+disk_size = "10GiB"
+memory_size = "256MiB"
+[[site]]
+hosts = ["*"]                    # or a list of names; "*" matches any Host
+origin = "http://127.0.0.1:8000"
+"#;
+
+    fn err(src: &str) -> String {
+        EdgeConfig::parse(Path::new("edge.toml"), src).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_file_from_the_issue_parses() {
+        let c = EdgeConfig::parse(Path::new("edge.toml"), MINIMAL).unwrap();
+        assert_eq!(c.cache.disk_size.0, 10 << 30);
+        assert_eq!(c.cache.memory_size.0, 256 << 20);
+        assert_eq!(c.sites[0].origin, Origin { tls: false, host: "127.0.0.1".into(), port: 8000 });
+        assert_eq!(c.sites[0].hosts, vec![HostPattern::Any]);
+        assert_eq!(c.sites[0].playlist_ttl.0, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_size_names_file_line_and_key() {
+        let e = err(&MINIMAL.replace("\"10GiB\"", "\"10XB\""));
+        assert!(e.starts_with("edge.toml:7:"), "{e}");
+        assert!(e.contains("key `cache.disk_size`"), "{e}");
+        assert!(e.contains("unknown size unit"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(&MINIMAL.replace("memory_size", "memroy_size"));
+        assert!(e.starts_with("edge.toml:8:"), "{e}");
+        assert!(e.contains("memroy_size"), "{e}");
+    }
+
+    #[test]
+    fn bad_origin_in_second_site() {
+        let src = format!("{MINIMAL}\n[[site]]\nhosts = [\"a.example\"]\norigin = \"ftp://x\"\n");
+        let e = err(&src);
+        assert!(e.contains("key `site[1].origin`"), "{e}");
+        assert!(e.contains("http://"), "{e}");
+        assert!(e.starts_with("edge.toml:15:"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_key() {
+        let src = MINIMAL.replace("admin  =", "listen_tls = [\"127.0.0.1:8443\"]\nadmin  =");
+        let e = err(&src);
+        assert!(e.starts_with("edge.toml:4:"), "{e}");
+        assert!(e.contains("tls_cert"), "{e}");
+        let dup = format!("{MINIMAL}\n[[site]]\nhosts = [\"*\"]\norigin = \"http://x:1\"\n");
+        let e = err(&dup);
+        assert!(e.contains("site[1].hosts") && e.contains("already used"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = err("[edge]\nlisten = [\"127.0.0.1:80\"\n");
+        assert!(e.starts_with("edge.toml:2:") || e.starts_with("edge.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn host_patterns() {
+        let p = HostPattern::parse("*.Example.com").unwrap();
+        assert!(p.matches("cdn.example.com"));
+        assert!(!p.matches("example.com"));
+        assert!(HostPattern::parse("bad host").is_err());
+    }
+}

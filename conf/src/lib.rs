@@ -1,0 +1,17 @@
+//! meshcast-conf owns the operator-facing configuration: the TOML schema of
+//! every meshcast process, its defaults, and validation whose errors name the
+//! file, line and key and say what was expected. It parses and checks; it
+//! must not open sockets, read certificates or touch the cache directory —
+//! those belong to the crates that use the values.
+
+mod edge;
+mod error;
+mod spans;
+mod units;
+
+pub use edge::{
+    AccessLogFormat, CacheSection, EdgeConfig, EdgeSection, HostPattern, LogSection, Origin,
+    SignedUrls, SiteConfig,
+};
+pub use error::ConfError;
+pub use units::{parse_byte_size, parse_duration, ByteSize, Seconds};
