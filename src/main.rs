@@ -1,1 +1,68 @@
-fn main(){}
+//! The `meshcast` binary: wiring only. Each subcommand hands its config to
+//! the library crate that owns the work.
+
+mod demo_origin;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "meshcast",
+    version,
+    about = "Decentralized video delivery network"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an edge: the caching HLS/DASH proxy that players talk to.
+    Edge {
+        /// The edge's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Validate the config and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Serve a directory over HTTP as a demo origin (ETag, Last-Modified, 304).
+    DemoOrigin {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: String,
+    },
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHCAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Edge { config, check } => {
+            let parsed = meshcast_edge::server::check(&config)?;
+            if check {
+                println!("{}: OK ({} site(s))", config.display(), parsed.sites.len());
+                return Ok(());
+            }
+            init_tracing(&parsed.log.level);
+            meshcast_edge::server::run(config, parsed).context("edge failed to start")?;
+            Ok(())
+        }
+        Command::DemoOrigin { dir, listen } => {
+            init_tracing("info");
+            demo_origin::run(dir, &listen)
+        }
+    }
+}

@@ -164,14 +164,21 @@ impl HostPattern {
         let valid = !name.is_empty()
             && name.len() <= 253
             && name.split('.').all(|label| {
-                !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             });
         if !valid {
             return Err(format!(
                 "{text:?} is not a host pattern; expected \"*\", \"*.example.com\" or a host name"
             ));
         }
-        Ok(if suffix { HostPattern::Suffix(format!(".{name}")) } else { HostPattern::Exact(name) })
+        Ok(if suffix {
+            HostPattern::Suffix(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name)
+        })
     }
 
     /// `host` must be lowercase and without a port.
@@ -201,17 +208,33 @@ pub struct Origin {
 impl Origin {
     pub fn parse(text: &str) -> Result<Self, String> {
         const HELP: &str = "expected an origin URL such as \"http://127.0.0.1:8000\" or \"https://origin.example.com\"";
-        let uri: http::Uri = text.parse().map_err(|e| format!("{text:?} is not a URL ({e}); {HELP}"))?;
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|e| format!("{text:?} is not a URL ({e}); {HELP}"))?;
         let tls = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(format!("{text:?} has no http:// or https:// scheme; {HELP}")),
+            _ => {
+                return Err(format!(
+                    "{text:?} has no http:// or https:// scheme; {HELP}"
+                ))
+            }
         };
-        if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
-            return Err(format!("{text:?} has a path; an origin is scheme, host and port only; {HELP}"));
+        if uri
+            .path_and_query()
+            .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+        {
+            return Err(format!(
+                "{text:?} has a path; an origin is scheme, host and port only; {HELP}"
+            ));
         }
-        let host = uri.host().ok_or_else(|| format!("{text:?} has no host; {HELP}"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("{text:?} has no host; {HELP}"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         Ok(Origin { tls, host, port })
     }
@@ -234,7 +257,11 @@ impl<'de> Deserialize<'de> for Origin {
 
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { level: default_level(), access: default_access(), format: AccessLogFormat::Text }
+        LogSection {
+            level: default_level(),
+            access: default_access(),
+            format: AccessLogFormat::Text,
+        }
     }
 }
 
@@ -278,8 +305,10 @@ fn zero() -> Seconds {
 impl EdgeConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfError> {
-        let src = std::fs::read_to_string(path)
-            .map_err(|source| ConfError::Read { path: path.to_path_buf(), source })?;
+        let src = std::fs::read_to_string(path).map_err(|source| ConfError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(path, &src)
     }
 
@@ -303,14 +332,23 @@ impl EdgeConfig {
     fn validate(&self) -> Result<(), (String, String)> {
         let e = &self.edge;
         if e.listen.is_empty() && e.listen_tls.is_empty() {
-            return Err(("edge".into(), "no listener: set `listen = [\"0.0.0.0:80\"]` and/or `listen_tls`".into()));
+            return Err((
+                "edge".into(),
+                "no listener: set `listen = [\"0.0.0.0:80\"]` and/or `listen_tls`".into(),
+            ));
         }
         if !e.listen_tls.is_empty() {
             if e.tls_cert.is_none() {
-                return Err(("edge.listen_tls".into(), "TLS listeners need `tls_cert = \"PATH\"` (PEM certificate chain)".into()));
+                return Err((
+                    "edge.listen_tls".into(),
+                    "TLS listeners need `tls_cert = \"PATH\"` (PEM certificate chain)".into(),
+                ));
             }
             if e.tls_key.is_none() {
-                return Err(("edge.listen_tls".into(), "TLS listeners need `tls_key = \"PATH\"` (PEM private key)".into()));
+                return Err((
+                    "edge.listen_tls".into(),
+                    "TLS listeners need `tls_key = \"PATH\"` (PEM private key)".into(),
+                ));
             }
         }
         if e.threads == Some(0) {
@@ -318,18 +356,31 @@ impl EdgeConfig {
         }
         let c = &self.cache;
         if c.memory_size.0 < (1 << 20) {
-            return Err(("cache.memory_size".into(), "the memory tier needs at least 1MiB".into()));
+            return Err((
+                "cache.memory_size".into(),
+                "the memory tier needs at least 1MiB".into(),
+            ));
         }
         if c.max_object_size.0 > c.memory_size.0.max(c.disk_size.0) {
-            return Err(("cache.max_object_size".into(), "max_object_size is larger than both cache tiers".into()));
+            return Err((
+                "cache.max_object_size".into(),
+                "max_object_size is larger than both cache tiers".into(),
+            ));
         }
         if self.sites.is_empty() {
-            return Err(("edge".into(), "no [[site]]: add one with `hosts = [\"*\"]` and `origin = \"http://HOST:PORT\"`".into()));
+            return Err((
+                "edge".into(),
+                "no [[site]]: add one with `hosts = [\"*\"]` and `origin = \"http://HOST:PORT\"`"
+                    .into(),
+            ));
         }
         let mut seen: Vec<(&HostPattern, usize)> = Vec::new();
         for (i, site) in self.sites.iter().enumerate() {
             if site.hosts.is_empty() {
-                return Err((format!("site[{i}].hosts"), "a site needs at least one host pattern, e.g. [\"*\"]".into()));
+                return Err((
+                    format!("site[{i}].hosts"),
+                    "a site needs at least one host pattern, e.g. [\"*\"]".into(),
+                ));
             }
             for host in &site.hosts {
                 if let Some((_, first)) = seen.iter().find(|(h, _)| *h == host) {
@@ -363,7 +414,9 @@ origin = "http://127.0.0.1:8000"
 "#;
 
     fn err(src: &str) -> String {
-        EdgeConfig::parse(Path::new("edge.toml"), src).unwrap_err().to_string()
+        EdgeConfig::parse(Path::new("edge.toml"), src)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -371,7 +424,14 @@ origin = "http://127.0.0.1:8000"
         let c = EdgeConfig::parse(Path::new("edge.toml"), MINIMAL).unwrap();
         assert_eq!(c.cache.disk_size.0, 10 << 30);
         assert_eq!(c.cache.memory_size.0, 256 << 20);
-        assert_eq!(c.sites[0].origin, Origin { tls: false, host: "127.0.0.1".into(), port: 8000 });
+        assert_eq!(
+            c.sites[0].origin,
+            Origin {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 8000
+            }
+        );
         assert_eq!(c.sites[0].hosts, vec![HostPattern::Any]);
         assert_eq!(c.sites[0].playlist_ttl.0, Duration::from_secs(2));
     }
@@ -408,13 +468,19 @@ origin = "http://127.0.0.1:8000"
         assert!(e.contains("tls_cert"), "{e}");
         let dup = format!("{MINIMAL}\n[[site]]\nhosts = [\"*\"]\norigin = \"http://x:1\"\n");
         let e = err(&dup);
-        assert!(e.contains("site[1].hosts") && e.contains("already used"), "{e}");
+        assert!(
+            e.contains("site[1].hosts") && e.contains("already used"),
+            "{e}"
+        );
     }
 
     #[test]
     fn syntax_error_has_a_line() {
         let e = err("[edge]\nlisten = [\"127.0.0.1:80\"\n");
-        assert!(e.starts_with("edge.toml:2:") || e.starts_with("edge.toml:3:"), "{e}");
+        assert!(
+            e.starts_with("edge.toml:2:") || e.starts_with("edge.toml:3:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,9 +12,10 @@ pub(crate) struct Doc<'i> {
 
 impl<'i> Doc<'i> {
     pub(crate) fn parse(src: &'i str) -> Result<Self, toml::de::Error> {
-        Ok(Doc { root: Some(DeTable::parse(src)?) })
+        Ok(Doc {
+            root: Some(DeTable::parse(src)?),
+        })
     }
-
 
     /// The deepest key whose value contains `span`, as `a.b[2].c`.
     pub(crate) fn key_at(&self, span: &Range<usize>) -> Option<String> {

@@ -14,13 +14,16 @@ pub struct ByteSize(pub u64);
 pub struct Seconds(pub Duration);
 
 const SIZE_HELP: &str = "expected a size such as 512MiB, 10GiB, 64KB or a number of bytes";
-const DURATION_HELP: &str = "expected a duration such as 500ms, 4s, 5m, 2h, 7d or a number of seconds";
+const DURATION_HELP: &str =
+    "expected a duration such as 500ms, 4s, 5m, 2h, 7d or a number of seconds";
 
 /// Parses "10GiB", "256 MiB", "64KB", "1024". Binary (KiB) and decimal (KB)
 /// units are both accepted, as operators write both.
 pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -47,7 +50,9 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
 /// Parses "500ms", "4s", "5m", "2h", "7d", "30".
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let secs_per_unit = match unit.trim() {
         "ms" => 0.001,
@@ -87,13 +92,19 @@ impl<T, F: Fn(&str) -> Result<T, String>> Visitor<'_> for UnitVisitor<F> {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UnitVisitor { parse: |s: &str| parse_byte_size(s).map(ByteSize), help: SIZE_HELP })
+        d.deserialize_any(UnitVisitor {
+            parse: |s: &str| parse_byte_size(s).map(ByteSize),
+            help: SIZE_HELP,
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UnitVisitor { parse: |s: &str| parse_duration(s).map(Seconds), help: DURATION_HELP })
+        d.deserialize_any(UnitVisitor {
+            parse: |s: &str| parse_duration(s).map(Seconds),
+            help: DURATION_HELP,
+        })
     }
 }
 
@@ -107,7 +118,9 @@ mod tests {
         assert_eq!(parse_byte_size("256 MiB"), Ok(256 << 20));
         assert_eq!(parse_byte_size("64KB"), Ok(64_000));
         assert_eq!(parse_byte_size("1024"), Ok(1024));
-        assert!(parse_byte_size("10XB").unwrap_err().contains("unknown size unit"));
+        assert!(parse_byte_size("10XB")
+            .unwrap_err()
+            .contains("unknown size unit"));
         assert!(parse_byte_size("GiB").is_err());
     }
 

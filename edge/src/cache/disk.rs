@@ -1,0 +1,323 @@
+//! The disk tier: objects as hash-named files under `<dir>/objects/xx/`,
+//! read and written through io_uring, with size-aware eviction.
+//!
+//! The index (which objects exist, their sizes and URLs) is rebuilt from the
+//! meta files at start, in the background; until that scan is done a lookup
+//! still finds an object by opening its hash-named file, so a restarted edge
+//! serves its cache at once.
+
+use super::object::{CorruptObject, MetaRecord};
+use super::uring::Uring;
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use tinyufo::TinyUfo;
+
+/// Eviction weights are counted in 4KiB blocks (TinyUFO weights are u16, so
+/// one object weighs at most 256MiB: larger ones are not admitted).
+const BLOCK: u64 = 4096;
+
+pub struct DiskTier {
+    root: PathBuf,
+    uring: Uring,
+    index: Mutex<HashMap<u64, IndexEntry>>,
+    policy: TinyUfo<u64, ()>,
+    scanned: AtomicBool,
+    tmp_seq: AtomicU64,
+    bytes: AtomicI64,
+    metrics: &'static Metrics,
+}
+
+#[derive(Clone)]
+struct IndexEntry {
+    hash_hex: String,
+    url: String,
+    size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("corrupt cache object: {0}")]
+    Corrupt(#[from] CorruptObject),
+    #[error("disk read failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub fn weight(size: u64) -> Option<u16> {
+    u16::try_from(size.div_ceil(BLOCK).max(1)).ok()
+}
+
+impl DiskTier {
+    /// Opens (creating) the cache directory and starts the I/O thread.
+    pub fn open(dir: &Path, capacity: u64, metrics: &'static Metrics) -> io::Result<Arc<Self>> {
+        let root = dir.join("objects");
+        for i in 0..=255u8 {
+            std::fs::create_dir_all(root.join(format!("{i:02x}")))?;
+        }
+        let uring = Uring::start(256, metrics.uring_submissions.clone())?;
+        let blocks = (capacity / BLOCK).max(1) as usize;
+        let tier = Arc::new(DiskTier {
+            root,
+            uring,
+            index: Mutex::new(HashMap::new()),
+            policy: TinyUfo::new(blocks, (blocks / 16).max(64)),
+            scanned: AtomicBool::new(false),
+            tmp_seq: AtomicU64::new(0),
+            bytes: AtomicI64::new(0),
+            metrics,
+        });
+        let scanner = tier.clone();
+        std::thread::Builder::new()
+            .name("meshcast-cache-scan".into())
+            .spawn(move || scanner.scan())?;
+        Ok(tier)
+    }
+
+    fn paths(&self, hash_hex: &str) -> (PathBuf, PathBuf) {
+        let dir = self.root.join(&hash_hex[..2]);
+        (
+            dir.join(format!("{hash_hex}.meta")),
+            dir.join(format!("{hash_hex}.body")),
+        )
+    }
+
+    fn tmp_path(&self, path: &Path) -> PathBuf {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        path.with_extension(format!("tmp{}-{n}", std::process::id()))
+    }
+
+    /// Rebuilds the index from the meta files; deletes leftovers of
+    /// interrupted writes and objects whose meta is unreadable.
+    fn scan(self: Arc<Self>) {
+        let mut objects = 0u64;
+        for i in 0..=255u8 {
+            let Ok(entries) = std::fs::read_dir(self.root.join(format!("{i:02x}"))) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if ext.starts_with("tmp") {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                if ext != "meta" {
+                    continue;
+                }
+                let record = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| MetaRecord::decode(&b).ok());
+                let body = path.with_extension("body");
+                let body_len = std::fs::metadata(&body).map(|m| m.len()).ok();
+                match record {
+                    Some(r)
+                        if body_len == Some(r.body_len)
+                            && path.file_stem().is_some_and(|s| s == r.hash_hex.as_str()) =>
+                    {
+                        let Some(key) = key_of_hex(&r.hash_hex) else {
+                            continue;
+                        };
+                        self.admit(
+                            key,
+                            IndexEntry {
+                                hash_hex: r.hash_hex,
+                                url: r.url,
+                                size: r.body_len,
+                            },
+                        );
+                        objects += 1;
+                    }
+                    _ => {
+                        tracing::warn!(path = %path.display(), "removing unreadable cache object");
+                        let _ = std::fs::remove_file(&path);
+                        let _ = std::fs::remove_file(&body);
+                    }
+                }
+            }
+        }
+        self.scanned.store(true, Ordering::Release);
+        tracing::info!(
+            objects,
+            bytes = self.bytes.load(Ordering::Relaxed),
+            "disk cache index loaded"
+        );
+    }
+
+    /// Records an object in the index and the eviction policy; deletes what
+    /// the policy evicts (possibly the object itself, if not admitted).
+    fn admit(self: &Arc<Self>, key: u64, entry: IndexEntry) {
+        let Some(w) = weight(entry.size) else {
+            self.delete_files_later(entry.hash_hex);
+            return;
+        };
+        let size = entry.size as i64;
+        if let Some(old) = self.index.lock().insert(key, entry) {
+            self.bytes.fetch_sub(old.size as i64, Ordering::Relaxed);
+        }
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        for evicted in self.policy.put(key, (), w) {
+            if let Some(gone) = self.forget(evicted.key) {
+                self.delete_files_later(gone.hash_hex);
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn forget(&self, key: u64) -> Option<IndexEntry> {
+        let gone = self.index.lock().remove(&key)?;
+        self.bytes.fetch_sub(gone.size as i64, Ordering::Relaxed);
+        Some(gone)
+    }
+
+    fn update_gauges(&self) {
+        let objects = self.index.lock().len() as i64;
+        self.metrics
+            .cache_objects
+            .with_label_values(&["disk"])
+            .set(objects);
+        self.metrics
+            .cache_bytes
+            .with_label_values(&["disk"])
+            .set(self.bytes.load(Ordering::Relaxed));
+    }
+
+    fn delete_files_later(self: &Arc<Self>, hash_hex: String) {
+        let (meta, body) = self.paths(&hash_hex);
+        // Plain unlinks from a blocking thread when no runtime is around
+        // (the start-up scan); io_uring otherwise.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let this = self.clone();
+                rt.spawn(async move {
+                    let _ = this.uring.unlink(&meta).await;
+                    let _ = this.uring.unlink(&body).await;
+                });
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(meta);
+                let _ = std::fs::remove_file(body);
+            }
+        }
+    }
+
+    /// Loads and verifies an object. `Ok(None)` is a plain miss.
+    pub async fn load(
+        &self,
+        key: u64,
+        hash_hex: &str,
+    ) -> Result<Option<(MetaRecord, Bytes)>, LoadError> {
+        if self.scanned.load(Ordering::Acquire) && !self.index.lock().contains_key(&key) {
+            return Ok(None);
+        }
+        let (meta_path, body_path) = self.paths(hash_hex);
+        let meta = match self.uring.read(&meta_path, 1024).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let record = MetaRecord::decode(&meta)?;
+        if record.hash_hex != hash_hex {
+            return Err(CorruptObject::WrongKey.into());
+        }
+        let body = match self
+            .uring
+            .read(&body_path, record.body_len as usize + 1)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(CorruptObject::BodyLength {
+                    got: 0,
+                    want: record.body_len,
+                }
+                .into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        record.verify_body(&body)?;
+        self.policy.get(&key);
+        Ok(Some((record, Bytes::from(body))))
+    }
+
+    /// Writes an object: body first, then the meta record as the commit.
+    pub async fn store(
+        self: &Arc<Self>,
+        key: u64,
+        record: MetaRecord,
+        body: Vec<Bytes>,
+    ) -> io::Result<()> {
+        if weight(record.body_len).is_none() {
+            return Ok(());
+        }
+        let (meta_path, body_path) = self.paths(&record.hash_hex);
+        self.uring
+            .write_atomic(&body_path, &self.tmp_path(&body_path), body)
+            .await?;
+        let encoded = Bytes::from(record.encode());
+        self.uring
+            .write_atomic(&meta_path, &self.tmp_path(&meta_path), vec![encoded])
+            .await?;
+        self.admit(
+            key,
+            IndexEntry {
+                hash_hex: record.hash_hex,
+                url: record.url,
+                size: record.body_len,
+            },
+        );
+        Ok(())
+    }
+
+    /// Rewrites the meta record of a stored object (after a revalidation).
+    pub async fn update_meta(
+        &self,
+        hash_hex: &str,
+        meta: (Vec<u8>, Vec<u8>),
+    ) -> Result<bool, LoadError> {
+        let (meta_path, _) = self.paths(hash_hex);
+        let mut record = match self.uring.read(&meta_path, 1024).await {
+            Ok(m) => MetaRecord::decode(&m)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        record.meta = meta;
+        let encoded = Bytes::from(record.encode());
+        self.uring
+            .write_atomic(&meta_path, &self.tmp_path(&meta_path), vec![encoded])
+            .await?;
+        Ok(true)
+    }
+
+    /// Removes an object; true if it was indexed.
+    pub async fn remove(&self, key: u64, hash_hex: &str) -> bool {
+        let known = self.forget(key).is_some();
+        self.policy.remove(&key);
+        let (meta, body) = self.paths(hash_hex);
+        let meta_gone = self.uring.unlink(&meta).await.is_ok();
+        let _ = self.uring.unlink(&body).await;
+        self.update_gauges();
+        known || meta_gone
+    }
+
+    /// Keys and hashes of indexed objects whose URL key satisfies `pred`.
+    pub fn matching(&self, pred: impl Fn(&str) -> bool) -> Vec<(u64, String)> {
+        self.index
+            .lock()
+            .iter()
+            .filter(|(_, e)| pred(&e.url))
+            .map(|(k, e)| (*k, e.hash_hex.clone()))
+            .collect()
+    }
+}
+
+/// The 64-bit key used by both tiers: the first 8 bytes of the cache key hash.
+pub fn key_of_hex(hash_hex: &str) -> Option<u64> {
+    let mut b = [0u8; 8];
+    hex::decode_to_slice(hash_hex.get(..16)?, &mut b).ok()?;
+    Some(u64::from_be_bytes(b))
+}

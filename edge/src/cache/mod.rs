@@ -1,0 +1,515 @@
+//! The edge's cache storage, plugged into `pingora-cache` through its
+//! `Storage` trait: objects being fetched (readable while they stream in), a
+//! size-bounded memory tier, and an io_uring disk tier whose objects carry
+//! BLAKE3 checksums and survive restarts.
+
+mod disk;
+mod memory;
+mod object;
+mod uring;
+
+pub use disk::key_of_hex;
+
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use disk::{DiskTier, LoadError};
+use memory::{MemObject, MemoryTier};
+use object::MetaRecord;
+use parking_lot::{Mutex, RwLock};
+use pingora_cache::key::{CacheHashKey, CacheKey};
+use pingora_cache::storage::streaming_write::U64WriteId;
+use pingora_cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::CacheMeta;
+use pingora_error::{Error, ErrorType, Result};
+use std::any::Any;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub struct TieredStorage {
+    memory: MemoryTier,
+    disk: Option<Arc<DiskTier>>,
+    /// Fills in progress, by key: (write id, object).
+    writes: Mutex<HashMap<u64, (u64, Arc<PartialObject>)>>,
+    next_write_id: AtomicU64,
+    metrics: &'static Metrics,
+}
+
+struct PartialObject {
+    meta: (Vec<u8>, Vec<u8>),
+    chunks: RwLock<Vec<Bytes>>,
+    progress: watch::Sender<Progress>,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Progress {
+    Writing(usize),
+    Done(usize),
+    Failed,
+}
+
+fn hash_of(key: &impl CacheHashKey) -> (u64, String) {
+    let bin = key.combined_bin();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&bin[..8]);
+    (u64::from_be_bytes(first), hex::encode(bin))
+}
+
+fn internal(msg: impl Into<String>) -> Box<Error> {
+    Error::explain(ErrorType::InternalError, msg.into())
+}
+
+impl TieredStorage {
+    /// Builds the storage. A disk tier that cannot start (no io_uring, no
+    /// permission on `dir`) is logged and left out: the edge serves from
+    /// memory rather than not at all.
+    pub fn new(dir: &Path, disk_size: u64, memory_size: u64, metrics: &'static Metrics) -> Self {
+        let disk = match DiskTier::open(dir, disk_size, metrics) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "disk cache unavailable; serving from memory only");
+                None
+            }
+        };
+        TieredStorage {
+            memory: MemoryTier::new(memory_size, metrics),
+            disk,
+            writes: Mutex::new(HashMap::new()),
+            next_write_id: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    pub fn has_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    fn partial_hit(obj: &Arc<PartialObject>) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let hit = PartialHit {
+            obj: obj.clone(),
+            progress: obj.progress.subscribe(),
+            next: 0,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    /// Purges every object whose URL key satisfies `pred`; returns how many.
+    pub async fn purge_matching(&self, pred: impl Fn(&str) -> bool) -> usize {
+        let mut keys: Vec<(u64, Option<String>)> = self
+            .memory
+            .matching(&pred)
+            .into_iter()
+            .map(|k| (k, None))
+            .collect();
+        if let Some(disk) = &self.disk {
+            for (k, hex) in disk.matching(&pred) {
+                match keys.iter_mut().find(|(key, _)| *key == k) {
+                    Some(entry) => entry.1 = Some(hex),
+                    None => keys.push((k, Some(hex))),
+                }
+            }
+        }
+        for (key, hex) in &keys {
+            self.memory.remove(*key);
+            if let (Some(disk), Some(hex)) = (&self.disk, hex) {
+                disk.remove(*key, hex).await;
+            }
+        }
+        keys.len()
+    }
+}
+
+#[async_trait]
+impl Storage for TieredStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let (k, hex) = hash_of(key);
+        let partial = self.writes.lock().get(&k).map(|(_, o)| o.clone());
+        if let Some(obj) = partial {
+            return Self::partial_hit(&obj);
+        }
+        if let Some(obj) = self.memory.get(k, &hex) {
+            let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+            return Ok(Some((meta, Box::new(CompleteHit::new(obj.body.clone())))));
+        }
+        let Some(disk) = &self.disk else {
+            return Ok(None);
+        };
+        match disk.load(k, &hex).await {
+            Ok(Some((record, body))) => {
+                let meta = match CacheMeta::deserialize(&record.meta.0, &record.meta.1) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(key = %hex, error = %e, "undecodable cache meta; purging");
+                        self.metrics.corrupt_objects.inc();
+                        disk.remove(k, &hex).await;
+                        return Ok(None);
+                    }
+                };
+                let obj = Arc::new(MemObject {
+                    hash_hex: hex,
+                    url: record.url,
+                    meta: record.meta,
+                    body: body.clone(),
+                    body_hash: record.body_hash,
+                });
+                self.memory.put(k, obj);
+                Ok(Some((meta, Box::new(CompleteHit::new(body)))))
+            }
+            Ok(None) => Ok(None),
+            Err(LoadError::Corrupt(why)) => {
+                tracing::warn!(key = %hex, reason = %why, "corrupt cache object purged; refetching");
+                self.metrics.corrupt_objects.inc();
+                disk.remove(k, &hex).await;
+                Ok(None)
+            }
+            Err(LoadError::Io(e)) => {
+                tracing::error!(key = %hex, error = %e, "disk cache read failed; treating as a miss");
+                self.metrics.disk_errors.inc();
+                Ok(None)
+            }
+        }
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        tag: Option<&[u8]>,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(id) = tag
+            .and_then(|t| U64WriteId::try_from(t).ok())
+            .map(u64::from)
+        else {
+            return self.lookup(key, trace).await;
+        };
+        let (k, _) = hash_of(key);
+        let partial = self
+            .writes
+            .lock()
+            .get(&k)
+            .filter(|(wid, _)| *wid == id)
+            .map(|(_, o)| o.clone());
+        match partial {
+            Some(obj) => Self::partial_hit(&obj),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let (k, hex) = hash_of(key);
+        let url = key.primary_key_str().unwrap_or_default().to_string();
+        let (progress, _) = watch::channel(Progress::Writing(0));
+        let obj = Arc::new(PartialObject {
+            meta: meta.serialize()?,
+            chunks: RwLock::new(Vec::new()),
+            progress,
+        });
+        let id = self.next_write_id.fetch_add(1, Ordering::Relaxed);
+        self.writes.lock().insert(k, (id, obj.clone()));
+        Ok(Box::new(Fill {
+            storage: self,
+            key: k,
+            hash_hex: hex,
+            url,
+            id,
+            tag: id.into(),
+            obj,
+            finished: false,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _why: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let (k, hex) = hash_of(target.key());
+        let in_flight = self.writes.lock().remove(&k).is_some();
+        let in_memory = self.memory.remove(k);
+        let on_disk = match &self.disk {
+            Some(d) => d.remove(k, &hex).await,
+            None => false,
+        };
+        Ok(if in_flight || in_memory || on_disk {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let (k, hex) = hash_of(key);
+        let serialized = meta.serialize()?;
+        let mut updated = false;
+        if let Some(old) = self.memory.get(k, &hex) {
+            self.memory.put(
+                k,
+                Arc::new(MemObject {
+                    hash_hex: old.hash_hex.clone(),
+                    url: old.url.clone(),
+                    meta: serialized.clone(),
+                    body: old.body.clone(),
+                    body_hash: old.body_hash,
+                }),
+            );
+            updated = true;
+        }
+        if let Some(disk) = &self.disk {
+            match disk.update_meta(&hex, serialized).await {
+                Ok(u) => updated |= u,
+                Err(e) => {
+                    tracing::error!(key = %hex, error = %e, "could not update cached meta on disk");
+                    self.metrics.disk_errors.inc();
+                }
+            }
+        }
+        Ok(updated)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// A hit on a complete object, seekable for ranges.
+struct CompleteHit {
+    body: Bytes,
+    range: (usize, usize),
+    done: bool,
+}
+
+impl CompleteHit {
+    fn new(body: Bytes) -> Self {
+        let len = body.len();
+        CompleteHit {
+            body,
+            range: (0, len),
+            done: false,
+        }
+    }
+}
+
+#[async_trait]
+impl HandleHit for CompleteHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.range.0..self.range.1)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _: &'static (dyn Storage + Sync),
+        _: &CacheKey,
+        _: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        if start >= len {
+            return Err(internal(format!(
+                "seek start {start} beyond body of {len} bytes"
+            )));
+        }
+        self.range = (start, end.map_or(len, |e| e.min(len)));
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// A hit on an object still being fetched: yields chunks as they arrive.
+struct PartialHit {
+    obj: Arc<PartialObject>,
+    progress: watch::Receiver<Progress>,
+    next: usize,
+}
+
+#[async_trait]
+impl HandleHit for PartialHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            let state = *self.progress.borrow_and_update();
+            let available = match state {
+                Progress::Writing(n) | Progress::Done(n) => n,
+                Progress::Failed => {
+                    return Err(internal(
+                        "the origin fetch this response was streaming from failed",
+                    ))
+                }
+            };
+            if self.next < available {
+                let chunk = self.obj.chunks.read()[self.next].clone();
+                self.next += 1;
+                return Ok(Some(chunk));
+            }
+            if matches!(state, Progress::Done(_)) {
+                return Ok(None);
+            }
+            if self.progress.changed().await.is_err() {
+                return Err(internal(
+                    "the origin fetch this response was streaming from went away",
+                ));
+            }
+        }
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _: &'static (dyn Storage + Sync),
+        _: &CacheKey,
+        _: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn should_count_access(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Writes a fetched object: visible to readers chunk by chunk, then stored
+/// in memory and on disk when complete.
+struct Fill {
+    storage: &'static TieredStorage,
+    key: u64,
+    hash_hex: String,
+    url: String,
+    id: u64,
+    tag: U64WriteId,
+    obj: Arc<PartialObject>,
+    finished: bool,
+}
+
+impl Fill {
+    fn unregister(&self) {
+        let mut writes = self.storage.writes.lock();
+        if writes.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            writes.remove(&self.key);
+        }
+    }
+}
+
+#[async_trait]
+impl HandleMiss for Fill {
+    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        let n = {
+            let mut chunks = self.obj.chunks.write();
+            if !data.is_empty() {
+                chunks.push(data);
+            }
+            chunks.len()
+        };
+        self.obj.progress.send_replace(if eof {
+            Progress::Done(n)
+        } else {
+            Progress::Writing(n)
+        });
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let chunks = self.obj.chunks.read().clone();
+        self.obj.progress.send_replace(Progress::Done(chunks.len()));
+        let size: usize = chunks.iter().map(Bytes::len).sum();
+        let body = if chunks.len() == 1 {
+            chunks[0].clone()
+        } else {
+            let mut all = BytesMut::with_capacity(size);
+            chunks.iter().for_each(|c| all.extend_from_slice(c));
+            all.freeze()
+        };
+        let body_hash = *blake3::hash(&body).as_bytes();
+        let obj = Arc::new(MemObject {
+            hash_hex: self.hash_hex.clone(),
+            url: self.url.clone(),
+            meta: self.obj.meta.clone(),
+            body: body.clone(),
+            body_hash,
+        });
+        self.storage.memory.put(self.key, obj);
+        if let Some(disk) = &self.storage.disk {
+            let record = MetaRecord {
+                hash_hex: self.hash_hex.clone(),
+                url: self.url.clone(),
+                body_len: size as u64,
+                body_hash,
+                meta: self.obj.meta.clone(),
+            };
+            if let Err(e) = disk.store(self.key, record, vec![body]).await {
+                tracing::error!(key = %self.hash_hex, error = %e, "disk cache write failed; object kept in memory only");
+                self.storage.metrics.disk_errors.inc();
+            }
+        }
+        self.finished = true;
+        self.unregister();
+        Ok(MissFinishType::Created(size))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(self.tag.as_bytes())
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.obj.progress.send_replace(Progress::Failed);
+            self.unregister();
+        }
+    }
+}

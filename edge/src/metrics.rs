@@ -1,0 +1,72 @@
+//! Prometheus metrics of one edge process, served on the admin listener.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub bytes_out: IntCounter,
+    pub origin_fetches: IntCounter,
+    pub coalesced_waiters: IntCounter,
+    pub cache_bytes: IntGaugeVec,
+    pub cache_objects: IntGaugeVec,
+    pub uring_submissions: IntCounter,
+    pub disk_errors: IntCounter,
+    pub corrupt_objects: IntCounter,
+    pub access_denied: IntCounterVec,
+    pub reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        Metrics {
+            requests: counter_vec("meshcast_requests_total", "Requests answered, by status code and cache status", &["status", "cache"]),
+            bytes_out: counter("meshcast_response_bytes_total", "Response body bytes sent to clients"),
+            origin_fetches: counter("meshcast_origin_fetches_total", "Requests sent to origins"),
+            coalesced_waiters: counter("meshcast_coalesced_waiters_total", "Requests that waited for another request's origin fetch instead of making their own"),
+            cache_bytes: gauge_vec("meshcast_cache_bytes", "Bytes held by each cache tier", &["tier"]),
+            cache_objects: gauge_vec("meshcast_cache_objects", "Objects held by each cache tier", &["tier"]),
+            uring_submissions: counter("meshcast_uring_submissions_total", "io_uring submission queue entries pushed by the disk tier"),
+            disk_errors: counter("meshcast_disk_errors_total", "Disk tier operations that failed (the object stays memory-only)"),
+            corrupt_objects: counter("meshcast_cache_corrupt_objects_total", "Cached objects that failed their checksum and were purged"),
+            access_denied: counter_vec("meshcast_access_denied_total", "Requests refused by the access check, by reason", &["reason"]),
+            reloads: counter_vec("meshcast_config_reloads_total", "Config reloads on SIGHUP, by result", &["result"]),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,347 @@
+//! The request pipeline: one `ProxyHttp` implementation that every door
+//! (TCP today; QUIC and WebRTC later, as Pingora custom sessions) feeds.
+//! host → site → access check → cache → origin. Nothing here depends on the
+//! protocol the request arrived by.
+
+use crate::access_log::{self, AccessLog, Entry};
+use crate::cache::TieredStorage;
+use crate::cache_status;
+use crate::freshness;
+use crate::metrics::Metrics;
+use crate::sites::{cache_key_url, normalize_host, Site, Sites};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora_cache::key::{CacheKey, HashBinary};
+use pingora_cache::lock::CacheKeyLockImpl;
+use pingora_cache::{CacheMeta, RespCacheable, VarianceBuilder};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What a config reload replaces.
+pub struct EdgeState {
+    pub sites: Sites,
+    pub max_header_bytes: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub admin_key: Option<String>,
+}
+
+/// What lives as long as the process.
+pub struct Shared {
+    pub storage: &'static TieredStorage,
+    pub lock: &'static CacheKeyLockImpl,
+    pub metrics: &'static Metrics,
+    pub access_log: AccessLog,
+    pub max_object_size: usize,
+    pub state: ArcSwap<EdgeState>,
+}
+
+pub struct EdgePipeline {
+    pub shared: Arc<Shared>,
+}
+
+pub struct RequestCtx {
+    start: Instant,
+    state: Arc<EdgeState>,
+    site: Option<Arc<Site>>,
+    host: String,
+    key_url: String,
+    stored: bool,
+    origin_status: Option<u16>,
+}
+
+/// Size of the request head as received (request line and header fields).
+fn header_bytes(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    line + req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+}
+
+async fn refuse(session: &mut Session, status: u16, reason: &str) -> Result<bool> {
+    let body = Bytes::from(format!("meshcast: {reason}\n"));
+    session.respond_error_with_body(status, body).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for EdgePipeline {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            state: self.shared.state.load_full(),
+            site: None,
+            host: String::new(),
+            key_url: String::new(),
+            stored: false,
+            origin_status: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let size = header_bytes(req);
+        if size > ctx.state.max_header_bytes {
+            let why = format!(
+                "request headers are {size} bytes; this edge accepts at most {}",
+                ctx.state.max_header_bytes
+            );
+            return refuse(session, 431, &why).await;
+        }
+        let host = req.uri.host().map(str::to_string).or_else(|| {
+            req.headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(normalize_host)
+        });
+        let Some(host) = host.filter(|h| !h.is_empty()) else {
+            return refuse(session, 400, "the request has no Host header").await;
+        };
+        let Some(site) = ctx.state.sites.route(&host).cloned() else {
+            let why = format!("no site is configured for host {host:?} on this edge");
+            return refuse(session, 421, &why).await;
+        };
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        if let Some(check) = &site.access {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if let Err(denied) = check.check(&path, query.as_deref(), now) {
+                self.shared
+                    .metrics
+                    .access_denied
+                    .with_label_values(&[denied.label()])
+                    .inc();
+                return refuse(session, 403, denied.reason()).await;
+            }
+        }
+        ctx.key_url = cache_key_url(&host, &path, query.as_deref());
+        ctx.host = host;
+        ctx.site = Some(site);
+        Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+        let method = &session.req_header().method;
+        if method == http::Method::GET || method == http::Method::HEAD {
+            let s = &self.shared;
+            session
+                .cache
+                .enable(s.storage, None, None, Some(s.lock), None);
+            session.cache.set_max_file_size_bytes(s.max_object_size);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        Ok(CacheKey::new(ctx.key_url.as_bytes(), ""))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let mut variance = VarianceBuilder::new();
+        let names: Vec<String> = meta
+            .headers()
+            .get_all(header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|n| n.trim().to_ascii_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect();
+        for name in &names {
+            variance.add_value(
+                name,
+                req.headers
+                    .get(name.as_str())
+                    .map_or(&b""[..], |v| v.as_bytes()),
+            );
+        }
+        variance.finalize()
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(site) = &ctx.site else {
+            return Ok(RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::Custom("no site"),
+            ));
+        };
+        let req = session.req_header();
+        let authorization = req.headers.contains_key(header::AUTHORIZATION);
+        let decision = freshness::response_cacheable(site, req.uri.path(), resp, authorization);
+        ctx.stored = matches!(decision, RespCacheable::Cacheable(_));
+        Ok(decision)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let site = ctx
+            .site
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no site routed"))?;
+        let mut peer = HttpPeer::new(site.origin_addr, site.origin_tls, site.origin_sni.clone());
+        peer.options.connection_timeout = Some(ctx.state.connect_timeout);
+        peer.options.total_connection_timeout = Some(ctx.state.connect_timeout);
+        peer.options.read_timeout = Some(ctx.state.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let host = ctx
+            .site
+            .as_ref()
+            .and_then(|s| s.origin_host.clone())
+            .unwrap_or_else(|| ctx.host.clone());
+        upstream.insert_header(header::HOST, host)?;
+        self.shared.metrics.origin_fetches.inc();
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.origin_status = Some(resp.status.as_u16());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (status, age) = cache_status::describe(session, ctx.stored, ctx.origin_status);
+        if let Some(age) = age {
+            resp.insert_header(header::AGE, age.to_string())?;
+        }
+        resp.insert_header("cache-status", status)?;
+        Ok(())
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        // None: within stale-while-revalidate, already checked against the
+        // object's window. Some: the origin failed; stale-if-error decides.
+        error.is_none_or(|e| {
+            e.esource() == &ErrorSource::Upstream
+                || matches!(e.etype(), ErrorType::HTTPStatus(500..=599))
+        })
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use ErrorType::*;
+        let (code, reason) = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(code)) => (*code, "request failed"),
+            (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+                (504, "the origin timed out")
+            }
+            (ErrorSource::Upstream, _) => (502, "the origin is unreachable or answered badly"),
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => (0, ""),
+            (ErrorSource::Downstream, _) => (400, "malformed request"),
+            _ => (500, "internal error"),
+        };
+        if code > 0 {
+            let body = Bytes::from(format!("meshcast: {reason}\n"));
+            if let Err(err) = session.respond_error_with_body(code, body).await {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let m = self.shared.metrics;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let cache = session
+            .response_written()
+            .and_then(|r| r.headers.get("cache-status"))
+            .and_then(|v| v.to_str().ok())
+            .map_or("none", cache_status::short);
+        let bytes = session.body_bytes_sent();
+        m.requests
+            .with_label_values(&[&status.to_string(), cache])
+            .inc();
+        m.bytes_out.inc_by(bytes as u64);
+        if session.cache.enabled() && session.cache.lock_duration().is_some() {
+            m.coalesced_waiters.inc();
+        }
+        if let Some(err) = e {
+            tracing::debug!(error = %err, "request ended with an error");
+        }
+        let req = session.req_header();
+        self.shared.access_log.write(&Entry {
+            time: httpdate::fmt_http_date(SystemTime::now()),
+            client: session
+                .client_addr()
+                .map_or_else(|| "-".into(), |a| a.to_string()),
+            method: req.method.to_string(),
+            host: ctx.host.clone(),
+            uri: req
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            proto: if session.is_http2() {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            },
+            status,
+            cache: cache.to_string(),
+            bytes,
+            duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
+            site: ctx.site.as_ref().map_or(0, |s| s.number),
+            origin_status: ctx.origin_status,
+            user_agent: req
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string(),
+            cmcd: access_log::cmcd(req),
+        });
+    }
+}

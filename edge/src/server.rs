@@ -1,0 +1,171 @@
+//! Builds and runs an edge process from its config: the Pingora server, the
+//! TCP/TLS door, the admin listener, and SIGHUP reloads.
+
+use crate::access_log::AccessLog;
+use crate::admin::Admin;
+use crate::cache::TieredStorage;
+use crate::metrics::Metrics;
+use crate::pipeline::{EdgePipeline, EdgeState, Shared};
+use crate::sites::Sites;
+use arc_swap::ArcSwap;
+use meshcast_conf::{ConfError, EdgeConfig};
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Config(#[from] ConfError),
+    #[error("{0}")]
+    Sites(String),
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Everything a reload may change, built (and so validated) up front.
+fn build_state(config: &EdgeConfig) -> Result<EdgeState, EdgeError> {
+    Ok(EdgeState {
+        sites: Sites::build(&config.sites).map_err(EdgeError::Sites)?,
+        max_header_bytes: config.edge.max_request_header_size.0 as usize,
+        connect_timeout: config.edge.origin_connect_timeout.0,
+        read_timeout: config.edge.origin_read_timeout.0,
+        admin_key: config.edge.admin_key.as_ref().map(|k| k.0.clone()),
+    })
+}
+
+/// Loads and fully checks a config, as `--check` and SIGHUP do.
+pub fn check(path: &Path) -> Result<EdgeConfig, EdgeError> {
+    let config = EdgeConfig::load(path)?;
+    build_state(&config)?;
+    Ok(config)
+}
+
+/// Runs the edge until it is told to stop. Never returns.
+pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
+    let state = build_state(&config)?;
+    let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+    let c = &config.cache;
+    let storage: &'static TieredStorage = Box::leak(Box::new(TieredStorage::new(
+        &c.dir,
+        c.disk_size.0,
+        c.memory_size.0,
+        metrics,
+    )));
+    let lock: Box<CacheKeyLockImpl> = CacheLock::new_boxed(c.lock_timeout.0);
+    let lock: &'static CacheKeyLockImpl = Box::leak(lock);
+    let access_log =
+        AccessLog::open(&config.log.access, config.log.format).map_err(EdgeError::AccessLog)?;
+    let shared = Arc::new(Shared {
+        storage,
+        lock,
+        metrics,
+        access_log,
+        max_object_size: c.max_object_size.0 as usize,
+        state: ArcSwap::from_pointee(state),
+    });
+    spawn_reloader(path, shared.clone());
+
+    let threads = config
+        .edge
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgePipeline {
+            shared: shared.clone(),
+        },
+        "meshcast edge",
+    );
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
+    for addr in &config.edge.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    if !config.edge.listen_tls.is_empty() {
+        let (Some(cert), Some(key)) = (&config.edge.tls_cert, &config.edge.tls_key) else {
+            return Err(EdgeError::Tls(
+                "listen_tls needs tls_cert and tls_key".into(),
+            ));
+        };
+        for addr in &config.edge.listen_tls {
+            let mut tls =
+                TlsSettings::intermediate(&cert.to_string_lossy(), &key.to_string_lossy())
+                    .map_err(|e| EdgeError::Tls(e.to_string()))?;
+            tls.enable_h2();
+            proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+        }
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = config.edge.admin {
+        let mut admin = Service::new(
+            "meshcast admin".into(),
+            HttpServer::new_app(Admin {
+                shared: shared.clone(),
+            }),
+        );
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
+    tracing::info!(
+        listen = ?config.edge.listen,
+        listen_tls = ?config.edge.listen_tls,
+        admin = ?config.edge.admin,
+        threads,
+        disk = storage.has_disk(),
+        "meshcast edge starting"
+    );
+    server.run_forever();
+}
+
+/// Reloads the config on SIGHUP. A bad file is refused with its error and
+/// the running config keeps serving; connections are never dropped.
+fn spawn_reloader(path: PathBuf, shared: Arc<Shared>) {
+    use signal_hook::consts::SIGHUP;
+    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; config reload disabled");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new().name("meshcast-reload".into()).spawn(move || {
+        for _ in signals.forever() {
+            match EdgeConfig::load(&path).map_err(EdgeError::from).and_then(|c| build_state(&c)) {
+                Ok(state) => {
+                    shared.state.store(Arc::new(state));
+                    shared.metrics.reloads.with_label_values(&["ok"]).inc();
+                    tracing::info!(config = %path.display(), "config reloaded (listeners and [cache] changes need a restart)");
+                }
+                Err(e) => {
+                    shared.metrics.reloads.with_label_values(&["refused"]).inc();
+                    tracing::error!(error = %e, "config reload refused; still serving the previous config");
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the reload thread");
+    }
+}
