@@ -1,0 +1,473 @@
+//! End-to-end tests of `meshcast edge`: a real origin, the real binary.
+
+mod support;
+
+use futures::future::join_all;
+use std::time::Duration;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_request_is_a_hit_with_cache_status_and_age() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    let first = get(&edge.url("/seg/a.m4s?len=5000"), &[]).await;
+    assert_eq!(first.status, 200);
+    assert!(
+        first.cache.starts_with("meshcast; fwd=miss"),
+        "{}",
+        first.cache
+    );
+    assert!(first.cache.contains("stored"), "{}", first.cache);
+    let second = get(&edge.url("/seg/a.m4s?len=5000"), &[]).await;
+    assert!(
+        second.cache.starts_with("meshcast; hit"),
+        "{}",
+        second.cache
+    );
+    assert!(second.headers.contains_key("age"));
+    assert_eq!(second.body, body_for("a.m4s", 5000));
+    assert_eq!(origin.hits("/seg/a.m4s"), 1);
+    // h2c reaches the same pipeline and the same cache.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(edge.url("/seg/a.m4s?len=5000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert!(r.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .contains("hit"));
+    assert_eq!(r.bytes().await.unwrap().to_vec(), body_for("a.m4s", 5000));
+    assert_eq!(origin.hits("/seg/a.m4s"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_requests_make_one_origin_request_and_stream() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    let url = edge.url("/slow/big.m4s?len=2000000");
+    let expected = body_for("big.m4s", 2_000_000);
+
+    // A waiter receives the first half while the origin still holds the rest.
+    let mut first = reqwest::get(&url).await.unwrap();
+    let waiter_url = url.clone();
+    let waiter = tokio::spawn(async move {
+        let mut resp = reqwest::get(&waiter_url).await.unwrap();
+        let mut got = 0usize;
+        while got < 1_000_000 {
+            got += resp
+                .chunk()
+                .await
+                .unwrap()
+                .expect("bytes before the origin finished")
+                .len();
+        }
+        (resp, got)
+    });
+    let (mut waiter_resp, mut waiter_got) = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(waiter_got >= 1_000_000);
+    let many: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(reqwest::get(url.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    origin.release.notify_waiters();
+    while let Some(c) = waiter_resp.chunk().await.unwrap() {
+        waiter_got += c.len();
+    }
+    assert_eq!(waiter_got, expected.len());
+    let mut first_body = Vec::new();
+    while let Some(c) = first.chunk().await.unwrap() {
+        first_body.extend_from_slice(&c);
+    }
+    assert_eq!(first_body, expected);
+    let bodies = join_all(
+        many.into_iter()
+            .map(|h| async move { h.await.unwrap().unwrap().bytes().await.unwrap() }),
+    )
+    .await;
+    assert_eq!(bodies.len(), 200);
+    assert!(
+        bodies.iter().all(|b| b[..] == expected[..]),
+        "every body is the origin's"
+    );
+    assert_eq!(
+        origin.hits("/slow/big.m4s"),
+        1,
+        "exactly one origin request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_come_from_the_cached_object() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    let full = body_for("r.m4s", 100_000);
+    get(&edge.url("/seg/r.m4s?len=100000"), &[]).await;
+    let r = get(
+        &edge.url("/seg/r.m4s?len=100000"),
+        &[("range", "bytes=1000-1999")],
+    )
+    .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.headers["content-range"], "bytes 1000-1999/100000");
+    assert_eq!(r.body, &full[1000..2000]);
+    let tail = get(
+        &edge.url("/seg/r.m4s?len=100000"),
+        &[("range", "bytes=-10")],
+    )
+    .await;
+    assert_eq!(tail.body, &full[99_990..]);
+    let bad = get(
+        &edge.url("/seg/r.m4s?len=100000"),
+        &[("range", "bytes=200000-")],
+    )
+    .await;
+    assert_eq!(bad.status, 416);
+    assert_eq!(origin.hits("/seg/r.m4s"), 1);
+    // HEAD from cache: headers, no body.
+    let head = reqwest::Client::new()
+        .head(edge.url("/seg/r.m4s?len=100000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], "100000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_the_cache_and_corrupt_files_are_never_served() {
+    let origin = Origin::start().await;
+    let mut edge = Edge::config(origin.addr, "").start().await;
+    let a = body_for("keep.m4s", 300_000);
+    get(&edge.url("/seg/keep.m4s?len=300000"), &[]).await;
+    get(&edge.url("/seg/bad.m4s?len=300000"), &[]).await;
+    edge.wait_disk_objects(2.0).await;
+    edge.kill();
+    edge.launch().await;
+    let r = get(&edge.url("/seg/keep.m4s?len=300000"), &[]).await;
+    assert!(r.cache.contains("hit"), "{}", r.cache);
+    assert_eq!(r.body, a);
+    assert_eq!(
+        origin.hits("/seg/keep.m4s"),
+        1,
+        "served from disk after restart"
+    );
+
+    // Flip one byte in every body file on disk, then restart with an empty
+    // memory tier: the damaged object must be refetched, never served.
+    edge.kill();
+    for f in edge.body_files() {
+        let mut bytes = std::fs::read(&f).unwrap();
+        bytes[1234] ^= 0xff;
+        std::fs::write(&f, bytes).unwrap();
+    }
+    edge.launch().await;
+    let r = get(&edge.url("/seg/bad.m4s?len=300000"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, body_for("bad.m4s", 300_000));
+    assert_eq!(origin.hits("/seg/bad.m4s"), 2, "corrupt copy refetched");
+    assert!(edge.metric("meshcast_cache_corrupt_objects_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_while_the_origin_is_down_then_502() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    let fresh = get(&edge.url("/sie/s.m4s"), &[]).await;
+    assert_eq!(fresh.status, 200);
+    origin.stop();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let stale = get(&edge.url("/sie/s.m4s"), &[]).await;
+    assert_eq!(stale.status, 200);
+    assert!(stale.cache.contains("stale"), "{}", stale.cache);
+    assert_eq!(stale.body, fresh.body);
+    let none = get(&edge.url("/seg/never-cached.m4s"), &[]).await;
+    assert_eq!(none.status, 502);
+    assert!(String::from_utf8_lossy(&none.body).contains("origin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revalidation_uses_304_and_clients_get_304() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    let first = get(&edge.url("/etag/p.m3u8"), &[]).await;
+    let etag = first.headers["etag"].to_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let again = get(&edge.url("/etag/p.m3u8"), &[]).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        origin.conditional("/etag/p.m3u8"),
+        1,
+        "the edge revalidated with If-None-Match"
+    );
+    assert!(again.cache.contains("revalidated"), "{}", again.cache);
+    let cond = get(&edge.url("/etag/p.m3u8"), &[("if-none-match", &etag)]).await;
+    assert_eq!(cond.status, 304);
+    assert!(cond.body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_store_is_not_stored() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    for _ in 0..2 {
+        let r = get(&edge.url("/nostore/x.m4s"), &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            !r.cache.contains("stored") && !r.cache.contains("hit"),
+            "{}",
+            r.cache
+        );
+    }
+    assert_eq!(origin.hits("/nostore/x.m4s"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_urls_refuse_tampering_and_expiry() {
+    let origin = Origin::start().await;
+    let extra = format!("[site.signed_urls]\nsecret = \"{URL_SECRET}\"\n");
+    let edge = Edge::config(origin.addr, &extra).start().await;
+    let signer = meshcast_edge::access::SignedUrls::new(URL_SECRET);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let q = signer.sign("/seg/", now + 600);
+    let ok = get(&edge.url(&format!("/seg/t.m4s?{q}")), &[]).await;
+    assert_eq!(ok.status, 200);
+    let tampered = get(
+        &edge.url(&format!("/seg/t.m4s?{}", q.replace("sig=", "sig=0"))),
+        &[],
+    )
+    .await;
+    assert_eq!(tampered.status, 403);
+    let forged = q.replace(
+        &format!("exp={}", now + 600),
+        &format!("exp={}", now + 6000),
+    );
+    let r = get(&edge.url(&format!("/seg/t.m4s?{forged}")), &[]).await;
+    assert_eq!(r.status, 403);
+    assert!(String::from_utf8_lossy(&r.body).contains("signature does not match"));
+    let expired = signer.sign("/seg/", now - 1);
+    let r = get(&edge.url(&format!("/seg/t.m4s?{expired}")), &[]).await;
+    assert_eq!(r.status, 403);
+    assert!(String::from_utf8_lossy(&r.body).contains("expired"));
+    assert_eq!(get(&edge.url("/seg/t.m4s"), &[]).await.status, 403);
+    // Signature parameters are not part of the cache key.
+    let q2 = signer.sign("/seg/t.m4s", now + 900);
+    let hit = get(&edge.url(&format!("/seg/t.m4s?{q2}")), &[]).await;
+    assert!(hit.cache.contains("hit"), "{}", hit.cache);
+    assert_eq!(origin.hits("/seg/t.m4s"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_changes_a_ttl_and_refuses_a_bad_config() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "playlist_ttl = \"0s\"")
+        .start()
+        .await;
+    get(&edge.url("/pl/live.m3u8"), &[]).await;
+    get(&edge.url("/pl/live.m3u8"), &[]).await;
+    assert_eq!(
+        origin.hits("/pl/live.m3u8"),
+        2,
+        "TTL 0: playlists not cached"
+    );
+    let hup = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    edge.write_config(origin.addr, "playlist_ttl = \"1h\"");
+    assert!(hup(edge.pid()).success());
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if edge
+            .metric("meshcast_config_reloads_total{result=\"ok\"}")
+            .await
+            >= 1.0
+        {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reloaded);
+    get(&edge.url("/pl/live.m3u8"), &[]).await;
+    let r = get(&edge.url("/pl/live.m3u8"), &[]).await;
+    assert!(r.cache.contains("hit"), "{}", r.cache);
+    assert_eq!(origin.hits("/pl/live.m3u8"), 3);
+
+    std::fs::write(&edge.config, "[edge]\nlisten = nonsense\n").unwrap();
+    assert!(hup(edge.pid()).success());
+    for _ in 0..100 {
+        if edge
+            .metric("meshcast_config_reloads_total{result=\"refused\"}")
+            .await
+            >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        edge.metric("meshcast_config_reloads_total{result=\"refused\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        get(&edge.url("/pl/live.m3u8"), &[]).await.status,
+        200,
+        "still serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    // Replace the catch-all site with a named one to see 421.
+    let text = std::fs::read_to_string(&edge.config)
+        .unwrap()
+        .replace("hosts = [\"*\"]", "hosts = [\"cdn.example.com\"]");
+    std::fs::write(&edge.config, text).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &edge.pid().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = get(&edge.url("/seg/a.m4s"), &[("host", "unknown.example.org")]).await;
+    assert_eq!(r.status, 421);
+    assert!(String::from_utf8_lossy(&r.body).contains("unknown.example.org"));
+    let ok = get(&edge.url("/seg/a.m4s"), &[("host", "cdn.example.com")]).await;
+    assert_eq!(ok.status, 200);
+    let big = "x".repeat(40_000);
+    let r = get(
+        &edge.url("/seg/a.m4s"),
+        &[("host", "cdn.example.com"), ("x-big", &big)],
+    )
+    .await;
+    assert_eq!(r.status, 431);
+    // Raw garbage on the wire: 400, and the edge keeps serving.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", edge.port))
+        .await
+        .unwrap();
+    s.write_all(b"GARBAGE \x01\x02 nonsense\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(
+        out.is_empty() || String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(
+        get(&edge.url("/seg/a.m4s"), &[("host", "cdn.example.com")])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_metrics_and_cmcd_access_log() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    let cmcd = "/seg/p1.m4s?CMCD=br%3D3200%2Cbl%3D2100%2Cot%3Dv%2Csid%3D%22session-42%22";
+    get(&edge.url(cmcd), &[]).await;
+    get(&edge.url("/seg/p2.m4s"), &[]).await;
+    let client = reqwest::Client::new();
+    let purge = |q: String| client.post(format!("http://127.0.0.1:{}/purge?{q}", edge.admin));
+    assert_eq!(
+        purge("prefix=/seg/".into()).send().await.unwrap().status(),
+        401
+    );
+    let r = purge("prefix=/seg/".into())
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("\"purged\":2"));
+    let again = get(&edge.url("/seg/p2.m4s"), &[]).await;
+    assert!(again.cache.contains("fwd=miss"), "{}", again.cache);
+    assert_eq!(origin.hits("/seg/p2.m4s"), 2);
+
+    let m = edge.metrics().await;
+    for name in [
+        "meshcast_requests_total{cache=\"miss\",status=\"200\"}",
+        "meshcast_response_bytes_total",
+        "meshcast_origin_fetches_total 3",
+        "meshcast_cache_bytes{tier=\"memory\"}",
+        "meshcast_cache_objects{tier=\"disk\"}",
+        "meshcast_uring_submissions_total",
+    ] {
+        assert!(m.contains(name), "metrics lack {name}:\n{m}");
+    }
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = std::fs::read_to_string(edge.path().join("access.log")).unwrap_or_default();
+        if log.contains("p2.m4s") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("p1.m4s"))
+        .expect("access log line");
+    for want in [
+        "cmcd.sid=\"session-42\"",
+        "cmcd.br=\"3200\"",
+        "cmcd.bl=\"2100\"",
+        "cmcd.ot=\"v\"",
+        " 200 miss ",
+    ] {
+        assert!(line.contains(want), "{want} missing from: {line}");
+    }
+}
+
+#[test]
+fn check_flag_names_the_broken_line() {
+    let dir = std::env::temp_dir().join(format!("meshcast-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("broken.toml");
+    std::fs::write(
+        &path,
+        "[edge]\nlisten = [\"127.0.0.1:8080\"]\n[cache]\ndir = \"/tmp/x\"\ndisk_size = \"ten gigs\"\n[[site]]\nhosts = [\"*\"]\norigin = \"http://127.0.0.1:8000\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+        .args(["edge", "--check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.toml:5:"), "{err}");
+    assert!(err.contains("cache.disk_size"), "{err}");
+    std::fs::write(&path, "[edge]\nlisten = [\"127.0.0.1:8080\"]\n[cache]\ndir = \"/tmp/x\"\ndisk_size = \"1GiB\"\n[[site]]\nhosts = [\"*\"]\norigin = \"http://127.0.0.1:8000\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+        .args(["edge", "--check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

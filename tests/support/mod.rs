@@ -1,0 +1,383 @@
+//! Test harness: a real origin that counts its requests, and the real
+//! `meshcast edge` binary started on free loopback ports.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// Deterministic body of `len` bytes for `name`.
+pub fn body_for(name: &str, len: usize) -> Vec<u8> {
+    let seed = name
+        .bytes()
+        .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+    (0..len)
+        .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+#[derive(Default)]
+pub struct OriginState {
+    pub hits: HashMap<String, usize>,
+    pub conditional: HashMap<String, usize>,
+}
+
+/// An HTTP/1.1 origin. Paths choose behaviour:
+/// - `/seg/NAME.m4s?len=N`: N bytes (default 1000), no freshness headers
+/// - `/slow/NAME.m4s?len=N`: sends half, waits for `release`, sends the rest
+/// - `/etag/NAME.m3u8`: max-age=1 with an ETag; answers If-None-Match with 304
+/// - `/nostore/NAME`: Cache-Control: no-store
+/// - `/sie/NAME.m4s`: max-age=1, stale-if-error=60
+/// - `/pl/NAME.m3u8`: a playlist without freshness headers
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<OriginState>>,
+    pub release: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Origin {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(OriginState::default()));
+        let release = Arc::new(Notify::new());
+        let (s, r) = (state.clone(), release.clone());
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let c = conns.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (s, r) = (s.clone(), r.clone());
+                let conn = tokio::spawn(async move {
+                    let _ = serve(sock, s, r).await;
+                });
+                c.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        Origin {
+            addr,
+            state,
+            release,
+            task,
+            conns,
+        }
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn conditional(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .conditional
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Stops the origin: open connections are cut, new ones refused.
+    pub fn stop(&self) {
+        self.task.abort();
+        self.conns.lock().unwrap().iter().for_each(|c| c.abort());
+    }
+}
+
+async fn serve(
+    mut sock: TcpStream,
+    state: Arc<Mutex<OriginState>>,
+    release: Arc<Notify>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        buf.drain(..head_end);
+        let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let path = path.to_string();
+        let len: usize = query
+            .strip_prefix("len=")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(1000);
+        let inm = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("if-none-match:")
+                .map(|v| v.trim().to_string())
+        });
+        *state.lock().unwrap().hits.entry(path.clone()).or_default() += 1;
+        let name = path.rsplit('/').next().unwrap_or("").to_string();
+        let body = body_for(&name, len);
+        let etag = format!("\"{}\"", name.len());
+        let (status, extra, body): (&str, String, Vec<u8>) = if path.starts_with("/etag/") {
+            if inm.as_deref() == Some(etag.as_str()) {
+                *state
+                    .lock()
+                    .unwrap()
+                    .conditional
+                    .entry(path.clone())
+                    .or_default() += 1;
+                (
+                    "304 Not Modified",
+                    format!("ETag: {etag}\r\nCache-Control: max-age=1\r\n"),
+                    Vec::new(),
+                )
+            } else {
+                (
+                    "200 OK",
+                    format!("ETag: {etag}\r\nCache-Control: max-age=1\r\n"),
+                    body,
+                )
+            }
+        } else if path.starts_with("/nostore/") {
+            ("200 OK", "Cache-Control: no-store\r\n".into(), body)
+        } else if path.starts_with("/sie/") {
+            (
+                "200 OK",
+                "Cache-Control: max-age=1, stale-if-error=60\r\n".into(),
+                body,
+            )
+        } else if path.starts_with("/seg/")
+            || path.starts_with("/pl/")
+            || path.starts_with("/slow/")
+        {
+            ("200 OK", String::new(), body)
+        } else {
+            ("404 Not Found", String::new(), b"no such object\n".to_vec())
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}\r\n",
+            body.len()
+        );
+        sock.write_all(head.as_bytes()).await?;
+        if path.starts_with("/slow/") {
+            let half = body.len() / 2;
+            sock.write_all(&body[..half]).await?;
+            sock.flush().await?;
+            release.notified().await;
+            sock.write_all(&body[half..]).await?;
+        } else if !status.starts_with("304") {
+            sock.write_all(&body).await?;
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Edge {
+    pub port: u16,
+    pub admin: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const URL_SECRET: &str = "test-url-secret-0123456789";
+
+impl Edge {
+    /// A fresh directory holding `edge.toml` (from `site_extra` appended to
+    /// the one site) and the cache.
+    pub fn config(origin: SocketAddr, site_extra: &str) -> Edge {
+        let dir = std::env::temp_dir().join(format!(
+            "meshcast-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let edge = Edge {
+            port,
+            admin,
+            config: dir.join("edge.toml"),
+            dir,
+            child: None,
+        };
+        edge.write_config(origin, site_extra);
+        edge
+    }
+
+    pub fn write_config(&self, origin: SocketAddr, site_extra: &str) {
+        let text = format!(
+            "[edge]\nlisten = [\"127.0.0.1:{}\"]\nadmin = \"127.0.0.1:{}\"\nadmin_key = \"{ADMIN_KEY}\"\nthreads = 2\norigin_connect_timeout = \"1s\"\norigin_read_timeout = \"5s\"\n\
+             [cache]\ndir = \"{}\"\ndisk_size = \"256MiB\"\nmemory_size = \"64MiB\"\nlock_timeout = \"10s\"\n\
+             [log]\naccess = \"{}\"\n\
+             [[site]]\nhosts = [\"*\"]\norigin = \"http://{origin}\"\n{site_extra}\n",
+            self.port,
+            self.admin,
+            self.dir.join("cache").display(),
+            self.dir.join("access.log").display(),
+        );
+        std::fs::File::create(&self.config)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+
+    pub async fn start(mut self) -> Edge {
+        self.launch().await;
+        self
+    }
+
+    pub async fn launch(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_meshcast"))
+            .args(["edge", "--config"])
+            .arg(&self.config)
+            .env("MESHCAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start meshcast edge");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{}/healthz", self.admin)).await {
+                if r.status() == 200 && TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("edge did not come up");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Value of the first metric line starting with `prefix`.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the disk tier holds at least `n` objects.
+    pub async fn wait_disk_objects(&self, n: f64) {
+        for _ in 0..200 {
+            if self.metric("meshcast_cache_objects{tier=\"disk\"}").await >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("disk tier never reached {n} objects");
+    }
+
+    pub fn body_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for d in std::fs::read_dir(self.dir.join("cache/objects"))
+            .unwrap()
+            .flatten()
+        {
+            for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                if f.path().extension().is_some_and(|e| e == "body") {
+                    out.push(f.path());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub cache: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let client = reqwest::Client::new();
+    let mut req = client.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let cache = headers
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = resp.bytes().await.unwrap().to_vec();
+    Reply {
+        status,
+        cache,
+        headers,
+        body,
+    }
+}
