@@ -471,3 +471,114 @@ fn check_flag_names_the_broken_line() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    get(&edge.url("/swr/w.m4s"), &[]).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let stale = get(&edge.url("/swr/w.m4s"), &[]).await;
+    assert_eq!(stale.status, 200);
+    assert!(
+        stale.cache.contains("stale-while-revalidate"),
+        "{}",
+        stale.cache
+    );
+    for _ in 0..100 {
+        if origin.hits("/swr/w.m4s") == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(origin.hits("/swr/w.m4s"), 2, "one background refresh");
+    let fresh = get(&edge.url("/swr/w.m4s"), &[]).await;
+    assert!(
+        fresh.cache.contains("hit") && !fresh.cache.contains("stale"),
+        "{}",
+        fresh.cache
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_keeps_one_variant_per_header_value() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    let en = get(&edge.url("/vary/v.m4s"), &[("accept-language", "en")]).await;
+    let fr = get(&edge.url("/vary/v.m4s"), &[("accept-language", "fr")]).await;
+    assert_eq!(en.body, b"lang=en");
+    assert_eq!(fr.body, b"lang=fr");
+    let en2 = get(&edge.url("/vary/v.m4s"), &[("accept-language", "en")]).await;
+    let fr2 = get(&edge.url("/vary/v.m4s"), &[("accept-language", "fr")]).await;
+    assert_eq!(en2.body, b"lang=en");
+    assert_eq!(fr2.body, b"lang=fr");
+    assert!(
+        en2.cache.contains("hit") && fr2.cache.contains("hit"),
+        "{} / {}",
+        en2.cache,
+        fr2.cache
+    );
+    assert_eq!(origin.hits("/vary/v.m4s"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_speaks_http2_by_alpn() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "");
+    let (cert, key) = (edge.path().join("cert.pem"), edge.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let tls_port = free_port();
+    let text = std::fs::read_to_string(&edge.config).unwrap().replace(
+        "[edge]\n",
+        &format!("[edge]\nlisten_tls = [\"127.0.0.1:{tls_port}\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display()),
+    );
+    std::fs::write(&edge.config, text).unwrap();
+    let edge = edge.start().await;
+    get(&edge.url("/seg/tls.m4s"), &[]).await;
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code} %{size_download}",
+        ])
+        .arg(format!("https://127.0.0.1:{tls_port}/seg/tls.m4s"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200 1000");
+    assert_eq!(
+        origin.hits("/seg/tls.m4s"),
+        1,
+        "TLS and plain share the cache"
+    );
+}

@@ -361,6 +361,12 @@ impl EdgeConfig {
                 "the memory tier needs at least 1MiB".into(),
             ));
         }
+        if c.max_object_size.0 > 256 << 20 {
+            return Err((
+                "cache.max_object_size".into(),
+                "objects are cached whole; at most 256MiB per object".into(),
+            ));
+        }
         if c.max_object_size.0 > c.memory_size.0.max(c.disk_size.0) {
             return Err((
                 "cache.max_object_size".into(),
@@ -481,6 +487,12 @@ origin = "http://127.0.0.1:8000"
             e.starts_with("edge.toml:2:") || e.starts_with("edge.toml:3:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn missing_section_is_named() {
+        let e = err("[edge]\nlisten = [\"127.0.0.1:80\"]\n");
+        assert!(e.starts_with("edge.toml:1:1: missing field `cache`"), "{e}");
     }
 
     #[test]

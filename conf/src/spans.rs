@@ -20,6 +20,10 @@ impl<'i> Doc<'i> {
     /// The deepest key whose value contains `span`, as `a.b[2].c`.
     pub(crate) fn key_at(&self, span: &Range<usize>) -> Option<String> {
         let root = self.root.as_ref()?;
+        if span.is_empty() && span.start == 0 {
+            // serde reports a missing top-level table at the document start.
+            return None;
+        }
         let mut path = String::new();
         walk_table(root.get_ref(), span, &mut path).then_some(path)
     }

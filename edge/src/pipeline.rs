@@ -58,7 +58,8 @@ pub struct RequestCtx {
 
 /// Size of the request head as received (request line and header fields).
 fn header_bytes(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let line =
+        req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
     line + req
         .headers
         .iter()

@@ -37,6 +37,8 @@ pub struct OriginState {
 /// - `/nostore/NAME`: Cache-Control: no-store
 /// - `/sie/NAME.m4s`: max-age=1, stale-if-error=60
 /// - `/pl/NAME.m3u8`: a playlist without freshness headers
+/// - `/swr/NAME.m4s`: max-age=1, stale-while-revalidate=30
+/// - `/vary/NAME.m4s`: `Vary: Accept-Language`, body names the language
 pub struct Origin {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<OriginState>>,
@@ -162,6 +164,26 @@ async fn serve(
                     body,
                 )
             }
+        } else if path.starts_with("/swr/") {
+            (
+                "200 OK",
+                format!("ETag: {etag}\r\nCache-Control: max-age=1, stale-while-revalidate=30\r\n"),
+                body,
+            )
+        } else if path.starts_with("/vary/") {
+            let lang = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("accept-language:")
+                        .map(|v| v.trim().to_string())
+                })
+                .unwrap_or_default();
+            (
+                "200 OK",
+                "Vary: Accept-Language\r\n".into(),
+                format!("lang={lang}").into_bytes(),
+            )
         } else if path.starts_with("/nostore/") {
             ("200 OK", "Cache-Control: no-store\r\n".into(), body)
         } else if path.starts_with("/sie/") {
