@@ -167,6 +167,11 @@ impl AccessLog {
         })
     }
 
+    /// False when the log is off: callers skip building entries.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn write(&self, entry: &Entry) {
         if let Some(tx) = &self.tx {
             let line = match self.format {

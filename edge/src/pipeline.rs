@@ -312,6 +312,9 @@ impl ProxyHttp for EdgePipeline {
         if let Some(err) = e {
             tracing::debug!(error = %err, "request ended with an error");
         }
+        if !self.shared.access_log.enabled() {
+            return;
+        }
         let req = session.req_header();
         self.shared.access_log.write(&Entry {
             time: httpdate::fmt_http_date(SystemTime::now()),
