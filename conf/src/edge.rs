@@ -1,7 +1,6 @@
 //! `meshcast edge` configuration: listeners, the cache, logging and sites.
 
 use crate::error::ConfError;
-use crate::spans::Doc;
 use crate::units::{ByteSize, Seconds};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -305,27 +304,12 @@ fn zero() -> Seconds {
 impl EdgeConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfError> {
-        let src = std::fs::read_to_string(path).map_err(|source| ConfError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(path, &src)
+        crate::load::load(path, Self::validate)
     }
 
     /// Parses and validates `src`; `path` is used only in error messages.
     pub fn parse(path: &Path, src: &str) -> Result<Self, ConfError> {
-        let doc = match Doc::parse(src) {
-            Ok(doc) => doc,
-            Err(e) => return Err(ConfError::at(path, src, e.span(), None, e.message())),
-        };
-        let config: EdgeConfig = toml::from_str(src).map_err(|e| {
-            let key = e.span().and_then(|s| doc.key_at(&s));
-            ConfError::at(path, src, e.span(), key, e.message())
-        })?;
-        config.validate().map_err(|(key, message)| {
-            ConfError::at(path, src, doc.span_of(&key), Some(key), message)
-        })?;
-        Ok(config)
+        crate::load::parse(path, src, Self::validate)
     }
 
     /// Checks that span several keys. Returns the key to blame and why.

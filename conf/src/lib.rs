@@ -6,6 +6,8 @@
 
 mod edge;
 mod error;
+mod hub;
+mod load;
 mod spans;
 mod units;
 
@@ -14,4 +16,5 @@ pub use edge::{
     SignedUrls, SiteConfig,
 };
 pub use error::ConfError;
+pub use hub::{default_ladder, HubConfig, HubLog, HubSection, RungConfig, TranscodeSection};
 pub use units::{parse_byte_size, parse_duration, ByteSize, Seconds};

@@ -1,0 +1,239 @@
+//! `meshcast hub` configuration: the API/origin listener, storage, the
+//! edges whose playback URLs it hands out, and the transcoding ladder.
+
+use crate::error::ConfError;
+use crate::units::{ByteSize, Seconds};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    pub hub: HubSection,
+    #[serde(default)]
+    pub transcode: TranscodeSection,
+    #[serde(default)]
+    pub log: HubLog,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSection {
+    /// API, origin and player pages.
+    pub listen: SocketAddr,
+    /// Catalog, media blobs, uploads in progress.
+    pub data_dir: PathBuf,
+    /// Base URLs of the edges that serve this hub's videos, e.g.
+    /// "http://127.0.0.1:8080"; playback URLs are given for each.
+    #[serde(default)]
+    pub edges: Vec<String>,
+    /// Folder holding `hls.js/dist` and `dashjs/dist` (an npm
+    /// `node_modules`), served under `/assets/` for the player page.
+    pub assets_dir: Option<PathBuf>,
+    #[serde(default = "default_max_upload")]
+    pub max_upload_size: ByteSize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubLog {
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for HubLog {
+    fn default() -> Self {
+        HubLog {
+            level: default_level(),
+        }
+    }
+}
+
+/// `[transcode]`: the adaptive ladder and its packaging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeSection {
+    #[serde(default = "default_segment")]
+    pub segment_duration: Seconds,
+    /// x264 preset: ultrafast … veryslow.
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    #[serde(default = "default_audio_kbps")]
+    pub audio_kbps: u32,
+    /// Rungs from the top; rungs taller than the source are skipped (the
+    /// source height becomes the top rung when all are taller).
+    #[serde(default = "default_ladder", rename = "rung")]
+    pub rungs: Vec<RungConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RungConfig {
+    pub name: String,
+    pub height: u32,
+    pub video_kbps: u32,
+}
+
+impl Default for TranscodeSection {
+    fn default() -> Self {
+        TranscodeSection {
+            segment_duration: default_segment(),
+            preset: default_preset(),
+            audio_kbps: default_audio_kbps(),
+            rungs: default_ladder(),
+        }
+    }
+}
+
+fn default_max_upload() -> ByteSize {
+    ByteSize(20 << 30)
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn default_segment() -> Seconds {
+    Seconds(Duration::from_secs(4))
+}
+fn default_preset() -> String {
+    "veryfast".into()
+}
+fn default_audio_kbps() -> u32 {
+    128
+}
+
+/// 1080p / 720p / 480p / 360p at common H.264 bitrates.
+pub fn default_ladder() -> Vec<RungConfig> {
+    [
+        ("1080p", 1080, 5000),
+        ("720p", 720, 2800),
+        ("480p", 480, 1400),
+        ("360p", 360, 800),
+    ]
+    .into_iter()
+    .map(|(name, height, video_kbps)| RungConfig {
+        name: name.into(),
+        height,
+        video_kbps,
+    })
+    .collect()
+}
+
+const PRESETS: [&str; 9] = [
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+];
+
+impl HubConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfError> {
+        crate::load::load(path, Self::validate)
+    }
+
+    pub fn parse(path: &Path, src: &str) -> Result<Self, ConfError> {
+        crate::load::parse(path, src, Self::validate)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (i, edge) in self.hub.edges.iter().enumerate() {
+            if !(edge.starts_with("http://") || edge.starts_with("https://"))
+                || edge.parse::<http::Uri>().is_err()
+            {
+                return Err((
+                    format!("hub.edges[{i}]"),
+                    format!("{edge:?} is not a base URL like \"http://127.0.0.1:8080\""),
+                ));
+            }
+        }
+        let t = &self.transcode;
+        let seg = t.segment_duration.0.as_secs_f64();
+        if !(1.0..=20.0).contains(&seg) {
+            return Err((
+                "transcode.segment_duration".into(),
+                "segments must be 1s to 20s long".into(),
+            ));
+        }
+        if !PRESETS.contains(&t.preset.as_str()) {
+            return Err((
+                "transcode.preset".into(),
+                format!("unknown x264 preset; one of {}", PRESETS.join(", ")),
+            ));
+        }
+        if !(32..=512).contains(&t.audio_kbps) {
+            return Err((
+                "transcode.audio_kbps".into(),
+                "audio bitrate must be 32 to 512 kbps".into(),
+            ));
+        }
+        if t.rungs.is_empty() {
+            return Err((
+                "transcode".into(),
+                "the ladder needs at least one [[transcode.rung]]".into(),
+            ));
+        }
+        for (i, r) in t.rungs.iter().enumerate() {
+            let ok_name = !r.name.is_empty()
+                && r.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok_name || r.name == "audio" {
+                return Err((
+                    format!("transcode.rung[{i}].name"),
+                    "rung names are letters, digits, - and _ (and not \"audio\")".into(),
+                ));
+            }
+            if r.height < 144 || r.height > 4320 || r.height % 2 != 0 {
+                return Err((
+                    format!("transcode.rung[{i}].height"),
+                    "height must be even, 144 to 4320".into(),
+                ));
+            }
+            if !(100..=100_000).contains(&r.video_kbps) {
+                return Err((
+                    format!("transcode.rung[{i}].video_kbps"),
+                    "video bitrate must be 100 to 100000 kbps".into(),
+                ));
+            }
+            if t.rungs[..i].iter().any(|o| o.name == r.name) {
+                return Err((
+                    format!("transcode.rung[{i}].name"),
+                    format!("rung name {:?} is used twice", r.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_hub_config_gets_the_default_ladder() {
+        let c = HubConfig::parse(
+            Path::new("hub.toml"),
+            "[hub]\nlisten = \"127.0.0.1:7000\"\ndata_dir = \"/tmp/h\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.transcode.rungs.len(), 4);
+        assert_eq!(c.transcode.segment_duration.0, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn bad_rung_is_located() {
+        let src = "[hub]\nlisten = \"127.0.0.1:7000\"\ndata_dir = \"/tmp/h\"\n[[transcode.rung]]\nname = \"hd\"\nheight = 721\nvideo_kbps = 3000\n";
+        let e = HubConfig::parse(Path::new("hub.toml"), src)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("hub.toml:6:"), "{e}");
+        assert!(e.contains("transcode.rung[0].height"), "{e}");
+    }
+}

@@ -1,0 +1,273 @@
+//! Drives `ffmpeg`: one process decodes the source once and encodes every
+//! rung (H.264, GOPs aligned by forced keyframes at segment boundaries) and
+//! the audio (AAC-LC), each packaged as CMAF fMP4 segments.
+
+use crate::ladder::Rung;
+use crate::probe::SourceInfo;
+use crate::TranscodeError;
+use meshcast_conf::TranscodeSection;
+use std::path::Path;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+/// One `-progress` report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress {
+    /// Media time encoded so far, in seconds.
+    At(f64),
+    End,
+}
+
+/// Parses a `key=value` line of ffmpeg's `-progress` output.
+pub fn parse_progress_line(line: &str) -> Option<Progress> {
+    let (key, value) = line.trim().split_once('=')?;
+    match key {
+        "out_time_us" | "out_time_ms" => value
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .map(|us| Progress::At(us as f64 / 1e6)),
+        "progress" if value == "end" => Some(Progress::End),
+        _ => None,
+    }
+}
+
+fn hls_output(args: &mut Vec<String>, dir: &Path, segment: f64) {
+    let seg = dir.join("seg_%05d.m4s");
+    for a in [
+        "-f",
+        "hls",
+        "-hls_segment_type",
+        "fmp4",
+        "-hls_playlist_type",
+        "vod",
+        "-hls_flags",
+        "independent_segments",
+        "-hls_fmp4_init_filename",
+        "init.mp4",
+        "-start_number",
+        "1",
+    ] {
+        args.push(a.into());
+    }
+    args.push("-hls_time".into());
+    args.push(format!("{segment}"));
+    args.push("-hls_segment_filename".into());
+    args.push(seg.to_string_lossy().into_owned());
+    args.push(dir.join("ffmpeg.m3u8").to_string_lossy().into_owned());
+}
+
+/// The full ffmpeg argument list (without the program name).
+pub fn build_args(
+    input: &Path,
+    out: &Path,
+    source: &SourceInfo,
+    rungs: &[Rung],
+    config: &TranscodeSection,
+) -> Vec<String> {
+    let segment = config.segment_duration.0.as_secs_f64();
+    let mut args: Vec<String> = [
+        "-hide_banner",
+        "-nostdin",
+        "-y",
+        "-loglevel",
+        "error",
+        "-nostats",
+        "-progress",
+        "pipe:1",
+        "-xerror",
+        "-i",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    args.push(input.to_string_lossy().into_owned());
+    let mut graph = format!("[0:v:0]split={}", rungs.len());
+    for i in 0..rungs.len() {
+        graph.push_str(&format!("[s{i}]"));
+    }
+    for (i, r) in rungs.iter().enumerate() {
+        let fps = if (r.fps - source.fps).abs() > 0.01 {
+            format!(",fps={}", r.fps)
+        } else {
+            String::new()
+        };
+        graph.push_str(&format!(
+            ";[s{i}]scale={}:{}{fps},setsar=1,format=yuv420p[v{i}]",
+            r.width, r.height
+        ));
+    }
+    args.push("-filter_complex".into());
+    args.push(graph);
+    for (i, r) in rungs.iter().enumerate() {
+        let dir = out.join(&r.name);
+        args.extend([
+            "-map".to_string(),
+            format!("[v{i}]"),
+            "-an".into(),
+            "-c:v".into(),
+            "libx264".into(),
+            "-preset".into(),
+            config.preset.clone(),
+            "-profile:v".into(),
+            "high".into(),
+            "-b:v".into(),
+            format!("{}k", r.video_kbps),
+            "-maxrate".into(),
+            format!("{}k", r.video_kbps * 107 / 100),
+            "-bufsize".into(),
+            format!("{}k", r.video_kbps * 3 / 2),
+            "-g".into(),
+            r.gop.to_string(),
+            "-keyint_min".into(),
+            r.gop.to_string(),
+            "-sc_threshold".into(),
+            "0".into(),
+            "-force_key_frames".into(),
+            format!("expr:gte(t,n_forced*{segment})"),
+        ]);
+        hls_output(&mut args, &dir, segment);
+    }
+    if source.has_audio {
+        args.extend(
+            [
+                "-map",
+                "0:a:0",
+                "-vn",
+                "-c:a",
+                "aac",
+                "-profile:a",
+                "aac_low",
+                "-ac",
+                "2",
+                "-ar",
+                "48000",
+                "-b:a",
+            ]
+            .into_iter()
+            .map(String::from),
+        );
+        args.push(format!("{}k", config.audio_kbps));
+        hls_output(&mut args, &out.join("audio"), segment);
+    }
+    args
+}
+
+pub async fn run(
+    input: &Path,
+    out: &Path,
+    source: &SourceInfo,
+    rungs: &[Rung],
+    config: &TranscodeSection,
+    mut on_progress: impl FnMut(f64) + Send,
+) -> Result<(), TranscodeError> {
+    for r in rungs {
+        std::fs::create_dir_all(out.join(&r.name))?;
+    }
+    if source.has_audio {
+        std::fs::create_dir_all(out.join("audio"))?;
+    }
+    let args = build_args(input, out, source, rungs, config);
+    tracing::debug!(?args, "ffmpeg");
+    let mut child = Command::new("ffmpeg")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => TranscodeError::Ffmpeg(
+                "ffmpeg is not installed; install it with `apt-get install ffmpeg`".into(),
+            ),
+            _ => TranscodeError::Io(e),
+        })?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match parse_progress_line(&line) {
+            Some(Progress::At(t)) if source.duration > 0.0 => {
+                on_progress((t / source.duration).clamp(0.0, 1.0))
+            }
+            Some(Progress::End) => on_progress(1.0),
+            _ => {}
+        }
+    }
+    let status = child.wait().await?;
+    let stderr = errors.await.unwrap_or_default();
+    if !status.success() {
+        let reason = if stderr.contains("partial file")
+            || stderr.contains("Invalid NAL")
+            || stderr.contains("corrupt")
+        {
+            "the upload is incomplete or damaged: ffmpeg could not decode it to the end".to_string()
+        } else {
+            let last = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no message");
+            format!("ffmpeg failed ({status}): {last}")
+        };
+        return Err(TranscodeError::Ffmpeg(reason));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ladder::plan;
+    use std::path::PathBuf;
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(
+            parse_progress_line("out_time_us=2500000"),
+            Some(Progress::At(2.5))
+        );
+        assert_eq!(parse_progress_line("out_time_us=N/A"), None);
+        assert_eq!(parse_progress_line("progress=end"), Some(Progress::End));
+        assert_eq!(parse_progress_line("progress=continue"), None);
+        assert_eq!(parse_progress_line("frame=12"), None);
+    }
+
+    #[test]
+    fn args_align_keyframes_on_every_rung() {
+        let source = SourceInfo {
+            width: 1280,
+            height: 720,
+            fps: 25.0,
+            duration: 6.0,
+            has_audio: true,
+            video_codec: "h264".into(),
+        };
+        let config = TranscodeSection::default();
+        let rungs = plan(&source, &config);
+        let args = build_args(
+            &PathBuf::from("in.mp4"),
+            &PathBuf::from("/out"),
+            &source,
+            &rungs,
+            &config,
+        );
+        let joined = args.join(" ");
+        assert_eq!(args.iter().filter(|a| *a == "libx264").count(), 3);
+        assert_eq!(
+            args.iter()
+                .filter(|a| a.as_str() == "expr:gte(t,n_forced*4)")
+                .count(),
+            3
+        );
+        assert!(joined.contains("-g 100 -keyint_min 100 -sc_threshold 0"));
+        assert!(joined.contains("/out/audio/seg_%05d.m4s"));
+        assert!(joined.contains("[s2]scale=640:360,setsar=1,format=yuv420p[v2]"));
+    }
+}

@@ -1,0 +1,87 @@
+//! meshcast-transcode turns an uploaded file into an adaptive ladder:
+//! `ffprobe` to understand (and reject) the input, a ladder plan, an
+//! `ffmpeg` child process with progress, CMAF fMP4 packaging that serves
+//! both HLS (playlists written with m3u8-rs) and DASH (one MPD over the same
+//! segments), and a check of every output segment with the `mp4` crate.
+//! It works on local files and folders only: storing, serving and the job
+//! queue belong to the hub.
+
+mod ffmpeg;
+mod ladder;
+mod package;
+mod probe;
+mod verify;
+
+pub use ffmpeg::{parse_progress_line, Progress};
+pub use ladder::{plan, Rung};
+pub use package::{Manifest, Rendition, RenditionKind};
+pub use probe::{probe, ProbeError, SourceInfo};
+pub use verify::{inspect_rendition, VerifyError};
+
+use meshcast_conf::TranscodeSection;
+use std::path::{Path, PathBuf};
+
+/// Why a transcode did not produce a playable ladder.
+#[derive(Debug, thiserror::Error)]
+pub enum TranscodeError {
+    #[error("{0}")]
+    Probe(#[from] ProbeError),
+    #[error("{0}")]
+    Ffmpeg(String),
+    #[error("output check failed: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a finished transcode produced, relative to its output folder.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub source: SourceInfo,
+}
+
+/// Probes `input`, encodes the ladder into `out_dir`, verifies every
+/// segment and writes `master.m3u8`, per-rendition `index.m3u8` and
+/// `manifest.mpd`. `on_progress` gets the fraction done, 0.0 to 1.0.
+pub async fn transcode(
+    input: &Path,
+    out_dir: &Path,
+    config: &TranscodeSection,
+    on_progress: impl FnMut(f64) + Send,
+) -> Result<Output, TranscodeError> {
+    let source = probe(input).await?;
+    let rungs = plan(&source, config);
+    std::fs::create_dir_all(out_dir)?;
+    ffmpeg::run(input, out_dir, &source, &rungs, config, on_progress).await?;
+    let segment = config.segment_duration.0.as_secs_f64();
+    let mut renditions = Vec::new();
+    for rung in &rungs {
+        renditions.push(inspect_rendition(
+            &out_dir.join(&rung.name),
+            &rung.name,
+            RenditionKind::Video,
+            segment,
+        )?);
+    }
+    if source.has_audio {
+        renditions.push(inspect_rendition(
+            &out_dir.join("audio"),
+            "audio",
+            RenditionKind::Audio,
+            segment,
+        )?);
+    }
+    let manifest = Manifest {
+        renditions,
+        segment_duration: segment,
+        duration: source.duration,
+    };
+    package::write_all(out_dir, &manifest)?;
+    Ok(Output {
+        dir: out_dir.to_path_buf(),
+        manifest,
+        source,
+    })
+}
