@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit tests and the end-to-end tests that
-# start the real `meshcast edge` binary against a real origin.
+# Runs every test of the workspace: unit tests, the edge's end-to-end tests,
+# and the spine tests (tus upload → transcode → edge → ffmpeg, hls.js and
+# dash.js in headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-ensure_packages cmake:cmake gcc:cc g++:c++ pkg-config:pkg-config procps:kill curl:curl openssl:openssl
+ensure_packages cmake:cmake gcc:cc g++:c++ pkg-config:pkg-config procps:kill curl:curl openssl:openssl \
+  ffmpeg:ffmpeg chromium:chromium nodejs:node npm:npm
 ensure_rust
+npm ci --no-audit --no-fund --loglevel=error
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

@@ -2,6 +2,7 @@
 //! the library crate that owns the work.
 
 mod demo_origin;
+mod up;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -28,6 +29,27 @@ enum Command {
         /// Validate the config and exit.
         #[arg(long)]
         check: bool,
+    },
+    /// Run a HUB: the upload API, transcoding, the catalog and the origin.
+    Hub {
+        /// The hub's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Validate the config and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Bring up a hub and two edges on this machine and publish a video.
+    Up {
+        /// Folder for data, configs and logs.
+        #[arg(long, default_value = "meshcast-data")]
+        dir: PathBuf,
+        /// Upload this video instead of a generated demo.
+        #[arg(long)]
+        video: Option<PathBuf>,
+        /// Write the URLs as JSON here once everything is playable.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Serve a directory over HTTP as a demo origin (ETag, Last-Modified, 304).
     DemoOrigin {
@@ -68,6 +90,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(&parsed.log.level);
             meshcast_edge::server::run(config, parsed).context("edge failed to start")?;
             Ok(())
+        }
+        Command::Hub { config, check } => {
+            let parsed = meshcast_conf::HubConfig::load(&config)?;
+            if check {
+                println!("{}: OK", config.display());
+                return Ok(());
+            }
+            init_tracing(&parsed.log.level);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(meshcast_hub::serve(parsed))
+                .context("hub stopped")?;
+            Ok(())
+        }
+        Command::Up {
+            dir,
+            video,
+            ready_file,
+        } => {
+            init_tracing("warn");
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(up::run(up::UpArgs {
+                dir,
+                video,
+                ready_file,
+            }))
         }
         Command::DemoOrigin { dir, listen } => {
             init_tracing("info");

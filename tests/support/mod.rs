@@ -403,3 +403,5 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
         body,
     }
 }
+
+pub mod hub;

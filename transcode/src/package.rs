@@ -33,6 +33,8 @@ pub struct Rendition {
     pub height: u32,
     pub fps: f64,
     pub timescale: u32,
+    /// Media time of the first picture shown (for DASH presentationTimeOffset).
+    pub presentation_offset: u64,
     pub bandwidth: u64,
     pub average_bandwidth: u64,
     pub segments: Vec<Segment>,
@@ -223,8 +225,8 @@ fn frame_rate(fps: f64) -> String {
 fn template(x: &mut String, r: &Rendition) {
     let _ = writeln!(
         x,
-        r#"        <SegmentTemplate timescale="{}" initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/seg_$Number%05d$.m4s" startNumber="1">"#,
-        r.timescale
+        r#"        <SegmentTemplate timescale="{}" initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/seg_$Number%05d$.m4s" startNumber="1" presentationTimeOffset="{}">"#,
+        r.timescale, r.presentation_offset
     );
     let _ = writeln!(x, "          <SegmentTimeline>");
     for (i, s) in r.segments.iter().enumerate() {
@@ -273,6 +275,7 @@ mod tests {
             height: 720,
             fps: 25.0,
             timescale: 12800,
+            presentation_offset: 1024,
             bandwidth: 1_000_000,
             average_bandwidth: 900_000,
             segments: vec![seg(1), seg(2)],
@@ -318,6 +321,7 @@ mod tests {
         let text = mpd(&manifest());
         assert!(text.contains(r#"contentType="video""#) && text.contains(r#"contentType="audio""#));
         assert!(text.contains(r#"<S t="0" d="51200"/>"#), "{text}");
+        assert!(text.contains(r#"presentationTimeOffset="1024""#), "{text}");
         assert!(text.contains(r#"mediaPresentationDuration="PT8.000S""#));
     }
 }

@@ -84,6 +84,7 @@ pub fn inspect_rendition(
     }
     let mut segments = Vec::with_capacity(files.len());
     let mut frames = 0u64;
+    let mut first_composition = 0u64;
     for (i, file) in files.iter().enumerate() {
         let what = format!("{name}/{file}");
         let seg = std::fs::read(dir.join(file)).map_err(|e| VerifyError::Io(what.clone(), e))?;
@@ -123,6 +124,17 @@ pub fn inspect_rendition(
                 };
                 ticks += durations;
                 frames += trun.sample_count as u64;
+                if i == 0 && m == 0 {
+                    // Composition offset of the first sample: B-frames make
+                    // the first picture show after decode time zero.
+                    first_composition = trun.sample_cts.first().map_or(0, |c| {
+                        if trun.version == 1 {
+                            (*c as i32).max(0) as u64
+                        } else {
+                            *c as u64
+                        }
+                    });
+                }
                 if m == 0 && kind == RenditionKind::Video {
                     let first_flags = trun
                         .first_sample_flags
@@ -175,6 +187,7 @@ pub fn inspect_rendition(
         height,
         fps,
         timescale,
+        presentation_offset: segments.first().map_or(0, |s| s.start) + first_composition,
         bandwidth: peak.ceil() as u64,
         average_bandwidth: (total_bytes as f64 * 8.0 / total.max(0.001)).ceil() as u64,
         segments,

@@ -1,0 +1,186 @@
+//! The catalog: videos and the files that make them up, in redb.
+
+use crate::HubError;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+const VIDEOS: TableDefinition<&str, &[u8]> = TableDefinition::new("videos");
+/// `"{video}/{path}"` → JSON `FileRef`.
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Uploading,
+    Queued,
+    Transcoding,
+    Ready,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VideoRecord {
+    pub id: String,
+    pub name: String,
+    pub status: Status,
+    pub upload_length: u64,
+    pub percent: f64,
+    pub reason: Option<String>,
+    pub duration: Option<f64>,
+    pub renditions: Vec<String>,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileRef {
+    pub hash: String,
+    pub size: u64,
+    pub content_type: String,
+}
+
+pub struct Catalog {
+    db: Database,
+}
+
+fn err(e: impl std::fmt::Display) -> HubError {
+    HubError::Catalog(e.to_string())
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Self, HubError> {
+        let db = Database::create(path).map_err(err)?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(VIDEOS).map_err(err)?;
+        txn.open_table(FILES).map_err(err)?;
+        txn.commit().map_err(err)?;
+        Ok(Catalog { db })
+    }
+
+    pub fn put_video(&self, v: &VideoRecord) -> Result<(), HubError> {
+        let json = serde_json::to_vec(v).map_err(err)?;
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(VIDEOS)
+            .map_err(err)?
+            .insert(v.id.as_str(), json.as_slice())
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    pub fn video(&self, id: &str) -> Result<Option<VideoRecord>, HubError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(VIDEOS).map_err(err)?;
+        match table.get(id).map_err(err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `change` to a video in one write transaction.
+    pub fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut VideoRecord),
+    ) -> Result<Option<VideoRecord>, HubError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let updated = {
+            let mut table = txn.open_table(VIDEOS).map_err(err)?;
+            let current: Option<VideoRecord> = match table.get(id).map_err(err)? {
+                Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
+                None => None,
+            };
+            match current {
+                Some(mut v) => {
+                    change(&mut v);
+                    let json = serde_json::to_vec(&v).map_err(err)?;
+                    table.insert(id, json.as_slice()).map_err(err)?;
+                    Some(v)
+                }
+                None => None,
+            }
+        };
+        txn.commit().map_err(err)?;
+        Ok(updated)
+    }
+
+    pub fn delete_video(&self, id: &str) -> Result<(), HubError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(VIDEOS)
+            .map_err(err)?
+            .remove(id)
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    pub fn videos(&self) -> Result<Vec<VideoRecord>, HubError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(VIDEOS).map_err(err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(err)? {
+            let (_, v) = entry.map_err(err)?;
+            out.push(serde_json::from_slice::<VideoRecord>(v.value()).map_err(err)?);
+        }
+        out.sort_by_key(|v| v.created);
+        Ok(out)
+    }
+
+    /// Records a video's files and marks it ready, atomically: a video is
+    /// never ready with some of its files missing.
+    pub fn publish(
+        &self,
+        id: &str,
+        files: &[(String, FileRef)],
+        duration: f64,
+        renditions: Vec<String>,
+    ) -> Result<(), HubError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = txn.open_table(FILES).map_err(err)?;
+            for (path, f) in files {
+                let json = serde_json::to_vec(f).map_err(err)?;
+                table
+                    .insert(format!("{id}/{path}").as_str(), json.as_slice())
+                    .map_err(err)?;
+            }
+            let mut videos = txn.open_table(VIDEOS).map_err(err)?;
+            let current = videos
+                .get(id)
+                .map_err(err)?
+                .map(|v| serde_json::from_slice::<VideoRecord>(v.value()));
+            let mut v = current
+                .ok_or_else(|| HubError::Catalog(format!("video {id} vanished")))?
+                .map_err(err)?;
+            v.status = Status::Ready;
+            v.percent = 100.0;
+            v.duration = Some(duration);
+            v.renditions = renditions;
+            let json = serde_json::to_vec(&v).map_err(err)?;
+            videos.insert(id, json.as_slice()).map_err(err)?;
+        }
+        txn.commit().map_err(err)
+    }
+
+    pub fn file(&self, id: &str, path: &str) -> Result<Option<FileRef>, HubError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(FILES).map_err(err)?;
+        match table.get(format!("{id}/{path}").as_str()).map_err(err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Videos a restart caught queued or mid-transcode go back to queued.
+    pub fn requeue_interrupted(&self) -> Result<Vec<String>, HubError> {
+        let mut ids = Vec::new();
+        for v in self.videos()? {
+            if matches!(v.status, Status::Queued | Status::Transcoding) {
+                self.update(&v.id, |v| {
+                    v.status = Status::Queued;
+                    v.percent = 0.0;
+                })?;
+                ids.push(v.id);
+            }
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,140 @@
+//! The transcode queue: one job at a time (ffmpeg already uses every core).
+//! A finished ladder is copied into the blob store and published in one
+//! catalog transaction, so a crash never leaves a video half-ready; a
+//! restart re-queues whatever was queued or transcoding.
+
+use crate::catalog::{FileRef, Status};
+use crate::origin::content_type;
+use crate::Hub;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub struct Jobs {
+    tx: mpsc::UnboundedSender<String>,
+}
+
+impl Jobs {
+    pub fn new() -> (Jobs, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Jobs { tx }, rx)
+    }
+
+    pub fn enqueue(&self, id: String) {
+        let _ = self.tx.send(id);
+    }
+}
+
+pub async fn worker(hub: Arc<Hub>, mut queue: mpsc::UnboundedReceiver<String>) {
+    while let Some(id) = queue.recv().await {
+        let started = std::time::Instant::now();
+        match process(&hub, &id).await {
+            Ok(()) => {
+                hub.metrics.transcodes.with_label_values(&["ready"]).inc();
+                tracing::info!(video = %id, secs = started.elapsed().as_secs_f64(), "video ready");
+            }
+            Err(reason) => {
+                hub.metrics.transcodes.with_label_values(&["failed"]).inc();
+                tracing::warn!(video = %id, %reason, "video failed");
+                let _ = hub.catalog.update(&id, |v| {
+                    v.status = Status::Failed;
+                    v.reason = Some(reason.clone());
+                });
+            }
+        }
+    }
+}
+
+fn files_under(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+async fn process(hub: &Arc<Hub>, id: &str) -> Result<(), String> {
+    let video = match hub.catalog.video(id) {
+        Ok(Some(v)) if v.status == Status::Queued => v,
+        Ok(_) => return Ok(()),
+        Err(e) => return Err(format!("catalog error: {e}")),
+    };
+    let data = &hub.config.hub.data_dir;
+    let input = data.join("uploads").join(format!("{id}.part"));
+    let work = data.join("work").join(id);
+    let _ = std::fs::remove_dir_all(&work);
+    hub.catalog
+        .update(id, |v| {
+            v.status = Status::Transcoding;
+            v.percent = 0.0;
+        })
+        .map_err(|e| e.to_string())?;
+    tracing::info!(video = %id, name = %video.name, "transcoding");
+    let progress_hub = hub.clone();
+    let progress_id = id.to_string();
+    let mut reported = 0.0;
+    let result =
+        meshcast_transcode::transcode(&input, &work, &hub.config.transcode, move |fraction| {
+            let percent = (fraction * 99.0).floor();
+            if percent >= reported + 1.0 {
+                reported = percent;
+                let _ = progress_hub
+                    .catalog
+                    .update(&progress_id, |v| v.percent = percent);
+            }
+        })
+        .await;
+    let output = match result {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e.to_string());
+        }
+    };
+    let hub2 = hub.clone();
+    let work2 = work.clone();
+    let stored = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(String, FileRef)>> {
+        let mut files = Vec::new();
+        for path in files_under(&work2)? {
+            let rel = path
+                .strip_prefix(&work2)
+                .expect("under work")
+                .to_string_lossy()
+                .replace('\\', "/");
+            let (hash, size) = hub2.blobs.put_file(&path)?;
+            files.push((
+                rel.clone(),
+                FileRef {
+                    hash,
+                    size,
+                    content_type: content_type(&rel).to_string(),
+                },
+            ));
+        }
+        Ok(files)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot store the output: {e}"))?;
+    let renditions = output
+        .manifest
+        .renditions
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    hub.catalog
+        .publish(id, &stored, output.source.duration, renditions)
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_file(&input);
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The hub as the edges' origin: `/v/{id}/…` from the content-addressed
+//! store. Segments and init segments are immutable (a year); playlists and
+//! MPDs get a short max-age; everything has an ETag (its BLAKE3 hash).
+
+use crate::Hub;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new().route("/v/{id}/{*path}", get(serve))
+}
+
+pub fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or("") {
+        "m3u8" => "application/vnd.apple.mpegurl",
+        "mpd" => "application/dash+xml",
+        "m4s" | "mp4" => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}
+
+fn cache_control(path: &str) -> &'static str {
+    if path.ends_with(".m3u8") || path.ends_with(".mpd") {
+        "public, max-age=5"
+    } else {
+        "public, max-age=31536000, immutable"
+    }
+}
+
+async fn serve(
+    State(hub): State<Arc<Hub>>,
+    Path((id, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let status = |s: StatusCode| {
+        hub.metrics
+            .origin_requests
+            .with_label_values(&[s.as_str()])
+            .inc();
+        s
+    };
+    let file = match hub.catalog.file(&id, &path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return (status(StatusCode::NOT_FOUND), "no such file\n").into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "catalog read failed");
+            return (
+                status(StatusCode::SERVICE_UNAVAILABLE),
+                "catalog unavailable\n",
+            )
+                .into_response();
+        }
+    };
+    let etag = format!("\"{}\"", &file.hash[..32]);
+    let common = [
+        ("etag", etag.clone()),
+        ("cache-control", cache_control(&path).to_string()),
+    ];
+    if headers
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return (status(StatusCode::NOT_MODIFIED), common).into_response();
+    }
+    let Some(blob) = hub.blobs.path(&file.hash) else {
+        return (
+            status(StatusCode::INTERNAL_SERVER_ERROR),
+            "bad blob reference\n",
+        )
+            .into_response();
+    };
+    match tokio::fs::read(&blob).await {
+        Ok(bytes) => (
+            status(StatusCode::OK),
+            common,
+            [("content-type", file.content_type.clone())],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(blob = %blob.display(), error = %e, "blob missing");
+            (
+                status(StatusCode::INTERNAL_SERVER_ERROR),
+                "media file missing on the hub\n",
+            )
+                .into_response()
+        }
+    }
+}

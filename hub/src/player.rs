@@ -1,0 +1,136 @@
+//! `/play/{id}`: a page that plays a video with hls.js (or native HLS, as
+//! in Safari) or, with `?engine=dash`, dash.js. The players come from the
+//! npm registry into `assets_dir` (`npm ci`), served under `/assets/`.
+//! The page records what happened in `window.meshcast` for tests.
+
+use crate::catalog::Status;
+use crate::Hub;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::path::Component;
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/play/{id}", get(page))
+        .route("/assets/{*path}", get(asset))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+}
+
+const ALLOWED_ASSETS: [&str; 2] = ["hls.js/dist/", "dashjs/dist/"];
+
+async fn asset(State(hub): State<Arc<Hub>>, Path(path): Path<String>) -> Response {
+    let Some(dir) = &hub.config.hub.assets_dir else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no assets_dir configured; run `npm ci` and set [hub] assets_dir\n",
+        )
+            .into_response();
+    };
+    let rel = std::path::Path::new(&path);
+    let safe = rel.components().all(|c| matches!(c, Component::Normal(_)))
+        && ALLOWED_ASSETS.iter().any(|p| path.starts_with(p));
+    if !safe {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    match tokio::fs::read(dir.join(rel)).await {
+        Ok(bytes) => {
+            let ct = if path.ends_with(".js") {
+                "text/javascript"
+            } else {
+                "application/octet-stream"
+            };
+            (
+                [
+                    ("content-type", ct),
+                    ("cache-control", "public, max-age=86400"),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::NOT_FOUND,
+            format!("{path} is not installed; run `npm ci`\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn page(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
+    let ok_id = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+    let video = if ok_id {
+        hub.catalog.video(&id).ok().flatten()
+    } else {
+        None
+    };
+    let Some(video) = video else {
+        return (
+            StatusCode::NOT_FOUND,
+            Html("<h1>No such video</h1>".to_string()),
+        )
+            .into_response();
+    };
+    if video.status != Status::Ready {
+        let msg = format!(
+            "<h1>Not ready yet</h1><p>Status: {:?}, {:.0}%</p>",
+            video.status, video.percent
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "5")],
+            Html(msg),
+        )
+            .into_response();
+    }
+    let title: String = video
+        .name
+        .chars()
+        .filter(|c| c.is_alphanumeric() || " ._-".contains(*c))
+        .collect();
+    let html = PAGE.replace("{ID}", &id).replace("{TITLE}", &title);
+    ([("cache-control", "public, max-age=60")], Html(html)).into_response()
+}
+
+const PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>{TITLE} — meshcast</title>
+<style>body{font-family:sans-serif;background:#111;color:#eee;margin:2em}video{width:100%;max-width:960px;background:#000}</style>
+</head><body>
+<h1>{TITLE}</h1>
+<video id="v" controls muted autoplay playsinline></video>
+<p id="state">loading…</p>
+<script>
+window.meshcast = { events: [], errors: [], engine: null };
+const video = document.getElementById('v');
+const state = document.getElementById('state');
+const engine = new URLSearchParams(location.search).get('engine') || 'hls';
+const note = (e) => { window.meshcast.events.push(e); state.textContent = e; };
+const fail = (e) => { window.meshcast.errors.push(String(e)); state.textContent = 'error: ' + e; };
+for (const ev of ['playing', 'ended', 'waiting']) video.addEventListener(ev, () => note(ev));
+video.addEventListener('error', () => fail('video element error ' + (video.error && video.error.code)));
+function load(src, onload) { const s = document.createElement('script'); s.src = src; s.onload = onload; s.onerror = () => fail('cannot load ' + src); document.head.appendChild(s); }
+if (engine === 'dash') {
+  window.meshcast.engine = 'dash.js';
+  load('/assets/dashjs/dist/modern/umd/dash.all.min.js', () => {
+    const p = dashjs.MediaPlayer().create();
+    p.on(dashjs.MediaPlayer.events.ERROR, (e) => fail('dash.js: ' + JSON.stringify(e.error || e)));
+    p.initialize(video, '/v/{ID}/manifest.mpd', true);
+  });
+} else if (video.canPlayType('application/vnd.apple.mpegurl') && !window.MediaSource) {
+  window.meshcast.engine = 'native';
+  video.src = '/v/{ID}/master.m3u8';
+} else {
+  window.meshcast.engine = 'hls.js';
+  load('/assets/hls.js/dist/hls.min.js', () => {
+    const h = new Hls();
+    h.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) fail('hls.js: ' + d.type + ' ' + d.details); else note('hls.js recovered: ' + d.details); });
+    h.loadSource('/v/{ID}/master.m3u8');
+    h.attachMedia(video);
+  });
+}
+</script>
+</body></html>
+"#;

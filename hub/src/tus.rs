@@ -1,0 +1,420 @@
+//! Resumable uploads with tus 1.0.0 (core + creation + termination), so
+//! tus-js-client and Uppy work unchanged. Written by hand: the protocol is
+//! a handful of headers, and no maintained Rust crate serves it on axum.
+//! The partial file on disk is the truth for the offset, so an upload cut
+//! off mid-PATCH resumes from whatever bytes arrived.
+
+use crate::catalog::{Status, VideoRecord};
+use crate::Hub;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+pub const TUS_VERSION: &str = "1.0.0";
+const EXPOSED: &str = "Location, Upload-Offset, Upload-Length, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size";
+const ALLOWED: &str = "Content-Type, Upload-Offset, Upload-Length, Upload-Metadata, Tus-Resumable, Upload-Defer-Length, Authorization";
+
+fn tus_error(status: StatusCode, msg: &str) -> Response {
+    (status, [("tus-resumable", TUS_VERSION)], format!("{msg}\n")).into_response()
+}
+
+fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// CORS for browser uploaders and players; answers preflights itself.
+pub async fn cors(req: Request, next: Next) -> Response {
+    let preflight = req.method() == Method::OPTIONS;
+    let mut resp = if preflight {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(EXPOSED),
+    );
+    if preflight {
+        h.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static("GET, HEAD, POST, PATCH, DELETE, OPTIONS"),
+        );
+        h.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static(ALLOWED),
+        );
+        h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+        h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+        h.insert(
+            "tus-extension",
+            HeaderValue::from_static("creation,termination"),
+        );
+    }
+    resp
+}
+
+fn check_version(h: &HeaderMap) -> Result<(), Response> {
+    match h.get("tus-resumable").and_then(|v| v.to_str().ok()) {
+        Some(TUS_VERSION) => Ok(()),
+        _ => Err(tus_error(
+            StatusCode::PRECONDITION_FAILED,
+            "send `Tus-Resumable: 1.0.0` (this server speaks tus 1.0.0)",
+        )),
+    }
+}
+
+fn metadata_name(h: &HeaderMap) -> Option<String> {
+    let meta = h.get("upload-metadata")?.to_str().ok()?;
+    for pair in meta.split(',') {
+        let mut it = pair.trim().splitn(2, ' ');
+        let (key, value) = (it.next()?, it.next().unwrap_or(""));
+        if key == "filename" || key == "name" {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .ok()?;
+            return String::from_utf8(bytes)
+                .ok()
+                .map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect());
+        }
+    }
+    None
+}
+
+pub fn new_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(&now.as_nanos().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&SEQ.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    h.finalize().to_hex()[..16].to_string()
+}
+
+fn part_path(hub: &Hub, id: &str) -> std::path::PathBuf {
+    hub.config
+        .hub
+        .data_dir
+        .join("uploads")
+        .join(format!("{id}.part"))
+}
+
+/// `POST /v1/videos`: creates the video and its upload.
+pub async fn create(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(r) = check_version(&headers) {
+        return r;
+    }
+    if headers.contains_key("upload-defer-length") {
+        return tus_error(
+            StatusCode::BAD_REQUEST,
+            "Upload-Defer-Length is not supported; send Upload-Length",
+        );
+    }
+    let Some(length) = header_u64(&headers, "upload-length") else {
+        return tus_error(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Upload-Length header (the file size in bytes)",
+        );
+    };
+    let max = hub.config.hub.max_upload_size.0;
+    if length > max {
+        return tus_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the file is {length} bytes; this hub accepts at most {max}"),
+        );
+    }
+    let id = new_id();
+    let name = metadata_name(&headers).unwrap_or_else(|| format!("video-{id}"));
+    if let Err(e) = tokio::fs::File::create(part_path(&hub, &id)).await {
+        tracing::error!(error = %e, "cannot create upload file");
+        return tus_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the hub cannot store uploads right now",
+        );
+    }
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let record = VideoRecord {
+        id: id.clone(),
+        name,
+        status: Status::Uploading,
+        upload_length: length,
+        percent: 0.0,
+        reason: None,
+        duration: None,
+        renditions: Vec::new(),
+        created,
+    };
+    if let Err(e) = hub.catalog.put_video(&record) {
+        tracing::error!(error = %e, "catalog write failed");
+        return tus_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the hub cannot record uploads right now",
+        );
+    }
+    tracing::info!(video = %id, length, "upload created");
+    if length == 0 {
+        hub.finish_upload(&id);
+    }
+    (
+        StatusCode::CREATED,
+        [
+            ("location", format!("/v1/uploads/{id}")),
+            ("tus-resumable", TUS_VERSION.to_string()),
+        ],
+    )
+        .into_response()
+}
+
+async fn offset_of(hub: &Hub, id: &str) -> Option<u64> {
+    tokio::fs::metadata(part_path(hub, id))
+        .await
+        .ok()
+        .map(|m| m.len())
+}
+
+/// `HEAD /v1/uploads/{id}`: how much has arrived.
+pub async fn head(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
+    let Ok(Some(video)) = hub.catalog.video(&id) else {
+        return tus_error(StatusCode::NOT_FOUND, "no such upload");
+    };
+    let offset = match video.status {
+        Status::Uploading => offset_of(&hub, &id).await.unwrap_or(0),
+        _ => video.upload_length,
+    };
+    (
+        StatusCode::OK,
+        [
+            ("upload-offset", offset.to_string()),
+            ("upload-length", video.upload_length.to_string()),
+            ("cache-control", "no-store".to_string()),
+            ("tus-resumable", TUS_VERSION.to_string()),
+        ],
+    )
+        .into_response()
+}
+
+/// `PATCH /v1/uploads/{id}`: appends bytes at `Upload-Offset`.
+pub async fn patch(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = check_version(&headers) {
+        return r;
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok())
+        != Some("application/offset+octet-stream")
+    {
+        return tus_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "PATCH bodies must be Content-Type: application/offset+octet-stream",
+        );
+    }
+    let Ok(Some(video)) = hub.catalog.video(&id) else {
+        return tus_error(StatusCode::NOT_FOUND, "no such upload");
+    };
+    let Some(claimed) = header_u64(&headers, "upload-offset") else {
+        return tus_error(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Upload-Offset header",
+        );
+    };
+    if video.status != Status::Uploading {
+        return if claimed == video.upload_length {
+            (
+                StatusCode::NO_CONTENT,
+                [
+                    ("upload-offset", claimed.to_string()),
+                    ("tus-resumable", TUS_VERSION.into()),
+                ],
+            )
+                .into_response()
+        } else {
+            tus_error(StatusCode::CONFLICT, "this upload is already complete")
+        };
+    }
+    // A client resuming after a network drop may arrive before the hub has
+    // noticed the old connection is dead: the newer PATCH takes over.
+    let mut guard = None;
+    for _ in 0..60 {
+        match hub.lock_upload(&id) {
+            Some(g) => {
+                guard = Some(g);
+                break;
+            }
+            None => {
+                hub.supersede_upload(&id);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let Some(guard) = guard else {
+        return tus_error(
+            StatusCode::LOCKED,
+            "another PATCH for this upload is still in progress",
+        );
+    };
+    let current = offset_of(&hub, &id).await.unwrap_or(0);
+    if claimed != current {
+        return tus_error(StatusCode::CONFLICT, &format!("Upload-Offset is {claimed} but the hub has {current} bytes; HEAD the upload and resume from there"));
+    }
+    let mut file = match tokio::fs::OpenOptions::new()
+        .append(true)
+        .open(part_path(&hub, &id))
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(video = %id, error = %e, "cannot open upload file");
+            return tus_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the hub cannot store this upload right now",
+            );
+        }
+    };
+    let mut offset = current;
+    let mut stream = body.into_data_stream();
+    let mut failure = None;
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = guard.cancel.notified() => {
+                failure = Some("superseded by a newer PATCH".to_string());
+                break;
+            }
+        };
+        let Some(chunk) = next else { break };
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(format!("the upload was interrupted: {e}"));
+                break;
+            }
+        };
+        if offset + chunk.len() as u64 > video.upload_length {
+            failure = Some("more bytes than Upload-Length".into());
+            break;
+        }
+        if let Err(e) = file.write_all(&chunk).await {
+            tracing::error!(video = %id, error = %e, "upload write failed");
+            failure = Some("the hub could not store the bytes (disk full?)".into());
+            break;
+        }
+        offset += chunk.len() as u64;
+        hub.metrics.upload_bytes.inc_by(chunk.len() as u64);
+    }
+    let _ = file.flush().await;
+    let _ = file.sync_data().await;
+    if let Some(why) = failure {
+        tracing::warn!(video = %id, offset, reason = %why, "PATCH ended early; the upload can resume");
+        let status = if why.starts_with("more bytes") {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return tus_error(status, &why);
+    }
+    if offset == video.upload_length {
+        hub.finish_upload(&id);
+    }
+    (
+        StatusCode::NO_CONTENT,
+        [
+            ("upload-offset", offset.to_string()),
+            ("tus-resumable", TUS_VERSION.to_string()),
+        ],
+    )
+        .into_response()
+}
+
+/// `DELETE /v1/uploads/{id}`: abandons an upload.
+pub async fn terminate(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check_version(&headers) {
+        return r;
+    }
+    match hub.catalog.video(&id) {
+        Ok(Some(v)) if v.status == Status::Uploading => {
+            let _ = tokio::fs::remove_file(part_path(&hub, &id)).await;
+            if hub.catalog.delete_video(&id).is_err() {
+                return tus_error(StatusCode::INTERNAL_SERVER_ERROR, "catalog write failed");
+            }
+            (StatusCode::NO_CONTENT, [("tus-resumable", TUS_VERSION)]).into_response()
+        }
+        Ok(Some(_)) => tus_error(
+            StatusCode::CONFLICT,
+            "the upload is complete; it can no longer be terminated",
+        ),
+        _ => tus_error(StatusCode::NOT_FOUND, "no such upload"),
+    }
+}
+
+impl Hub {
+    /// Marks a complete upload queued and hands it to the transcoder.
+    fn finish_upload(&self, id: &str) {
+        match self.catalog.update(id, |v| v.status = Status::Queued) {
+            Ok(_) => {
+                tracing::info!(video = %id, "upload complete; queued for transcoding");
+                self.jobs.enqueue(id.to_string());
+            }
+            Err(e) => tracing::error!(video = %id, error = %e, "cannot queue upload"),
+        }
+    }
+
+    fn lock_upload(&self, id: &str) -> Option<UploadGuard<'_>> {
+        let mut busy = self.uploads_busy.lock().unwrap_or_else(|p| p.into_inner());
+        if busy.contains_key(id) {
+            return None;
+        }
+        let cancel = Arc::new(tokio::sync::Notify::new());
+        busy.insert(id.to_string(), cancel.clone());
+        Some(UploadGuard {
+            hub: self,
+            id: id.to_string(),
+            cancel,
+        })
+    }
+
+    fn supersede_upload(&self, id: &str) {
+        if let Some(cancel) = self
+            .uploads_busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            cancel.notify_one();
+        }
+    }
+}
+
+struct UploadGuard<'a> {
+    hub: &'a Hub,
+    id: String,
+    cancel: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for UploadGuard<'_> {
+    fn drop(&mut self) {
+        self.hub
+            .uploads_busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}

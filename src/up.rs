@@ -1,0 +1,277 @@
+//! `meshcast up`: a whole network on this machine — a hub and two edges on
+//! free loopback ports, each its own `meshcast` process — then a demo video
+//! (or `--video FILE`) uploaded over tus, transcoded, and its URLs printed.
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct UpArgs {
+    pub dir: PathBuf,
+    pub video: Option<PathBuf>,
+    pub ready_file: Option<PathBuf>,
+}
+
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The npm `node_modules` holding hls.js and dash.js, if set up.
+fn find_assets() -> Option<PathBuf> {
+    let mut candidates = vec![std::env::current_dir().ok()?.join("node_modules")];
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(4) {
+            candidates.push(dir.join("node_modules"));
+        }
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("hls.js/dist/hls.min.js").is_file())
+}
+
+fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    Command::new(exe)
+        .args(args)
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))
+}
+
+async fn wait_healthy(
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+    child: &mut Child,
+) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited during start-up ({status}); see its log in the data folder");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not become healthy at {url}")
+}
+
+fn make_demo_video(path: &Path) -> anyhow::Result<()> {
+    eprintln!("making a 20 s 720p demo video with ffmpeg…");
+    let status = Command::new("ffmpeg")
+        .args([
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-f",
+            "lavfi",
+        ])
+        .args([
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "20",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-preset", "veryfast", "-c:a", "aac", "-shortest"])
+        .arg(path)
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run ffmpeg ({e}); install it with `apt-get install ffmpeg`")
+        })?;
+    if !status.success() {
+        bail!("ffmpeg could not make the demo video");
+    }
+    Ok(())
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let dir = std::path::absolute(&args.dir)?;
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    let (hub_port, e1, a1, e2, a2) = (
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    );
+    let hub_url = format!("http://127.0.0.1:{hub_port}");
+    let edges = [
+        format!("http://127.0.0.1:{e1}"),
+        format!("http://127.0.0.1:{e2}"),
+    ];
+    let assets = find_assets();
+    if assets.is_none() {
+        eprintln!("note: hls.js/dash.js not found (run `npm ci` in the repository); the player page will not play");
+    }
+    let hub_toml =
+        format!(
+        "[hub]\nlisten = \"127.0.0.1:{hub_port}\"\ndata_dir = \"{}\"\nedges = [\"{}\", \"{}\"]\n{}",
+        dir.join("hub").display(),
+        edges[0],
+        edges[1],
+        assets.map(|a| format!("assets_dir = \"{}\"\n", a.display())).unwrap_or_default()
+    );
+    std::fs::write(dir.join("hub.toml"), hub_toml)?;
+    for (i, (port, admin)) in [(e1, a1), (e2, a2)].into_iter().enumerate() {
+        let edge_toml = format!(
+            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\n[cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"256MiB\"\n[log]\naccess = \"{}\"\n[[site]]\nhosts = [\"*\"]\norigin = \"{hub_url}\"\n",
+            dir.join(format!("edge{}-cache", i + 1)).display(),
+            dir.join(format!("edge{}-access.log", i + 1)).display(),
+        );
+        std::fs::write(dir.join(format!("edge{}.toml", i + 1)), edge_toml)?;
+    }
+    let cfg = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let mut children = Children(Vec::new());
+    children.0.push(spawn(
+        &exe,
+        &["hub", "--config", &cfg("hub.toml")],
+        &dir.join("hub.log"),
+    )?);
+    children.0.push(spawn(
+        &exe,
+        &["edge", "--config", &cfg("edge1.toml")],
+        &dir.join("edge1.log"),
+    )?);
+    children.0.push(spawn(
+        &exe,
+        &["edge", "--config", &cfg("edge2.toml")],
+        &dir.join("edge2.log"),
+    )?);
+    let client = reqwest::Client::new();
+    wait_healthy(
+        &client,
+        &format!("{hub_url}/healthz"),
+        "the hub",
+        &mut children.0[0],
+    )
+    .await?;
+    wait_healthy(
+        &client,
+        &format!("http://127.0.0.1:{a1}/healthz"),
+        "edge 1",
+        &mut children.0[1],
+    )
+    .await?;
+    wait_healthy(
+        &client,
+        &format!("http://127.0.0.1:{a2}/healthz"),
+        "edge 2",
+        &mut children.0[2],
+    )
+    .await?;
+    eprintln!("hub {hub_url}, edges {} and {}", edges[0], edges[1]);
+
+    let video = match args.video {
+        Some(v) => v,
+        None => {
+            let demo = dir.join("demo.mp4");
+            if !demo.is_file() {
+                make_demo_video(&demo)?;
+            }
+            demo
+        }
+    };
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("upload     [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("valid template"),
+    );
+    let upload = meshcast_hub::tus_client::upload_file(
+        &client,
+        &format!("{hub_url}/v1/videos"),
+        &video,
+        4 << 20,
+        |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
+    .await?;
+    bar.finish();
+    let id = meshcast_hub::tus_client::video_id(&upload).to_string();
+    let bar = ProgressBar::new(100).with_style(
+        ProgressStyle::with_template("transcode  [{bar:40}] {pos}% {msg}").expect("valid template"),
+    );
+    let status: Value = loop {
+        let v: Value = client
+            .get(format!("{hub_url}/v1/videos/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        bar.set_position(v["percent"].as_f64().unwrap_or(0.0) as u64);
+        bar.set_message(v["status"].as_str().unwrap_or("").to_string());
+        match v["status"].as_str() {
+            Some("ready") => break v,
+            Some("failed") => {
+                bar.abandon();
+                bail!(
+                    "the video failed: {}",
+                    v["reason"].as_str().unwrap_or("no reason given")
+                );
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    bar.finish_with_message("ready");
+    let ready = json!({
+        "hub": hub_url,
+        "edges": edges,
+        "videos": [{ "id": id, "hls": status["hls"], "dash": status["dash"], "player": status["player"] }],
+    });
+    println!("\nmeshcast is up. Video {id}:");
+    for (i, edge) in edges.iter().enumerate() {
+        println!("  edge {} ({edge})", i + 1);
+        println!("    HLS    {}", status["hls"][i].as_str().unwrap_or("-"));
+        println!("    DASH   {}", status["dash"][i].as_str().unwrap_or("-"));
+        println!("    player {}", status["player"][i].as_str().unwrap_or("-"));
+    }
+    println!("Data and logs: {}\nCtrl-C stops everything.", dir.display());
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, serde_json::to_vec_pretty(&ready)?)?;
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate() => {}
+    }
+    eprintln!("stopping…");
+    drop(children);
+    Ok(())
+}
+
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

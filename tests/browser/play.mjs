@@ -1,0 +1,36 @@
+// Plays a meshcast player page in headless Chromium (Debian's package,
+// driven by playwright-core) and prints one JSON line: whether the video
+// reached `ended`, the player's events and errors.
+//   node tests/browser/play.mjs URL [timeout_seconds]
+import { chromium } from 'playwright-core';
+
+const [url, timeoutArg] = process.argv.slice(2);
+const timeout = Number(timeoutArg || 60) * 1000;
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required'],
+});
+const page = await browser.newPage();
+const consoleErrors = [];
+page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+page.on('pageerror', (e) => consoleErrors.push(String(e)));
+let result;
+try {
+  await page.goto(url, { waitUntil: 'load' });
+  await page.waitForFunction(() => window.meshcast && (window.meshcast.events.includes('ended') || window.meshcast.errors.length > 0), null, { timeout, polling: 200 });
+  result = await page.evaluate(() => ({
+    ended: window.meshcast.events.includes('ended'),
+    engine: window.meshcast.engine,
+    events: window.meshcast.events,
+    errors: window.meshcast.errors,
+    currentTime: document.getElementById('v').currentTime,
+    duration: document.getElementById('v').duration,
+  }));
+} catch (e) {
+  result = { ended: false, errors: [String(e)], events: await page.evaluate(() => window.meshcast && window.meshcast.events).catch(() => null) };
+}
+result.consoleErrors = consoleErrors;
+console.log(JSON.stringify(result));
+await browser.close();
+process.exit(result.ended && result.errors.length === 0 ? 0 : 1);

@@ -1,0 +1,380 @@
+//! The spine, end to end through the real binaries: tus upload → hub
+//! transcode → hub as origin → edge → ffmpeg, hls.js and dash.js.
+
+mod support;
+
+use meshcast_hub::tus_client;
+use std::time::Duration;
+use support::hub::*;
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+/// Sends a PATCH that promises `data.len()` bytes but delivers only half,
+/// then drops the connection, as a flaky mobile network would.
+async fn interrupted_patch(url: &str, at: u64, data: &[u8]) {
+    let u: reqwest::Url = url.parse().unwrap();
+    let mut s = tokio::net::TcpStream::connect((u.host_str().unwrap(), u.port().unwrap()))
+        .await
+        .unwrap();
+    let head = format!(
+        "PATCH {} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: {at}\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        u.path(),
+        data.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&data[..data.len() / 2]).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+}
+
+async fn upload_resuming(hub: &Hub, file: &std::path::Path) -> String {
+    let client = reqwest::Client::new();
+    let bytes = std::fs::read(file).unwrap();
+    let url = tus_client::create(
+        &client,
+        &hub.url("/v1/videos"),
+        "clip.mp4",
+        bytes.len() as u64,
+    )
+    .await
+    .unwrap();
+    let third = bytes.len() / 3;
+    let at = tus_client::patch(&client, &url, 0, bytes[..third].to_vec())
+        .await
+        .unwrap();
+    assert_eq!(at, third as u64);
+    interrupted_patch(&url, at, &bytes[third..]).await;
+    let mut resumed_at = 0;
+    for _ in 0..50 {
+        resumed_at = tus_client::offset(&client, &url).await.unwrap();
+        if resumed_at > third as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        resumed_at > third as u64,
+        "bytes of the cut PATCH were kept (offset {resumed_at})"
+    );
+    assert!(resumed_at < bytes.len() as u64);
+    let wrong = tus_client::patch(&client, &url, third as u64, vec![0; 10])
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("409"), "{wrong}");
+    let end = tus_client::patch(
+        &client,
+        &url,
+        resumed_at,
+        bytes[resumed_at as usize..].to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(end, bytes.len() as u64);
+    tus_client::video_id(&url).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_transcode_and_play_through_the_edge() {
+    let edge_port = free_port();
+    let mut hub = Hub::config(&format!("http://127.0.0.1:{edge_port}"));
+    hub.launch().await;
+    let mut edge = Edge::config(hub.addr(), "");
+    edge.port = edge_port;
+    edge.write_config(hub.addr(), "");
+    let edge = edge.start().await;
+
+    let src = hub.dir.join("clip.mp4");
+    make_video(&src, 6, "640x360");
+    let id = upload_resuming(&hub, &src).await;
+    let (video, seen) = hub.wait_done(&id, Duration::from_secs(120)).await;
+    assert_eq!(video["status"], "ready", "{video}");
+    assert!(
+        seen.iter().any(|s| s == "queued" || s == "transcoding"),
+        "{seen:?}"
+    );
+    assert_eq!(video["renditions"], serde_json::json!(["360p", "audio"]));
+    let hls = video["hls"][0].as_str().unwrap().to_string();
+    let dash = video["dash"][0].as_str().unwrap().to_string();
+    let player = video["player"][0].as_str().unwrap().to_string();
+    assert_eq!(hls, edge.url(&format!("/v/{id}/master.m3u8")));
+
+    // ffmpeg decodes every frame of the source through the edge, from HLS and from DASH.
+    let source_frames = count_frames(src.to_str().unwrap());
+    assert_eq!(source_frames, 150);
+    assert_eq!(count_frames(&hls), source_frames, "HLS");
+    assert_eq!(count_frames(&dash), source_frames, "DASH");
+
+    // The hub as origin: long-lived immutable segments, short playlists, ETags, 304.
+    let seg = get(&hub.url(&format!("/v/{id}/360p/seg_00001.m4s")), &[]).await;
+    assert_eq!(
+        seg.headers["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let etag = seg.headers["etag"].to_str().unwrap().to_string();
+    assert_eq!(
+        get(
+            &hub.url(&format!("/v/{id}/360p/seg_00001.m4s")),
+            &[("if-none-match", &etag)]
+        )
+        .await
+        .status,
+        304
+    );
+    let master = get(&hub.url(&format!("/v/{id}/master.m3u8")), &[]).await;
+    assert_eq!(master.headers["cache-control"], "public, max-age=5");
+    assert!(master.headers.contains_key("etag"));
+    let text = String::from_utf8(master.body).unwrap();
+    for want in [
+        "CODECS=\"avc1.",
+        "RESOLUTION=640x360",
+        "AVERAGE-BANDWIDTH=",
+        "FRAME-RATE=25",
+        "TYPE=AUDIO",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    // Segments came through the edge's cache.
+    let again = get(&edge.url(&format!("/v/{id}/360p/seg_00001.m4s")), &[]).await;
+    assert!(again.cache.contains("hit"), "{}", again.cache);
+
+    // Real players in Chromium play to the end without a player error.
+    for page in [player.clone(), format!("{player}?engine=dash")] {
+        let r = play_in_chromium(&page);
+        assert_eq!(r["ended"], true, "{page}: {r}");
+        assert_eq!(r["errors"], serde_json::json!([]), "{page}: {r}");
+    }
+    let list: serde_json::Value = reqwest::get(hub.url("/v1/videos"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["videos"][0]["id"], id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_fail_with_reasons() {
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    hub.launch().await;
+    let dir = hub.dir.clone();
+    let good = dir.join("good.mp4");
+    make_video(&good, 2, "320x240");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(dir.join("empty.mp4"), b"").unwrap();
+    std::fs::write(dir.join("truncated.mp4"), &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::write(dir.join("notes.txt"), b"meeting notes: not a video\n").unwrap();
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240",
+        "-frames:v",
+        "1",
+        dir.join("still.png").to_str().unwrap(),
+    ]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440",
+        "-t",
+        "2",
+        "-c:a",
+        "aac",
+        dir.join("audio.m4a").to_str().unwrap(),
+    ]);
+    let cases = [
+        ("empty.mp4", "empty"),
+        ("truncated.mp4", "incomplete or damaged"),
+        ("notes.txt", "not a video"),
+        ("still.png", "still image"),
+        ("audio.m4a", "no video stream"),
+    ];
+    let client = reqwest::Client::new();
+    for (file, reason) in cases {
+        let url = tus_client::upload_file(
+            &client,
+            &hub.url("/v1/videos"),
+            &dir.join(file),
+            1 << 20,
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+        let (v, _) = hub
+            .wait_done(tus_client::video_id(&url), Duration::from_secs(60))
+            .await;
+        assert_eq!(v["status"], "failed", "{file}: {v}");
+        let why = v["reason"].as_str().unwrap_or("");
+        assert!(
+            why.contains(reason),
+            "{file}: reason {why:?} should mention {reason:?}"
+        );
+        assert_eq!(v["hls"], serde_json::json!([]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tus_protocol_answers() {
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    hub.launch().await;
+    let client = reqwest::Client::new();
+    let opts = client
+        .request(reqwest::Method::OPTIONS, hub.url("/v1/videos"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opts.headers()["tus-version"], "1.0.0");
+    assert!(opts.headers()["tus-extension"]
+        .to_str()
+        .unwrap()
+        .contains("creation"));
+    let no_version = client
+        .post(hub.url("/v1/videos"))
+        .header("upload-length", 10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_version.status(), 412);
+    let no_length = client
+        .post(hub.url("/v1/videos"))
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_length.status(), 400);
+    let url = tus_client::create(&client, &hub.url("/v1/videos"), "x.mp4", 100)
+        .await
+        .unwrap();
+    let wrong_type = client
+        .patch(&url)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", 0)
+        .header("content-type", "video/mp4")
+        .body(vec![0u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), 415);
+    let too_much = tus_client::patch(&client, &url, 0, vec![0u8; 101])
+        .await
+        .unwrap_err();
+    assert!(too_much.to_string().contains("413"), "{too_much}");
+    let v = hub.video(tus_client::video_id(&url)).await;
+    assert_eq!(v["status"], "uploading");
+    let del = client
+        .delete(&url)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    assert_eq!(
+        client
+            .head(&url)
+            .header("tus-resumable", "1.0.0")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_crash_mid_transcode_requeues_the_video() {
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    // A slower preset and a taller source so the transcode is still running when the hub dies.
+    let text = std::fs::read_to_string(&hub.config)
+        .unwrap()
+        .replace("ultrafast", "medium");
+    std::fs::write(&hub.config, text).unwrap();
+    hub.launch().await;
+    let src = hub.dir.join("long.mp4");
+    make_video(&src, 12, "1280x720");
+    let client = reqwest::Client::new();
+    let url = tus_client::upload_file(&client, &hub.url("/v1/videos"), &src, 4 << 20, |_, _| {})
+        .await
+        .unwrap();
+    let id = tus_client::video_id(&url).to_string();
+    let mut caught = false;
+    for _ in 0..400 {
+        if hub.video(&id).await["status"] == "transcoding" {
+            caught = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(caught, "saw the video transcoding");
+    hub.kill();
+    hub.launch().await;
+    let v = hub.video(&id).await;
+    assert!(
+        v["status"] == "queued" || v["status"] == "transcoding",
+        "after restart: {v}"
+    );
+    assert_eq!(v["hls"], serde_json::json!([]), "never half-ready");
+    let (v, _) = hub.wait_done(&id, Duration::from_secs(240)).await;
+    assert_eq!(v["status"], "ready", "{v}");
+    assert_eq!(
+        v["renditions"],
+        serde_json::json!(["720p", "480p", "360p", "audio"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshcast_up_brings_up_a_playable_network() {
+    let dir = std::env::temp_dir().join(format!("meshcast-up-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let video = dir.join("in.mp4");
+    make_video(&video, 4, "640x360");
+    let ready = dir.join("ready.json");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+        .args(["up", "--dir"])
+        .arg(dir.join("net"))
+        .arg("--video")
+        .arg(&video)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut facts = None;
+    for _ in 0..1200 {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                facts = Some(v);
+                break;
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "meshcast up exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let facts = facts.expect("ready file written");
+    assert_eq!(facts["edges"].as_array().unwrap().len(), 2);
+    let hls = facts["videos"][0]["hls"].as_array().unwrap();
+    assert_eq!(hls.len(), 2);
+    for url in hls {
+        assert_eq!(count_frames(url.as_str().unwrap()), 100, "{url}");
+    }
+    assert!(
+        reqwest::get(facts["videos"][0]["player"][1].as_str().unwrap())
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,207 @@
+//! Test harness for the hub: the real `meshcast hub` binary, media made with
+//! ffmpeg, and helpers to watch a video's status.
+
+#![allow(dead_code)]
+
+use super::free_port;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Hub {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Hub {
+    /// `edge_base` is the edge URL the hub hands out for playback.
+    pub fn config(edge_base: &str) -> Hub {
+        let dir = std::env::temp_dir().join(format!(
+            "meshcast-hub-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let config = dir.join("hub.toml");
+        let text = format!(
+            "[hub]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nedges = [\"{edge_base}\"]\nassets_dir = \"{}\"\n\
+             [transcode]\nsegment_duration = \"2s\"\npreset = \"ultrafast\"\n",
+            dir.join("data").display(),
+            repo_root().join("node_modules").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Hub {
+            port,
+            dir,
+            config,
+            child: None,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn launch(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_meshcast"))
+            .args(["hub", "--config"])
+            .arg(&self.config)
+            .env("MESHCAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start meshcast hub");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if reqwest::get(self.url("/healthz"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("hub did not come up");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn video(&self, id: &str) -> Value {
+        reqwest::get(self.url(&format!("/v1/videos/{id}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Polls until the video is ready or failed; returns its last status and
+    /// every status seen on the way.
+    pub async fn wait_done(&self, id: &str, limit: Duration) -> (Value, Vec<String>) {
+        let deadline = Instant::now() + limit;
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let v = self.video(id).await;
+            let status = v["status"].as_str().unwrap_or("?").to_string();
+            if seen.last() != Some(&status) {
+                seen.push(status.clone());
+            }
+            if status == "ready" || status == "failed" {
+                return (v, seen);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "video {id} still {status} after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn ffmpeg(args: &[&str]) {
+    let ok = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y"])
+        .args(args)
+        .status()
+        .expect("ffmpeg installed")
+        .success();
+    assert!(ok, "ffmpeg {args:?}");
+}
+
+/// A test-pattern video with a tone.
+pub fn make_video(path: &Path, secs: u32, size: &str) {
+    let t = secs.to_string();
+    let src = format!("testsrc2=size={size}:rate=25");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &src,
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        &t,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        path.to_str().unwrap(),
+    ]);
+}
+
+/// Frames of the first video stream, as decoded by ffprobe from `input`.
+pub fn count_frames(input: &str) -> u64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(input)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "ffprobe could not count frames of {input}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// Plays a player page in headless Chromium; returns the script's JSON.
+pub fn play_in_chromium(url: &str) -> Value {
+    let out = Command::new("node")
+        .arg(repo_root().join("tests/browser/play.mjs"))
+        .arg(url)
+        .arg("60")
+        .current_dir(repo_root())
+        .output()
+        .expect("node installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_else(|_| {
+        panic!(
+            "browser script said: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
