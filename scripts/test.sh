@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 ensure_packages cmake:cmake gcc:cc g++:c++ pkg-config:pkg-config procps:kill curl:curl openssl:openssl \
-  ffmpeg:ffmpeg chromium:chromium nodejs:node npm:npm
+  ffmpeg:ffmpeg chromium:chromium nodejs:node npm:npm nginx:nginx wrk:wrk
 ensure_rust
 npm ci --no-audit --no-fund --loglevel=error
 if cargo nextest --version >/dev/null 2>&1; then

@@ -1,0 +1,106 @@
+//! meshcast-loadtest: measures `meshcast edge` against nginx `proxy_cache`
+//! on this machine (`compare`) and simulates HLS viewers (`viewers`). It
+//! starts everything it measures — an origin, nginx, the edge — on loopback
+//! ports and stops them when done; it touches nothing else.
+
+mod coalesce;
+mod compare;
+mod openloop;
+mod origin;
+mod procstat;
+mod report;
+mod servers;
+mod viewers;
+mod wrk;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "meshcast-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// The meshcast binary; default: `meshcast` beside this program.
+    #[arg(long)]
+    pub meshcast: Option<PathBuf>,
+    /// Worker threads for the edge and worker processes for nginx.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// A few seconds per case: a smoke test of the harness, not a measurement.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Throughput, latency, CPU and memory of meshcast vs nginx, and cold-miss coalescing.
+    Compare {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds per wrk run (default 5; 1 with --quick).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Concurrent connections per wrk run.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Alternating rounds per object (default 3; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Concurrent cold requests in the coalescing test (default 1000; 200 with --quick).
+        #[arg(long)]
+        cold: Option<usize>,
+    },
+    /// Simulated HLS players, ramped until more than 1 % of viewing time is rebuffering.
+    Viewers {
+        #[command(flatten)]
+        common: Common,
+        /// Viewers in the first step (doubling each step).
+        #[arg(long)]
+        start: Option<usize>,
+        /// Largest step to try.
+        #[arg(long)]
+        max: Option<usize>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Compare {
+            common,
+            duration,
+            connections,
+            rounds,
+            cold,
+        } => {
+            let opts = compare::Options {
+                duration: duration.unwrap_or(if common.quick { 1 } else { 5 }),
+                connections,
+                rounds: rounds.unwrap_or(if common.quick { 1 } else { 3 }),
+                cold: cold.unwrap_or(if common.quick { 200 } else { 1000 }),
+                common,
+            };
+            rt.block_on(compare::run(opts))
+        }
+        Command::Viewers { common, start, max } => {
+            let opts = viewers::Options {
+                start: start.unwrap_or(if common.quick { 4 } else { 25 }),
+                max: max.unwrap_or(if common.quick { 8 } else { 3200 }),
+                common,
+            };
+            rt.block_on(viewers::run(opts))
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Starts the two servers under test with equivalent settings.
+
+use crate::procstat;
+use crate::Common;
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    pub name: &'static str,
+    pub base: String,
+    child: Child,
+}
+
+impl Server {
+    /// The server's processes (nginx: master and workers).
+    pub fn pids(&self) -> Vec<u32> {
+        procstat::with_children(self.child.id())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM first (nginx then stops its workers), then make sure.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_up(url: &str, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if reqwest::get(url).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited at start-up: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not start listening")
+}
+
+pub fn meshcast_binary(common: &Common) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &common.meshcast {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no exe dir")?;
+    for candidate in [dir.join("meshcast"), dir.join("../meshcast")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("cannot find the meshcast binary beside {}; build it (cargo build --release) or pass --meshcast", exe.display())
+}
+
+pub async fn start_edge(common: &Common, origin: SocketAddr, dir: &Path) -> anyhow::Result<Server> {
+    let (port, admin) = (free_port()?, free_port()?);
+    let config = dir.join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\nthreads = {}\n\
+             [cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"512MiB\"\nlock_timeout = \"30s\"\n\
+             [log]\naccess = \"off\"\nlevel = \"warn\"\n\
+             [[site]]\nhosts = [\"*\"]\norigin = \"http://{origin}\"\nstale_if_error = \"0s\"\n",
+            common.threads,
+            dir.join("edge-cache").display()
+        ),
+    )?;
+    let mut child = Command::new(meshcast_binary(common)?)
+        .args(["edge", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("edge.log"))?)
+        .spawn()
+        .context("starting meshcast edge")?;
+    wait_up(
+        &format!("http://127.0.0.1:{admin}/healthz"),
+        &mut child,
+        "meshcast edge",
+    )
+    .await?;
+    Ok(Server {
+        name: "meshcast",
+        base: format!("http://127.0.0.1:{port}"),
+        child,
+    })
+}
+
+pub async fn start_nginx(
+    common: &Common,
+    origin: SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<Server> {
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    let cache = dir.join("nginx-cache");
+    std::fs::create_dir_all(&cache)?;
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes {threads};\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
+             events {{ worker_connections 8192; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  keepalive_requests 100000;\n\
+               client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+               proxy_cache_path {cache} levels=1:2 keys_zone=edge:64m max_size=2g inactive=1d use_temp_path=off;\n\
+               upstream origin {{ server {origin}; keepalive 64; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+                 proxy_cache edge;\n      proxy_cache_lock on;\n      proxy_cache_lock_timeout 30s;\n      proxy_cache_valid 200 1d;\n      add_header X-Cache $upstream_cache_status;\n    }}\n  }}\n}}\n",
+            threads = common.threads,
+            dir = dir.display(),
+            cache = cache.display(),
+        ),
+    )?;
+    let mut child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nginx.stderr"))?)
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot start nginx ({e}); install it with `apt-get install nginx`")
+        })?;
+    wait_up(&format!("http://127.0.0.1:{port}/"), &mut child, "nginx").await?;
+    Ok(Server {
+        name: "nginx",
+        base: format!("http://127.0.0.1:{port}"),
+        child,
+    })
+}

@@ -1,0 +1,64 @@
+//! CI smoke test: `compare --quick` and `viewers --quick` run end to end and
+//! print well-formed JSON. Nothing here is about speed; the one hard fact
+//! checked is that both servers coalesced the cold misses into one fetch.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> serde_json::Value {
+    let exe = env!("CARGO_BIN_EXE_meshcast-loadtest");
+    let meshcast = std::path::Path::new(exe).parent().unwrap().join("meshcast");
+    assert!(
+        meshcast.is_file(),
+        "build the meshcast binary first (cargo build)"
+    );
+    let out = Command::new(exe)
+        .args(args)
+        .arg("--meshcast")
+        .arg(&meshcast)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn compare_quick_reports_every_figure() {
+    let r = run(&["compare", "--quick", "--json"]);
+    let objects = r["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 3);
+    for o in objects {
+        for server in ["meshcast", "nginx"] {
+            assert!(o[server]["rps"].as_f64().unwrap() > 0.0, "{o}");
+            assert!(o[server]["cpu_s_per_gb"].as_f64().unwrap() > 0.0, "{o}");
+        }
+        assert!(o["ratio"]["rps"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(r["cold_coalescing"]["meshcast"]["origin_fetches"], 1, "{r}");
+    assert_eq!(
+        r["cold_coalescing"]["meshcast"]["ok"], r["cold_coalescing"]["meshcast"]["requests"],
+        "{r}"
+    );
+    assert!(r["peak_rss_bytes"]["meshcast"].as_u64().unwrap() > 0);
+    assert!(
+        r["fixed_rate_small_object"]["meshcast"]["achieved_rps"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[test]
+fn viewers_quick_ramps_both_servers() {
+    let r = run(&["viewers", "--quick", "--json"]);
+    for server in ["meshcast", "nginx"] {
+        let steps = r[server]["steps"].as_array().unwrap();
+        assert!(!steps.is_empty(), "{r}");
+        assert!(steps[0]["mean_kbps"].as_f64().unwrap() >= 800.0, "{r}");
+        assert_eq!(steps[0]["failed"], 0, "{r}");
+    }
+}
