@@ -80,6 +80,9 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let conf = ServerConf {
         threads,
+        // Each thread keeps its connections: no cross-thread wake-ups on the
+        // hot path (measured: see BENCHMARKS.md).
+        work_stealing: false,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()

@@ -14,7 +14,8 @@ const UNIT: usize = 1024;
 
 /// A complete object held in memory.
 pub struct MemObject {
-    pub hash_hex: String,
+    /// The full cache-key hash, to tell apart keys whose first 8 bytes collide.
+    pub hash: [u8; 16],
     pub url: String,
     pub meta: (Vec<u8>, Vec<u8>),
     pub body: Bytes,
@@ -45,8 +46,8 @@ impl MemoryTier {
         }
     }
 
-    pub fn get(&self, key: u64, hash_hex: &str) -> Option<Arc<MemObject>> {
-        self.ufo.get(&key).filter(|o| o.hash_hex == hash_hex)
+    pub fn get(&self, key: u64, hash: &[u8; 16]) -> Option<Arc<MemObject>> {
+        self.ufo.get(&key).filter(|o| &o.hash == hash)
     }
 
     /// Offers an object; TinyUFO may decline it or evict others for it.

@@ -55,11 +55,13 @@ enum Progress {
     Failed,
 }
 
-fn hash_of(key: &impl CacheHashKey) -> (u64, String) {
+/// The 64-bit tier key and the full hash of a cache key. Hex (for file
+/// names) is only made when the disk tier is involved.
+fn hash_of(key: &impl CacheHashKey) -> (u64, [u8; 16]) {
     let bin = key.combined_bin();
     let mut first = [0u8; 8];
     first.copy_from_slice(&bin[..8]);
-    (u64::from_be_bytes(first), hex::encode(bin))
+    (u64::from_be_bytes(first), bin)
 }
 
 fn internal(msg: impl Into<String>) -> Box<Error> {
@@ -134,18 +136,19 @@ impl Storage for TieredStorage {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let (k, hex) = hash_of(key);
+        let (k, bin) = hash_of(key);
         let partial = self.writes.lock().get(&k).map(|(_, o)| o.clone());
         if let Some(obj) = partial {
             return Self::partial_hit(&obj);
         }
-        if let Some(obj) = self.memory.get(k, &hex) {
+        if let Some(obj) = self.memory.get(k, &bin) {
             let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
             return Ok(Some((meta, Box::new(CompleteHit::new(obj.body.clone())))));
         }
         let Some(disk) = &self.disk else {
             return Ok(None);
         };
+        let hex = hex::encode(bin);
         match disk.load(k, &hex).await {
             Ok(Some((record, body))) => {
                 let meta = match CacheMeta::deserialize(&record.meta.0, &record.meta.1) {
@@ -158,7 +161,7 @@ impl Storage for TieredStorage {
                     }
                 };
                 let obj = Arc::new(MemObject {
-                    hash_hex: hex,
+                    hash: bin,
                     url: record.url,
                     meta: record.meta,
                     body: body.clone(),
@@ -213,7 +216,7 @@ impl Storage for TieredStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let (k, hex) = hash_of(key);
+        let (k, bin) = hash_of(key);
         let url = key.primary_key_str().unwrap_or_default().to_string();
         let (progress, _) = watch::channel(Progress::Writing(0));
         let obj = Arc::new(PartialObject {
@@ -226,7 +229,7 @@ impl Storage for TieredStorage {
         Ok(Box::new(Fill {
             storage: self,
             key: k,
-            hash_hex: hex,
+            hash: bin,
             url,
             id,
             tag: id.into(),
@@ -241,7 +244,8 @@ impl Storage for TieredStorage {
         _why: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let (k, hex) = hash_of(target.key());
+        let (k, bin) = hash_of(target.key());
+        let hex = hex::encode(bin);
         let in_flight = self.writes.lock().remove(&k).is_some();
         let in_memory = self.memory.remove(k);
         let on_disk = match &self.disk {
@@ -261,14 +265,15 @@ impl Storage for TieredStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let (k, hex) = hash_of(key);
+        let (k, bin) = hash_of(key);
+        let hex = hex::encode(bin);
         let serialized = meta.serialize()?;
         let mut updated = false;
-        if let Some(old) = self.memory.get(k, &hex) {
+        if let Some(old) = self.memory.get(k, &bin) {
             self.memory.put(
                 k,
                 Arc::new(MemObject {
-                    hash_hex: old.hash_hex.clone(),
+                    hash: old.hash,
                     url: old.url.clone(),
                     meta: serialized.clone(),
                     body: old.body.clone(),
@@ -427,7 +432,7 @@ impl HandleHit for PartialHit {
 struct Fill {
     storage: &'static TieredStorage,
     key: u64,
-    hash_hex: String,
+    hash: [u8; 16],
     url: String,
     id: u64,
     tag: U64WriteId,
@@ -475,7 +480,7 @@ impl HandleMiss for Fill {
         };
         let body_hash = *blake3::hash(&body).as_bytes();
         let obj = Arc::new(MemObject {
-            hash_hex: self.hash_hex.clone(),
+            hash: self.hash,
             url: self.url.clone(),
             meta: self.obj.meta.clone(),
             body: body.clone(),
@@ -484,14 +489,14 @@ impl HandleMiss for Fill {
         self.storage.memory.put(self.key, obj);
         if let Some(disk) = &self.storage.disk {
             let record = MetaRecord {
-                hash_hex: self.hash_hex.clone(),
+                hash_hex: hex::encode(self.hash),
                 url: self.url.clone(),
                 body_len: size as u64,
                 body_hash,
                 meta: self.obj.meta.clone(),
             };
             if let Err(e) = disk.store(self.key, record, vec![body]).await {
-                tracing::error!(key = %self.hash_hex, error = %e, "disk cache write failed; object kept in memory only");
+                tracing::error!(key = %hex::encode(self.hash), error = %e, "disk cache write failed; object kept in memory only");
                 self.storage.metrics.disk_errors.inc();
             }
         }
