@@ -2,6 +2,7 @@
 //! the library crate that owns the work.
 
 mod demo_origin;
+mod keys;
 mod up;
 
 use anyhow::Context;
@@ -55,12 +56,30 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+    /// Key material: `meshcast keys cert --host NAME... --out DIR`.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Serve a directory over HTTP as a demo origin (ETag, Last-Modified, 304).
     DemoOrigin {
         #[arg(long)]
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// A self-signed certificate for local TLS and HTTP/3.
+    Cert {
+        /// Host names or IP addresses the certificate covers.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Folder for cert.pem and key.pem.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -119,6 +138,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 video,
                 ready_file,
             }))
+        }
+        Command::Keys {
+            command: KeysCommand::Cert { hosts, out },
+        } => {
+            let spki = keys::self_signed_cert(&hosts, &out)?;
+            println!(
+                "wrote {0}/cert.pem and {0}/key.pem (mode 0600)",
+                out.display()
+            );
+            println!("SPKI SHA-256 (for --ignore-certificate-errors-spki-list): {spki}");
+            Ok(())
         }
         Command::DemoOrigin { dir, listen } => {
             init_tracing("info");

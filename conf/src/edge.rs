@@ -30,8 +30,21 @@ pub struct EdgeSection {
     /// TLS listeners: HTTP/1.1 and HTTP/2 by ALPN.
     #[serde(default)]
     pub listen_tls: Vec<SocketAddr>,
+    /// HTTP/3 (QUIC) listeners; they use `tls_cert`/`tls_key` and may share
+    /// a port number with a TLS listener.
+    #[serde(default)]
+    pub listen_quic: Vec<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Concurrent request streams per QUIC connection.
+    #[serde(default = "default_quic_streams")]
+    pub quic_max_streams: u32,
+    /// QUIC connections at once; new ones beyond are refused.
+    #[serde(default = "default_quic_connections")]
+    pub quic_max_connections: usize,
+    /// A QUIC connection idle this long is closed.
+    #[serde(default = "default_quic_idle")]
+    pub quic_idle_timeout: Seconds,
     /// Admin listener: `/metrics`, `/healthz`, `POST /purge`.
     pub admin: Option<SocketAddr>,
     /// Bearer key that `POST /purge` must present; purge is refused without one.
@@ -264,6 +277,15 @@ impl Default for LogSection {
     }
 }
 
+fn default_quic_streams() -> u32 {
+    100
+}
+fn default_quic_connections() -> usize {
+    10_000
+}
+fn default_quic_idle() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
 fn default_connect_timeout() -> Seconds {
     Seconds(Duration::from_secs(3))
 }
@@ -321,19 +343,32 @@ impl EdgeConfig {
                 "no listener: set `listen = [\"0.0.0.0:80\"]` and/or `listen_tls`".into(),
             ));
         }
-        if !e.listen_tls.is_empty() {
+        for (key, list) in [
+            ("edge.listen_tls", &e.listen_tls),
+            ("edge.listen_quic", &e.listen_quic),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
             if e.tls_cert.is_none() {
                 return Err((
-                    "edge.listen_tls".into(),
-                    "TLS listeners need `tls_cert = \"PATH\"` (PEM certificate chain)".into(),
+                    key.into(),
+                    "TLS and QUIC listeners need `tls_cert = \"PATH\"` (PEM certificate chain)"
+                        .into(),
                 ));
             }
             if e.tls_key.is_none() {
                 return Err((
-                    "edge.listen_tls".into(),
-                    "TLS listeners need `tls_key = \"PATH\"` (PEM private key)".into(),
+                    key.into(),
+                    "TLS and QUIC listeners need `tls_key = \"PATH\"` (PEM private key)".into(),
                 ));
             }
+        }
+        if e.quic_max_streams == 0 || e.quic_max_connections == 0 {
+            return Err((
+                "edge.quic_max_streams".into(),
+                "QUIC limits must be at least 1".into(),
+            ));
         }
         if e.threads == Some(0) {
             return Err(("edge.threads".into(), "threads must be at least 1".into()));

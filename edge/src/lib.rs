@@ -12,5 +12,6 @@ mod cache_status;
 pub mod freshness;
 pub mod metrics;
 pub mod pipeline;
+pub mod quic;
 pub mod server;
 pub mod sites;

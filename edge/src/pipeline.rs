@@ -30,6 +30,8 @@ pub struct EdgeState {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub admin_key: Option<String>,
+    /// `Alt-Svc` advertising the QUIC door, when there is one.
+    pub alt_svc: Option<String>,
 }
 
 /// What lives as long as the process.
@@ -54,6 +56,8 @@ pub struct RequestCtx {
     key_url: String,
     stored: bool,
     origin_status: Option<u16>,
+    /// Which door the request came through, for logs.
+    proto: &'static str,
 }
 
 /// Size of the request head as received (request line and header fields).
@@ -86,10 +90,18 @@ impl ProxyHttp for EdgePipeline {
             key_url: String::new(),
             stored: false,
             origin_status: None,
+            proto: "HTTP/1.1",
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.proto = if session.as_downstream().is_custom() {
+            "HTTP/3"
+        } else if session.is_http2() {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        };
         let req = session.req_header();
         let size = header_bytes(req);
         if size > ctx.state.max_header_bytes {
@@ -247,6 +259,11 @@ impl ProxyHttp for EdgePipeline {
             resp.insert_header(header::AGE, age.to_string())?;
         }
         resp.insert_header("cache-status", status)?;
+        if let Some(alt_svc) = &ctx.state.alt_svc {
+            if ctx.proto != "HTTP/3" {
+                resp.insert_header(header::ALT_SVC, alt_svc.as_str())?;
+            }
+        }
         Ok(())
     }
 
@@ -328,11 +345,7 @@ impl ProxyHttp for EdgePipeline {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_string(),
-            proto: if session.is_http2() {
-                "HTTP/2"
-            } else {
-                "HTTP/1.1"
-            },
+            proto: ctx.proto,
             status,
             cache: cache.to_string(),
             bytes,

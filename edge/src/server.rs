@@ -6,6 +6,7 @@ use crate::admin::Admin;
 use crate::cache::TieredStorage;
 use crate::metrics::Metrics;
 use crate::pipeline::{EdgePipeline, EdgeState, Shared};
+use crate::quic::{QuicDoor, QuicLimits};
 use crate::sites::Sites;
 use arc_swap::ArcSwap;
 use meshcast_conf::{ConfError, EdgeConfig};
@@ -15,6 +16,7 @@ use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +41,11 @@ fn build_state(config: &EdgeConfig) -> Result<EdgeState, EdgeError> {
         connect_timeout: config.edge.origin_connect_timeout.0,
         read_timeout: config.edge.origin_read_timeout.0,
         admin_key: config.edge.admin_key.as_ref().map(|k| k.0.clone()),
+        alt_svc: config
+            .edge
+            .listen_quic
+            .first()
+            .map(|a| format!("h3=\":{}\"; ma=86400", a.port())),
     })
 }
 
@@ -121,6 +128,30 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     }
     server.add_service(proxy);
 
+    if !config.edge.listen_quic.is_empty() {
+        let (Some(cert), Some(key)) = (&config.edge.tls_cert, &config.edge.tls_key) else {
+            return Err(EdgeError::Tls(
+                "listen_quic needs tls_cert and tls_key".into(),
+            ));
+        };
+        // The same pipeline and shared state as the TCP door, driven by
+        // QUIC request streams instead of Pingora's own listeners.
+        let pipeline = Arc::new(pingora_proxy::http_proxy(
+            &server.configuration,
+            EdgePipeline {
+                shared: shared.clone(),
+            },
+        ));
+        let limits = QuicLimits {
+            max_streams: config.edge.quic_max_streams,
+            max_connections: config.edge.quic_max_connections,
+            idle_timeout: config.edge.quic_idle_timeout.0,
+        };
+        let door = QuicDoor::new(&config.edge.listen_quic, cert, key, &limits, pipeline)
+            .map_err(|e| EdgeError::Tls(e.to_string()))?;
+        server.add_service(background_service("meshcast quic door", door));
+    }
+
     if let Some(addr) = config.edge.admin {
         let mut admin = Service::new(
             "meshcast admin".into(),
@@ -134,6 +165,7 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     tracing::info!(
         listen = ?config.edge.listen,
         listen_tls = ?config.edge.listen_tls,
+        listen_quic = ?config.edge.listen_quic,
         admin = ?config.edge.admin,
         threads,
         disk = storage.has_disk(),

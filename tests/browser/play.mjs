@@ -1,7 +1,9 @@
 // Plays a meshcast player page in headless Chromium (Debian's package,
 // driven by playwright-core) and prints one JSON line: whether the video
-// reached `ended`, the player's events and errors.
+// reached `ended`, the player's events and errors, and the protocol each
+// resource came over (`nextHopProtocol`, e.g. "h3").
 //   node tests/browser/play.mjs URL [timeout_seconds]
+// CHROMIUM_ARGS adds Chromium flags (space-separated), e.g. to force QUIC.
 import { chromium } from 'playwright-core';
 
 const [url, timeoutArg] = process.argv.slice(2);
@@ -9,7 +11,8 @@ const timeout = Number(timeoutArg || 60) * 1000;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required'],
+         '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required',
+         ...(process.env.CHROMIUM_ARGS || '').split(' ').filter(Boolean)],
 });
 const page = await browser.newPage();
 const consoleErrors = [];
@@ -24,6 +27,7 @@ try {
     engine: window.meshcast.engine,
     events: window.meshcast.events,
     errors: window.meshcast.errors,
+    protocols: performance.getEntriesByType('resource').map((e) => [e.name, e.nextHopProtocol]),
     currentTime: document.getElementById('v').currentTime,
     duration: document.getElementById('v').duration,
   }));

@@ -190,7 +190,13 @@ pub fn count_frames(input: &str) -> u64 {
 
 /// Plays a player page in headless Chromium; returns the script's JSON.
 pub fn play_in_chromium(url: &str) -> Value {
+    play_in_chromium_with(url, "")
+}
+
+/// The same, with extra Chromium flags.
+pub fn play_in_chromium_with(url: &str, chromium_args: &str) -> Value {
     let out = Command::new("node")
+        .env("CHROMIUM_ARGS", chromium_args)
         .arg(repo_root().join("tests/browser/play.mjs"))
         .arg(url)
         .arg("60")

@@ -404,4 +404,5 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     }
 }
 
+pub mod h3;
 pub mod hub;
