@@ -5,6 +5,7 @@
 
 mod coalesce;
 mod compare;
+mod http3;
 mod openloop;
 mod origin;
 mod procstat;
@@ -58,6 +59,22 @@ enum Command {
         #[arg(long)]
         cold: Option<usize>,
     },
+    /// 2 MB segment throughput over HTTP/3 vs HTTP/2 over TLS on one edge.
+    Http3 {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds per run (default 5; 1 with --quick).
+        #[arg(long)]
+        duration: Option<u64>,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+        /// Alternating rounds (default 3; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
     /// Simulated HLS players, ramped until more than 1 % of viewing time is rebuffering.
     Viewers {
         #[command(flatten)]
@@ -93,6 +110,22 @@ fn main() -> anyhow::Result<()> {
                 common,
             };
             rt.block_on(compare::run(opts))
+        }
+        Command::Http3 {
+            common,
+            duration,
+            connections,
+            streams,
+            rounds,
+        } => {
+            let opts = http3::Options {
+                duration: duration.unwrap_or(if common.quick { 1 } else { 5 }),
+                connections,
+                streams,
+                rounds: rounds.unwrap_or(if common.quick { 1 } else { 3 }),
+                common,
+            };
+            rt.block_on(http3::run(opts))
         }
         Command::Viewers { common, start, max } => {
             let opts = viewers::Options {

@@ -108,6 +108,67 @@ pub async fn start_edge(common: &Common, origin: SocketAddr, dir: &Path) -> anyh
     })
 }
 
+/// An edge with TLS (HTTP/2 by ALPN) and QUIC on one port, using a
+/// certificate made by `meshcast keys cert`; returns (server, port, cert).
+pub async fn start_edge_tls_quic(
+    common: &Common,
+    origin: SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<(Server, u16, PathBuf)> {
+    let bin = meshcast_binary(common)?;
+    let status = Command::new(&bin)
+        .args([
+            "keys",
+            "cert",
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1",
+            "--out",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "meshcast keys cert failed");
+    let (port, admin) = (free_port()?, free_port()?);
+    let config = dir.join("edge-tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[edge]\nlisten_tls = [\"127.0.0.1:{port}\"]\nlisten_quic = [\"127.0.0.1:{port}\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nadmin = \"127.0.0.1:{admin}\"\nthreads = {}\n\
+             [cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"512MiB\"\n\
+             [log]\naccess = \"off\"\nlevel = \"warn\"\n\
+             [[site]]\nhosts = [\"*\"]\norigin = \"http://{origin}\"\n",
+            dir.join("cert.pem").display(),
+            dir.join("key.pem").display(),
+            common.threads,
+            dir.join("edge-tls-cache").display()
+        ),
+    )?;
+    let mut child = Command::new(bin)
+        .args(["edge", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("edge-tls.log"))?)
+        .spawn()
+        .context("starting meshcast edge")?;
+    wait_up(
+        &format!("http://127.0.0.1:{admin}/healthz"),
+        &mut child,
+        "meshcast edge",
+    )
+    .await?;
+    Ok((
+        Server {
+            name: "meshcast",
+            base: format!("https://127.0.0.1:{port}"),
+            child,
+        },
+        port,
+        dir.join("cert.pem"),
+    ))
+}
+
 pub async fn start_nginx(
     common: &Common,
     origin: SocketAddr,

@@ -62,3 +62,11 @@ fn viewers_quick_ramps_both_servers() {
         assert_eq!(steps[0]["failed"], 0, "{r}");
     }
 }
+
+#[test]
+fn http3_quick_measures_both_protocols() {
+    let r = run(&["http3", "--quick", "--json"]);
+    assert!(r["h2_tls"]["mb_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["h3"]["mb_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["ratio_h3_over_h2"].as_f64().unwrap() > 0.0, "{r}");
+}

@@ -72,6 +72,11 @@ fn server_config(
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(limits.max_streams.into());
     transport.max_concurrent_uni_streams(8u32.into());
+    // Segments are megabytes: windows sized for a few in flight per
+    // connection, like the HTTP/2 door's.
+    transport.send_window(16 << 20);
+    transport.stream_receive_window((4u32 << 20).into());
+    transport.receive_window((16u32 << 20).into());
     transport.max_idle_timeout(Some(
         limits
             .idle_timeout
