@@ -88,11 +88,29 @@ pub async fn start_edge(common: &Common, origin: SocketAddr, dir: &Path) -> anyh
             dir.join("edge-cache").display()
         ),
     )?;
-    let mut child = Command::new(meshcast_binary(common)?)
+    spawn_edge(
+        &meshcast_binary(common)?,
+        &config,
+        admin,
+        format!("http://127.0.0.1:{port}"),
+        &dir.join("edge.log"),
+    )
+    .await
+}
+
+/// Starts `meshcast edge --config CONFIG` and waits for its admin health check.
+async fn spawn_edge(
+    bin: &Path,
+    config: &Path,
+    admin: u16,
+    base: String,
+    log: &Path,
+) -> anyhow::Result<Server> {
+    let mut child = Command::new(bin)
         .args(["edge", "--config"])
-        .arg(&config)
+        .arg(config)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("edge.log"))?)
+        .stderr(std::fs::File::create(log)?)
         .spawn()
         .context("starting meshcast edge")?;
     wait_up(
@@ -103,7 +121,7 @@ pub async fn start_edge(common: &Common, origin: SocketAddr, dir: &Path) -> anyh
     .await?;
     Ok(Server {
         name: "meshcast",
-        base: format!("http://127.0.0.1:{port}"),
+        base,
         child,
     })
 }
@@ -145,28 +163,15 @@ pub async fn start_edge_tls_quic(
             dir.join("edge-tls-cache").display()
         ),
     )?;
-    let mut child = Command::new(bin)
-        .args(["edge", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("edge-tls.log"))?)
-        .spawn()
-        .context("starting meshcast edge")?;
-    wait_up(
-        &format!("http://127.0.0.1:{admin}/healthz"),
-        &mut child,
-        "meshcast edge",
+    let server = spawn_edge(
+        &bin,
+        &config,
+        admin,
+        format!("https://127.0.0.1:{port}"),
+        &dir.join("edge-tls.log"),
     )
     .await?;
-    Ok((
-        Server {
-            name: "meshcast",
-            base: format!("https://127.0.0.1:{port}"),
-            child,
-        },
-        port,
-        dir.join("cert.pem"),
-    ))
+    Ok((server, port, dir.join("cert.pem")))
 }
 
 pub async fn start_nginx(
