@@ -61,13 +61,13 @@ pub async fn cors(req: Request, next: Next) -> Response {
     resp
 }
 
-fn check_version(h: &HeaderMap) -> Result<(), Response> {
+fn check_version(h: &HeaderMap) -> Result<(), Box<Response>> {
     match h.get("tus-resumable").and_then(|v| v.to_str().ok()) {
         Some(TUS_VERSION) => Ok(()),
-        _ => Err(tus_error(
+        _ => Err(Box::new(tus_error(
             StatusCode::PRECONDITION_FAILED,
             "send `Tus-Resumable: 1.0.0` (this server speaks tus 1.0.0)",
-        )),
+        ))),
     }
 }
 
@@ -112,7 +112,7 @@ fn part_path(hub: &Hub, id: &str) -> std::path::PathBuf {
 /// `POST /v1/videos`: creates the video and its upload.
 pub async fn create(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     if let Err(r) = check_version(&headers) {
-        return r;
+        return *r;
     }
     if headers.contains_key("upload-defer-length") {
         return tus_error(
@@ -213,7 +213,7 @@ pub async fn patch(
     body: Body,
 ) -> Response {
     if let Err(r) = check_version(&headers) {
-        return r;
+        return *r;
     }
     if headers.get("content-type").and_then(|v| v.to_str().ok())
         != Some("application/offset+octet-stream")
@@ -347,7 +347,7 @@ pub async fn terminate(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = check_version(&headers) {
-        return r;
+        return *r;
     }
     match hub.catalog.video(&id) {
         Ok(Some(v)) if v.status == Status::Uploading => {

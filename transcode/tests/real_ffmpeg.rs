@@ -48,10 +48,11 @@ fn make_source(dir: &Path, secs: u32) -> PathBuf {
 }
 
 fn config() -> TranscodeSection {
-    let mut c = TranscodeSection::default();
-    c.segment_duration = meshcast_conf::Seconds(std::time::Duration::from_secs(2));
-    c.preset = "ultrafast".into();
-    c
+    TranscodeSection {
+        segment_duration: meshcast_conf::Seconds(std::time::Duration::from_secs(2)),
+        preset: "ultrafast".into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]

@@ -280,9 +280,7 @@ fn advance(tasks: &mut Slab<Task>, key: usize, result: i32) -> Option<squeue::En
         Task::Read {
             fd, buf, closing, ..
         } => {
-            if *closing {
-                None
-            } else if result < 0 {
+            if *closing || result < 0 {
                 None
             } else if *fd < 0 {
                 *fd = result;
