@@ -72,6 +72,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysCommand {
+    /// A new Ed25519 node key (mode 0600); prints the node id.
+    Gen {
+        /// The key file to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// A self-signed certificate for local TLS and HTTP/3.
     Cert {
         /// Host names or IP addresses the certificate covers.
@@ -138,6 +144,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 video,
                 ready_file,
             }))
+        }
+        Command::Keys {
+            command: KeysCommand::Gen { out },
+        } => {
+            let key = meshcast_control::identity::NodeKey::generate()?;
+            key.save(&out)?;
+            println!("wrote {} (mode 0600); node id {}", out.display(), key.id());
+            Ok(())
         }
         Command::Keys {
             command: KeysCommand::Cert { hosts, out },
