@@ -58,6 +58,8 @@ pub struct RequestCtx {
     origin_status: Option<u16>,
     /// Which door the request came through, for logs.
     proto: &'static str,
+    /// Short cache outcome (hit, miss, …) for metrics and logs.
+    cache_label: &'static str,
 }
 
 /// Size of the request head as received (request line and header fields).
@@ -91,6 +93,7 @@ impl ProxyHttp for EdgePipeline {
             stored: false,
             origin_status: None,
             proto: "HTTP/1.1",
+            cache_label: "none",
         }
     }
 
@@ -255,6 +258,7 @@ impl ProxyHttp for EdgePipeline {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let (status, age) = cache_status::describe(session, ctx.stored, ctx.origin_status);
+        ctx.cache_label = cache_status::short(&status);
         if let Some(age) = age {
             resp.insert_header(header::AGE, age.to_string())?;
         }
@@ -313,11 +317,7 @@ impl ProxyHttp for EdgePipeline {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let m = self.shared.metrics;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let cache = session
-            .response_written()
-            .and_then(|r| r.headers.get("cache-status"))
-            .and_then(|v| v.to_str().ok())
-            .map_or("none", cache_status::short);
+        let cache = ctx.cache_label;
         let bytes = session.body_bytes_sent();
         m.requests
             .with_label_values(&[&status.to_string(), cache])
