@@ -315,9 +315,9 @@ impl DiskTier {
     }
 }
 
-/// The 64-bit key used by both tiers: the first 8 bytes of the cache key hash.
-pub fn key_of_hex(hash_hex: &str) -> Option<u64> {
-    let mut b = [0u8; 8];
-    hex::decode_to_slice(hash_hex.get(..16)?, &mut b).ok()?;
-    Some(u64::from_be_bytes(b))
+/// The tier key of a hash written as hex in a meta record.
+fn key_of_hex(hash_hex: &str) -> Option<u64> {
+    let mut hash = [0u8; 16];
+    hex::decode_to_slice(hash_hex, &mut hash).ok()?;
+    Some(super::tier_key(&hash))
 }

@@ -8,8 +8,6 @@ mod memory;
 mod object;
 mod uring;
 
-pub use disk::key_of_hex;
-
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -59,9 +57,14 @@ enum Progress {
 /// names) is only made when the disk tier is involved.
 fn hash_of(key: &impl CacheHashKey) -> (u64, [u8; 16]) {
     let bin = key.combined_bin();
+    (tier_key(&bin), bin)
+}
+
+/// The 64-bit key both tiers index by: the first 8 bytes of the key hash.
+fn tier_key(hash: &[u8; 16]) -> u64 {
     let mut first = [0u8; 8];
-    first.copy_from_slice(&bin[..8]);
-    (u64::from_be_bytes(first), bin)
+    first.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(first)
 }
 
 fn internal(msg: impl Into<String>) -> Box<Error> {
