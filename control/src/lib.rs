@@ -1,10 +1,15 @@
 //! meshcast-control owns what nodes and HUBs say to each other, as a sans-IO
 //! library: node identities, signed envelopes with replay protection,
-//! Merkle commitments over batches, and challenge sampling derived from a
-//! transcript the prover has already committed to. It opens no sockets and
-//! touches no disk beyond loading and saving a key file; servers call it.
+//! playback tokens (PASETO), delivery receipts and acks, Merkle commitments
+//! over batches, challenge sampling derived from a transcript the prover
+//! has already committed to, and the audit of delivery claims. It opens no
+//! sockets and touches no disk beyond loading and saving a key file;
+//! servers (edge, hub) call it and keep their own state.
 
+pub mod audit;
 pub mod envelope;
 pub mod identity;
 pub mod merkle;
+pub mod receipt;
 pub mod sample;
+pub mod token;

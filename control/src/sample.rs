@@ -45,6 +45,46 @@ pub fn challenge_indices(claim: &[u8], count: usize, k: usize) -> Vec<usize> {
     out
 }
 
+/// The full challenge for a delivery claim: `k` entries drawn uniformly
+/// (catches fabricated *entries*) and `k` drawn in proportion to their bytes
+/// (catches a few entries carrying fabricated *bytes*: each draw lands in
+/// an inflated share `g` of the claimed bytes with probability `g`, so the
+/// same bound holds for bytes). Sorted, without repeats.
+pub fn delivery_challenge(transcript_input: &[u8], sizes: &[u64], k: usize) -> Vec<usize> {
+    let n = sizes.len();
+    if n <= k {
+        return (0..n).collect();
+    }
+    let mut out = challenge_indices(transcript_input, n, k);
+    let mut prefix = Vec::with_capacity(n);
+    let mut total = 0u64;
+    for s in sizes {
+        total = total.saturating_add(*s);
+        prefix.push(total);
+    }
+    if total > 0 {
+        let mut t = Transcript::new(b"meshcast delivery audit bytes v1");
+        t.append_message(b"claim", transcript_input);
+        let zone = u64::MAX - (u64::MAX % total);
+        let mut buf = [0u8; 8];
+        let mut drawn = 0;
+        while drawn < k {
+            t.challenge_bytes(b"offset", &mut buf);
+            let x = u64::from_le_bytes(buf);
+            if x >= zone {
+                continue;
+            }
+            let offset = x % total;
+            // First entry whose cumulative end is past `offset`.
+            out.push(prefix.partition_point(|end| *end <= offset));
+            drawn += 1;
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +95,17 @@ mod tests {
         let k = sample_size(0.01, 1e-9);
         assert!(0.99f64.powi(k as i32) <= 1e-9);
         assert!(0.99f64.powi(k as i32 - 1) > 1e-9);
+    }
+
+    #[test]
+    fn byte_weighted_draws_find_one_inflated_entry() {
+        // 10 000 entries of 1 KB and one claiming as many bytes as all of them.
+        let mut sizes = vec![1000u64; 10_000];
+        sizes[4321] = 10_000_000;
+        let picked = delivery_challenge(b"claim", &sizes, sample_size(0.01, 1e-9));
+        assert!(picked.contains(&4321));
+        assert!(picked.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(delivery_challenge(b"c", &[5, 6], 10), vec![0, 1]);
     }
 
     #[test]

@@ -1,0 +1,175 @@
+//! The delivery audit, simulated deterministically: an honest epoch passes
+//! and is credited exactly; each way of cheating is refused with its reason.
+
+use ed25519_dalek::SigningKey;
+use meshcast_control::audit::{self, build_claim, AuditError, Claim, Committed};
+use meshcast_control::identity::NodeKey;
+use meshcast_control::receipt::{Ack, ReceiptSigner};
+use meshcast_control::token::{self, token_id, TokenClaims};
+
+const EPOCH_SECS: u64 = 60;
+const EPOCH: u64 = 29_000_000; // ~ 2025
+const NONCE: [u8; 32] = [42; 32];
+
+struct World {
+    hub: NodeKey,
+    edge: ReceiptSigner,
+    session: SigningKey,
+    token: String,
+}
+
+fn world(budget: u64, expires: u64) -> World {
+    let hub = NodeKey::from_seed([1; 32]);
+    let session = SigningKey::from_bytes(&[7; 32]);
+    let claims = TokenClaims {
+        issuer: hub.public().to_bytes(),
+        prefix: "/v/abc/".into(),
+        expires,
+        budget,
+        session: session.verifying_key().to_bytes(),
+    };
+    let token = token::issue(&hub, &claims, 0).unwrap();
+    World {
+        hub,
+        edge: ReceiptSigner::new(NodeKey::from_seed([2; 32])),
+        session,
+        token,
+    }
+}
+
+fn epoch_start_ms() -> u64 {
+    EPOCH * EPOCH_SECS * 1000
+}
+
+fn acks(w: &World, n: usize, time_ms: u64) -> Vec<(String, Ack)> {
+    (0..n)
+        .map(|i| {
+            let r = w.edge.sign(
+                token_id(&w.token),
+                [3; 32],
+                &format!("/v/abc/720p/{i}.m4s"),
+                0,
+                1000 + i as u64,
+                time_ms + i as u64,
+                i as u64,
+            );
+            (w.token.clone(), Ack::sign(&w.session, r))
+        })
+        .collect()
+}
+
+fn audit(w: &World, c: &Committed) -> Result<u64, AuditError> {
+    audit_claim(w, &c.claim, |idx| c.open(idx).unwrap())
+}
+
+fn audit_claim(
+    w: &World,
+    claim: &Claim,
+    open: impl Fn(&[usize]) -> audit::Opening,
+) -> Result<u64, AuditError> {
+    let hub_pk = w.hub.public().to_bytes();
+    let now_ms = epoch_start_ms() + 2 * EPOCH_SECS * 1000;
+    let checked = audit::check_claim(claim, |k| *k == hub_pk, now_ms)?;
+    let bytes = serde_json::to_vec(claim).unwrap();
+    let idx = audit::challenge(&bytes, &NONCE, claim);
+    audit::check_proof(claim, &checked, &w.edge.node(), &idx, &open(&idx))?;
+    let (credit, _, over) = audit::settle(&checked, |_| 0);
+    assert!(over.is_empty(), "{over:?}");
+    Ok(credit)
+}
+
+#[test]
+fn honest_epoch_is_credited_exactly() {
+    let w = world(u64::MAX, 4_000_000_000);
+    let a = acks(&w, 5000, epoch_start_ms());
+    let expected: u64 = a.iter().map(|(_, a)| a.receipt.receipt.len).sum();
+    let c = build_claim(EPOCH, EPOCH_SECS, a);
+    assert_eq!(audit(&w, &c), Ok(expected));
+}
+
+#[test]
+fn five_percent_fabricated_entries_are_refused() {
+    let w = world(u64::MAX, 4_000_000_000);
+    let forger = SigningKey::from_bytes(&[66; 32]);
+    let mut a = acks(&w, 5000, epoch_start_ms());
+    for (i, (_, ack)) in a.iter_mut().enumerate() {
+        if i % 20 == 0 {
+            *ack = Ack::sign(&forger, ack.receipt.clone());
+        }
+    }
+    let c = build_claim(EPOCH, EPOCH_SECS, a);
+    let err = audit(&w, &c).unwrap_err();
+    assert!(err.to_string().contains("session key"), "{err}");
+}
+
+#[test]
+fn tampered_receipt_is_refused() {
+    let w = world(u64::MAX, 4_000_000_000);
+    let mut a = acks(&w, 100, epoch_start_ms());
+    // The edge raises a receipt's byte count after the viewer signed it.
+    let mut wire = a[5].1.receipt.wire.clone();
+    wire[110] ^= 0x40;
+    a[5].1.receipt = meshcast_control::receipt::SignedReceipt::decode(&wire).unwrap();
+    let err = audit(&w, &build_claim(EPOCH, EPOCH_SECS, a)).unwrap_err();
+    assert!(err.to_string().contains("signature does not verify"), "{err}");
+}
+
+#[test]
+fn merkle_path_that_does_not_verify_is_refused() {
+    let w = world(u64::MAX, 4_000_000_000);
+    let c = build_claim(EPOCH, EPOCH_SECS, acks(&w, 3000, epoch_start_ms()));
+    let err = audit_claim(&w, &c.claim, |idx| {
+        let mut o = c.open(idx).unwrap();
+        let mut p = hex::decode(&o.proof).unwrap();
+        p[0] ^= 1;
+        o.proof = hex::encode(p);
+        o
+    })
+    .unwrap_err();
+    assert_eq!(err, AuditError::MerkleProof);
+}
+
+#[test]
+fn replays_within_and_across_epochs_are_refused() {
+    let w = world(u64::MAX, 4_000_000_000);
+    let a = acks(&w, 50, epoch_start_ms());
+    // Same epoch: one ack listed twice.
+    let c = build_claim(EPOCH, EPOCH_SECS, a.clone());
+    let mut claim = c.claim.clone();
+    claim.entries.push(claim.entries[0].clone());
+    claim.count += 1;
+    claim.bytes += claim.entries[0].2;
+    let err = audit_claim(&w, &claim, |i| c.open(i).unwrap()).unwrap_err();
+    assert!(matches!(err, AuditError::Duplicate(_)), "{err}");
+    // A later epoch: last epoch's acks claimed again.
+    let later = build_claim(EPOCH + 1, EPOCH_SECS, a);
+    let err = audit_claim(&w, &later.claim, |i| later.open(i).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("outside this epoch"), "{err}");
+}
+
+#[test]
+fn expired_token_and_over_budget() {
+    let expired = world(u64::MAX, EPOCH * EPOCH_SECS - 1);
+    let c = build_claim(EPOCH, EPOCH_SECS, acks(&expired, 10, epoch_start_ms()));
+    let err = audit(&expired, &c).unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+
+    let small = world(5000, 4_000_000_000);
+    let c = build_claim(EPOCH, EPOCH_SECS, acks(&small, 10, epoch_start_ms()));
+    let hub_pk = small.hub.public().to_bytes();
+    let checked = audit::check_claim(&c.claim, |k| *k == hub_pk, u64::MAX).unwrap();
+    let (credit, _, over) = audit::settle(&checked, |_| 1000);
+    assert_eq!(credit, 4000);
+    assert!(over[0].contains("left of its budget"), "{over:?}");
+}
+
+#[test]
+fn one_entry_with_inflated_bytes_is_caught() {
+    let w = world(u64::MAX, 4_000_000_000);
+    let c = build_claim(EPOCH, EPOCH_SECS, acks(&w, 20_000, epoch_start_ms()));
+    let mut claim = c.claim.clone();
+    claim.entries[777].2 += claim.bytes; // doubles the claim with one entry
+    claim.bytes *= 2;
+    let err = audit_claim(&w, &claim, |i| c.open(i).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("listed bytes"), "{err}");
+}
