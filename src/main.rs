@@ -3,6 +3,7 @@
 
 mod demo_origin;
 mod keys;
+mod play;
 mod up;
 
 use anyhow::Context;
@@ -55,6 +56,43 @@ enum Command {
         /// Write the URLs as JSON here once everything is playable.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+    },
+    /// Watch a stream like a player: master, rendition, every segment;
+    /// check receipts and, with --ack, acknowledge them.
+    Play {
+        /// An HLS URL on an edge (/v/ID/master.m3u8 or /t/TOKEN/v/ID/…).
+        url: String,
+        /// Get a token for a fresh session key and acknowledge receipts.
+        #[arg(long)]
+        ack: bool,
+        /// The hub's base URL (asked of the edge when not given).
+        #[arg(long)]
+        hub: Option<String>,
+        /// Take each segment's duration, like a live player.
+        #[arg(long)]
+        realtime: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a playback token with your own key (for `signed` videos).
+    Token {
+        /// The owner key (`meshcast keys gen`); its public key must be the
+        /// video's owner at the hub.
+        #[arg(long)]
+        key: PathBuf,
+        /// Video id.
+        #[arg(long)]
+        video: String,
+        /// The viewer's session public key, 64 hex digits.
+        #[arg(long)]
+        session: String,
+        /// Seconds the token is valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Byte budget.
+        #[arg(long, default_value_t = 10_000_000_000)]
+        budget: u64,
     },
     /// Key material: `meshcast keys cert --host NAME... --out DIR`.
     Keys {
@@ -151,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let key = meshcast_control::identity::NodeKey::generate()?;
             key.save(&out)?;
             println!("wrote {} (mode 0600); node id {}", out.display(), key.id());
+            println!("public key {}", hex::encode(key.public().to_bytes()));
             Ok(())
         }
         Command::Keys {
@@ -162,6 +201,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out.display()
             );
             println!("SPKI SHA-256 (for --ignore-certificate-errors-spki-list): {spki}");
+            Ok(())
+        }
+        Command::Play {
+            url,
+            ack,
+            hub,
+            realtime,
+            json,
+        } => {
+            init_tracing("warn");
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(play::run(url, ack, hub, realtime, json))
+        }
+        Command::Token {
+            key,
+            video,
+            session,
+            ttl,
+            budget,
+        } => {
+            let token = play::sign_token(&key, &video, &session, ttl, budget)?;
+            println!("{token}");
             Ok(())
         }
         Command::DemoOrigin { dir, listen } => {

@@ -142,10 +142,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     std::fs::write(dir.join("hub.toml"), hub_toml)?;
     for (i, (port, admin)) in [(e1, a1), (e2, a2)].into_iter().enumerate() {
+        let key = dir.join(format!("edge{}.key", i + 1));
+        if !key.exists() {
+            meshcast_control::identity::NodeKey::generate()?.save(&key)?;
+        }
+        // Media under /v/ needs a playback token; the player page and its
+        // scripts do not. Short epochs so credits show up within seconds.
         let edge_toml = format!(
-            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\n[cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"256MiB\"\n[log]\naccess = \"{}\"\n[[site]]\nhosts = [\"*\"]\norigin = \"{hub_url}\"\n",
+            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\n[cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"256MiB\"\n[log]\naccess = \"{}\"\n[node]\nkey = \"{}\"\nhub = \"{hub_url}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nepoch = \"10s\"\nack_grace = \"3s\"\n[[site]]\nhosts = [\"*\"]\norigin = \"{hub_url}\"\n[site.tokens]\npaths = [\"/v/\"]\n",
             dir.join(format!("edge{}-cache", i + 1)).display(),
             dir.join(format!("edge{}-access.log", i + 1)).display(),
+            key.display(),
+            edges[i],
+            dir.join(format!("edge{}-state", i + 1)).display(),
         );
         std::fs::write(dir.join(format!("edge{}.toml", i + 1)), edge_toml)?;
     }
@@ -242,18 +251,34 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     bar.finish_with_message("ready");
+    // A token for a session key of our own: good for watching with any
+    // player (ffmpeg, VLC); `meshcast play --ack` gets its own to ack with.
+    let session = meshcast_control::identity::NodeKey::generate()?;
+    let tok: Value = client
+        .post(format!("{hub_url}/v1/videos/{id}/tokens"))
+        .json(&json!({ "session": hex::encode(session.public().to_bytes()) }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    if tok["token"].as_str().is_none() {
+        bail!("the hub issued no playback token: {}", tok["error"]);
+    }
     let ready = json!({
         "hub": hub_url,
         "edges": edges,
-        "videos": [{ "id": id, "hls": status["hls"], "dash": status["dash"], "player": status["player"] }],
+        "videos": [{ "id": id, "hls": tok["hls"], "dash": tok["dash"], "player": status["player"],
+                     "token_expires": tok["expires"] }],
     });
     println!("\nmeshcast is up. Video {id}:");
     for (i, edge) in edges.iter().enumerate() {
         println!("  edge {} ({edge})", i + 1);
-        println!("    HLS    {}", status["hls"][i].as_str().unwrap_or("-"));
-        println!("    DASH   {}", status["dash"][i].as_str().unwrap_or("-"));
+        println!("    HLS    {}", tok["hls"][i].as_str().unwrap_or("-"));
+        println!("    DASH   {}", tok["dash"][i].as_str().unwrap_or("-"));
         println!("    player {}", status["player"][i].as_str().unwrap_or("-"));
     }
+    println!("Watch and acknowledge: meshcast play --ack {}", tok["hls"][0].as_str().unwrap_or("-"));
+    println!("Delivery credits:      {hub_url}/v1/nodes");
     println!("Data and logs: {}\nCtrl-C stops everything.", dir.display());
     if let Some(path) = &args.ready_file {
         std::fs::write(path, serde_json::to_vec_pretty(&ready)?)?;

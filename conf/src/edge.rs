@@ -16,8 +16,62 @@ pub struct EdgeConfig {
     pub cache: CacheSection,
     #[serde(default)]
     pub log: LogSection,
+    /// Identity, HUB and proof of delivery; without it the edge signs no
+    /// receipts and takes no acks.
+    pub node: Option<NodeSection>,
     #[serde(rename = "site", default)]
     pub sites: Vec<SiteConfig>,
+}
+
+/// `[node]`: who this edge is to the network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Ed25519 node key (`meshcast keys gen --out FILE`), mode 0600.
+    pub key: PathBuf,
+    /// The HUB's base URL, e.g. "http://hub.example:7000".
+    pub hub: String,
+    /// Base URL viewers reach this edge at (registered with the HUB).
+    pub advertise: String,
+    /// Where acknowledged deliveries are logged (fsync'd) until settled.
+    pub state_dir: PathBuf,
+    /// Length of a delivery epoch: acks are claimed at the HUB once per epoch.
+    #[serde(default = "default_epoch")]
+    pub epoch: Seconds,
+    /// How long after an epoch ends acks for it are still taken.
+    #[serde(default = "default_ack_grace")]
+    pub ack_grace: Seconds,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: Seconds,
+}
+
+fn default_epoch() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+fn default_ack_grace() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+fn default_heartbeat() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+
+/// `[site.tokens]`: playback tokens (PASETO v4.public) in the path,
+/// `/t/{token}/...`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Paths under these prefixes need a token; others (player page,
+    /// scripts) pass without one.
+    #[serde(default = "default_token_paths")]
+    pub paths: Vec<String>,
+    /// Issuer public keys (64 hex digits) trusted for every path, besides
+    /// those the HUB names.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+}
+
+fn default_token_paths() -> Vec<String> {
+    vec!["/".into()]
 }
 
 /// `[edge]`: listeners and request limits.
@@ -123,6 +177,7 @@ pub struct SiteConfig {
     #[serde(default = "default_stale_if_error")]
     pub stale_if_error: Seconds,
     pub signed_urls: Option<SignedUrls>,
+    pub tokens: Option<TokenConfig>,
 }
 
 /// `[site.signed_urls]`: HMAC-SHA256 over path prefix and expiry.
@@ -398,6 +453,44 @@ impl EdgeConfig {
                 "no [[site]]: add one with `hosts = [\"*\"]` and `origin = \"http://HOST:PORT\"`"
                     .into(),
             ));
+        }
+        if let Some(n) = &self.node {
+            for (key, url) in [("node.hub", &n.hub), ("node.advertise", &n.advertise)] {
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.parse::<http::Uri>().is_err()
+                {
+                    return Err((
+                        key.into(),
+                        format!("{url:?} is not a base URL like \"http://127.0.0.1:7000\""),
+                    ));
+                }
+            }
+            if n.epoch.0 < Duration::from_secs(1) || n.epoch.0 > Duration::from_secs(3600) {
+                return Err(("node.epoch".into(), "an epoch is 1s to 1h".into()));
+            }
+            if n.ack_grace.0 >= n.epoch.0.max(Duration::from_secs(2)) * 10 {
+                return Err(("node.ack_grace".into(), "keep ack_grace well under ten epochs".into()));
+            }
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            let Some(t) = &site.tokens else { continue };
+            if let Some(p) = t.paths.iter().find(|p| !p.starts_with('/')) {
+                return Err((format!("site[{i}].tokens.paths"), format!("{p:?} must start with /")));
+            }
+            for k in &t.issuers {
+                if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err((
+                        format!("site[{i}].tokens.issuers"),
+                        format!("{k:?} is not a public key (64 hex digits; `meshcast keys gen` prints one)"),
+                    ));
+                }
+            }
+            if t.issuers.is_empty() && self.node.is_none() {
+                return Err((
+                    format!("site[{i}].tokens"),
+                    "no token issuer: list `issuers = [\"<hex key>\"]` or add a [node] section so the HUB names them".into(),
+                ));
+            }
         }
         let mut seen: Vec<(&HostPattern, usize)> = Vec::new();
         for (i, site) in self.sites.iter().enumerate() {

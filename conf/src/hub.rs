@@ -34,6 +34,28 @@ pub struct HubSection {
     pub assets_dir: Option<PathBuf>,
     #[serde(default = "default_max_upload")]
     pub max_upload_size: ByteSize,
+    /// The HUB's Ed25519 key (signs playback tokens). Default
+    /// `data_dir/hub.key`, created on first start with mode 0600.
+    pub key: Option<PathBuf>,
+    /// Longest life of a token the hub issues.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl: Seconds,
+    /// Tokens a minute one client address may get for public videos.
+    #[serde(default = "default_token_rate")]
+    pub token_rate: u32,
+    /// A public token's byte budget: this many times the video's total size.
+    #[serde(default = "default_budget_factor")]
+    pub token_budget_factor: u32,
+}
+
+fn default_token_ttl() -> Seconds {
+    Seconds(Duration::from_secs(6 * 3600))
+}
+fn default_token_rate() -> u32 {
+    30
+}
+fn default_budget_factor() -> u32 {
+    4
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +173,15 @@ impl HubConfig {
                     format!("{edge:?} is not a base URL like \"http://127.0.0.1:8080\""),
                 ));
             }
+        }
+        if self.hub.token_rate == 0 {
+            return Err(("hub.token_rate".into(), "must be at least 1 a minute".into()));
+        }
+        if self.hub.token_budget_factor == 0 {
+            return Err(("hub.token_budget_factor".into(), "must be at least 1".into()));
+        }
+        if self.hub.token_ttl.0 < Duration::from_secs(60) {
+            return Err(("hub.token_ttl".into(), "tokens must live at least 1m".into()));
         }
         let t = &self.transcode;
         let seg = t.segment_duration.0.as_secs_f64();

@@ -13,7 +13,7 @@ mod units;
 
 pub use edge::{
     AccessLogFormat, CacheSection, EdgeConfig, EdgeSection, HostPattern, LogSection, Origin,
-    SignedUrls, SiteConfig,
+    NodeSection, SignedUrls, SiteConfig, TokenConfig,
 };
 pub use error::ConfError;
 pub use hub::{default_ladder, HubConfig, HubLog, HubSection, RungConfig, TranscodeSection};

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod envelope;
 pub mod identity;
 pub mod merkle;
+pub mod messages;
 pub mod receipt;
 pub mod sample;
 pub mod token;

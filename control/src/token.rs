@@ -36,7 +36,7 @@ pub struct TokenClaims {
     pub session: [u8; 32],
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("token is malformed: {0}")]
     Malformed(String),

@@ -8,6 +8,7 @@ pub mod access;
 pub mod access_log;
 pub mod admin;
 pub mod cache;
+pub mod delivery;
 mod cache_status;
 pub mod freshness;
 pub mod metrics;

@@ -15,6 +15,11 @@ pub struct Metrics {
     pub corrupt_objects: IntCounter,
     pub access_denied: IntCounterVec,
     pub reloads: IntCounterVec,
+    pub receipts: IntCounter,
+    pub acks: IntCounterVec,
+    pub ack_fsyncs: IntCounter,
+    pub claims: IntCounterVec,
+    pub hub_up: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -53,6 +58,15 @@ impl Metrics {
             corrupt_objects: counter("meshcast_cache_corrupt_objects_total", "Cached objects that failed their checksum and were purged"),
             access_denied: counter_vec("meshcast_access_denied_total", "Requests refused by the access check, by reason", &["reason"]),
             reloads: counter_vec("meshcast_config_reloads_total", "Config reloads on SIGHUP, by result", &["result"]),
+            receipts: counter("meshcast_receipts_signed_total", "Delivery receipts signed (Meshcast-Receipt headers sent)"),
+            acks: counter_vec("meshcast_acks_total", "Player acks by outcome", &["outcome"]),
+            ack_fsyncs: counter("meshcast_ack_log_fsyncs_total", "fdatasync calls on the ack log (one per group commit per epoch file)"),
+            claims: counter_vec("meshcast_claims_total", "Epoch claims the hub settled, by outcome", &["outcome"]),
+            hub_up: {
+                let g = prometheus::IntGauge::new("meshcast_hub_reachable", "1 when the last call to the hub succeeded").expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             registry,
         }
     }

@@ -1,11 +1,14 @@
 //! The request pipeline: one `ProxyHttp` implementation that every door
 //! (TCP today; QUIC and WebRTC later, as Pingora custom sessions) feeds.
-//! host → site → access check → cache → origin. Nothing here depends on the
-//! protocol the request arrived by.
+//! host → site → token → access check → cache → origin → receipt. Nothing
+//! here depends on the protocol the request arrived by.
 
 use crate::access_log::{self, AccessLog, Entry};
 use crate::cache::TieredStorage;
 use crate::cache_status;
+use crate::delivery::book::{content_id, now_ms, AckBatch};
+use crate::delivery::gate::{Gate, VerifiedToken};
+use crate::delivery::Delivery;
 use crate::freshness;
 use crate::metrics::Metrics;
 use crate::sites::{cache_key_url, normalize_host, Site, Sites};
@@ -42,6 +45,7 @@ pub struct Shared {
     pub access_log: AccessLog,
     pub max_object_size: usize,
     pub state: ArcSwap<EdgeState>,
+    pub delivery: Arc<Delivery>,
 }
 
 pub struct EdgePipeline {
@@ -60,6 +64,72 @@ pub struct RequestCtx {
     proto: &'static str,
     /// Short cache outcome (hit, miss, …) for metrics and logs.
     cache_label: &'static str,
+    /// The playback token the request carried, verified.
+    token: Option<Arc<VerifiedToken>>,
+    /// Path and query without `/t/{token}`, for the origin and the receipt.
+    media_uri: Option<String>,
+}
+
+/// Largest ack batch body accepted.
+const MAX_ACK_BODY: usize = 1 << 20;
+
+/// Sends a small JSON answer (edge endpoints, not proxied).
+async fn respond_json(session: &mut Session, status: u16, body: &serde_json::Value) -> Result<bool> {
+    let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+/// `POST /v1/acks` (and its CORS preflight), `GET /v1/edge`.
+async fn edge_endpoint(delivery: &Delivery, metrics: &Metrics, session: &mut Session) -> Result<bool> {
+    let req = session.req_header();
+    let path = req.uri.path().to_string();
+    let method = req.method.clone();
+    if path == "/v1/edge" {
+        return respond_json(session, 200, &delivery.describe()).await;
+    }
+    if method == http::Method::OPTIONS {
+        let mut resp = ResponseHeader::build(204, Some(4))?;
+        resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
+        resp.insert_header(header::ACCESS_CONTROL_ALLOW_METHODS, "POST, OPTIONS")?;
+        resp.insert_header(header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type")?;
+        resp.insert_header(header::ACCESS_CONTROL_MAX_AGE, "86400")?;
+        session.write_response_header(Box::new(resp), true).await?;
+        return Ok(true);
+    }
+    let err = |m: String| serde_json::json!({ "error": m });
+    if method != http::Method::POST {
+        return respond_json(session, 405, &err("POST a batch of acks here".into())).await;
+    }
+    let Some(book) = &delivery.book else {
+        return respond_json(session, 404, &err("this edge has no [node] identity and takes no acks".into())).await;
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ACK_BODY {
+            return respond_json(session, 413, &err(format!("ack batches are at most {MAX_ACK_BODY} bytes"))).await;
+        }
+    }
+    let batch: AckBatch = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            let why = format!("ack batch: {e}; send {{\"token\": \"…\", \"acks\": [{{\"receipt\": \"…\", \"sig\": \"…\"}}]}}");
+            return respond_json(session, 400, &err(why)).await;
+        }
+    };
+    let mut issuers = delivery.hub_issuers.load().as_ref().clone();
+    issuers.extend(delivery.static_issuers.load().iter().cloned());
+    match book.accept(batch, &delivery.tokens, &issuers, metrics).await {
+        Ok(reply) => respond_json(session, 200, &serde_json::to_value(reply).unwrap_or_default()).await,
+        Err((status, why)) => respond_json(session, status, &err(why)).await,
+    }
 }
 
 /// Size of the request head as received (request line and header fields).
@@ -94,6 +164,8 @@ impl ProxyHttp for EdgePipeline {
             origin_status: None,
             proto: "HTTP/1.1",
             cache_label: "none",
+            token: None,
+            media_uri: None,
         }
     }
 
@@ -106,6 +178,10 @@ impl ProxyHttp for EdgePipeline {
             "HTTP/1.1"
         };
         let req = session.req_header();
+        let p = req.uri.path();
+        if p == "/v1/acks" || p == "/v1/edge" {
+            return edge_endpoint(&self.shared.delivery, self.shared.metrics, session).await;
+        }
         let size = header_bytes(req);
         if size > ctx.state.max_header_bytes {
             let why = format!(
@@ -127,12 +203,33 @@ impl ProxyHttp for EdgePipeline {
             let why = format!("no site is configured for host {host:?} on this edge");
             return refuse(session, 421, &why).await;
         };
-        let path = req.uri.path().to_string();
+        let mut path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let delivery = &self.shared.delivery;
+        let hub_issuers = delivery.hub_issuers.load();
+        match delivery.tokens.gate(site.tokens.as_ref(), &hub_issuers, &path, now) {
+            Gate::Open => {}
+            Gate::Token { token, path: rest } => {
+                ctx.media_uri = Some(match &query {
+                    Some(q) => format!("{rest}?{q}"),
+                    None => rest.clone(),
+                });
+                path = rest;
+                ctx.token = Some(token);
+            }
+            Gate::Denied { reason, label } => {
+                self.shared
+                    .metrics
+                    .access_denied
+                    .with_label_values(&[label])
+                    .inc();
+                return refuse(session, 403, &reason).await;
+            }
+        }
         if let Some(check) = &site.access {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             if let Err(denied) = check.check(&path, query.as_deref(), now) {
                 self.shared
                     .metrics
@@ -227,7 +324,7 @@ impl ProxyHttp for EdgePipeline {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -237,6 +334,15 @@ impl ProxyHttp for EdgePipeline {
             .and_then(|s| s.origin_host.clone())
             .unwrap_or_else(|| ctx.host.clone());
         upstream.insert_header(header::HOST, host)?;
+        if let Some(uri) = &ctx.media_uri {
+            let uri = uri
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(ErrorType::InternalError, "token path", e))?;
+            upstream.set_uri(uri);
+        }
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+        }
         self.shared.metrics.origin_fetches.inc();
         Ok(())
     }
@@ -266,6 +372,35 @@ impl ProxyHttp for EdgePipeline {
         if let Some(alt_svc) = &ctx.state.alt_svc {
             if ctx.proto != "HTTP/3" {
                 resp.insert_header(header::ALT_SVC, alt_svc.as_str())?;
+            }
+        }
+        if let (Some(token), Some(book)) = (&ctx.token, &self.shared.delivery.book) {
+            let get = session.req_header().method == http::Method::GET;
+            if get && matches!(resp.status.as_u16(), 200 | 206) {
+                let len = resp
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let start = if resp.status.as_u16() == 206 {
+                    resp.headers
+                        .get(header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("bytes "))
+                        .and_then(|v| v.split('-').next())
+                        .and_then(|v| v.parse::<u64>().ok())
+                } else {
+                    Some(0)
+                };
+                if let (Some(len), Some(start)) = (len, start) {
+                    let path = ctx.media_uri.as_deref().unwrap_or("/");
+                    let path = path.split('?').next().unwrap_or(path);
+                    let content = content_id(resp.headers.get(header::ETAG).map(|v| v.as_bytes()), path);
+                    let r = book.signer.sign(token.id, content, path, start, len, now_ms(), book.next_serial());
+                    resp.insert_header("meshcast-receipt", r.header_value())?;
+                    resp.insert_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Meshcast-Receipt")?;
+                    self.shared.metrics.receipts.inc();
+                }
             }
         }
         Ok(())
@@ -323,6 +458,9 @@ impl ProxyHttp for EdgePipeline {
             .with_label_values(&[&status.to_string(), cache])
             .inc();
         m.bytes_out.inc_by(bytes as u64);
+        if let Some(t) = &ctx.token {
+            self.shared.delivery.tokens.add_served(&t.id, bytes as u64);
+        }
         if session.cache.enabled() && session.cache.lock_duration().is_some() {
             m.coalesced_waiters.inc();
         }

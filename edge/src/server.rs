@@ -4,6 +4,12 @@
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::cache::TieredStorage;
+use crate::delivery::book::Book;
+use crate::delivery::hub_client::{HubClient, HubService};
+use crate::delivery::Delivery;
+use meshcast_control::identity::NodeKey;
+use meshcast_control::messages::Issuer;
+use meshcast_control::receipt::ReceiptSigner;
 use crate::metrics::Metrics;
 use crate::pipeline::{EdgePipeline, EdgeState, Shared};
 use crate::quic::{QuicDoor, QuicLimits};
@@ -31,6 +37,66 @@ pub enum EdgeError {
     AccessLog(std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("node key: {0}")]
+    Key(#[from] meshcast_control::identity::KeyError),
+    #[error("ack log {0}: {1}")]
+    AckLog(String, std::io::Error),
+}
+
+/// Issuer keys the sites' configs trust for every path.
+fn static_issuers(config: &EdgeConfig) -> Vec<Issuer> {
+    let mut out: Vec<Issuer> = Vec::new();
+    for t in config.sites.iter().filter_map(|s| s.tokens.as_ref()) {
+        for k in &t.issuers {
+            let i = Issuer {
+                key: k.to_ascii_lowercase(),
+                prefix: "/".into(),
+            };
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+    }
+    out
+}
+
+/// The node identity, ack log and HUB client, when `[node]` is set.
+fn build_delivery(
+    config: &EdgeConfig,
+    metrics: &'static Metrics,
+) -> Result<(Arc<Delivery>, Option<HubClient>), EdgeError> {
+    let Some(n) = &config.node else {
+        let d = Delivery::new(None, None);
+        d.static_issuers.store(Arc::new(static_issuers(config)));
+        return Ok((Arc::new(d), None));
+    };
+    let key = NodeKey::load(&n.key)?;
+    let dir = n.state_dir.join("acks");
+    let book = Book::open(
+        ReceiptSigner::new(key),
+        n.epoch.0.as_millis() as u64,
+        n.ack_grace.0.as_millis() as u64,
+        &dir,
+        metrics,
+    )
+    .map_err(|e| EdgeError::AckLog(dir.display().to_string(), e))?;
+    let book = Arc::new(book);
+    let delivery = Arc::new(Delivery::new(Some(book.clone()), Some(n.hub.clone())));
+    delivery.static_issuers.store(Arc::new(static_issuers(config)));
+    let client = HubClient::new(
+        delivery.clone(),
+        book,
+        metrics,
+        n.hub.clone(),
+        n.advertise.clone(),
+        n.heartbeat.0,
+        config.cache.disk_size.0.max(config.cache.memory_size.0),
+        Box::new(move || {
+            metrics.cache_bytes.with_label_values(&["memory"]).get().max(0) as u64
+                + metrics.cache_bytes.with_label_values(&["disk"]).get().max(0) as u64
+        }),
+    );
+    Ok((delivery, Some(client)))
 }
 
 /// Everything a reload may change, built (and so validated) up front.
@@ -53,6 +119,9 @@ fn build_state(config: &EdgeConfig) -> Result<EdgeState, EdgeError> {
 pub fn check(path: &Path) -> Result<EdgeConfig, EdgeError> {
     let config = EdgeConfig::load(path)?;
     build_state(&config)?;
+    if let Some(n) = &config.node {
+        NodeKey::load(&n.key)?;
+    }
     Ok(config)
 }
 
@@ -71,7 +140,9 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     let lock: &'static CacheKeyLockImpl = Box::leak(lock);
     let access_log =
         AccessLog::open(&config.log.access, config.log.format).map_err(EdgeError::AccessLog)?;
+    let (delivery, hub_client) = build_delivery(&config, metrics)?;
     let shared = Arc::new(Shared {
+        delivery,
         storage,
         lock,
         metrics,
@@ -152,6 +223,13 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
         server.add_service(background_service("meshcast quic door", door));
     }
 
+    if let Some(client) = hub_client {
+        server.add_service(background_service(
+            "meshcast hub client",
+            HubService(parking_lot::Mutex::new(Some(client))),
+        ));
+    }
+
     if let Some(addr) = config.edge.admin {
         let mut admin = Service::new(
             "meshcast admin".into(),
@@ -187,9 +265,10 @@ fn spawn_reloader(path: PathBuf, shared: Arc<Shared>) {
     };
     let spawned = std::thread::Builder::new().name("meshcast-reload".into()).spawn(move || {
         for _ in signals.forever() {
-            match EdgeConfig::load(&path).map_err(EdgeError::from).and_then(|c| build_state(&c)) {
-                Ok(state) => {
+            match EdgeConfig::load(&path).map_err(EdgeError::from).and_then(|c| Ok((build_state(&c)?, static_issuers(&c)))) {
+                Ok((state, issuers)) => {
                     shared.state.store(Arc::new(state));
+                    shared.delivery.static_issuers.store(Arc::new(issuers));
                     shared.metrics.reloads.with_label_values(&["ok"]).inc();
                     tracing::info!(config = %path.display(), "config reloaded (listeners and [cache] changes need a restart)");
                 }

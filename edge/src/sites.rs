@@ -2,6 +2,8 @@
 //! access check. Built from the config at start and on every reload.
 
 use crate::access::{AccessCheck, SignedUrls, SIGNING_PARAMS};
+use crate::delivery::gate::SiteTokens;
+use meshcast_control::messages::Issuer;
 use meshcast_conf::{HostPattern, SiteConfig};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ pub struct Site {
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
     pub access: Option<Arc<dyn AccessCheck>>,
+    pub tokens: Option<SiteTokens>,
 }
 
 impl Site {
@@ -48,6 +51,17 @@ impl Site {
                 .signed_urls
                 .as_ref()
                 .map(|s| Arc::new(SignedUrls::new(&s.secret.0)) as Arc<dyn AccessCheck>),
+            tokens: c.tokens.as_ref().map(|t| SiteTokens {
+                paths: t.paths.clone(),
+                issuers: t
+                    .issuers
+                    .iter()
+                    .map(|k| Issuer {
+                        key: k.to_ascii_lowercase(),
+                        prefix: "/".into(),
+                    })
+                    .collect(),
+            }),
         })
     }
 }
@@ -144,6 +158,7 @@ pub fn test_site() -> Site {
         stale_while_revalidate: Duration::ZERO,
         stale_if_error: Duration::from_secs(60),
         access: None,
+        tokens: None,
     }
 }
 

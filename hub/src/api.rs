@@ -43,6 +43,8 @@ fn view(hub: &Hub, v: &VideoRecord) -> Value {
         "reason": v.reason,
         "duration": v.duration,
         "renditions": v.renditions,
+        "policy": v.policy,
+        "owner": v.owner,
         "upload": { "length": v.upload_length, "url": format!("/v1/uploads/{}", v.id) },
         "hls": urls(&format!("/v/{}/master.m3u8", v.id)),
         "dash": urls(&format!("/v/{}/manifest.mpd", v.id)),

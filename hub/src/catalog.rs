@@ -30,6 +30,22 @@ pub struct VideoRecord {
     pub duration: Option<f64>,
     pub renditions: Vec<String>,
     pub created: u64,
+    #[serde(default)]
+    pub policy: Policy,
+    /// Hex Ed25519 key that may sign tokens for this video.
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// Who may get a playback token for a video.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// The HUB issues a token to any viewer key that asks (rate-limited).
+    #[default]
+    Public,
+    /// Only the owner's key issues tokens.
+    Signed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +183,19 @@ impl Catalog {
             Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
             None => Ok(None),
         }
+    }
+
+    /// Total size of a video's published files.
+    pub fn total_bytes(&self, id: &str) -> Result<u64, HubError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(FILES).map_err(err)?;
+        let (lo, hi) = (format!("{id}/"), format!("{id}0"));
+        let mut total = 0;
+        for row in table.range(lo.as_str()..hi.as_str()).map_err(err)? {
+            let (_, v) = row.map_err(err)?;
+            total += serde_json::from_slice::<FileRef>(v.value()).map_err(err)?.size;
+        }
+        Ok(total)
     }
 
     /// Videos a restart caught queued or mid-transcode go back to queued.

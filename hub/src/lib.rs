@@ -1,16 +1,21 @@
 //! meshcast-hub is the HUB service: the tus upload API, the video catalog
 //! (redb), content-addressed media storage, the transcode queue, and the
-//! origin that edges fetch from, plus the player page. It calls
-//! `meshcast-transcode` for media work and must not serve viewers at
-//! scale itself: edges do that. Node registry, audits and settlement
-//! arrive with later issues.
+//! origin that edges fetch from, plus the player page; the node registry,
+//! playback tokens, and the audit and settlement of delivery claims. It
+//! calls `meshcast-transcode` for media work and `meshcast-control` for
+//! every protocol rule (tokens, envelopes, audits), keeping only storage
+//! and HTTP here. It must not serve viewers at scale itself: edges do that.
 
 mod api;
 mod blobs;
 mod catalog;
+mod claims;
 mod jobs;
+mod nodes;
 mod origin;
 mod player;
+mod registry;
+mod tokens;
 mod tus;
 pub mod tus_client;
 
@@ -18,7 +23,9 @@ use axum::Router;
 use meshcast_conf::HubConfig;
 use std::sync::Arc;
 
-pub use catalog::{Status, VideoRecord};
+pub use catalog::{Policy, Status, VideoRecord};
+use meshcast_control::identity::NodeKey;
+use meshcast_control::messages::Issuer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -26,6 +33,8 @@ pub enum HubError {
     Catalog(String),
     #[error("storage: {0}")]
     Io(#[from] std::io::Error),
+    #[error("hub key: {0}")]
+    Key(#[from] meshcast_control::identity::KeyError),
 }
 
 /// Everything the request handlers share.
@@ -37,6 +46,47 @@ pub struct Hub {
     metrics: Metrics,
     /// PATCHes in progress, each with a signal that a newer PATCH took over.
     uploads_busy: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Signs playback tokens.
+    key: NodeKey,
+    registry: registry::Registry,
+    /// Replay protection per envelope domain.
+    verifiers: std::sync::Mutex<
+        std::collections::HashMap<&'static str, meshcast_control::envelope::Verifier>,
+    >,
+    rate_limit: tokens::RateLimit,
+}
+
+impl Hub {
+    /// Keys that may sign playback tokens, and for which paths: the hub's
+    /// own for everything, each signed video's owner for that video.
+    pub fn issuers(&self) -> Vec<Issuer> {
+        let mut out = vec![Issuer {
+            key: hex::encode(self.key.public().to_bytes()),
+            prefix: "/".into(),
+        }];
+        if let Ok(videos) = self.catalog.videos() {
+            for v in videos {
+                if let (Policy::Signed, Some(owner)) = (v.policy, &v.owner) {
+                    out.push(Issuer {
+                        key: owner.clone(),
+                        prefix: format!("/v/{}/", v.id),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Loads the hub key, creating it (mode 0600) on first start.
+fn load_or_create_key(path: &std::path::Path) -> Result<NodeKey, HubError> {
+    if path.exists() {
+        return Ok(NodeKey::load(path)?);
+    }
+    let key = NodeKey::generate()?;
+    key.save(path)?;
+    tracing::info!(path = %path.display(), id = %key.id(), "created the hub key");
+    Ok(key)
 }
 
 struct Metrics {
@@ -44,6 +94,17 @@ struct Metrics {
     upload_bytes: prometheus::IntCounter,
     transcodes: prometheus::IntCounterVec,
     origin_requests: prometheus::IntCounterVec,
+    envelopes_refused: prometheus::IntCounterVec,
+    claims: prometheus::IntCounterVec,
+    credited_bytes: prometheus::IntCounter,
+    tokens: prometheus::IntCounterVec,
+}
+
+fn counter_vec(registry: &prometheus::Registry, name: &str, help: &str, label: &str) -> prometheus::IntCounterVec {
+    let c = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[label])
+        .expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
 }
 
 impl Metrics {
@@ -79,11 +140,24 @@ impl Metrics {
         registry
             .register(Box::new(origin_requests.clone()))
             .expect("unique");
+        let envelopes_refused = counter_vec(&registry, "meshcast_hub_envelopes_refused_total",
+            "Signed node messages refused, by domain", "domain");
+        let claims = counter_vec(&registry, "meshcast_hub_claims_total",
+            "Delivery claims by outcome (accepted or the refusal reason)", "outcome");
+        let tokens = counter_vec(&registry, "meshcast_hub_tokens_total",
+            "Playback token requests by outcome", "outcome");
+        let credited_bytes = prometheus::IntCounter::new("meshcast_hub_credited_bytes_total",
+            "Delivery bytes credited to nodes").expect("valid");
+        registry.register(Box::new(credited_bytes.clone())).expect("unique");
         Metrics {
             registry,
             upload_bytes,
             transcodes,
             origin_requests,
+            envelopes_refused,
+            claims,
+            credited_bytes,
+            tokens,
         }
     }
 }
@@ -96,6 +170,9 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
     let catalog = catalog::Catalog::open(&data.join("catalog.redb"))?;
     let blobs = blobs::BlobStore::open(&data.join("blobs"))?;
     let (jobs, queue) = jobs::Jobs::new();
+    let key_path = config.hub.key.clone().unwrap_or_else(|| data.join("hub.key"));
+    let key = load_or_create_key(&key_path)?;
+    let registry = registry::Registry::open(&data.join("delivery.redb"))?;
     let hub = Arc::new(Hub {
         config: config.clone(),
         catalog,
@@ -103,6 +180,10 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         jobs,
         metrics: Metrics::new(),
         uploads_busy: Default::default(),
+        key,
+        registry,
+        verifiers: Default::default(),
+        rate_limit: Default::default(),
     });
     let requeued = hub.catalog.requeue_interrupted()?;
     for id in &requeued {
@@ -113,7 +194,11 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
     let app = router(hub.clone());
     let listener = tokio::net::TcpListener::bind(config.hub.listen).await?;
     tracing::info!(listen = %config.hub.listen, data = %data.display(), "meshcast hub serving");
-    axum::serve(listener, app).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -122,6 +207,9 @@ fn router(hub: Arc<Hub>) -> Router {
         .merge(api::routes())
         .merge(origin::routes())
         .merge(player::routes())
+        .merge(nodes::routes())
+        .merge(claims::routes())
+        .merge(tokens::routes())
         .layer(axum::middleware::from_fn(tus::cors))
         .with_state(hub)
 }

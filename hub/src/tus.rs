@@ -4,7 +4,7 @@
 //! The partial file on disk is the truth for the offset, so an upload cut
 //! off mid-PATCH resumes from whatever bytes arrived.
 
-use crate::catalog::{Status, VideoRecord};
+use crate::catalog::{Policy, Status, VideoRecord};
 use crate::Hub;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -71,12 +71,13 @@ fn check_version(h: &HeaderMap) -> Result<(), Box<Response>> {
     }
 }
 
-fn metadata_name(h: &HeaderMap) -> Option<String> {
+/// One `Upload-Metadata` value (base64 per the tus spec), as text.
+fn metadata(h: &HeaderMap, wanted: &[&str]) -> Option<String> {
     let meta = h.get("upload-metadata")?.to_str().ok()?;
     for pair in meta.split(',') {
         let mut it = pair.trim().splitn(2, ' ');
         let (key, value) = (it.next()?, it.next().unwrap_or(""));
-        if key == "filename" || key == "name" {
+        if wanted.contains(&key) {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(value.trim())
                 .ok()?;
@@ -86,6 +87,28 @@ fn metadata_name(h: &HeaderMap) -> Option<String> {
         }
     }
     None
+}
+
+/// `policy` (public | signed) and `owner` (hex Ed25519 key) from metadata.
+fn metadata_policy(h: &HeaderMap) -> Result<(Policy, Option<String>), String> {
+    let policy = match metadata(h, &["policy"]).as_deref() {
+        None | Some("public") => Policy::Public,
+        Some("signed") => Policy::Signed,
+        Some(other) => return Err(format!("policy {other:?}: use public or signed")),
+    };
+    let owner = metadata(h, &["owner"]);
+    if let Some(o) = &owner {
+        let mut k = [0u8; 32];
+        if hex::decode_to_slice(o, &mut k).is_err()
+            || ed25519_dalek::VerifyingKey::from_bytes(&k).is_err()
+        {
+            return Err("owner must be an Ed25519 public key, 64 hex digits (meshcast keys gen prints one)".into());
+        }
+    }
+    if policy == Policy::Signed && owner.is_none() {
+        return Err("policy signed needs an owner key in the metadata".into());
+    }
+    Ok((policy, owner))
 }
 
 pub fn new_id() -> String {
@@ -134,7 +157,11 @@ pub async fn create(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response
         );
     }
     let id = new_id();
-    let name = metadata_name(&headers).unwrap_or_else(|| format!("video-{id}"));
+    let (policy, owner) = match metadata_policy(&headers) {
+        Ok(p) => p,
+        Err(why) => return tus_error(StatusCode::BAD_REQUEST, &why),
+    };
+    let name = metadata(&headers, &["filename", "name"]).unwrap_or_else(|| format!("video-{id}"));
     if let Err(e) = tokio::fs::File::create(part_path(&hub, &id)).await {
         tracing::error!(error = %e, "cannot create upload file");
         return tus_error(
@@ -155,6 +182,8 @@ pub async fn create(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response
         duration: None,
         renditions: Vec::new(),
         created,
+        policy,
+        owner,
     };
     if let Err(e) = hub.catalog.put_video(&record) {
         tracing::error!(error = %e, "catalog write failed");

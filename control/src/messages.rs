@@ -1,0 +1,59 @@
+//! The bodies nodes and HUBs exchange inside signed envelopes, and the
+//! envelope domains that keep one kind from being accepted as another.
+
+use serde::{Deserialize, Serialize};
+
+pub const REGISTER: &str = "meshcast-register-v1";
+pub const HEARTBEAT: &str = "meshcast-heartbeat-v1";
+pub const CLAIM: &str = "meshcast-claim-v1";
+pub const OPENING: &str = "meshcast-opening-v1";
+
+/// How far a node's clock may be from the HUB's.
+pub const MAX_SKEW_SECS: u64 = 120;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Register {
+    /// Base URL viewers reach this node at, e.g. "http://203.0.113.5:8080".
+    pub addr: String,
+    pub roles: Vec<String>,
+    pub capacity_bytes: u64,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Requests in flight per worker thread, roughly.
+    pub load: f64,
+    pub cache_bytes: u64,
+    pub bytes_out: u64,
+}
+
+/// A key allowed to sign playback tokens for paths under `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuer {
+    pub key: String,
+    pub prefix: String,
+}
+
+/// The HUB's answer to a registration or heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HubInfo {
+    pub hub: String,
+    pub node: String,
+    pub issuers: Vec<Issuer>,
+}
+
+/// The HUB's answer to a claim: which entries to open.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Challenge {
+    pub epoch: u64,
+    pub indices: Vec<usize>,
+}
+
+/// Whether `issuers` lets `key` sign a token for `prefix`.
+pub fn issuer_allows(issuers: &[Issuer], key: &[u8; 32], prefix: &str) -> bool {
+    let k = hex::encode(key);
+    issuers
+        .iter()
+        .any(|i| i.key == k && prefix.starts_with(&i.prefix))
+}

@@ -1,0 +1,197 @@
+//! The ack log: every accepted ack is written and fsync'd here before the
+//! player hears "accepted", so an edge crash loses no acknowledged
+//! delivery. One file per epoch (`{epoch:020}.log`), deleted once the HUB
+//! has settled that epoch (`{epoch:020}.settled` keeps the outcome).
+//!
+//! One writer thread does group commit: it drains every batch that queued
+//! while it was syncing, writes them, and calls `fdatasync` once per file.
+//!
+//! Record: `len u32 | blake3(payload)[..16] | payload`, payload =
+//! `token_len u16 | token | count u32 | (ack_len u16 | ack)*`. A torn tail
+//! (a crash mid-write, never acknowledged) fails its checksum and is cut.
+
+use meshcast_control::receipt::Ack;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+pub fn log_path(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(format!("{epoch:020}.log"))
+}
+
+pub fn settled_path(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(format!("{epoch:020}.settled"))
+}
+
+pub fn encode(token: &str, acks: &[Ack]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(8 + token.len() + acks.len() * 300);
+    payload.extend_from_slice(&(token.len() as u16).to_be_bytes());
+    payload.extend_from_slice(token.as_bytes());
+    payload.extend_from_slice(&(acks.len() as u32).to_be_bytes());
+    for a in acks {
+        let e = a.encode();
+        payload.extend_from_slice(&(e.len() as u16).to_be_bytes());
+        payload.extend_from_slice(&e);
+    }
+    let mut rec = Vec::with_capacity(20 + payload.len());
+    rec.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    rec.extend_from_slice(&blake3::hash(&payload).as_bytes()[..16]);
+    rec.extend_from_slice(&payload);
+    rec
+}
+
+fn decode_payload(p: &[u8]) -> Option<(String, Vec<Ack>)> {
+    let mut r = p;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        if r.len() < n {
+            return None;
+        }
+        let (a, b) = r.split_at(n);
+        r = b;
+        Some(a)
+    };
+    let tl = u16::from_be_bytes(take(2)?.try_into().ok()?) as usize;
+    let token = std::str::from_utf8(take(tl)?).ok()?.to_string();
+    let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+    let mut acks = Vec::with_capacity(n.min(10_000));
+    for _ in 0..n {
+        let al = u16::from_be_bytes(take(2)?.try_into().ok()?) as usize;
+        acks.push(Ack::decode(take(al)?).ok()?);
+    }
+    Some((token, acks))
+}
+
+/// Reads an epoch file back; cuts a torn tail. Returns (token, ack) pairs.
+pub fn replay(path: &Path) -> std::io::Result<Vec<(String, Ack)>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while bytes.len() - at >= 20 {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+        let Some(payload) = bytes.get(at + 20..at + 20 + len) else {
+            break;
+        };
+        if blake3::hash(payload).as_bytes()[..16] != bytes[at + 4..at + 20] {
+            break;
+        }
+        let Some((token, acks)) = decode_payload(payload) else {
+            break;
+        };
+        out.extend(acks.into_iter().map(|a| (token.clone(), a)));
+        at += 20 + len;
+    }
+    if at < bytes.len() {
+        tracing::warn!(file = %path.display(), kept = at, dropped = bytes.len() - at,
+            "cut a torn record from the ack log (written, never acknowledged)");
+        OpenOptions::new().write(true).open(path)?.set_len(at as u64)?;
+    }
+    Ok(out)
+}
+
+enum Job {
+    Append {
+        epoch: u64,
+        record: Vec<u8>,
+        done: oneshot::Sender<std::io::Result<()>>,
+    },
+    Close(u64),
+}
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub struct AckLog {
+    tx: mpsc::Sender<Job>,
+}
+
+impl AckLog {
+    pub fn start(dir: PathBuf, fsyncs: prometheus::IntCounter) -> std::io::Result<AckLog> {
+        std::fs::create_dir_all(&dir)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("meshcast-acklog".into())
+            .spawn(move || writer(dir, rx, fsyncs))?;
+        Ok(AckLog { tx })
+    }
+
+    /// Appends one record and waits until it is on disk.
+    pub async fn append(&self, epoch: u64, record: Vec<u8>) -> std::io::Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Job::Append {
+                epoch,
+                record,
+                done,
+            })
+            .map_err(|_| std::io::Error::other("the ack log writer has stopped"))?;
+        wait.await
+            .map_err(|_| std::io::Error::other("the ack log writer has stopped"))?
+    }
+
+    /// Lets the writer drop its handle on a settled epoch's file.
+    pub fn close(&self, epoch: u64) {
+        let _ = self.tx.send(Job::Close(epoch));
+    }
+}
+
+fn writer(dir: PathBuf, rx: mpsc::Receiver<Job>, fsyncs: prometheus::IntCounter) {
+    let mut files: HashMap<u64, File> = HashMap::new();
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        jobs.extend(rx.try_iter());
+        let mut waiting: Vec<(u64, oneshot::Sender<std::io::Result<()>>)> = Vec::new();
+        let mut failed: HashMap<u64, String> = HashMap::new();
+        for job in jobs {
+            match job {
+                Job::Close(epoch) => {
+                    files.remove(&epoch);
+                }
+                Job::Append {
+                    epoch,
+                    record,
+                    done,
+                } => {
+                    let result = match files.entry(epoch) {
+                        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+                        std::collections::hash_map::Entry::Vacant(v) => OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(log_path(&dir, epoch))
+                            .map(|f| v.insert(f)),
+                    }
+                    .and_then(|f| f.write_all(&record));
+                    if let Err(e) = result {
+                        failed.insert(epoch, e.to_string());
+                    }
+                    waiting.push((epoch, done));
+                }
+            }
+        }
+        let touched: std::collections::HashSet<u64> = waiting.iter().map(|w| w.0).collect();
+        for epoch in touched {
+            if failed.contains_key(&epoch) {
+                continue;
+            }
+            if let Some(f) = files.get(&epoch) {
+                fsyncs.inc();
+                if let Err(e) = f.sync_data() {
+                    failed.insert(epoch, e.to_string());
+                }
+            }
+        }
+        for (epoch, done) in waiting {
+            let r = match failed.get(&epoch) {
+                Some(e) => {
+                    // The file's tail is now unknown: reopen it next time.
+                    files.remove(&epoch);
+                    Err(std::io::Error::other(e.clone()))
+                }
+                None => Ok(()),
+            };
+            let _ = done.send(r);
+        }
+    }
+}

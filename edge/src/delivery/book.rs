@@ -1,0 +1,297 @@
+//! Receipts out, acks in: what this edge has signed and what viewers have
+//! acknowledged, grouped by epoch until the HUB settles each one.
+
+use super::acklog::{self, AckLog};
+use super::gate::TokenBook;
+use crate::metrics::Metrics;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::VerifyingKey;
+use meshcast_control::messages::{issuer_allows, Issuer};
+use meshcast_control::receipt::{verify_acks, Ack, ReceiptSigner, SignedReceipt};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::RwLock;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Most acks one POST may carry.
+pub const MAX_BATCH: usize = 1024;
+
+#[derive(Deserialize)]
+pub struct AckBatch {
+    pub token: String,
+    pub acks: Vec<WireAck>,
+}
+
+#[derive(Deserialize)]
+pub struct WireAck {
+    /// The `Meshcast-Receipt` header value as received.
+    pub receipt: String,
+    /// base64url of the session key's Ed25519 signature.
+    pub sig: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Refused {
+    pub index: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AckReply {
+    pub accepted: usize,
+    pub bytes: u64,
+    pub refused: Vec<Refused>,
+}
+
+#[derive(Default)]
+pub struct EpochAcks {
+    pub acks: Vec<(String, Ack)>,
+    pub ids: HashSet<[u8; 16]>,
+}
+
+#[derive(Default)]
+pub struct Epochs {
+    /// Epochs still taking acks (a mutex inside the lock: ack handlers
+    /// insert while holding the lock shared).
+    pub open: parking_lot::Mutex<BTreeMap<u64, EpochAcks>>,
+    /// Epochs below this take no more acks; their acks await settlement.
+    pub sealed_below: u64,
+    pub sealed: BTreeMap<u64, Vec<(String, Ack)>>,
+}
+
+pub struct Book {
+    pub signer: ReceiptSigner,
+    serial: AtomicU64,
+    pub epoch_ms: u64,
+    pub grace_ms: u64,
+    pub dir: PathBuf,
+    pub log: AckLog,
+    /// Ack handlers hold it shared from dedup to fsync to insert; sealing
+    /// holds it exclusively, so no ack lands in an epoch being claimed.
+    pub epochs: RwLock<Epochs>,
+}
+
+impl Book {
+    /// Opens the ack log directory and loads every unsettled epoch.
+    pub fn open(
+        signer: ReceiptSigner,
+        epoch_ms: u64,
+        grace_ms: u64,
+        dir: &Path,
+        metrics: &Metrics,
+    ) -> std::io::Result<Book> {
+        let log = AckLog::start(dir.to_path_buf(), metrics.ack_fsyncs.clone())?;
+        let epochs = Epochs::default();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(epoch) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if acklog::settled_path(dir, epoch).exists() {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let acks = acklog::replay(&path)?;
+            tracing::info!(epoch, acks = acks.len(), "recovered unsettled acks from the log");
+            let mut open = epochs.open.lock();
+            let e = open.entry(epoch).or_default();
+            for (t, a) in acks {
+                if e.ids.insert(a.receipt.id()) {
+                    e.acks.push((t, a));
+                }
+            }
+        }
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Book {
+            signer,
+            serial: AtomicU64::new(u64::from_le_bytes(seed) >> 1),
+            epoch_ms,
+            grace_ms,
+            dir: dir.to_path_buf(),
+            log,
+            epochs: RwLock::new(epochs),
+        })
+    }
+
+    pub fn next_serial(&self) -> u64 {
+        self.serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn epoch_of(&self, time_ms: u64) -> u64 {
+        time_ms / self.epoch_ms
+    }
+
+    /// Verifies a batch, logs the good acks durably, then counts them.
+    pub async fn accept(
+        &self,
+        batch: AckBatch,
+        tokens: &TokenBook,
+        issuers: &[Issuer],
+        metrics: &Metrics,
+    ) -> Result<AckReply, (u16, String)> {
+        if batch.acks.len() > MAX_BATCH {
+            return Err((413, format!("{} acks in one batch; send at most {MAX_BATCH}", batch.acks.len())));
+        }
+        let known = |k: &[u8; 32]| {
+            let k = hex::encode(k);
+            issuers.iter().any(|i| i.key == k)
+        };
+        let allows = |k: &[u8; 32], p: &str| issuer_allows(issuers, k, p);
+        let token = tokens
+            .verify(&batch.token, &known, &allows)
+            .map_err(|e| (403, format!("ack batch token: {e}")))?;
+        let session = VerifyingKey::from_bytes(&token.claims.session)
+            .map_err(|_| (403, "the token's session key is not an Ed25519 key".to_string()))?;
+        let mut refused = Vec::new();
+        let mut candidates: Vec<(usize, Ack)> = Vec::new();
+        for (index, w) in batch.acks.iter().enumerate() {
+            let mut refuse = |reason: String| refused.push(Refused { index, reason });
+            let receipt = match SignedReceipt::from_header(&w.receipt) {
+                Ok(r) => r,
+                Err(e) => {
+                    refuse(e.to_string());
+                    continue;
+                }
+            };
+            if let Err(e) = self.signer.is_ours(&receipt) {
+                refuse(e.to_string());
+                continue;
+            }
+            if receipt.receipt.token != token.id {
+                refuse("receipt was issued under another token".into());
+                continue;
+            }
+            let sig: [u8; 64] = match URL_SAFE_NO_PAD.decode(&w.sig).ok().and_then(|s| s.try_into().ok()) {
+                Some(s) => s,
+                None => {
+                    refuse("sig is not 64 bytes of base64url".into());
+                    continue;
+                }
+            };
+            candidates.push((index, Ack { receipt, sig }));
+        }
+        // Session signatures: one batch check, then one by one if it fails.
+        let acks: Vec<Ack> = candidates.iter().map(|c| c.1.clone()).collect();
+        let keys = vec![session; acks.len()];
+        let mut good: Vec<(usize, Ack)> = Vec::new();
+        if verify_acks(&acks, &keys).is_ok() {
+            good = candidates;
+        } else {
+            for (index, ack) in candidates {
+                if verify_acks(std::slice::from_ref(&ack), &[session]).is_ok() {
+                    good.push((index, ack));
+                } else {
+                    refused.push(Refused {
+                        index,
+                        reason: "ack signature does not verify with the token's session key".into(),
+                    });
+                }
+            }
+        }
+        let epochs = self.epochs.read().await;
+        // Dedup against this epoch's acks and within the batch.
+        let mut fresh: BTreeMap<u64, Vec<Ack>> = BTreeMap::new();
+        let mut batch_ids = HashSet::new();
+        for (index, ack) in good {
+            let epoch = self.epoch_of(ack.receipt.receipt.time_ms);
+            let id = ack.receipt.id();
+            if epoch < epochs.sealed_below {
+                refused.push(Refused {
+                    index,
+                    reason: format!("late: epoch {epoch} is already closed and claimed"),
+                });
+            } else if epochs.open.lock().get(&epoch).is_some_and(|e| e.ids.contains(&id))
+                || !batch_ids.insert(id)
+            {
+                refused.push(Refused {
+                    index,
+                    reason: "replayed: this receipt was already acknowledged".into(),
+                });
+            } else {
+                fresh.entry(epoch).or_default().push(ack);
+            }
+        }
+        drop(epochs);
+        let mut accepted = 0;
+        let mut bytes = 0;
+        for (epoch, acks) in fresh {
+            // Shared lock from the check to the insert: sealing waits for
+            // us, and batches from many viewers group-commit meanwhile.
+            let guard = self.epochs.read().await;
+            if epoch < guard.sealed_below {
+                continue;
+            }
+            self.log
+                .append(epoch, acklog::encode(&batch.token, &acks))
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot write the ack log");
+                    (503, "this edge cannot record acks right now; retry".to_string())
+                })?;
+            let mut open = guard.open.lock();
+            let slot = open.entry(epoch).or_default();
+            for a in acks {
+                if slot.ids.insert(a.receipt.id()) {
+                    accepted += 1;
+                    bytes += a.receipt.receipt.len;
+                    slot.acks.push((batch.token.clone(), a));
+                }
+            }
+        }
+        metrics.acks.with_label_values(&["accepted"]).inc_by(accepted as u64);
+        metrics.acks.with_label_values(&["refused"]).inc_by(refused.len() as u64);
+        refused.sort_by_key(|r| r.index);
+        Ok(AckReply {
+            accepted,
+            bytes,
+            refused,
+        })
+    }
+
+    /// Closes every epoch whose grace has passed; returns how many.
+    pub async fn seal_due(&self, now_ms: u64) -> usize {
+        let below = now_ms.saturating_sub(self.grace_ms) / self.epoch_ms;
+        let mut epochs = self.epochs.write().await;
+        if below <= epochs.sealed_below {
+            return 0;
+        }
+        epochs.sealed_below = below;
+        let due = {
+            let mut open = epochs.open.lock();
+            let keep = open.split_off(&below);
+            std::mem::replace(&mut *open, keep)
+        };
+        let n = due.len();
+        for (epoch, e) in due {
+            epochs.sealed.insert(epoch, e.acks);
+        }
+        n
+    }
+}
+
+/// Names the content of a response for its receipt: BLAKE3 of the origin's
+/// ETag (the HUB's ETag is the file's BLAKE3 already) or of the path.
+pub fn content_id(etag: Option<&[u8]>, path: &str) -> [u8; 32] {
+    match etag {
+        Some(e) => blake3::derive_key("meshcast content v1 etag", e),
+        None => blake3::derive_key("meshcast content v1 path", path.as_bytes()),
+    }
+}
+
+pub type SharedBook = Arc<Book>;

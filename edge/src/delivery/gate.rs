@@ -1,0 +1,212 @@
+//! The token step of the pipeline: `/t/{token}/rest` paths, PASETO
+//! verification (cached: an Ed25519 check per request would cost more than
+//! serving a small object), prefix, expiry and the session's byte budget.
+
+use meshcast_control::messages::{issuer_allows, Issuer};
+use meshcast_control::token::{self, token_id, TokenClaims, TokenError};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A token that verified once; expiry is re-checked on every use.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    pub token: Arc<str>,
+    pub id: [u8; 16],
+    pub claims: TokenClaims,
+}
+
+/// What the gate decided for one request.
+#[derive(Debug)]
+pub enum Gate {
+    /// No token needed and none given.
+    Open,
+    /// A valid token; `path` is the request path without `/t/{token}`.
+    Token { token: Arc<VerifiedToken>, path: String },
+    Denied { reason: String, label: &'static str },
+}
+
+/// Site-level token settings.
+#[derive(Debug, Clone)]
+pub struct SiteTokens {
+    pub paths: Vec<String>,
+    pub issuers: Vec<Issuer>,
+}
+
+const CACHE_LIMIT: usize = 100_000;
+
+/// Verified tokens by BLAKE3 of their text, and bytes served per token.
+#[derive(Default)]
+pub struct TokenBook {
+    verified: Mutex<HashMap<[u8; 32], Result<Arc<VerifiedToken>, TokenError>>>,
+    served: Mutex<HashMap<[u8; 16], u64>>,
+}
+
+/// Splits `/t/{token}/rest` into the token and `/rest`.
+pub fn split_token_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/t/")?;
+    let slash = rest.find('/')?;
+    Some((&rest[..slash], &rest[slash..]))
+}
+
+impl TokenBook {
+    /// Verifies (or recalls) a token. Unknown-issuer results are not
+    /// remembered: the HUB may name the issuer a moment later.
+    pub fn verify(
+        &self,
+        text: &str,
+        known: &dyn Fn(&[u8; 32]) -> bool,
+        allows: &dyn Fn(&[u8; 32], &str) -> bool,
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
+        let key: [u8; 32] = blake3::hash(text.as_bytes()).into();
+        if let Some(hit) = self.verified.lock().get(&key) {
+            return hit.clone();
+        }
+        // Expiry is checked by the caller on every use, so verify as of 0.
+        let result = token::verify(text, known, 0)
+            .and_then(|claims| {
+                if allows(&claims.issuer, &claims.prefix) {
+                    Ok(claims)
+                } else {
+                    Err(TokenError::UnknownIssuer(format!(
+                        "{} for {}",
+                        hex::encode(claims.issuer),
+                        claims.prefix
+                    )))
+                }
+            })
+            .map(|claims| {
+                Arc::new(VerifiedToken {
+                    token: Arc::from(text),
+                    id: token_id(text),
+                    claims,
+                })
+            });
+        if !matches!(result, Err(TokenError::UnknownIssuer(_))) {
+            let mut cache = self.verified.lock();
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(key, result.clone());
+        }
+        result
+    }
+
+    /// The token step for one request.
+    pub fn gate(
+        &self,
+        site: Option<&SiteTokens>,
+        hub_issuers: &[Issuer],
+        path: &str,
+        now: u64,
+    ) -> Gate {
+        let Some((text, rest)) = split_token_path(path) else {
+            let required = site.is_some_and(|s| s.paths.iter().any(|p| path.starts_with(p.as_str())));
+            return if required {
+                Gate::Denied {
+                    reason: "missing playback token: this path needs /t/{token}/… in front of it".into(),
+                    label: "token_missing",
+                }
+            } else {
+                Gate::Open
+            };
+        };
+        let allows = |k: &[u8; 32], prefix: &str| {
+            issuer_allows(hub_issuers, k, prefix)
+                || site.is_some_and(|s| issuer_allows(&s.issuers, k, prefix))
+        };
+        let known = |k: &[u8; 32]| {
+            let k = hex::encode(k);
+            hub_issuers
+                .iter()
+                .chain(site.map_or(&[][..], |s| &s.issuers[..]))
+                .any(|i| i.key == k)
+        };
+        let denied = |e: TokenError, label| Gate::Denied {
+            reason: e.to_string(),
+            label,
+        };
+        let t = match self.verify(text, &known, &allows) {
+            Ok(t) => t,
+            Err(e @ TokenError::UnknownIssuer(_)) => return denied(e, "token_issuer"),
+            Err(e @ TokenError::BadSignature) => return denied(e, "token_signature"),
+            Err(e) => return denied(e, "token_malformed"),
+        };
+        if t.claims.expires < now {
+            return denied(TokenError::Expired(now - t.claims.expires), "token_expired");
+        }
+        if let Err(e) = t.claims.covers(rest) {
+            return denied(e, "token_prefix");
+        }
+        let served = self.served.lock().get(&t.id).copied().unwrap_or(0);
+        if served >= t.claims.budget {
+            return Gate::Denied {
+                reason: format!(
+                    "this session's byte budget ({} bytes) is spent; ask for a new token",
+                    t.claims.budget
+                ),
+                label: "token_budget",
+            };
+        }
+        Gate::Token {
+            path: rest.to_string(),
+            token: t,
+        }
+    }
+
+    /// Counts bytes sent under a token against its budget.
+    pub fn add_served(&self, id: &[u8; 16], bytes: u64) {
+        let mut served = self.served.lock();
+        if served.len() >= CACHE_LIMIT && !served.contains_key(id) {
+            served.clear();
+        }
+        *served.entry(*id).or_insert(0) += bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshcast_control::identity::NodeKey;
+
+    #[test]
+    fn gate_decisions() {
+        let hub = NodeKey::from_seed([1; 32]);
+        let issuers = vec![Issuer {
+            key: hex::encode(hub.public().to_bytes()),
+            prefix: "/".into(),
+        }];
+        let claims = TokenClaims {
+            issuer: hub.public().to_bytes(),
+            prefix: "/v/abc/".into(),
+            expires: 1000,
+            budget: 500,
+            session: [4; 32],
+        };
+        let t = token::issue(&hub, &claims, 0).unwrap();
+        let site = SiteTokens {
+            paths: vec!["/v/".into()],
+            issuers: vec![],
+        };
+        let book = TokenBook::default();
+        let p = format!("/t/{t}/v/abc/720p/1.m4s");
+        match book.gate(Some(&site), &issuers, &p, 10) {
+            Gate::Token { path, .. } => assert_eq!(path, "/v/abc/720p/1.m4s"),
+            other => panic!("{other:?}"),
+        }
+        let label = |g: Gate| match g {
+            Gate::Denied { label, .. } => label,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(label(book.gate(Some(&site), &issuers, &p, 2000)), "token_expired");
+        assert_eq!(label(book.gate(Some(&site), &[], &p, 10)), "token_issuer");
+        let other = format!("/t/{t}/v/xyz/1.m4s");
+        assert_eq!(label(book.gate(Some(&site), &issuers, &other, 10)), "token_prefix");
+        assert_eq!(label(book.gate(Some(&site), &issuers, "/v/abc/1.m4s", 10)), "token_missing");
+        assert!(matches!(book.gate(Some(&site), &issuers, "/play/abc", 10), Gate::Open));
+        assert!(matches!(book.gate(None, &issuers, "/v/abc/1.m4s", 10), Gate::Open));
+        assert_eq!(label(book.gate(Some(&site), &issuers, "/t/garbage/v/abc/1", 10)), "token_malformed");
+        book.add_served(&token_id(&t), 500);
+        assert_eq!(label(book.gate(Some(&site), &issuers, &p, 10)), "token_budget");
+    }
+}

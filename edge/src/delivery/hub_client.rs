@@ -1,0 +1,258 @@
+//! The edge's side of talking to its HUB: register, heartbeat, and once
+//! per epoch claim the acks, answer the challenge, and record the outcome.
+//! If the HUB is away the edge keeps serving and keeps its acks in the log;
+//! claims go out when the HUB is back.
+
+use super::acklog;
+use super::book::{now_ms, Book};
+use super::Delivery;
+use crate::metrics::Metrics;
+use meshcast_control::audit::{build_claim, Opening};
+use meshcast_control::envelope::Envelope;
+use meshcast_control::messages::{self, Challenge, Heartbeat, HubInfo, Register};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct HubClient {
+    pub delivery: Arc<Delivery>,
+    pub book: Arc<Book>,
+    pub metrics: &'static Metrics,
+    pub hub: String,
+    pub advertise: String,
+    pub heartbeat: Duration,
+    pub capacity_bytes: u64,
+    pub cache_bytes: Box<dyn Fn() -> u64 + Send + Sync>,
+    http: reqwest::Client,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    /// The HUB decided (accepted, refused or already settled).
+    Final(serde_json::Value),
+    /// Try again later.
+    Retry(String),
+}
+
+impl HubClient {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        delivery: Arc<Delivery>,
+        book: Arc<Book>,
+        metrics: &'static Metrics,
+        hub: String,
+        advertise: String,
+        heartbeat: Duration,
+        capacity_bytes: u64,
+        cache_bytes: Box<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Self {
+        HubClient {
+            delivery,
+            book,
+            metrics,
+            hub: hub.trim_end_matches('/').to_string(),
+            advertise,
+            heartbeat,
+            capacity_bytes,
+            cache_bytes,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("a plain HTTP client builds"),
+        }
+    }
+
+    async fn post(&self, path: &str, domain: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+        let env = Envelope::seal(self.book.signer.key(), domain, body, now_ms() / 1000)
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.hub))
+            .header("content-type", "application/octet-stream")
+            .body(env.encode())
+            .send()
+            .await
+            .map_err(|e| format!("{}{path}: {e}", self.hub))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        Ok((status, bytes.to_vec()))
+    }
+
+    fn learn(&self, body: &[u8]) {
+        if let Ok(info) = serde_json::from_slice::<HubInfo>(body) {
+            self.delivery.hub_issuers.store(Arc::new(info.issuers));
+        }
+    }
+
+    async fn register(&self) -> Result<(), String> {
+        let reg = Register {
+            addr: self.advertise.clone(),
+            roles: vec!["edge".into()],
+            capacity_bytes: self.capacity_bytes,
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let body = serde_json::to_vec(&reg).map_err(|e| e.to_string())?;
+        match self.post("/v1/nodes/register", messages::REGISTER, body).await? {
+            (200, b) => {
+                self.learn(&b);
+                Ok(())
+            }
+            (s, b) => Err(format!("registration refused ({s}): {}", String::from_utf8_lossy(&b))),
+        }
+    }
+
+    /// Ok(false): the HUB no longer knows us; register again.
+    async fn heartbeat(&self) -> Result<bool, String> {
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let hb = Heartbeat {
+            load,
+            cache_bytes: (self.cache_bytes)(),
+            bytes_out: self.metrics.bytes_out.get(),
+        };
+        let body = serde_json::to_vec(&hb).map_err(|e| e.to_string())?;
+        match self.post("/v1/nodes/heartbeat", messages::HEARTBEAT, body).await? {
+            (200, b) => {
+                self.learn(&b);
+                Ok(true)
+            }
+            (404, _) => Ok(false),
+            (s, b) => Err(format!("heartbeat refused ({s}): {}", String::from_utf8_lossy(&b))),
+        }
+    }
+
+    async fn claim(&self, epoch: u64, acks: Vec<(String, meshcast_control::receipt::Ack)>) -> Outcome {
+        let committed = build_claim(epoch, self.book.epoch_ms / 1000, acks);
+        let body = match serde_json::to_vec(&committed.claim) {
+            Ok(b) => b,
+            Err(e) => return Outcome::Retry(e.to_string()),
+        };
+        let challenge: Challenge = match self.post("/v1/claims", messages::CLAIM, body).await {
+            Ok((200, b)) => match serde_json::from_slice(&b) {
+                Ok(c) => c,
+                Err(e) => return Outcome::Retry(format!("challenge: {e}")),
+            },
+            Ok((409 | 422, b)) => {
+                return Outcome::Final(serde_json::from_slice(&b).unwrap_or_default())
+            }
+            Ok((s, b)) => return Outcome::Retry(format!("claim ({s}): {}", String::from_utf8_lossy(&b))),
+            Err(e) => return Outcome::Retry(e),
+        };
+        let opening: Opening = match committed.open(&challenge.indices) {
+            Ok(o) => o,
+            Err(e) => return Outcome::Retry(e.to_string()),
+        };
+        let body = match serde_json::to_vec(&opening) {
+            Ok(b) => b,
+            Err(e) => return Outcome::Retry(e.to_string()),
+        };
+        match self.post("/v1/claims/open", messages::OPENING, body).await {
+            Ok((200 | 409 | 422, b)) => Outcome::Final(serde_json::from_slice(&b).unwrap_or_default()),
+            Ok((s, b)) => Outcome::Retry(format!("opening ({s}): {}", String::from_utf8_lossy(&b))),
+            Err(e) => Outcome::Retry(e),
+        }
+    }
+
+    /// Claims every sealed epoch, oldest first; stops at the first that
+    /// must be retried (the HUB is probably away).
+    async fn settle_sealed(&self) -> Result<(), String> {
+        loop {
+            let next = {
+                let epochs = self.book.epochs.read().await;
+                epochs.sealed.iter().next().map(|(e, a)| (*e, a.clone()))
+            };
+            let Some((epoch, acks)) = next else {
+                return Ok(());
+            };
+            let count = acks.len();
+            let outcome = if acks.is_empty() {
+                Outcome::Final(serde_json::json!({"empty": true}))
+            } else {
+                self.claim(epoch, acks).await
+            };
+            match outcome {
+                Outcome::Retry(why) => return Err(why),
+                Outcome::Final(result) => {
+                    let accepted = result["accepted"].as_bool().unwrap_or(false);
+                    let label = if accepted { "accepted" } else { "refused" };
+                    self.metrics.claims.with_label_values(&[label]).inc();
+                    if accepted {
+                        tracing::info!(epoch, acks = count, credited = %result["credited_bytes"],
+                            "epoch settled by the hub");
+                    } else {
+                        tracing::warn!(epoch, acks = count, reason = %result["reason"],
+                            "the hub refused this epoch's claim");
+                    }
+                    let dir = &self.book.dir;
+                    let text = serde_json::to_vec_pretty(&result).unwrap_or_default();
+                    if let Err(e) = std::fs::write(acklog::settled_path(dir, epoch), text) {
+                        tracing::error!(error = %e, "cannot record a settled epoch");
+                    }
+                    self.book.log.close(epoch);
+                    let _ = std::fs::remove_file(acklog::log_path(dir, epoch));
+                    self.book.epochs.write().await.sealed.remove(&epoch);
+                }
+            }
+        }
+    }
+
+    pub async fn run(self) {
+        let mut registered = false;
+        let mut backoff = Duration::from_secs(1);
+        let mut next_beat = tokio::time::Instant::now();
+        let mut next_claim = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = tokio::time::Instant::now();
+            if now >= next_beat {
+                let result = if registered {
+                    self.heartbeat().await.map(|known| registered = known)
+                } else {
+                    self.register().await.map(|()| {
+                        registered = true;
+                        tracing::info!(hub = %self.hub, node = %self.book.signer.key().id(), "registered with the hub");
+                    })
+                };
+                self.metrics.hub_up.set(i64::from(result.is_ok()));
+                match result {
+                    Ok(()) => {
+                        backoff = Duration::from_secs(1);
+                        next_beat = now + if registered { self.heartbeat } else { Duration::ZERO };
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the hub; serving on, acks stay in the log");
+                        next_beat = now + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+            let sealed = self.book.seal_due(now_ms()).await;
+            if sealed > 0 {
+                tracing::debug!(sealed, "epochs closed for acks");
+            }
+            if registered && now >= next_claim {
+                if let Err(e) = self.settle_sealed().await {
+                    tracing::warn!(error = %e, "claim not settled; will retry");
+                    next_claim = now + Duration::from_secs(2);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the client as a Pingora background service, stopping with the server.
+pub struct HubService(pub parking_lot::Mutex<Option<HubClient>>);
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for HubService {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let Some(client) = self.0.lock().take() else {
+            return;
+        };
+        tokio::select! {
+            _ = client.run() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Delivery claims: an edge sends its epoch claim, the HUB answers with a
+//! challenge drawn from a transcript over the claim and a fresh nonce, the
+//! edge opens those acks with Merkle paths, and the HUB settles. The audit
+//! logic is `meshcast_control::audit`; this module is storage and HTTP.
+
+use crate::nodes::{now_secs, open_envelope, refuse};
+use crate::registry::{Pending, Settlement};
+use crate::Hub;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use meshcast_control::audit::{self, AuditError, Checked, Claim, Opening};
+use meshcast_control::messages::{self, issuer_allows, Challenge};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/v1/claims", post(claim))
+        .route("/v1/claims/open", post(open))
+}
+
+/// Checks a claim's listing, including that every token's issuer may sign
+/// for the token's prefix.
+fn check(hub: &Hub, claim: &Claim) -> Result<Checked, AuditError> {
+    let issuers = hub.issuers();
+    let checked = audit::check_claim(
+        claim,
+        |k| issuers.iter().any(|i| i.key == hex::encode(k)),
+        now_secs() * 1000,
+    )?;
+    for (index, t) in checked.tokens.iter().enumerate() {
+        if !issuer_allows(&issuers, &t.issuer, &t.prefix) {
+            return Err(AuditError::Token {
+                index,
+                error: meshcast_control::token::TokenError::UnknownIssuer(format!(
+                    "{} for {}",
+                    hex::encode(t.issuer),
+                    t.prefix
+                )),
+            });
+        }
+    }
+    Ok(checked)
+}
+
+/// Records a refused claim (no credit) and answers with its reason.
+fn reject(hub: &Hub, node: &str, claim: &Claim, e: AuditError) -> Response {
+    hub.metrics.claims.with_label_values(&[e.label()]).inc();
+    tracing::warn!(node, epoch = claim.epoch, reason = %e, "refused a delivery claim");
+    let s = Settlement {
+        node: node.to_string(),
+        epoch: claim.epoch,
+        accepted: false,
+        claimed_bytes: claim.bytes,
+        credited_bytes: 0,
+        entries: claim.count,
+        opened: 0,
+        reason: Some(e.to_string()),
+        over_budget: Vec::new(),
+    };
+    if let Err(err) = hub.registry.settle(&s, &[]) {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, err);
+    }
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(s)).into_response()
+}
+
+async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let (env, _, node) = match open_envelope(&hub, messages::CLAIM, &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match hub.registry.node(&node) {
+        Ok(Some(_)) => {}
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, format!("node {node} is not registered")),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+    let claim: Claim = match serde_json::from_slice(&env.body) {
+        Ok(c) => c,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("claim body: {e}")),
+    };
+    match hub.registry.settled(&node, claim.epoch) {
+        Ok(Some(s)) => return (StatusCode::CONFLICT, Json(s)).into_response(),
+        Ok(None) => {}
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+    if let Err(e) = check(&hub, &claim) {
+        return reject(&hub, &node, &claim, e);
+    }
+    let mut nonce = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut nonce) {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, e);
+    }
+    let indices = audit::challenge(&env.body, &nonce, &claim);
+    let pending = Pending {
+        body: env.body.clone(),
+        nonce,
+        challenge: indices.clone(),
+    };
+    if let Err(e) = hub.registry.put_pending(&node, claim.epoch, &pending) {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, e);
+    }
+    tracing::info!(node, epoch = claim.epoch, entries = claim.count, bytes = claim.bytes,
+        challenged = indices.len(), "claim received; challenge sent");
+    Json(Challenge {
+        epoch: claim.epoch,
+        indices,
+    })
+    .into_response()
+}
+
+async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let (env, key, node) = match open_envelope(&hub, messages::OPENING, &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let opening: Opening = match serde_json::from_slice(&env.body) {
+        Ok(o) => o,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("opening body: {e}")),
+    };
+    match hub.registry.settled(&node, opening.epoch) {
+        Ok(Some(s)) => return (StatusCode::CONFLICT, Json(s)).into_response(),
+        Ok(None) => {}
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+    let pending = match hub.registry.pending(&node, opening.epoch) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("no claim from {node} for epoch {} awaits opening; send the claim first", opening.epoch),
+            )
+        }
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let claim: Claim = match serde_json::from_slice(&pending.body) {
+        Ok(c) => c,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let checked = match check(&hub, &claim) {
+        Ok(c) => c,
+        Err(e) => return reject(&hub, &node, &claim, e),
+    };
+    let claimant = key.to_bytes();
+    if let Err(e) = audit::check_proof(&claim, &checked, &claimant, &pending.challenge, &opening) {
+        return reject(&hub, &node, &claim, e);
+    }
+    let spent_err = std::cell::Cell::new(None);
+    let (credited, credits, over) = audit::settle(&checked, |id| {
+        hub.registry.spent(&hex::encode(id)).unwrap_or_else(|e| {
+            spent_err.set(Some(e.to_string()));
+            u64::MAX
+        })
+    });
+    if let Some(e) = spent_err.take() {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, e);
+    }
+    let s = Settlement {
+        node: node.clone(),
+        epoch: claim.epoch,
+        accepted: true,
+        claimed_bytes: claim.bytes,
+        credited_bytes: credited,
+        entries: claim.count,
+        opened: pending.challenge.len() as u64,
+        reason: None,
+        over_budget: over,
+    };
+    let token_credits: Vec<(String, u64)> =
+        credits.iter().map(|(id, b)| (hex::encode(id), *b)).collect();
+    match hub.registry.settle(&s, &token_credits) {
+        Ok(true) => {
+            hub.metrics.claims.with_label_values(&["accepted"]).inc();
+            hub.metrics.credited_bytes.inc_by(credited);
+            tracing::info!(node, epoch = claim.epoch, credited, claimed = claim.bytes,
+                opened = s.opened, "claim settled");
+            Json(s).into_response()
+        }
+        Ok(false) => (StatusCode::CONFLICT, Json(s)).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}

@@ -1,0 +1,178 @@
+//! Node registration and heartbeats (signed envelopes), and `GET /v1/nodes`.
+
+use crate::registry::NodeRecord;
+use crate::Hub;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ed25519_dalek::VerifyingKey;
+use meshcast_control::envelope::{Envelope, Verifier};
+use meshcast_control::identity::node_id;
+use meshcast_control::messages::{self, Heartbeat, HubInfo, Register};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/v1/nodes", get(list))
+        .route("/v1/nodes/register", post(register))
+        .route("/v1/nodes/heartbeat", post(heartbeat))
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A node is "up" if it was heard from within this many heartbeats.
+const MISSED_HEARTBEATS: u64 = 3;
+pub const HEARTBEAT_SECS: u64 = 10;
+
+pub fn refuse(status: StatusCode, reason: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": reason.to_string() }))).into_response()
+}
+
+/// Opens a signed envelope of `domain`: decodes, checks signature,
+/// timestamp and replay. Returns the sender's key and node id.
+pub fn open_envelope(
+    hub: &Hub,
+    domain: &'static str,
+    body: &[u8],
+) -> Result<(Envelope, VerifyingKey, String), Response> {
+    let env = Envelope::decode(body).map_err(|e| {
+        hub.metrics.envelopes_refused.with_label_values(&[domain]).inc();
+        refuse(StatusCode::BAD_REQUEST, e)
+    })?;
+    let result = {
+        let mut verifiers = hub.verifiers.lock().unwrap_or_else(|p| p.into_inner());
+        verifiers
+            .entry(domain)
+            .or_insert_with(|| Verifier::new(domain, messages::MAX_SKEW_SECS))
+            .verify(&env, now_secs())
+    };
+    match result {
+        Ok(key) => {
+            let id = node_id(&key);
+            Ok((env, key, id))
+        }
+        Err(e) => {
+            hub.metrics.envelopes_refused.with_label_values(&[domain]).inc();
+            tracing::warn!(domain, error = %e, "refused a signed message");
+            Err(refuse(StatusCode::UNAUTHORIZED, e))
+        }
+    }
+}
+
+fn info(hub: &Hub, node: &str) -> HubInfo {
+    HubInfo {
+        hub: hex::encode(hub.key.public().to_bytes()),
+        node: node.to_string(),
+        issuers: hub.issuers(),
+    }
+}
+
+async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let (env, key, id) = match open_envelope(&hub, messages::REGISTER, &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let reg: Register = match serde_json::from_slice(&env.body) {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("registration body: {e}")),
+    };
+    if !(reg.addr.starts_with("http://") || reg.addr.starts_with("https://")) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("addr {:?} is not a base URL like http://host:port", reg.addr),
+        );
+    }
+    let now = now_secs();
+    let rec = hub.registry.upsert_node(&id, |cur| {
+        let mut n = cur.unwrap_or_else(|| NodeRecord {
+            id: id.clone(),
+            key: hex::encode(key.to_bytes()),
+            addr: String::new(),
+            roles: Vec::new(),
+            capacity_bytes: 0,
+            registered: now,
+            last_seen: now,
+            load: 0.0,
+            cache_bytes: 0,
+            bytes_out: 0,
+            credited_bytes: 0,
+            claims_accepted: 0,
+            claims_rejected: 0,
+            last_rejection: None,
+        });
+        n.addr = reg.addr.clone();
+        n.roles = reg.roles.clone();
+        n.capacity_bytes = reg.capacity_bytes;
+        n.last_seen = now;
+        n
+    });
+    match rec {
+        Ok(n) => {
+            tracing::info!(node = %n.id, addr = %n.addr, roles = ?n.roles, "node registered");
+            Json(info(&hub, &id)).into_response()
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn heartbeat(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let (env, _, id) = match open_envelope(&hub, messages::HEARTBEAT, &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let hb: Heartbeat = match serde_json::from_slice(&env.body) {
+        Ok(h) => h,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("heartbeat body: {e}")),
+    };
+    match hub.registry.node(&id) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("node {id} is not registered; register first"),
+            )
+        }
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+    let now = now_secs();
+    let updated = hub.registry.upsert_node(&id, |cur| {
+        let mut n = cur.expect("checked above; nodes are never deleted");
+        n.last_seen = now;
+        n.load = hb.load;
+        n.cache_bytes = hb.cache_bytes;
+        n.bytes_out = hb.bytes_out;
+        n
+    });
+    match updated {
+        Ok(_) => Json(info(&hub, &id)).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn list(State(hub): State<Arc<Hub>>) -> Response {
+    let now = now_secs();
+    match hub.registry.nodes() {
+        Ok(nodes) => {
+            let rows: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    let up = now.saturating_sub(n.last_seen) <= MISSED_HEARTBEATS * HEARTBEAT_SECS;
+                    let mut v = serde_json::to_value(n).unwrap_or_default();
+                    v["state"] = json!(if up { "up" } else { "down" });
+                    v
+                })
+                .collect();
+            Json(json!({ "nodes": rows })).into_response()
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}

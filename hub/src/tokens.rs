@@ -1,0 +1,180 @@
+//! `POST /v1/videos/{id}/tokens`: playback tokens for a viewer's session key.
+//!
+//! A `public` video gets a HUB-signed token for any session key that asks,
+//! rate-limited per client address (behind an edge: the address the edge
+//! forwards, trusted only from registered nodes and loopback). A `signed`
+//! video's tokens come from its owner's key (`meshcast token`), never from
+//! here.
+
+use crate::catalog::{Policy, Status};
+use crate::nodes::{now_secs, refuse};
+use crate::Hub;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use meshcast_control::token::{self, TokenClaims};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new().route("/v1/videos/{id}/tokens", post(issue))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    /// The viewer's Ed25519 session public key, 64 hex digits.
+    session: String,
+    /// Seconds the token lives (capped by the hub's token_ttl).
+    ttl: Option<u64>,
+    /// Byte budget (capped by the hub's default for the video).
+    budget: Option<u64>,
+}
+
+/// Token bucket per client address: `rate` tokens a minute, burst `rate`.
+#[derive(Default)]
+pub struct RateLimit {
+    buckets: std::sync::Mutex<HashMap<IpAddr, (f64, f64)>>,
+}
+
+impl RateLimit {
+    fn allow(&self, ip: IpAddr, per_minute: u32, now: f64) -> bool {
+        let cap = per_minute as f64;
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() > 100_000 {
+            b.retain(|_, (_, t)| now - *t < 60.0);
+        }
+        let (level, last) = b.entry(ip).or_insert((cap, now));
+        *level = (*level + (now - *last) * cap / 60.0).min(cap);
+        *last = now;
+        if *level >= 1.0 {
+            *level -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The viewer's address: the peer, or the last hop a trusted proxy (an
+/// edge registered here, or loopback) put in X-Forwarded-For.
+fn client_ip(hub: &Hub, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let trusted_peer = peer.ip().is_loopback()
+        || hub.registry.nodes().is_ok_and(|nodes| {
+            nodes.iter().any(|n| {
+                n.addr
+                    .split("://")
+                    .nth(1)
+                    .and_then(|h| h.split(['/', ':']).next())
+                    .and_then(|h| h.parse::<IpAddr>().ok())
+                    == Some(peer.ip())
+            })
+        });
+    if trusted_peer {
+        if let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok())
+        {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+async fn issue(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: TokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("token request: {e}; send {{\"session\": \"<64 hex digits>\"}}"),
+            )
+        }
+    };
+    let mut session = [0u8; 32];
+    if hex::decode_to_slice(&req.session, &mut session).is_err()
+        || ed25519_dalek::VerifyingKey::from_bytes(&session).is_err()
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "session must be an Ed25519 public key, 64 hex digits",
+        );
+    }
+    let video = match hub.catalog.video(&id) {
+        Ok(Some(v)) => v,
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, format!("no video {id:?}")),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if video.policy == Policy::Signed {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!("video {id} is signed: its owner's key issues tokens (meshcast token), not the hub"),
+        );
+    }
+    if video.status != Status::Ready {
+        return refuse(StatusCode::CONFLICT, format!("video {id} is not ready yet"));
+    }
+    let ip = client_ip(&hub, peer, &headers);
+    let now = now_secs();
+    let per_minute = hub.config.hub.token_rate;
+    if !hub.rate_limit.allow(ip, per_minute, now as f64) {
+        hub.metrics.tokens.with_label_values(&["rate_limited"]).inc();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "10")],
+            Json(json!({"error": format!("{ip} asked for more than {per_minute} tokens a minute")})),
+        )
+            .into_response();
+    }
+    let size = match hub.catalog.total_bytes(&id) {
+        Ok(s) => s,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    // Enough to watch every rendition a few times over.
+    let default_budget = size.saturating_mul(hub.config.hub.token_budget_factor as u64);
+    let max_ttl = hub.config.hub.token_ttl.0.as_secs();
+    let claims = TokenClaims {
+        issuer: hub.key.public().to_bytes(),
+        prefix: format!("/v/{id}/"),
+        expires: now + req.ttl.unwrap_or(max_ttl).min(max_ttl),
+        budget: req.budget.unwrap_or(default_budget).min(default_budget),
+        session,
+    };
+    match token::issue(&hub.key, &claims, now) {
+        Ok(t) => {
+            hub.metrics.tokens.with_label_values(&["issued"]).inc();
+            let urls = |suffix: &str| -> Vec<String> {
+                hub.config
+                    .hub
+                    .edges
+                    .iter()
+                    .map(|e| format!("{}/t/{t}/v/{id}/{suffix}", e.trim_end_matches('/')))
+                    .collect()
+            };
+            Json(json!({
+                "token": t,
+                "expires": claims.expires,
+                "budget": claims.budget,
+                "prefix": claims.prefix,
+                "path": format!("/t/{t}/v/{id}/master.m3u8"),
+                "hls": urls("master.m3u8"),
+                "dash": urls("manifest.mpd"),
+            }))
+            .into_response()
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}

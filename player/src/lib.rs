@@ -1,0 +1,353 @@
+//! meshcast-player is the Rust client library for watching a meshcast
+//! stream the way a player does — master playlist, one rendition (and its
+//! audio), init segment, every media segment in order — while checking
+//! each `Meshcast-Receipt` against what arrived and acknowledging it with
+//! the session key its token names. `meshcast play` is its front end.
+//! It owns HTTP fetching and ack batching; protocol rules (receipts, acks,
+//! tokens) come from `meshcast-control`, and it keeps no state on disk.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::SigningKey;
+use m3u8_rs::Playlist;
+use meshcast_control::receipt::{Ack, SignedReceipt};
+use meshcast_control::token::token_id;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlayError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{url}: {reason}")]
+    Fetch { url: String, reason: String },
+    #[error("{url}: not a playlist this player understands: {reason}")]
+    Playlist { url: String, reason: String },
+    #[error("{url}: bad receipt: {reason}")]
+    Receipt { url: String, reason: String },
+    #[error("hub: {0}")]
+    Hub(String),
+}
+
+pub struct Options {
+    pub url: String,
+    /// Get a token for a fresh session key and acknowledge receipts.
+    pub ack: bool,
+    /// HUB base URL; asked of the edge (`/v1/edge`) when not given.
+    pub hub: Option<String>,
+    /// Wait each segment's duration, like a player at the live edge.
+    pub realtime: bool,
+    /// Receipts per ack batch.
+    pub batch: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub url: String,
+    pub bytes: u64,
+    pub requests: u64,
+    pub segments: u64,
+    pub receipts: u64,
+    pub acks_sent: u64,
+    pub acks_accepted: u64,
+    pub acked_bytes: u64,
+    pub refused: Vec<String>,
+    pub seconds: f64,
+}
+
+struct Session {
+    http: reqwest::Client,
+    key: Option<SigningKey>,
+    token: Option<String>,
+    pending: Vec<(String, String)>,
+    base: Url,
+    batch: usize,
+    report: Report,
+}
+
+/// `(edge base, video id, path after /v/{id}/)` of a playback URL.
+fn split_url(url: &Url) -> Option<(Url, String, String)> {
+    let path = url.path();
+    let after_t = match path.strip_prefix("/t/") {
+        Some(rest) => &rest[rest.find('/')?..],
+        None => path,
+    };
+    let rest = after_t.strip_prefix("/v/")?;
+    let slash = rest.find('/')?;
+    let mut base = url.clone();
+    base.set_path("/");
+    base.set_query(None);
+    Some((base, rest[..slash].to_string(), rest[slash + 1..].to_string()))
+}
+
+fn session_key() -> Result<SigningKey, PlayError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| PlayError::Usage(format!("no randomness: {e}")))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+impl Session {
+    async fn get(&mut self, url: &Url) -> Result<Vec<u8>, PlayError> {
+        let fail = |reason: String| PlayError::Fetch {
+            url: url.to_string(),
+            reason,
+        };
+        let resp = self.http.get(url.clone()).send().await.map_err(|e| fail(e.to_string()))?;
+        let status = resp.status();
+        let receipt = resp
+            .headers()
+            .get("meshcast-receipt")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            return Err(fail(format!("{status}: {}", text.trim())));
+        }
+        self.report.requests += 1;
+        self.report.bytes += body.len() as u64;
+        if let Some(r) = receipt {
+            self.check_receipt(url, &r, body.len() as u64)?;
+            self.report.receipts += 1;
+            if self.key.is_some() {
+                self.pending.push((r, url.to_string()));
+                if self.pending.len() >= self.batch {
+                    self.flush().await?;
+                }
+            }
+        } else if self.token.is_some() {
+            return Err(PlayError::Receipt {
+                url: url.to_string(),
+                reason: "no Meshcast-Receipt header on a tokened response".into(),
+            });
+        }
+        Ok(body.to_vec())
+    }
+
+    /// A receipt must be signed by the edge, name our token, and cover
+    /// exactly the bytes that arrived for the path we asked for.
+    fn check_receipt(&self, url: &Url, header: &str, got: u64) -> Result<(), PlayError> {
+        let bad = |reason: String| PlayError::Receipt {
+            url: url.to_string(),
+            reason,
+        };
+        let r = SignedReceipt::from_header(header).map_err(|e| bad(e.to_string()))?;
+        r.verify_edge().map_err(|e| bad(e.to_string()))?;
+        if r.receipt.len != got {
+            return Err(bad(format!("receipt says {} bytes, {got} arrived", r.receipt.len)));
+        }
+        if let Some(t) = &self.token {
+            if r.receipt.token != token_id(t) {
+                return Err(bad("receipt names another token".into()));
+            }
+        }
+        let path = url.path();
+        if !path.ends_with(&r.receipt.path) {
+            return Err(bad(format!("receipt is for {:?}", r.receipt.path)));
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), PlayError> {
+        let (Some(key), Some(token)) = (&self.key, &self.token) else {
+            return Ok(());
+        };
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut acks = Vec::new();
+        let mut bytes = Vec::new();
+        for (header, _) in self.pending.drain(..) {
+            let r = SignedReceipt::from_header(&header).map_err(|e| PlayError::Hub(e.to_string()))?;
+            bytes.push(r.receipt.len);
+            let ack = Ack::sign(key, r);
+            acks.push(serde_json::json!({
+                "receipt": header,
+                "sig": URL_SAFE_NO_PAD.encode(ack.sig),
+            }));
+        }
+        let n = acks.len() as u64;
+        let url = self.base.join("/v1/acks").expect("a fixed path joins");
+        let resp = self
+            .http
+            .post(url.clone())
+            .json(&serde_json::json!({ "token": token, "acks": acks }))
+            .send()
+            .await
+            .map_err(|e| PlayError::Fetch { url: url.to_string(), reason: e.to_string() })?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(PlayError::Fetch {
+                url: url.to_string(),
+                reason: format!("{status}: {}", v["error"]),
+            });
+        }
+        self.report.acks_sent += n;
+        self.report.acks_accepted += v["accepted"].as_u64().unwrap_or(0);
+        self.report.acked_bytes += v["bytes"].as_u64().unwrap_or(0);
+        if let Some(refused) = v["refused"].as_array() {
+            for r in refused {
+                let i = r["index"].as_u64().unwrap_or(0) as usize;
+                let _ = bytes.get(i);
+                self.report.refused.push(r["reason"].as_str().unwrap_or("?").to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Asks the HUB for a token for `key` to watch `video`.
+async fn fetch_token(http: &reqwest::Client, hub: &str, video: &str, key: &SigningKey) -> Result<String, PlayError> {
+    let url = format!("{}/v1/videos/{video}/tokens", hub.trim_end_matches('/'));
+    let resp = http
+        .post(&url)
+        .json(&serde_json::json!({ "session": hex::encode(key.verifying_key().to_bytes()) }))
+        .send()
+        .await
+        .map_err(|e| PlayError::Hub(format!("{url}: {e}")))?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    match v["token"].as_str() {
+        Some(t) if status.is_success() => Ok(t.to_string()),
+        _ => Err(PlayError::Hub(format!("{url}: {status}: {}", v["error"]))),
+    }
+}
+
+async fn discover_hub(http: &reqwest::Client, edge: &Url) -> Result<String, PlayError> {
+    let url = edge.join("/v1/edge").expect("a fixed path joins");
+    let v: serde_json::Value = http
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| PlayError::Hub(format!("{url}: {e}")))?
+        .json()
+        .await
+        .map_err(|e| PlayError::Hub(format!("{url}: {e}")))?;
+    v["hub"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| PlayError::Hub(format!("{url} names no hub; pass --hub URL")))
+}
+
+fn parse(url: &Url, body: &[u8]) -> Result<Playlist, PlayError> {
+    m3u8_rs::parse_playlist_res(body).map_err(|e| PlayError::Playlist {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Plays a media playlist: init segment, then every segment.
+async fn play_media(s: &mut Session, url: &Url, realtime: bool) -> Result<(), PlayError> {
+    let body = s.get(url).await?;
+    let Playlist::MediaPlaylist(media) = parse(url, &body)? else {
+        return Err(PlayError::Playlist { url: url.to_string(), reason: "expected a media playlist".into() });
+    };
+    let join = |u: &str| url.join(u).map_err(|e| PlayError::Playlist { url: url.to_string(), reason: e.to_string() });
+    let mut init_done = None::<String>;
+    for seg in &media.segments {
+        if let Some(map) = &seg.map {
+            if init_done.as_deref() != Some(map.uri.as_str()) {
+                s.get(&join(&map.uri)?).await?;
+                init_done = Some(map.uri.clone());
+            }
+        }
+        let start = Instant::now();
+        s.get(&join(&seg.uri)?).await?;
+        s.report.segments += 1;
+        if realtime {
+            let d = Duration::from_secs_f64(seg.duration as f64);
+            tokio::time::sleep(d.saturating_sub(start.elapsed())).await;
+        }
+    }
+    Ok(())
+}
+
+/// Plays a stream to the end and reports what it fetched and acknowledged.
+pub async fn play(o: Options) -> Result<Report, PlayError> {
+    let started = Instant::now();
+    let mut url = Url::parse(&o.url).map_err(|e| PlayError::Usage(format!("{}: {e}", o.url)))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| PlayError::Usage(e.to_string()))?;
+    let (base, video, rest) = split_url(&url).ok_or_else(|| {
+        PlayError::Usage(format!("{}: expected an edge URL like http://EDGE/v/ID/master.m3u8 or /t/TOKEN/v/ID/…", o.url))
+    })?;
+    let mut key = None;
+    let mut token = url
+        .path()
+        .strip_prefix("/t/")
+        .and_then(|r| r.split('/').next())
+        .map(str::to_string);
+    if o.ack {
+        let k = session_key()?;
+        let hub = match &o.hub {
+            Some(h) => h.clone(),
+            None => discover_hub(&http, &base).await?,
+        };
+        let t = fetch_token(&http, &hub, &video, &k).await?;
+        url = base
+            .join(&format!("/t/{t}/v/{video}/{rest}"))
+            .map_err(|e| PlayError::Usage(e.to_string()))?;
+        token = Some(t);
+        key = Some(k);
+    }
+    let mut s = Session {
+        http,
+        key,
+        token,
+        pending: Vec::new(),
+        base,
+        batch: o.batch.max(1),
+        report: Report { url: url.to_string(), ..Report::default() },
+    };
+    let body = s.get(&url).await?;
+    match parse(&url, &body)? {
+        Playlist::MediaPlaylist(_) => {
+            // Already fetched once; play it (fetches it again like a player reload).
+            play_media(&mut s, &url, o.realtime).await?;
+        }
+        Playlist::MasterPlaylist(master) => {
+            let variant = master
+                .variants
+                .iter()
+                .filter(|v| !v.is_i_frame)
+                .max_by_key(|v| v.bandwidth)
+                .ok_or_else(|| PlayError::Playlist { url: url.to_string(), reason: "no variants".into() })?;
+            let join = |u: &str| url.join(u).map_err(|e| PlayError::Playlist { url: url.to_string(), reason: e.to_string() });
+            let video_url = join(&variant.uri)?;
+            let audio_url = variant.audio.as_ref().and_then(|group| {
+                master
+                    .alternatives
+                    .iter()
+                    .find(|a| &a.group_id == group && a.uri.is_some())
+                    .and_then(|a| a.uri.as_deref())
+                    .map(|u| join(u))
+            });
+            play_media(&mut s, &video_url, o.realtime).await?;
+            if let Some(a) = audio_url {
+                play_media(&mut s, &a?, false).await?;
+            }
+        }
+    }
+    s.flush().await?;
+    s.report.seconds = started.elapsed().as_secs_f64();
+    Ok(s.report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_with_and_without_token() {
+        let u = Url::parse("http://e:8080/t/v4.public.abc/v/vid1/master.m3u8").unwrap();
+        let (base, id, rest) = split_url(&u).unwrap();
+        assert_eq!((base.as_str(), id.as_str(), rest.as_str()), ("http://e:8080/", "vid1", "master.m3u8"));
+        let u = Url::parse("http://e/v/vid2/720p/playlist.m3u8").unwrap();
+        assert_eq!(split_url(&u).unwrap().2, "720p/playlist.m3u8");
+        assert!(split_url(&Url::parse("http://e/other").unwrap()).is_none());
+    }
+}
