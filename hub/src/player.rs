@@ -16,8 +16,23 @@ use std::sync::Arc;
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
         .route("/play/{id}", get(page))
+        .route("/assets/meshcast-hls.js", get(plugin))
         .route("/assets/{*path}", get(asset))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+}
+
+/// The proof-of-delivery plugin for hls.js, kept in the repo as plain JS.
+const PLUGIN: &str = include_str!("../../player/js/meshcast-hls.js");
+
+async fn plugin() -> Response {
+    (
+        [
+            ("content-type", "text/javascript"),
+            ("cache-control", "public, max-age=300"),
+        ],
+        PLUGIN,
+    )
+        .into_response()
 }
 
 const ALLOWED_ASSETS: [&str; 2] = ["hls.js/dist/", "dashjs/dist/"];
@@ -112,25 +127,42 @@ const fail = (e) => { window.meshcast.errors.push(String(e)); state.textContent 
 for (const ev of ['playing', 'ended', 'waiting']) video.addEventListener(ev, () => note(ev));
 video.addEventListener('error', () => fail('video element error ' + (video.error && video.error.code)));
 function load(src, onload) { const s = document.createElement('script'); s.src = src; s.onload = onload; s.onerror = () => fail('cannot load ' + src); document.head.appendChild(s); }
-if (engine === 'dash') {
-  window.meshcast.engine = 'dash.js';
-  load('/assets/dashjs/dist/modern/umd/dash.all.min.js', () => {
-    const p = dashjs.MediaPlayer().create();
-    p.on(dashjs.MediaPlayer.events.ERROR, (e) => fail('dash.js: ' + JSON.stringify(e.error || e)));
-    p.initialize(video, '/v/{ID}/manifest.mpd', true);
-  });
-} else if (video.canPlayType('application/vnd.apple.mpegurl') && !window.MediaSource) {
-  window.meshcast.engine = 'native';
-  video.src = '/v/{ID}/master.m3u8';
-} else {
-  window.meshcast.engine = 'hls.js';
-  load('/assets/hls.js/dist/hls.min.js', () => {
-    const h = new Hls();
-    h.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) fail('hls.js: ' + d.type + ' ' + d.details); else note('hls.js recovered: ' + d.details); });
-    h.loadSource('/v/{ID}/master.m3u8');
-    h.attachMedia(video);
-  });
+// Through an edge with a node identity, media needs a playback token: get
+// one for a fresh session key (the plugin) and acknowledge what arrives.
+// Straight from the hub, play the plain origin URLs.
+async function prepare() {
+  const given = new URLSearchParams(location.search).get('token');
+  let edge = null;
+  try { const r = await fetch('/v1/edge'); if (r.ok) edge = await r.json(); } catch (e) {}
+  if (!edge || !edge.receipts) return { base: '/v/{ID}/', session: null };
+  if (given) return { base: '/t/' + given + '/v/{ID}/', session: null };
+  await new Promise((ok) => load('/assets/meshcast-hls.js', ok));
+  const session = await MeshcastAcks.start({ video: '{ID}' });
+  window.meshcast.acks = session.stats;
+  video.addEventListener('ended', () => session.flush().then(() => note('acks flushed')));
+  return { base: session.url(''), session };
 }
+prepare().then(({ base, session }) => {
+  if (engine === 'dash') {
+    window.meshcast.engine = 'dash.js';
+    load('/assets/dashjs/dist/modern/umd/dash.all.min.js', () => {
+      const p = dashjs.MediaPlayer().create();
+      p.on(dashjs.MediaPlayer.events.ERROR, (e) => fail('dash.js: ' + JSON.stringify(e.error || e)));
+      p.initialize(video, base + 'manifest.mpd', true);
+    });
+  } else if (video.canPlayType('application/vnd.apple.mpegurl') && !window.MediaSource) {
+    window.meshcast.engine = 'native';
+    video.src = base + 'master.m3u8';
+  } else {
+    window.meshcast.engine = 'hls.js';
+    load('/assets/hls.js/dist/hls.min.js', () => {
+      const h = new Hls(session ? { loader: session.loader(Hls) } : {});
+      h.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) fail('hls.js: ' + d.type + ' ' + d.details); else note('hls.js recovered: ' + d.details); });
+      h.loadSource(base + 'master.m3u8');
+      h.attachMedia(video);
+    });
+  }
+}).catch(fail);
 </script>
 </body></html>
 "#;

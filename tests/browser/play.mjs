@@ -22,7 +22,11 @@ let result;
 try {
   await page.goto(url, { waitUntil: 'load' });
   await page.waitForFunction(() => window.meshcast && (window.meshcast.events.includes('ended') || window.meshcast.errors.length > 0), null, { timeout, polling: 200 });
+  // With the proof-of-delivery plugin, wait for the last acks to be answered.
+  await page.waitForFunction(() => !window.meshcast.acks || window.meshcast.events.includes('acks flushed') || window.meshcast.errors.length > 0,
+    null, { timeout: 15000, polling: 100 }).catch(() => {});
   result = await page.evaluate(() => ({
+    acks: window.meshcast.acks || null,
     ended: window.meshcast.events.includes('ended'),
     engine: window.meshcast.engine,
     events: window.meshcast.events,

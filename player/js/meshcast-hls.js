@@ -1,0 +1,162 @@
+// meshcast-hls.js — proof-of-delivery plugin for hls.js. No build step:
+// load it with a <script> tag after hls.js.
+//
+//   const s = await MeshcastAcks.start({ video: 'ID' });   // session key + token
+//   const hls = new Hls({ loader: s.loader(Hls) });
+//   hls.loadSource(s.url('master.m3u8'));                   // /t/{token}/v/ID/master.m3u8
+//   video.addEventListener('ended', () => s.flush());
+//
+// The session key is a WebCrypto Ed25519 key that never leaves the page.
+// Each response's Meshcast-Receipt is checked (edge signature, byte count,
+// token) and acknowledged in batches with POST /v1/acks, each ack signed
+// with the session key. Receipt layout: control/src/receipt.rs.
+(function (global) {
+  'use strict';
+  const ACK_CONTEXT = new TextEncoder().encode('meshcast-ack-v1\n');
+  const FIXED = 3 + 32 + 16 + 32 + 8 + 8 + 8 + 8 + 16 + 2;
+
+  function b64uDecode(s) {
+    const b64 = s.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((s.length + 3) % 4);
+    const bin = atob(b64);
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out;
+  }
+  function b64uEncode(bytes) {
+    let bin = '';
+    for (const b of new Uint8Array(bytes)) bin += String.fromCharCode(b);
+    return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+  function hex(bytes) {
+    return Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, '0')).join('');
+  }
+  function u64(view, at) {
+    return Number(view.getBigUint64(at, false));
+  }
+
+  // Fields of a receipt's wire bytes, or null if they are not one.
+  function parseReceipt(wire) {
+    if (wire.length < FIXED + 64 || wire[0] !== 0x4d || wire[1] !== 0x52 || wire[2] !== 0x31) return null;
+    const view = new DataView(wire.buffer, wire.byteOffset, wire.byteLength);
+    const pathLen = view.getUint16(FIXED - 2, false);
+    if (wire.length !== FIXED + pathLen + 64) return null;
+    return {
+      node: wire.slice(3, 35),
+      len: u64(view, 107),
+      path: new TextDecoder().decode(wire.slice(FIXED, FIXED + pathLen)),
+      body: wire.slice(0, wire.length - 64),
+      sig: wire.slice(wire.length - 64),
+    };
+  }
+
+  class Session {
+    constructor(opts, keys, token) {
+      this.video = opts.video;
+      this.ackUrl = opts.ackUrl || '/v1/acks';
+      this.batchSize = opts.batchSize || 8;
+      this.keys = keys;
+      this.token = token;
+      this.pending = [];
+      this.nodeKeys = new Map();
+      this.stats = { receipts: 0, bytes: 0, acked: 0, ackedBytes: 0, refused: [], errors: [] };
+      this.timer = setInterval(() => this.flush(), opts.flushMs || 2000);
+      global.addEventListener('pagehide', () => this.flush(true));
+    }
+
+    // A path under the token: url('master.m3u8') → /t/{token}/v/{id}/master.m3u8
+    url(rest) {
+      return '/t/' + this.token + '/v/' + this.video + '/' + rest;
+    }
+
+    async nodeKey(raw) {
+      const k = hex(raw);
+      if (!this.nodeKeys.has(k)) {
+        this.nodeKeys.set(k, crypto.subtle.importKey('raw', raw, { name: 'Ed25519' }, false, ['verify']));
+      }
+      return this.nodeKeys.get(k);
+    }
+
+    // Checks a receipt against what arrived, then queues its ack.
+    async receipt(header, receivedBytes, url) {
+      const wire = b64uDecode(header);
+      const r = parseReceipt(wire);
+      if (!r) throw new Error('malformed Meshcast-Receipt on ' + url);
+      const ok = await crypto.subtle.verify({ name: 'Ed25519' }, await this.nodeKey(r.node), r.sig, r.body);
+      if (!ok) throw new Error('Meshcast-Receipt signature does not verify on ' + url);
+      if (r.len !== receivedBytes) throw new Error('receipt says ' + r.len + ' bytes, ' + receivedBytes + ' arrived: ' + url);
+      this.stats.receipts += 1;
+      this.stats.bytes += receivedBytes;
+      const message = new Uint8Array(ACK_CONTEXT.length + wire.length);
+      message.set(ACK_CONTEXT, 0);
+      message.set(wire, ACK_CONTEXT.length);
+      const sig = await crypto.subtle.sign({ name: 'Ed25519' }, this.keys.privateKey, message);
+      this.pending.push({ receipt: header, sig: b64uEncode(sig) });
+      if (this.pending.length >= this.batchSize) this.flush();
+    }
+
+    // Sends queued acks; resolves when the edge has answered.
+    async flush(unloading) {
+      if (this.pending.length === 0) return this.stats;
+      const acks = this.pending.splice(0);
+      try {
+        const resp = await fetch(this.ackUrl, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ token: this.token, acks }),
+          keepalive: !!unloading,
+        });
+        const v = await resp.json();
+        if (!resp.ok) throw new Error('acks refused: ' + (v.error || resp.status));
+        this.stats.acked += v.accepted;
+        this.stats.ackedBytes += v.bytes;
+        for (const r of v.refused || []) this.stats.refused.push(r.reason);
+      } catch (e) {
+        this.stats.errors.push(String(e));
+      }
+      return this.stats;
+    }
+
+    // An hls.js loader class that hands every response to receipt().
+    loader(Hls) {
+      const session = this;
+      const Base = Hls.DefaultConfig.loader;
+      return class MeshcastLoader extends Base {
+        load(context, config, callbacks) {
+          const onSuccess = callbacks.onSuccess;
+          const wrapped = Object.assign({}, callbacks, {
+            onSuccess(response, stats, ctx, details) {
+              const xhr = details && details.getResponseHeader ? details : null;
+              const header = xhr && xhr.getResponseHeader('Meshcast-Receipt');
+              if (header) {
+                const data = response.data;
+                const n = typeof data === 'string' ? new TextEncoder().encode(data).length : data.byteLength;
+                session.receipt(header, n, ctx.url).catch((e) => session.stats.errors.push(String(e)));
+              }
+              onSuccess(response, stats, ctx, details);
+            },
+          });
+          super.load(context, config, wrapped);
+        }
+      };
+    }
+  }
+
+  // Makes a session key and gets a playback token for it from the hub
+  // (through the edge, which forwards /v1/videos/… to its origin).
+  async function start(opts) {
+    if (!global.crypto || !crypto.subtle) throw new Error('WebCrypto needs a secure context (https or localhost)');
+    const keys = await crypto.subtle.generateKey({ name: 'Ed25519' }, false, ['sign', 'verify']);
+    const pub = await crypto.subtle.exportKey('raw', keys.publicKey);
+    const tokenUrl = opts.tokenUrl || '/v1/videos/' + opts.video + '/tokens';
+    const resp = await fetch(tokenUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ session: hex(pub) }),
+    });
+    const v = await resp.json();
+    if (!resp.ok || !v.token) throw new Error('no playback token: ' + (v.error || resp.status));
+    return new Session(opts, keys, v.token);
+  }
+
+  global.MeshcastAcks = { start, parseReceipt };
+})(typeof window !== 'undefined' ? window : globalThis);
