@@ -38,7 +38,8 @@ pub struct NodeSection {
     /// Length of a delivery epoch: acks are claimed at the HUB once per epoch.
     #[serde(default = "default_epoch")]
     pub epoch: Seconds,
-    /// How long after an epoch ends acks for it are still taken.
+    /// How long after an epoch ends acks for it are still taken; keep it
+    /// above the players' ack interval (the hls.js plugin: 2 s).
     #[serde(default = "default_ack_grace")]
     pub ack_grace: Seconds,
     #[serde(default = "default_heartbeat")]

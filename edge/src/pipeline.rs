@@ -68,6 +68,8 @@ pub struct RequestCtx {
     token: Option<Arc<VerifiedToken>>,
     /// Path and query without `/t/{token}`, for the origin and the receipt.
     media_uri: Option<String>,
+    /// Bytes already charged to the token's budget when the header went out.
+    budget_charged: bool,
 }
 
 /// Largest ack batch body accepted.
@@ -166,6 +168,7 @@ impl ProxyHttp for EdgePipeline {
             cache_label: "none",
             token: None,
             media_uri: None,
+            budget_charged: false,
         }
     }
 
@@ -374,14 +377,17 @@ impl ProxyHttp for EdgePipeline {
                 resp.insert_header(header::ALT_SVC, alt_svc.as_str())?;
             }
         }
-        if let (Some(token), Some(book)) = (&ctx.token, &self.shared.delivery.book) {
+        if let Some(token) = &ctx.token {
             let get = session.req_header().method == http::Method::GET;
-            if get && matches!(resp.status.as_u16(), 200 | 206) {
-                let len = resp
-                    .headers
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
+            let len = resp
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if let (true, true, Some(len)) = (get, matches!(resp.status.as_u16(), 200 | 206), len) {
+                // Charged as the header goes out, so the next request sees it.
+                self.shared.delivery.tokens.add_served(&token.id, len);
+                ctx.budget_charged = true;
                 let start = if resp.status.as_u16() == 206 {
                     resp.headers
                         .get(header::CONTENT_RANGE)
@@ -392,7 +398,7 @@ impl ProxyHttp for EdgePipeline {
                 } else {
                     Some(0)
                 };
-                if let (Some(len), Some(start)) = (len, start) {
+                if let (Some(book), Some(start)) = (&self.shared.delivery.book, start) {
                     let path = ctx.media_uri.as_deref().unwrap_or("/");
                     let path = path.split('?').next().unwrap_or(path);
                     let content = content_id(resp.headers.get(header::ETAG).map(|v| v.as_bytes()), path);
@@ -458,7 +464,7 @@ impl ProxyHttp for EdgePipeline {
             .with_label_values(&[&status.to_string(), cache])
             .inc();
         m.bytes_out.inc_by(bytes as u64);
-        if let Some(t) = &ctx.token {
+        if let (Some(t), false) = (&ctx.token, ctx.budget_charged) {
             self.shared.delivery.tokens.add_served(&t.id, bytes as u64);
         }
         if session.cache.enabled() && session.cache.lock_duration().is_some() {

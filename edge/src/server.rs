@@ -83,6 +83,9 @@ fn build_delivery(
     let book = Arc::new(book);
     let delivery = Arc::new(Delivery::new(Some(book.clone()), Some(n.hub.clone())));
     delivery.static_issuers.store(Arc::new(static_issuers(config)));
+    delivery
+        .hub_issuers
+        .store(Arc::new(crate::delivery::hub_client::saved_issuers(&dir)));
     let client = HubClient::new(
         delivery.clone(),
         book,

@@ -13,6 +13,18 @@ use meshcast_control::messages::{self, Challenge, Heartbeat, HubInfo, Register};
 use std::sync::Arc;
 use std::time::Duration;
 
+fn issuers_path(acks_dir: &std::path::Path) -> std::path::PathBuf {
+    acks_dir.with_file_name("issuers.json")
+}
+
+/// The issuer list last heard from the HUB, if one was saved.
+pub fn saved_issuers(acks_dir: &std::path::Path) -> Vec<messages::Issuer> {
+    std::fs::read(issuers_path(acks_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 pub struct HubClient {
     pub delivery: Arc<Delivery>,
     pub book: Arc<Book>,
@@ -77,10 +89,25 @@ impl HubClient {
         Ok((status, bytes.to_vec()))
     }
 
+    /// Takes the issuer list from a HUB answer, and keeps a copy on disk so
+    /// a restart while the HUB is away still accepts its tokens.
     fn learn(&self, body: &[u8]) {
-        if let Ok(info) = serde_json::from_slice::<HubInfo>(body) {
-            self.delivery.hub_issuers.store(Arc::new(info.issuers));
+        let Ok(info) = serde_json::from_slice::<HubInfo>(body) else {
+            return;
+        };
+        if **self.delivery.hub_issuers.load() == info.issuers {
+            return;
         }
+        let path = issuers_path(&self.book.dir);
+        let tmp = path.with_extension("tmp");
+        let saved = serde_json::to_vec(&info.issuers)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "cannot save the hub's issuer list");
+        }
+        self.delivery.hub_issuers.store(Arc::new(info.issuers));
     }
 
     async fn register(&self) -> Result<(), String> {

@@ -1,0 +1,311 @@
+//! Proof of delivery end to end through the real binaries: a hub, an edge
+//! with a node key, players (`meshcast play --ack`, hls.js in Chromium with
+//! the plugin) and the hub's credits. Plus what the edge and hub refuse,
+//! each with its reason. The audit's sampling cases (fabricated entries,
+//! bad Merkle paths, cross-epoch replays inside a claim) are simulated
+//! deterministically in control/tests/audit.rs.
+
+mod support;
+
+use base64::Engine;
+use meshcast_control::identity::NodeKey;
+use meshcast_control::receipt::{Ack, SignedReceipt};
+use meshcast_control::token::{self, TokenClaims};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::hub::*;
+use support::*;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+struct Net {
+    hub: Hub,
+    edge: Edge,
+    id: String,
+    node: String,
+}
+
+/// The `[node]` section and token rule an edge of `hub` gets: 2 s epochs,
+/// and a grace longer than the plugin's 2 s ack interval.
+fn node_extra(edge: &Edge, hub: &Hub) -> String {
+    let key = edge.dir.join("node.key");
+    if !key.exists() {
+        NodeKey::generate().unwrap().save(&key).unwrap();
+    }
+    format!(
+        "[site.tokens]\npaths = [\"/v/\"]\n[node]\nkey = \"{}\"\nhub = \"{}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nepoch = \"2s\"\nack_grace = \"3s\"\nheartbeat = \"1s\"\n",
+        key.display(),
+        hub.url(""),
+        edge.url(""),
+        edge.dir.join("state").display()
+    )
+}
+
+async fn network() -> Net {
+    let edge_port = free_port();
+    let mut hub = Hub::config(&format!("http://127.0.0.1:{edge_port}"));
+    hub.launch().await;
+    let mut edge = Edge::config(hub.addr(), "");
+    edge.port = edge_port;
+    edge.write_config(hub.addr(), &node_extra(&edge, &hub));
+    let edge = edge.start().await;
+    let node = NodeKey::load(&edge.dir.join("node.key")).unwrap().id();
+    let src = hub.dir.join("clip.mp4");
+    make_video(&src, 4, "640x360");
+    let client = reqwest::Client::new();
+    let upload = meshcast_hub::tus_client::upload_file(&client, &hub.url("/v1/videos"), &src, 1 << 20, |_, _| {})
+        .await
+        .unwrap();
+    let id = meshcast_hub::tus_client::video_id(&upload).to_string();
+    let (video, _) = hub.wait_done(&id, Duration::from_secs(120)).await;
+    assert_eq!(video["status"], "ready", "{video}");
+    Net { hub, edge, id, node }
+}
+
+async fn node_record(hub: &Hub, node: &str) -> Option<Value> {
+    let v: Value = reqwest::get(hub.url("/v1/nodes")).await.ok()?.json().await.ok()?;
+    v["nodes"].as_array()?.iter().find(|n| n["id"] == node).cloned()
+}
+
+/// Waits until the hub has credited `node` with `bytes`; fails on more.
+async fn wait_credit(hub: &Hub, node: &str, bytes: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(n) = node_record(hub, node).await {
+            let credited = n["credited_bytes"].as_u64().unwrap_or(0);
+            assert!(credited <= bytes, "credited {credited} > delivered {bytes}: {n}");
+            if credited == bytes {
+                return n;
+            }
+        }
+        assert!(Instant::now() < deadline, "credit never reached {bytes}: {:?}", node_record(hub, node).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn play(url: &str) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+        .args(["play", "--ack", "--json", url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "meshcast play: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshcast_play_acks_are_credited_exactly_across_crashes() {
+    let mut net = network().await;
+    let url = net.edge.url(&format!("/v/{}/master.m3u8", net.id));
+    let report = play(&url);
+    let bytes = report["bytes"].as_u64().unwrap();
+    assert!(bytes > 100_000, "{report}");
+    assert_eq!(report["acked_bytes"].as_u64(), Some(bytes), "{report}");
+    assert_eq!(report["acks_accepted"], report["receipts"], "{report}");
+    assert!(report["segments"].as_u64().unwrap() >= 2, "{report}");
+
+    // Kill both mid-epoch: the acks are only in the edge's fsync'd log.
+    net.hub.kill();
+    net.edge.kill();
+    net.edge.launch().await;
+    // The hub is away: the edge serves on, with the issuers it saved.
+    let token_path = report["url"].as_str().unwrap().to_string();
+    let r = get(&token_path, &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.headers.contains_key("meshcast-receipt"));
+    tokio::time::sleep(Duration::from_secs(6)).await; // epoch sealed, claim fails
+    assert!(net.edge.metric("meshcast_hub_reachable").await < 1.0);
+    let logs: Vec<_> = std::fs::read_dir(net.edge.dir.join("state/acks"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .collect();
+    assert!(!logs.is_empty(), "the acks wait in the log for the hub");
+
+    net.hub.launch().await;
+    let n = wait_credit(&net.hub, &net.node, bytes).await;
+    assert_eq!(n["claims_rejected"], 0, "{n}");
+    assert_eq!(n["state"], "up");
+    // Credits survive a hub restart.
+    net.hub.kill();
+    net.hub.launch().await;
+    let n = node_record(&net.hub, &net.node).await.unwrap();
+    assert_eq!(n["credited_bytes"].as_u64(), Some(bytes), "{n}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_js_with_the_plugin_is_credited_exactly() {
+    let net = network().await;
+    let result = play_in_chromium(&net.edge.url(&format!("/play/{}", net.id)));
+    assert_eq!(result["ended"], true, "{result}");
+    assert_eq!(result["errors"], json!([]), "{result}");
+    let acks = &result["acks"];
+    let acked = acks["ackedBytes"].as_u64().unwrap();
+    assert!(acked > 100_000, "{result}");
+    assert_eq!(acks["bytes"].as_u64(), Some(acked), "{result}");
+    assert_eq!(acks["acked"], acks["receipts"], "{result}");
+    assert_eq!(acks["errors"], json!([]), "{result}");
+    wait_credit(&net.hub, &net.node, acked).await;
+}
+
+/// A token from the hub's own key, with the claims a test wants.
+fn hub_token(net: &Net, session: [u8; 32], prefix: &str, expires: u64, budget: u64) -> String {
+    let key = NodeKey::load(&net.hub.dir.join("data/hub.key")).unwrap();
+    let claims = TokenClaims {
+        issuer: key.public().to_bytes(),
+        prefix: prefix.into(),
+        expires,
+        budget,
+        session,
+    };
+    token::issue(&key, &claims, now()).unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+async fn post_acks(edge: &Edge, token: &str, acks: &[(String, [u8; 64])]) -> Value {
+    let body = json!({
+        "token": token,
+        "acks": acks.iter().map(|(r, s)| json!({"receipt": r, "sig": B64.encode(s)})).collect::<Vec<_>>(),
+    });
+    reqwest::Client::new()
+        .post(edge.url("/v1/acks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn reason(r: &Reply) -> String {
+    String::from_utf8_lossy(&r.body).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_and_acks_are_refused_with_reasons() {
+    let net = network().await;
+    // Wait for the edge to learn the hub's issuers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node_record(&net.hub, &net.node).await.is_none() {
+        assert!(Instant::now() < deadline, "edge never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seg = format!("/v/{}/360p/init.mp4", net.id);
+    let prefix = format!("/v/{}/", net.id);
+    let session = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let spk = session.verifying_key().to_bytes();
+
+    let r = get(&net.edge.url(&seg), &[]).await;
+    assert_eq!(r.status, 403);
+    assert!(reason(&r).contains("missing playback token"), "{}", reason(&r));
+    let expired = hub_token(&net, spk, &prefix, now() - 10, 1 << 30);
+    let r = get(&net.edge.url(&format!("/t/{expired}{seg}")), &[]).await;
+    assert_eq!(r.status, 403);
+    assert!(reason(&r).contains("expired"), "{}", reason(&r));
+    let other = hub_token(&net, spk, "/v/someoneelse/", now() + 600, 1 << 30);
+    let r = get(&net.edge.url(&format!("/t/{other}{seg}")), &[]).await;
+    assert!(reason(&r).contains("covers"), "{}", reason(&r));
+    let stranger = NodeKey::generate().unwrap();
+    let forged = token::issue(
+        &stranger,
+        &TokenClaims { issuer: stranger.public().to_bytes(), prefix: prefix.clone(), expires: now() + 600, budget: 1 << 30, session: spk },
+        now(),
+    )
+    .unwrap();
+    let r = get(&net.edge.url(&format!("/t/{forged}{seg}")), &[]).await;
+    assert!(reason(&r).contains("not trusted"), "{}", reason(&r));
+
+    // A session over its budget: the first response spends it.
+    let small = hub_token(&net, spk, &prefix, now() + 600, 100);
+    let r = get(&net.edge.url(&format!("/t/{small}{seg}")), &[]).await;
+    assert_eq!(r.status, 200);
+    let r = get(&net.edge.url(&format!("/t/{small}{seg}")), &[]).await;
+    assert_eq!(r.status, 403);
+    assert!(reason(&r).contains("budget"), "{}", reason(&r));
+
+    // Acks: one good, then every way of getting one wrong.
+    let good_token = hub_token(&net, spk, &prefix, now() + 600, 1 << 30);
+    let fetch_receipt = || async {
+        let r = get(&net.edge.url(&format!("/t/{good_token}{seg}")), &[]).await;
+        assert_eq!(r.status, 200);
+        r.headers["meshcast-receipt"].to_str().unwrap().to_string()
+    };
+    let header = fetch_receipt().await;
+    let receipt = SignedReceipt::from_header(&header).unwrap();
+    let ack = Ack::sign(&session, receipt.clone());
+    let v = post_acks(&net.edge, &good_token, &[(header.clone(), ack.sig)]).await;
+    assert_eq!(v["accepted"], 1, "{v}");
+    let v = post_acks(&net.edge, &good_token, &[(header.clone(), ack.sig)]).await;
+    assert!(v["refused"][0]["reason"].as_str().unwrap().contains("replayed"), "{v}");
+
+    let header2 = fetch_receipt().await;
+    let wrong = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let bad = Ack::sign(&wrong, SignedReceipt::from_header(&header2).unwrap());
+    let v = post_acks(&net.edge, &good_token, &[(header2.clone(), bad.sig)]).await;
+    assert!(v["refused"][0]["reason"].as_str().unwrap().contains("session key"), "{v}");
+
+    let mut wire = SignedReceipt::from_header(&header2).unwrap().wire;
+    wire[110] ^= 0x10; // the byte count
+    let tampered = SignedReceipt::decode(&wire).unwrap();
+    let t_ack = Ack::sign(&session, tampered.clone());
+    let v = post_acks(&net.edge, &good_token, &[(tampered.header_value(), t_ack.sig)]).await;
+    assert!(v["refused"][0]["reason"].as_str().unwrap().contains("not issued by this edge"), "{v}");
+
+    // After its epoch is claimed, an old receipt is late, not new.
+    let header3 = fetch_receipt().await;
+    let late = Ack::sign(&session, SignedReceipt::from_header(&header3).unwrap());
+    tokio::time::sleep(Duration::from_secs(6)).await; // epoch (2 s) + grace (3 s) passed
+    let v = post_acks(&net.edge, &good_token, &[(header3, late.sig)]).await;
+    assert!(v["refused"][0]["reason"].as_str().unwrap().contains("late"), "{v}");
+
+    // The one good ack is all that is credited.
+    wait_credit(&net.hub, &net.node, receipt.receipt.len).await;
+    assert!(net.edge.metric("meshcast_acks_total{outcome=\"refused\"}").await >= 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_refuses_unsigned_replayed_and_unknown_node_messages() {
+    use meshcast_control::envelope::Envelope;
+    use meshcast_control::messages;
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    hub.launch().await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Vec<u8>| {
+        client.post(hub.url(path)).body(body).send()
+    };
+    let key = NodeKey::generate().unwrap();
+    let reg = json!({"addr": "http://127.0.0.1:9", "roles": ["edge"], "capacity_bytes": 1, "version": "t"});
+    let env = Envelope::seal(&key, messages::REGISTER, serde_json::to_vec(&reg).unwrap(), now()).unwrap();
+    // A claim from a node the hub does not know.
+    let claim = Envelope::seal(&key, messages::CLAIM, b"{}".to_vec(), now()).unwrap();
+    let r = post("/v1/claims", claim.encode()).await.unwrap();
+    assert_eq!(r.status(), 404, "{:?}", r.text().await);
+    let r = post("/v1/nodes/register", env.encode()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(info["node"], key.id());
+    assert_eq!(info["issuers"][0]["prefix"], "/");
+    // The same envelope again is a replay.
+    let r = post("/v1/nodes/register", env.encode()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("replayed"));
+    // Tampered body, wrong domain, stale time.
+    let mut wire = Envelope::seal(&key, messages::HEARTBEAT, br#"{"load":0,"cache_bytes":0,"bytes_out":0}"#.to_vec(), now()).unwrap();
+    wire.body = br#"{"load":9,"cache_bytes":0,"bytes_out":0}"#.to_vec();
+    let r = post("/v1/nodes/heartbeat", wire.encode()).await.unwrap();
+    assert!(r.text().await.unwrap().contains("signature"));
+    let r = post("/v1/nodes/heartbeat", env.encode()).await.unwrap();
+    assert!(r.text().await.unwrap().contains("expected"));
+    let old = Envelope::seal(&key, messages::HEARTBEAT, b"{}".to_vec(), now() - 3600).unwrap();
+    let r = post("/v1/nodes/heartbeat", old.encode()).await.unwrap();
+    assert!(r.text().await.unwrap().contains("away from now"));
+    let r = post("/v1/nodes/heartbeat", b"garbage".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let nodes: Value = reqwest::get(hub.url("/v1/nodes")).await.unwrap().json().await.unwrap();
+    assert_eq!(nodes["nodes"][0]["state"], "up");
+    assert_eq!(nodes["nodes"][0]["load"], 0.0, "the tampered heartbeat changed nothing");
+}
