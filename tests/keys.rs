@@ -20,7 +20,13 @@ fn keys_gen_writes_a_private_key_and_never_overwrites() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let id = text.rsplit("node id ").next().unwrap().trim();
+    let id = text
+        .lines()
+        .find_map(|l| l.split("node id ").nth(1))
+        .unwrap()
+        .trim();
+    let public = text.lines().find_map(|l| l.strip_prefix("public key ")).unwrap();
+    assert_eq!(public.len(), 64, "{text}");
     assert_eq!(id.len(), 32, "{text}");
     assert_eq!(
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,

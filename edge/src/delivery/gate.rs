@@ -59,8 +59,14 @@ impl TokenBook {
         allows: &dyn Fn(&[u8; 32], &str) -> bool,
     ) -> Result<Arc<VerifiedToken>, TokenError> {
         let key: [u8; 32] = blake3::hash(text.as_bytes()).into();
-        if let Some(hit) = self.verified.lock().get(&key) {
-            return hit.clone();
+        if let Some(hit) = self.verified.lock().get(&key).cloned() {
+            // Trust can be withdrawn after a token verified: ask again.
+            return match hit {
+                Ok(t) if !allows(&t.claims.issuer, &t.claims.prefix) => Err(TokenError::UnknownIssuer(
+                    hex::encode(t.claims.issuer),
+                )),
+                other => other,
+            };
         }
         // Expiry is checked by the caller on every use, so verify as of 0.
         let result = token::verify(text, known, 0)
