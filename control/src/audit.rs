@@ -15,7 +15,7 @@
 //! genuine ack behind it is "fabricated"; see `sample` for the bound.
 
 use crate::merkle::{self, Batch};
-use crate::receipt::{verify_acks, Ack};
+use crate::receipt::{verify_acks, verify_edges, Ack, ReceiptError};
 use crate::sample::{delivery_challenge, sample_size};
 use crate::token::{self, token_id, TokenClaims};
 use ed25519_dalek::VerifyingKey;
@@ -286,9 +286,6 @@ pub fn check_proof(
         if r.node != *claimant {
             return Err(fail("receipt was issued by another node"));
         }
-        ack.receipt
-            .verify_edge()
-            .map_err(|e| entry_err(index, e.to_string()))?;
         if r.token != checked.token_ids[t] {
             return Err(fail("receipt names another token than the listing"));
         }
@@ -306,6 +303,10 @@ pub fn check_proof(
         acks.push(ack);
         sessions.push(session);
     }
+    let receipts: Vec<&_> = acks.iter().map(|a| &a.receipt).collect();
+    verify_edges(&receipts).map_err(|i| {
+        entry_err(indices[i], ReceiptError::BadEdgeSignature.to_string())
+    })?;
     verify_acks(&acks, &sessions).map_err(|i| {
         entry_err(
             indices[i],

@@ -217,6 +217,25 @@ impl SignedReceipt {
     }
 }
 
+/// Verifies the edge signatures of many receipts at once (batch Ed25519);
+/// on failure returns the index of the first bad one.
+pub fn verify_edges(receipts: &[&SignedReceipt]) -> Result<(), usize> {
+    let mut keys = Vec::with_capacity(receipts.len());
+    for (i, r) in receipts.iter().enumerate() {
+        keys.push(VerifyingKey::from_bytes(&r.receipt.node).map_err(|_| i)?);
+    }
+    let parts: Vec<(&[u8], Signature)> = receipts.iter().map(|r| r.signed_part()).collect();
+    let messages: Vec<&[u8]> = parts.iter().map(|p| p.0).collect();
+    let sigs: Vec<Signature> = parts.iter().map(|p| p.1).collect();
+    if receipts.is_empty() || ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
+        return Ok(());
+    }
+    for (i, r) in receipts.iter().enumerate() {
+        r.verify_edge().map_err(|_| i)?;
+    }
+    Ok(())
+}
+
 /// A viewer's signed acknowledgement of one receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
