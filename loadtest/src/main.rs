@@ -9,6 +9,7 @@ mod http3;
 mod openloop;
 mod origin;
 mod procstat;
+mod receipts;
 mod report;
 mod servers;
 mod viewers;
@@ -75,6 +76,19 @@ enum Command {
         #[arg(long)]
         rounds: Option<usize>,
     },
+    /// Requests/s with delivery receipts signed on every response ÷ without.
+    Receipts {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds per wrk run (default 5; 1 with --quick).
+        #[arg(long)]
+        duration: Option<u64>,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Alternating rounds (default 3; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
     /// Simulated HLS players, ramped until more than 1 % of viewing time is rebuffering.
     Viewers {
         #[command(flatten)]
@@ -126,6 +140,20 @@ fn main() -> anyhow::Result<()> {
                 common,
             };
             rt.block_on(http3::run(opts))
+        }
+        Command::Receipts {
+            common,
+            duration,
+            connections,
+            rounds,
+        } => {
+            let opts = receipts::Options {
+                duration: duration.unwrap_or(if common.quick { 1 } else { 5 }),
+                connections,
+                rounds: rounds.unwrap_or(if common.quick { 1 } else { 3 }),
+                common,
+            };
+            rt.block_on(receipts::run(opts))
         }
         Command::Viewers { common, start, max } => {
             let opts = viewers::Options {

@@ -75,6 +75,17 @@ pub fn meshcast_binary(common: &Common) -> anyhow::Result<PathBuf> {
 }
 
 pub async fn start_edge(common: &Common, origin: SocketAddr, dir: &Path) -> anyhow::Result<Server> {
+    start_edge_with(common, origin, dir, "").await
+}
+
+/// An edge whose one site gets `site_extra` appended (sub-tables of the
+/// site, then any other top-level tables).
+pub async fn start_edge_with(
+    common: &Common,
+    origin: SocketAddr,
+    dir: &Path,
+    site_extra: &str,
+) -> anyhow::Result<Server> {
     let (port, admin) = (free_port()?, free_port()?);
     let config = dir.join("edge.toml");
     std::fs::write(
@@ -83,7 +94,7 @@ pub async fn start_edge(common: &Common, origin: SocketAddr, dir: &Path) -> anyh
             "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\nthreads = {}\n\
              [cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"512MiB\"\nlock_timeout = \"30s\"\n\
              [log]\naccess = \"off\"\nlevel = \"warn\"\n\
-             [[site]]\nhosts = [\"*\"]\norigin = \"http://{origin}\"\nstale_if_error = \"0s\"\n",
+             [[site]]\nhosts = [\"*\"]\norigin = \"http://{origin}\"\nstale_if_error = \"0s\"\n{site_extra}",
             common.threads,
             dir.join("edge-cache").display()
         ),

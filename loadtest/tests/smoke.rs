@@ -70,3 +70,17 @@ fn http3_quick_measures_both_protocols() {
     assert!(r["h3"]["mb_per_sec"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["ratio_h3_over_h2"].as_f64().unwrap() > 0.0, "{r}");
 }
+
+#[test]
+fn receipts_quick_measures_on_and_off() {
+    // The harness itself refuses to measure unless the "on" edge sends a
+    // Meshcast-Receipt and the "off" edge does not.
+    let r = run(&["receipts", "--quick", "--json"]);
+    let rows = r["receipts"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert!(row["rps_receipts_on"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["rps_receipts_off"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["errors"], 0, "{row}");
+    }
+}
