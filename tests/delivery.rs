@@ -234,6 +234,10 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
         assert_eq!(r.status, 200);
         r.headers["meshcast-receipt"].to_str().unwrap().to_string()
     };
+    // The token is not part of the cache key: another session's token for
+    // the same segment is a hit.
+    let r = get(&net.edge.url(&format!("/t/{good_token}{seg}")), &[]).await;
+    assert!(r.cache.contains("hit"), "{}", r.cache);
     let header = fetch_receipt().await;
     let receipt = SignedReceipt::from_header(&header).unwrap();
     let ack = Ack::sign(&session, receipt.clone());
@@ -262,7 +266,8 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
     let v = post_acks(&net.edge, &good_token, &[(header3, late.sig)]).await;
     assert!(v["refused"][0]["reason"].as_str().unwrap().contains("late"), "{v}");
 
-    // The one good ack is all that is credited.
+    // The one good ack is all that is credited; the refused ones show up
+    // as such at the edge.
     wait_credit(&net.hub, &net.node, receipt.receipt.len).await;
     assert!(net.edge.metric("meshcast_acks_total{outcome=\"refused\"}").await >= 4.0);
 }
@@ -308,4 +313,66 @@ async fn the_hub_refuses_unsigned_replayed_and_unknown_node_messages() {
     let nodes: Value = reqwest::get(hub.url("/v1/nodes")).await.unwrap().json().await.unwrap();
     assert_eq!(nodes["nodes"][0]["state"], "up");
     assert_eq!(nodes["nodes"][0]["load"], 0.0, "the tampered heartbeat changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_video_plays_only_with_its_owners_tokens() {
+    let edge_port = free_port();
+    let mut hub = Hub::config(&format!("http://127.0.0.1:{edge_port}"));
+    hub.launch().await;
+    let mut edge = Edge::config(hub.addr(), "");
+    edge.port = edge_port;
+    edge.write_config(hub.addr(), &node_extra(&edge, &hub));
+    let edge = edge.start().await;
+    let owner = NodeKey::generate().unwrap();
+    let owner_file = hub.dir.join("owner.key");
+    owner.save(&owner_file).unwrap();
+    let src = hub.dir.join("clip.mp4");
+    make_video(&src, 2, "320x240");
+    // tus metadata: policy signed, owner = the owner's public key.
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let len = std::fs::metadata(&src).unwrap().len();
+    let client = reqwest::Client::new();
+    let meta = format!("filename {},policy {},owner {}", b64("s.mp4"), b64("signed"), b64(&hex::encode(owner.public().to_bytes())));
+    let r = client.post(hub.url("/v1/videos")).header("tus-resumable", "1.0.0").header("upload-length", len.to_string())
+        .header("upload-metadata", meta).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let r = client.patch(hub.url(&location)).header("tus-resumable", "1.0.0").header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream").body(std::fs::read(&src).unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let id = meshcast_hub::tus_client::video_id(&location).to_string();
+    let (video, _) = hub.wait_done(&id, Duration::from_secs(120)).await;
+    assert_eq!(video["policy"], "signed");
+
+    let session = NodeKey::generate().unwrap();
+    let spk = hex::encode(session.public().to_bytes());
+    let r = client.post(hub.url(&format!("/v1/videos/{id}/tokens"))).json(&json!({"session": spk})).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("owner"));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+        .args(["token", "--video", &id, "--session", &spk, "--key"])
+        .arg(&owner_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // The edge learns the owner's key from the hub's next answer.
+    let url = edge.url(&format!("/t/{tok}/v/{id}/master.m3u8"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&url, &[]).await;
+        if r.status == 200 {
+            assert!(r.headers.contains_key("meshcast-receipt"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "owner token never accepted: {}", reason(&r));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The owner's key covers this video only.
+    let other = token::issue(&owner, &TokenClaims { issuer: owner.public().to_bytes(), prefix: "/v/".into(),
+        expires: now() + 600, budget: 1 << 30, session: session.public().to_bytes() }, now()).unwrap();
+    let r = get(&edge.url(&format!("/t/{other}/v/{id}/master.m3u8")), &[]).await;
+    assert_eq!(r.status, 403, "{}", reason(&r));
 }
