@@ -6,7 +6,13 @@ use meshcast_control::identity::NodeKey;
 use meshcast_control::token::{self, TokenClaims};
 use std::path::Path;
 
-pub async fn run(url: String, ack: bool, hub: Option<String>, realtime: bool, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    url: String,
+    ack: bool,
+    hub: Option<String>,
+    realtime: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let report = meshcast_player::play(meshcast_player::Options {
         url,
         ack,
@@ -28,19 +34,32 @@ pub async fn run(url: String, ack: bool, hub: Option<String>, realtime: bool, js
         }
     }
     if ack && report.acks_accepted < report.receipts {
-        bail!("{} of {} acks were not accepted", report.receipts - report.acks_accepted, report.receipts);
+        bail!(
+            "{} of {} acks were not accepted",
+            report.receipts - report.acks_accepted,
+            report.receipts
+        );
     }
     Ok(())
 }
 
-pub fn sign_token(key: &Path, video: &str, session: &str, ttl: u64, budget: u64) -> anyhow::Result<String> {
+pub fn sign_token(
+    key: &Path,
+    video: &str,
+    session: &str,
+    ttl: u64,
+    budget: u64,
+) -> anyhow::Result<String> {
     let key = NodeKey::load(key)?;
     let mut s = [0u8; 32];
-    hex::decode_to_slice(session, &mut s).context("--session must be 64 hex digits (an Ed25519 public key)")?;
+    hex::decode_to_slice(session, &mut s)
+        .context("--session must be 64 hex digits (an Ed25519 public key)")?;
     if video.is_empty() || !video.bytes().all(|b| b.is_ascii_alphanumeric()) {
         bail!("--video {video:?} is not a video id");
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let claims = TokenClaims {
         issuer: key.public().to_bytes(),
         prefix: format!("/v/{video}/"),

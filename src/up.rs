@@ -277,7 +277,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         println!("    DASH   {}", tok["dash"][i].as_str().unwrap_or("-"));
         println!("    player {}", status["player"][i].as_str().unwrap_or("-"));
     }
-    println!("Watch and acknowledge: meshcast play --ack {}", tok["hls"][0].as_str().unwrap_or("-"));
+    println!(
+        "Watch and acknowledge: meshcast play --ack {}",
+        tok["hls"][0].as_str().unwrap_or("-")
+    );
     println!("Delivery credits:      {hub_url}/v1/nodes");
     println!("Data and logs: {}\nCtrl-C stops everything.", dir.display());
     if let Some(path) = &args.ready_file {

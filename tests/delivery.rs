@@ -53,18 +53,38 @@ async fn network() -> Net {
     let src = hub.dir.join("clip.mp4");
     make_video(&src, 4, "640x360");
     let client = reqwest::Client::new();
-    let upload = meshcast_hub::tus_client::upload_file(&client, &hub.url("/v1/videos"), &src, 1 << 20, |_, _| {})
-        .await
-        .unwrap();
+    let upload = meshcast_hub::tus_client::upload_file(
+        &client,
+        &hub.url("/v1/videos"),
+        &src,
+        1 << 20,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
     let id = meshcast_hub::tus_client::video_id(&upload).to_string();
     let (video, _) = hub.wait_done(&id, Duration::from_secs(120)).await;
     assert_eq!(video["status"], "ready", "{video}");
-    Net { hub, edge, id, node }
+    Net {
+        hub,
+        edge,
+        id,
+        node,
+    }
 }
 
 async fn node_record(hub: &Hub, node: &str) -> Option<Value> {
-    let v: Value = reqwest::get(hub.url("/v1/nodes")).await.ok()?.json().await.ok()?;
-    v["nodes"].as_array()?.iter().find(|n| n["id"] == node).cloned()
+    let v: Value = reqwest::get(hub.url("/v1/nodes"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == node)
+        .cloned()
 }
 
 /// Waits until the hub has credited `node` with `bytes`; fails on more.
@@ -73,12 +93,19 @@ async fn wait_credit(hub: &Hub, node: &str, bytes: u64) -> Value {
     loop {
         if let Some(n) = node_record(hub, node).await {
             let credited = n["credited_bytes"].as_u64().unwrap_or(0);
-            assert!(credited <= bytes, "credited {credited} > delivered {bytes}: {n}");
+            assert!(
+                credited <= bytes,
+                "credited {credited} > delivered {bytes}: {n}"
+            );
             if credited == bytes {
                 return n;
             }
         }
-        assert!(Instant::now() < deadline, "credit never reached {bytes}: {:?}", node_record(hub, node).await);
+        assert!(
+            Instant::now() < deadline,
+            "credit never reached {bytes}: {:?}",
+            node_record(hub, node).await
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -88,7 +115,11 @@ fn play(url: &str) -> Value {
         .args(["play", "--ack", "--json", url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "meshcast play: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "meshcast play: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -161,7 +192,10 @@ fn hub_token(net: &Net, session: [u8; 32], prefix: &str, expires: u64, budget: u
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 async fn post_acks(edge: &Edge, token: &str, acks: &[(String, [u8; 64])]) -> Value {
@@ -201,7 +235,11 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
 
     let r = get(&net.edge.url(&seg), &[]).await;
     assert_eq!(r.status, 403);
-    assert!(reason(&r).contains("missing playback token"), "{}", reason(&r));
+    assert!(
+        reason(&r).contains("missing playback token"),
+        "{}",
+        reason(&r)
+    );
     let expired = hub_token(&net, spk, &prefix, now() - 10, 1 << 30);
     let r = get(&net.edge.url(&format!("/t/{expired}{seg}")), &[]).await;
     assert_eq!(r.status, 403);
@@ -212,7 +250,13 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
     let stranger = NodeKey::generate().unwrap();
     let forged = token::issue(
         &stranger,
-        &TokenClaims { issuer: stranger.public().to_bytes(), prefix: prefix.clone(), expires: now() + 600, budget: 1 << 30, session: spk },
+        &TokenClaims {
+            issuer: stranger.public().to_bytes(),
+            prefix: prefix.clone(),
+            expires: now() + 600,
+            budget: 1 << 30,
+            session: spk,
+        },
         now(),
     )
     .unwrap();
@@ -244,32 +288,63 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
     let v = post_acks(&net.edge, &good_token, &[(header.clone(), ack.sig)]).await;
     assert_eq!(v["accepted"], 1, "{v}");
     let v = post_acks(&net.edge, &good_token, &[(header.clone(), ack.sig)]).await;
-    assert!(v["refused"][0]["reason"].as_str().unwrap().contains("replayed"), "{v}");
+    assert!(
+        v["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("replayed"),
+        "{v}"
+    );
 
     let header2 = fetch_receipt().await;
     let wrong = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
     let bad = Ack::sign(&wrong, SignedReceipt::from_header(&header2).unwrap());
     let v = post_acks(&net.edge, &good_token, &[(header2.clone(), bad.sig)]).await;
-    assert!(v["refused"][0]["reason"].as_str().unwrap().contains("session key"), "{v}");
+    assert!(
+        v["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("session key"),
+        "{v}"
+    );
 
     let mut wire = SignedReceipt::from_header(&header2).unwrap().wire;
     wire[110] ^= 0x10; // the byte count
     let tampered = SignedReceipt::decode(&wire).unwrap();
     let t_ack = Ack::sign(&session, tampered.clone());
-    let v = post_acks(&net.edge, &good_token, &[(tampered.header_value(), t_ack.sig)]).await;
-    assert!(v["refused"][0]["reason"].as_str().unwrap().contains("not issued by this edge"), "{v}");
+    let v = post_acks(
+        &net.edge,
+        &good_token,
+        &[(tampered.header_value(), t_ack.sig)],
+    )
+    .await;
+    assert!(
+        v["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not issued by this edge"),
+        "{v}"
+    );
 
     // After its epoch is claimed, an old receipt is late, not new.
     let header3 = fetch_receipt().await;
     let late = Ack::sign(&session, SignedReceipt::from_header(&header3).unwrap());
     tokio::time::sleep(Duration::from_secs(6)).await; // epoch (2 s) + grace (3 s) passed
     let v = post_acks(&net.edge, &good_token, &[(header3, late.sig)]).await;
-    assert!(v["refused"][0]["reason"].as_str().unwrap().contains("late"), "{v}");
+    assert!(
+        v["refused"][0]["reason"].as_str().unwrap().contains("late"),
+        "{v}"
+    );
 
     // The one good ack is all that is credited; the refused ones show up
     // as such at the edge.
     wait_credit(&net.hub, &net.node, receipt.receipt.len).await;
-    assert!(net.edge.metric("meshcast_acks_total{outcome=\"refused\"}").await >= 4.0);
+    assert!(
+        net.edge
+            .metric("meshcast_acks_total{outcome=\"refused\"}")
+            .await
+            >= 4.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,12 +354,16 @@ async fn the_hub_refuses_unsigned_replayed_and_unknown_node_messages() {
     let mut hub = Hub::config("http://127.0.0.1:1");
     hub.launch().await;
     let client = reqwest::Client::new();
-    let post = |path: &str, body: Vec<u8>| {
-        client.post(hub.url(path)).body(body).send()
-    };
+    let post = |path: &str, body: Vec<u8>| client.post(hub.url(path)).body(body).send();
     let key = NodeKey::generate().unwrap();
     let reg = json!({"addr": "http://127.0.0.1:9", "roles": ["edge"], "capacity_bytes": 1, "version": "t"});
-    let env = Envelope::seal(&key, messages::REGISTER, serde_json::to_vec(&reg).unwrap(), now()).unwrap();
+    let env = Envelope::seal(
+        &key,
+        messages::REGISTER,
+        serde_json::to_vec(&reg).unwrap(),
+        now(),
+    )
+    .unwrap();
     // A claim from a node the hub does not know.
     let claim = Envelope::seal(&key, messages::CLAIM, b"{}".to_vec(), now()).unwrap();
     let r = post("/v1/claims", claim.encode()).await.unwrap();
@@ -299,7 +378,13 @@ async fn the_hub_refuses_unsigned_replayed_and_unknown_node_messages() {
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("replayed"));
     // Tampered body, wrong domain, stale time.
-    let mut wire = Envelope::seal(&key, messages::HEARTBEAT, br#"{"load":0,"cache_bytes":0,"bytes_out":0}"#.to_vec(), now()).unwrap();
+    let mut wire = Envelope::seal(
+        &key,
+        messages::HEARTBEAT,
+        br#"{"load":0,"cache_bytes":0,"bytes_out":0}"#.to_vec(),
+        now(),
+    )
+    .unwrap();
     wire.body = br#"{"load":9,"cache_bytes":0,"bytes_out":0}"#.to_vec();
     let r = post("/v1/nodes/heartbeat", wire.encode()).await.unwrap();
     assert!(r.text().await.unwrap().contains("signature"));
@@ -308,11 +393,21 @@ async fn the_hub_refuses_unsigned_replayed_and_unknown_node_messages() {
     let old = Envelope::seal(&key, messages::HEARTBEAT, b"{}".to_vec(), now() - 3600).unwrap();
     let r = post("/v1/nodes/heartbeat", old.encode()).await.unwrap();
     assert!(r.text().await.unwrap().contains("away from now"));
-    let r = post("/v1/nodes/heartbeat", b"garbage".to_vec()).await.unwrap();
+    let r = post("/v1/nodes/heartbeat", b"garbage".to_vec())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let nodes: Value = reqwest::get(hub.url("/v1/nodes")).await.unwrap().json().await.unwrap();
+    let nodes: Value = reqwest::get(hub.url("/v1/nodes"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(nodes["nodes"][0]["state"], "up");
-    assert_eq!(nodes["nodes"][0]["load"], 0.0, "the tampered heartbeat changed nothing");
+    assert_eq!(
+        nodes["nodes"][0]["load"], 0.0,
+        "the tampered heartbeat changed nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,13 +428,31 @@ async fn a_signed_video_plays_only_with_its_owners_tokens() {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let len = std::fs::metadata(&src).unwrap().len();
     let client = reqwest::Client::new();
-    let meta = format!("filename {},policy {},owner {}", b64("s.mp4"), b64("signed"), b64(&hex::encode(owner.public().to_bytes())));
-    let r = client.post(hub.url("/v1/videos")).header("tus-resumable", "1.0.0").header("upload-length", len.to_string())
-        .header("upload-metadata", meta).send().await.unwrap();
+    let meta = format!(
+        "filename {},policy {},owner {}",
+        b64("s.mp4"),
+        b64("signed"),
+        b64(&hex::encode(owner.public().to_bytes()))
+    );
+    let r = client
+        .post(hub.url("/v1/videos"))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", len.to_string())
+        .header("upload-metadata", meta)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let location = r.headers()["location"].to_str().unwrap().to_string();
-    let r = client.patch(hub.url(&location)).header("tus-resumable", "1.0.0").header("upload-offset", "0")
-        .header("content-type", "application/offset+octet-stream").body(std::fs::read(&src).unwrap()).send().await.unwrap();
+    let r = client
+        .patch(hub.url(&location))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(std::fs::read(&src).unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let id = meshcast_hub::tus_client::video_id(&location).to_string();
     let (video, _) = hub.wait_done(&id, Duration::from_secs(120)).await;
@@ -347,7 +460,12 @@ async fn a_signed_video_plays_only_with_its_owners_tokens() {
 
     let session = NodeKey::generate().unwrap();
     let spk = hex::encode(session.public().to_bytes());
-    let r = client.post(hub.url(&format!("/v1/videos/{id}/tokens"))).json(&json!({"session": spk})).send().await.unwrap();
+    let r = client
+        .post(hub.url(&format!("/v1/videos/{id}/tokens")))
+        .json(&json!({"session": spk}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("owner"));
 
@@ -356,7 +474,11 @@ async fn a_signed_video_plays_only_with_its_owners_tokens() {
         .arg(&owner_file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
     // The edge learns the owner's key from the hub's next answer.
     let url = edge.url(&format!("/t/{tok}/v/{id}/master.m3u8"));
@@ -367,12 +489,26 @@ async fn a_signed_video_plays_only_with_its_owners_tokens() {
             assert!(r.headers.contains_key("meshcast-receipt"));
             break;
         }
-        assert!(Instant::now() < deadline, "owner token never accepted: {}", reason(&r));
+        assert!(
+            Instant::now() < deadline,
+            "owner token never accepted: {}",
+            reason(&r)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The owner's key covers this video only.
-    let other = token::issue(&owner, &TokenClaims { issuer: owner.public().to_bytes(), prefix: "/v/".into(),
-        expires: now() + 600, budget: 1 << 30, session: session.public().to_bytes() }, now()).unwrap();
+    let other = token::issue(
+        &owner,
+        &TokenClaims {
+            issuer: owner.public().to_bytes(),
+            prefix: "/v/".into(),
+            expires: now() + 600,
+            budget: 1 << 30,
+            session: session.public().to_bytes(),
+        },
+        now(),
+    )
+    .unwrap();
     let r = get(&edge.url(&format!("/t/{other}/v/{id}/master.m3u8")), &[]).await;
     assert_eq!(r.status, 403, "{}", reason(&r));
 }

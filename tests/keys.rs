@@ -25,7 +25,10 @@ fn keys_gen_writes_a_private_key_and_never_overwrites() {
         .find_map(|l| l.split("node id ").nth(1))
         .unwrap()
         .trim();
-    let public = text.lines().find_map(|l| l.strip_prefix("public key ")).unwrap();
+    let public = text
+        .lines()
+        .find_map(|l| l.strip_prefix("public key "))
+        .unwrap();
     assert_eq!(public.len(), 64, "{text}");
     assert_eq!(id.len(), 32, "{text}");
     assert_eq!(

@@ -470,13 +470,19 @@ impl EdgeConfig {
                 return Err(("node.epoch".into(), "an epoch is 1s to 1h".into()));
             }
             if n.ack_grace.0 >= n.epoch.0.max(Duration::from_secs(2)) * 10 {
-                return Err(("node.ack_grace".into(), "keep ack_grace well under ten epochs".into()));
+                return Err((
+                    "node.ack_grace".into(),
+                    "keep ack_grace well under ten epochs".into(),
+                ));
             }
         }
         for (i, site) in self.sites.iter().enumerate() {
             let Some(t) = &site.tokens else { continue };
             if let Some(p) = t.paths.iter().find(|p| !p.starts_with('/')) {
-                return Err((format!("site[{i}].tokens.paths"), format!("{p:?} must start with /")));
+                return Err((
+                    format!("site[{i}].tokens.paths"),
+                    format!("{p:?} must start with /"),
+                ));
             }
             for k in &t.issuers {
                 if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {

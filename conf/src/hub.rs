@@ -175,13 +175,22 @@ impl HubConfig {
             }
         }
         if self.hub.token_rate == 0 {
-            return Err(("hub.token_rate".into(), "must be at least 1 a minute".into()));
+            return Err((
+                "hub.token_rate".into(),
+                "must be at least 1 a minute".into(),
+            ));
         }
         if self.hub.token_budget_factor == 0 {
-            return Err(("hub.token_budget_factor".into(), "must be at least 1".into()));
+            return Err((
+                "hub.token_budget_factor".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.hub.token_ttl.0 < Duration::from_secs(60) {
-            return Err(("hub.token_ttl".into(), "tokens must live at least 1m".into()));
+            return Err((
+                "hub.token_ttl".into(),
+                "tokens must live at least 1m".into(),
+            ));
         }
         let t = &self.transcode;
         let seg = t.segment_duration.0.as_secs_f64();

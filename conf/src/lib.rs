@@ -12,8 +12,8 @@ mod spans;
 mod units;
 
 pub use edge::{
-    AccessLogFormat, CacheSection, EdgeConfig, EdgeSection, HostPattern, LogSection, Origin,
-    NodeSection, SignedUrls, SiteConfig, TokenConfig,
+    AccessLogFormat, CacheSection, EdgeConfig, EdgeSection, HostPattern, LogSection, NodeSection,
+    Origin, SignedUrls, SiteConfig, TokenConfig,
 };
 pub use error::ConfError;
 pub use hub::{default_ladder, HubConfig, HubLog, HubSection, RungConfig, TranscodeSection};

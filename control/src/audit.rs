@@ -78,7 +78,7 @@ pub fn build_claim(epoch: u64, epoch_secs: u64, acks: Vec<(String, Ack)>) -> Com
         .into_iter()
         .map(|(t, a)| (a.receipt.id(), t, a))
         .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.sort_by_key(|r| r.0);
     rows.dedup_by(|a, b| a.0 == b.0);
     let mut tokens: Vec<String> = Vec::new();
     let mut token_index: HashMap<String, u32> = HashMap::new();
@@ -120,7 +120,10 @@ impl Committed {
         }
         Ok(Opening {
             epoch: self.claim.epoch,
-            acks: indices.iter().map(|i| hex::encode(&self.leaves[*i])).collect(),
+            acks: indices
+                .iter()
+                .map(|i| hex::encode(&self.leaves[*i]))
+                .collect(),
             proof: hex::encode(self.batch.prove(indices)),
         })
     }
@@ -290,7 +293,9 @@ pub fn check_proof(
             return Err(fail("receipt names another token than the listing"));
         }
         if r.time_ms < start || r.time_ms >= end {
-            return Err(fail("receipt time is outside this epoch (replayed from another epoch?)"));
+            return Err(fail(
+                "receipt time is outside this epoch (replayed from another epoch?)",
+            ));
         }
         let tok = &checked.tokens[t];
         if r.time_ms / 1000 > tok.expires {
@@ -304,9 +309,8 @@ pub fn check_proof(
         sessions.push(session);
     }
     let receipts: Vec<&_> = acks.iter().map(|a| &a.receipt).collect();
-    verify_edges(&receipts).map_err(|i| {
-        entry_err(indices[i], ReceiptError::BadEdgeSignature.to_string())
-    })?;
+    verify_edges(&receipts)
+        .map_err(|i| entry_err(indices[i], ReceiptError::BadEdgeSignature.to_string()))?;
     verify_acks(&acks, &sessions).map_err(|i| {
         entry_err(
             indices[i],
@@ -315,13 +319,18 @@ pub fn check_proof(
     })
 }
 
+/// What a passed claim earns.
+pub struct Credit {
+    pub bytes: u64,
+    /// Bytes credited per token id.
+    pub per_token: Vec<([u8; 16], u64)>,
+    /// Tokens that ran over their budget, as reasons.
+    pub over_budget: Vec<String>,
+}
+
 /// Credit for a claim that passed: claimed bytes per token, capped by what
 /// is left of each token's budget across all edges (`spent(token_id)`).
-/// Returns (bytes credited, per-token credits, tokens that ran over).
-pub fn settle(
-    checked: &Checked,
-    spent: impl Fn(&[u8; 16]) -> u64,
-) -> (u64, Vec<([u8; 16], u64)>, Vec<String>) {
+pub fn settle(checked: &Checked, spent: impl Fn(&[u8; 16]) -> u64) -> Credit {
     let mut total = 0;
     let mut credits = Vec::new();
     let mut over = Vec::new();
@@ -340,5 +349,9 @@ pub fn settle(
         total += credit;
         credits.push((id, credit));
     }
-    (total, credits, over)
+    Credit {
+        bytes: total,
+        per_token: credits,
+        over_budget: over,
+    }
 }

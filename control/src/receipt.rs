@@ -334,8 +334,14 @@ mod tests {
         assert_eq!(decoded, ack);
         let good = session.verifying_key();
         let wrong = SigningKey::from_bytes(&[8; 32]).verifying_key();
-        assert_eq!(verify_acks(&[ack.clone(), ack.clone()], &[good, good]), Ok(()));
-        assert_eq!(verify_acks(&[ack.clone(), ack.clone()], &[good, wrong]), Err(1));
+        assert_eq!(
+            verify_acks(&[ack.clone(), ack.clone()], &[good, good]),
+            Ok(())
+        );
+        assert_eq!(
+            verify_acks(&[ack.clone(), ack.clone()], &[good, wrong]),
+            Err(1)
+        );
         assert!(SignedReceipt::decode(&r.wire[..r.wire.len() - 1]).is_err());
         assert!(SignedReceipt::from_header("!!!").is_err());
     }

@@ -61,12 +61,17 @@ pub fn token_id(token: &str) -> [u8; 16] {
 fn rfc3339(unix: u64) -> Result<String, TokenError> {
     let t = OffsetDateTime::from_unix_timestamp(unix as i64)
         .map_err(|e| TokenError::Sign(e.to_string()))?;
-    t.format(&Rfc3339).map_err(|e| TokenError::Sign(e.to_string()))
+    t.format(&Rfc3339)
+        .map_err(|e| TokenError::Sign(e.to_string()))
 }
 
 /// Signs `claims` with `key`; `claims.issuer` must be `key`'s public key.
 pub fn issue(key: &NodeKey, claims: &TokenClaims, now: u64) -> Result<String, TokenError> {
-    assert_eq!(claims.issuer, key.public().to_bytes(), "issuer is the signer");
+    assert_eq!(
+        claims.issuer,
+        key.public().to_bytes(),
+        "issuer is the signer"
+    );
     let mut c = Claims::new().map_err(|e| TokenError::Sign(e.to_string()))?;
     let sign_err = |e: pasetors::errors::Error| TokenError::Sign(e.to_string());
     c.issuer(&hex::encode(claims.issuer)).map_err(sign_err)?;

@@ -73,9 +73,9 @@ fn audit_claim(
     let bytes = serde_json::to_vec(claim).unwrap();
     let idx = audit::challenge(&bytes, &NONCE, claim);
     audit::check_proof(claim, &checked, &w.edge.node(), &idx, &open(&idx))?;
-    let (credit, _, over) = audit::settle(&checked, |_| 0);
-    assert!(over.is_empty(), "{over:?}");
-    Ok(credit)
+    let credit = audit::settle(&checked, |_| 0);
+    assert!(credit.over_budget.is_empty(), "{:?}", credit.over_budget);
+    Ok(credit.bytes)
 }
 
 #[test]
@@ -111,7 +111,10 @@ fn tampered_receipt_is_refused() {
     wire[110] ^= 0x40;
     a[5].1.receipt = meshcast_control::receipt::SignedReceipt::decode(&wire).unwrap();
     let err = audit(&w, &build_claim(EPOCH, EPOCH_SECS, a)).unwrap_err();
-    assert!(err.to_string().contains("signature does not verify"), "{err}");
+    assert!(
+        err.to_string().contains("signature does not verify"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -158,9 +161,13 @@ fn expired_token_and_over_budget() {
     let c = build_claim(EPOCH, EPOCH_SECS, acks(&small, 10, epoch_start_ms()));
     let hub_pk = small.hub.public().to_bytes();
     let checked = audit::check_claim(&c.claim, |k| *k == hub_pk, u64::MAX).unwrap();
-    let (credit, _, over) = audit::settle(&checked, |_| 1000);
-    assert_eq!(credit, 4000);
-    assert!(over[0].contains("left of its budget"), "{over:?}");
+    let credit = audit::settle(&checked, |_| 1000);
+    assert_eq!(credit.bytes, 4000);
+    assert!(
+        credit.over_budget[0].contains("left of its budget"),
+        "{:?}",
+        credit.over_budget
+    );
 }
 
 #[test]

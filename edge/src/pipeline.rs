@@ -76,7 +76,11 @@ pub struct RequestCtx {
 const MAX_ACK_BODY: usize = 1 << 20;
 
 /// Sends a small JSON answer (edge endpoints, not proxied).
-async fn respond_json(session: &mut Session, status: u16, body: &serde_json::Value) -> Result<bool> {
+async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    body: &serde_json::Value,
+) -> Result<bool> {
     let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
@@ -89,7 +93,11 @@ async fn respond_json(session: &mut Session, status: u16, body: &serde_json::Val
 }
 
 /// `POST /v1/acks` (and its CORS preflight), `GET /v1/edge`.
-async fn edge_endpoint(delivery: &Delivery, metrics: &Metrics, session: &mut Session) -> Result<bool> {
+async fn edge_endpoint(
+    delivery: &Delivery,
+    metrics: &Metrics,
+    session: &mut Session,
+) -> Result<bool> {
     let req = session.req_header();
     let path = req.uri.path().to_string();
     let method = req.method.clone();
@@ -110,13 +118,23 @@ async fn edge_endpoint(delivery: &Delivery, metrics: &Metrics, session: &mut Ses
         return respond_json(session, 405, &err("POST a batch of acks here".into())).await;
     }
     let Some(book) = &delivery.book else {
-        return respond_json(session, 404, &err("this edge has no [node] identity and takes no acks".into())).await;
+        return respond_json(
+            session,
+            404,
+            &err("this edge has no [node] identity and takes no acks".into()),
+        )
+        .await;
     };
     let mut body = Vec::new();
     while let Some(chunk) = session.read_request_body().await? {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_ACK_BODY {
-            return respond_json(session, 413, &err(format!("ack batches are at most {MAX_ACK_BODY} bytes"))).await;
+            return respond_json(
+                session,
+                413,
+                &err(format!("ack batches are at most {MAX_ACK_BODY} bytes")),
+            )
+            .await;
         }
     }
     let batch: AckBatch = match serde_json::from_slice(&body) {
@@ -128,8 +146,18 @@ async fn edge_endpoint(delivery: &Delivery, metrics: &Metrics, session: &mut Ses
     };
     let mut issuers = delivery.hub_issuers.load().as_ref().clone();
     issuers.extend(delivery.static_issuers.load().iter().cloned());
-    match book.accept(batch, &delivery.tokens, &issuers, metrics).await {
-        Ok(reply) => respond_json(session, 200, &serde_json::to_value(reply).unwrap_or_default()).await,
+    match book
+        .accept(batch, &delivery.tokens, &issuers, metrics)
+        .await
+    {
+        Ok(reply) => {
+            respond_json(
+                session,
+                200,
+                &serde_json::to_value(reply).unwrap_or_default(),
+            )
+            .await
+        }
         Err((status, why)) => respond_json(session, status, &err(why)).await,
     }
 }
@@ -213,7 +241,10 @@ impl ProxyHttp for EdgePipeline {
             .map_or(0, |d| d.as_secs());
         let delivery = &self.shared.delivery;
         let hub_issuers = delivery.hub_issuers.load();
-        match delivery.tokens.gate(site.tokens.as_ref(), &hub_issuers, &path, now) {
+        match delivery
+            .tokens
+            .gate(site.tokens.as_ref(), &hub_issuers, &path, now)
+        {
             Gate::Open => {}
             Gate::Token { token, path: rest } => {
                 ctx.media_uri = Some(match &query {
@@ -343,7 +374,11 @@ impl ProxyHttp for EdgePipeline {
                 .map_err(|e| Error::because(ErrorType::InternalError, "token path", e))?;
             upstream.set_uri(uri);
         }
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
             upstream.insert_header("x-forwarded-for", ip.to_string())?;
         }
         self.shared.metrics.origin_fetches.inc();
@@ -401,8 +436,17 @@ impl ProxyHttp for EdgePipeline {
                 if let (Some(book), Some(start)) = (&self.shared.delivery.book, start) {
                     let path = ctx.media_uri.as_deref().unwrap_or("/");
                     let path = path.split('?').next().unwrap_or(path);
-                    let content = content_id(resp.headers.get(header::ETAG).map(|v| v.as_bytes()), path);
-                    let r = book.signer.sign(token.id, content, path, start, len, now_ms(), book.next_serial());
+                    let content =
+                        content_id(resp.headers.get(header::ETAG).map(|v| v.as_bytes()), path);
+                    let r = book.signer.sign(
+                        token.id,
+                        content,
+                        path,
+                        start,
+                        len,
+                        now_ms(),
+                        book.next_serial(),
+                    );
                     resp.insert_header("meshcast-receipt", r.header_value())?;
                     resp.insert_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Meshcast-Receipt")?;
                     self.shared.metrics.receipts.inc();

@@ -7,15 +7,15 @@ use crate::cache::TieredStorage;
 use crate::delivery::book::Book;
 use crate::delivery::hub_client::{HubClient, HubService};
 use crate::delivery::Delivery;
-use meshcast_control::identity::NodeKey;
-use meshcast_control::messages::Issuer;
-use meshcast_control::receipt::ReceiptSigner;
 use crate::metrics::Metrics;
 use crate::pipeline::{EdgePipeline, EdgeState, Shared};
 use crate::quic::{QuicDoor, QuicLimits};
 use crate::sites::Sites;
 use arc_swap::ArcSwap;
 use meshcast_conf::{ConfError, EdgeConfig};
+use meshcast_control::identity::NodeKey;
+use meshcast_control::messages::Issuer;
+use meshcast_control::receipt::ReceiptSigner;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
@@ -82,7 +82,9 @@ fn build_delivery(
     .map_err(|e| EdgeError::AckLog(dir.display().to_string(), e))?;
     let book = Arc::new(book);
     let delivery = Arc::new(Delivery::new(Some(book.clone()), Some(n.hub.clone())));
-    delivery.static_issuers.store(Arc::new(static_issuers(config)));
+    delivery
+        .static_issuers
+        .store(Arc::new(static_issuers(config)));
     delivery
         .hub_issuers
         .store(Arc::new(crate::delivery::hub_client::saved_issuers(&dir)));
@@ -95,8 +97,16 @@ fn build_delivery(
         n.heartbeat.0,
         config.cache.disk_size.0.max(config.cache.memory_size.0),
         Box::new(move || {
-            metrics.cache_bytes.with_label_values(&["memory"]).get().max(0) as u64
-                + metrics.cache_bytes.with_label_values(&["disk"]).get().max(0) as u64
+            metrics
+                .cache_bytes
+                .with_label_values(&["memory"])
+                .get()
+                .max(0) as u64
+                + metrics
+                    .cache_bytes
+                    .with_label_values(&["disk"])
+                    .get()
+                    .max(0) as u64
         }),
     );
     Ok((delivery, Some(client)))

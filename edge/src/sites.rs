@@ -3,8 +3,8 @@
 
 use crate::access::{AccessCheck, SignedUrls, SIGNING_PARAMS};
 use crate::delivery::gate::SiteTokens;
-use meshcast_control::messages::Issuer;
 use meshcast_conf::{HostPattern, SiteConfig};
+use meshcast_control::messages::Issuer;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;

@@ -193,7 +193,9 @@ impl Catalog {
         let mut total = 0;
         for row in table.range(lo.as_str()..hi.as_str()).map_err(err)? {
             let (_, v) = row.map_err(err)?;
-            total += serde_json::from_slice::<FileRef>(v.value()).map_err(err)?.size;
+            total += serde_json::from_slice::<FileRef>(v.value())
+                .map_err(err)?
+                .size;
         }
         Ok(total)
     }

@@ -70,11 +70,16 @@ fn reject(hub: &Hub, node: &str, claim: &Claim, e: AuditError) -> Response {
 async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, _, node) = match open_envelope(&hub, messages::CLAIM, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match hub.registry.node(&node) {
         Ok(Some(_)) => {}
-        Ok(None) => return refuse(StatusCode::NOT_FOUND, format!("node {node} is not registered")),
+        Ok(None) => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("node {node} is not registered"),
+            )
+        }
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
     let claim: Claim = match serde_json::from_slice(&env.body) {
@@ -102,8 +107,14 @@ async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     if let Err(e) = hub.registry.put_pending(&node, claim.epoch, &pending) {
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, e);
     }
-    tracing::info!(node, epoch = claim.epoch, entries = claim.count, bytes = claim.bytes,
-        challenged = indices.len(), "claim received; challenge sent");
+    tracing::info!(
+        node,
+        epoch = claim.epoch,
+        entries = claim.count,
+        bytes = claim.bytes,
+        challenged = indices.len(),
+        "claim received; challenge sent"
+    );
     Json(Challenge {
         epoch: claim.epoch,
         indices,
@@ -114,7 +125,7 @@ async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
 async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, key, node) = match open_envelope(&hub, messages::OPENING, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let opening: Opening = match serde_json::from_slice(&env.body) {
         Ok(o) => o,
@@ -130,7 +141,10 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(None) => {
             return refuse(
                 StatusCode::NOT_FOUND,
-                format!("no claim from {node} for epoch {} awaits opening; send the claim first", opening.epoch),
+                format!(
+                    "no claim from {node} for epoch {} awaits opening; send the claim first",
+                    opening.epoch
+                ),
             )
         }
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -148,7 +162,7 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         return reject(&hub, &node, &claim, e);
     }
     let spent_err = std::cell::Cell::new(None);
-    let (credited, credits, over) = audit::settle(&checked, |id| {
+    let credit = audit::settle(&checked, |id| {
         hub.registry.spent(&hex::encode(id)).unwrap_or_else(|e| {
             spent_err.set(Some(e.to_string()));
             u64::MAX
@@ -162,20 +176,29 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         epoch: claim.epoch,
         accepted: true,
         claimed_bytes: claim.bytes,
-        credited_bytes: credited,
+        credited_bytes: credit.bytes,
         entries: claim.count,
         opened: pending.challenge.len() as u64,
         reason: None,
-        over_budget: over,
+        over_budget: credit.over_budget,
     };
-    let token_credits: Vec<(String, u64)> =
-        credits.iter().map(|(id, b)| (hex::encode(id), *b)).collect();
+    let token_credits: Vec<(String, u64)> = credit
+        .per_token
+        .iter()
+        .map(|(id, b)| (hex::encode(id), *b))
+        .collect();
     match hub.registry.settle(&s, &token_credits) {
         Ok(true) => {
             hub.metrics.claims.with_label_values(&["accepted"]).inc();
-            hub.metrics.credited_bytes.inc_by(credited);
-            tracing::info!(node, epoch = claim.epoch, credited, claimed = claim.bytes,
-                opened = s.opened, "claim settled");
+            hub.metrics.credited_bytes.inc_by(s.credited_bytes);
+            tracing::info!(
+                node,
+                epoch = claim.epoch,
+                credited = s.credited_bytes,
+                claimed = claim.bytes,
+                opened = s.opened,
+                "claim settled"
+            );
             Json(s).into_response()
         }
         Ok(false) => (StatusCode::CONFLICT, Json(s)).into_response(),

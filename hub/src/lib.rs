@@ -100,10 +100,17 @@ struct Metrics {
     tokens: prometheus::IntCounterVec,
 }
 
-fn counter_vec(registry: &prometheus::Registry, name: &str, help: &str, label: &str) -> prometheus::IntCounterVec {
+fn counter_vec(
+    registry: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+) -> prometheus::IntCounterVec {
     let c = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[label])
         .expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
@@ -140,15 +147,32 @@ impl Metrics {
         registry
             .register(Box::new(origin_requests.clone()))
             .expect("unique");
-        let envelopes_refused = counter_vec(&registry, "meshcast_hub_envelopes_refused_total",
-            "Signed node messages refused, by domain", "domain");
-        let claims = counter_vec(&registry, "meshcast_hub_claims_total",
-            "Delivery claims by outcome (accepted or the refusal reason)", "outcome");
-        let tokens = counter_vec(&registry, "meshcast_hub_tokens_total",
-            "Playback token requests by outcome", "outcome");
-        let credited_bytes = prometheus::IntCounter::new("meshcast_hub_credited_bytes_total",
-            "Delivery bytes credited to nodes").expect("valid");
-        registry.register(Box::new(credited_bytes.clone())).expect("unique");
+        let envelopes_refused = counter_vec(
+            &registry,
+            "meshcast_hub_envelopes_refused_total",
+            "Signed node messages refused, by domain",
+            "domain",
+        );
+        let claims = counter_vec(
+            &registry,
+            "meshcast_hub_claims_total",
+            "Delivery claims by outcome (accepted or the refusal reason)",
+            "outcome",
+        );
+        let tokens = counter_vec(
+            &registry,
+            "meshcast_hub_tokens_total",
+            "Playback token requests by outcome",
+            "outcome",
+        );
+        let credited_bytes = prometheus::IntCounter::new(
+            "meshcast_hub_credited_bytes_total",
+            "Delivery bytes credited to nodes",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(credited_bytes.clone()))
+            .expect("unique");
         Metrics {
             registry,
             upload_bytes,
@@ -170,7 +194,11 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
     let catalog = catalog::Catalog::open(&data.join("catalog.redb"))?;
     let blobs = blobs::BlobStore::open(&data.join("blobs"))?;
     let (jobs, queue) = jobs::Jobs::new();
-    let key_path = config.hub.key.clone().unwrap_or_else(|| data.join("hub.key"));
+    let key_path = config
+        .hub
+        .key
+        .clone()
+        .unwrap_or_else(|| data.join("hub.key"));
     let key = load_or_create_key(&key_path)?;
     let registry = registry::Registry::open(&data.join("delivery.redb"))?;
     let hub = Arc::new(Hub {

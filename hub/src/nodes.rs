@@ -43,10 +43,13 @@ pub fn open_envelope(
     hub: &Hub,
     domain: &'static str,
     body: &[u8],
-) -> Result<(Envelope, VerifyingKey, String), Response> {
+) -> Result<(Envelope, VerifyingKey, String), Box<Response>> {
     let env = Envelope::decode(body).map_err(|e| {
-        hub.metrics.envelopes_refused.with_label_values(&[domain]).inc();
-        refuse(StatusCode::BAD_REQUEST, e)
+        hub.metrics
+            .envelopes_refused
+            .with_label_values(&[domain])
+            .inc();
+        Box::new(refuse(StatusCode::BAD_REQUEST, e))
     })?;
     let result = {
         let mut verifiers = hub.verifiers.lock().unwrap_or_else(|p| p.into_inner());
@@ -61,9 +64,12 @@ pub fn open_envelope(
             Ok((env, key, id))
         }
         Err(e) => {
-            hub.metrics.envelopes_refused.with_label_values(&[domain]).inc();
+            hub.metrics
+                .envelopes_refused
+                .with_label_values(&[domain])
+                .inc();
             tracing::warn!(domain, error = %e, "refused a signed message");
-            Err(refuse(StatusCode::UNAUTHORIZED, e))
+            Err(Box::new(refuse(StatusCode::UNAUTHORIZED, e)))
         }
     }
 }
@@ -79,7 +85,7 @@ fn info(hub: &Hub, node: &str) -> HubInfo {
 async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, key, id) = match open_envelope(&hub, messages::REGISTER, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let reg: Register = match serde_json::from_slice(&env.body) {
         Ok(r) => r,
@@ -88,7 +94,10 @@ async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     if !(reg.addr.starts_with("http://") || reg.addr.starts_with("https://")) {
         return refuse(
             StatusCode::BAD_REQUEST,
-            format!("addr {:?} is not a base URL like http://host:port", reg.addr),
+            format!(
+                "addr {:?} is not a base URL like http://host:port",
+                reg.addr
+            ),
         );
     }
     let now = now_secs();
@@ -127,7 +136,7 @@ async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
 async fn heartbeat(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, _, id) = match open_envelope(&hub, messages::HEARTBEAT, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let hb: Heartbeat = match serde_json::from_slice(&env.body) {
         Ok(h) => h,

@@ -162,7 +162,11 @@ impl Registry {
     /// Records the outcome of a claim: the settled mark, the node's credit
     /// and counters, and each token's spend — all or nothing. Returns false
     /// (and changes nothing) when the epoch was already settled.
-    pub fn settle(&self, s: &Settlement, token_credits: &[(String, u64)]) -> Result<bool, HubError> {
+    pub fn settle(
+        &self,
+        s: &Settlement,
+        token_credits: &[(String, u64)],
+    ) -> Result<bool, HubError> {
         let key = epoch_key(&s.node, s.epoch);
         let txn = self.db.begin_write().map_err(err)?;
         {
@@ -179,7 +183,10 @@ impl Registry {
                 .map_err(err)?;
             let mut spent = txn.open_table(SPENT).map_err(err)?;
             for (token, bytes) in token_credits {
-                let cur = spent.get(token.as_str()).map_err(err)?.map_or(0, |v| v.value());
+                let cur = spent
+                    .get(token.as_str())
+                    .map_err(err)?
+                    .map_or(0, |v| v.value());
                 spent.insert(token.as_str(), cur + bytes).map_err(err)?;
             }
             let mut nodes = txn.open_table(NODES).map_err(err)?;
@@ -187,7 +194,8 @@ impl Registry {
                 Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
                 None => None,
             };
-            let mut n = cur.ok_or_else(|| HubError::Catalog(format!("node {} vanished", s.node)))?;
+            let mut n =
+                cur.ok_or_else(|| HubError::Catalog(format!("node {} vanished", s.node)))?;
             n.credited_bytes += s.credited_bytes;
             if s.accepted {
                 n.claims_accepted += 1;
@@ -196,7 +204,10 @@ impl Registry {
                 n.last_rejection = s.reason.clone();
             }
             nodes
-                .insert(s.node.as_str(), serde_json::to_vec(&n).map_err(err)?.as_slice())
+                .insert(
+                    s.node.as_str(),
+                    serde_json::to_vec(&n).map_err(err)?.as_slice(),
+                )
                 .map_err(err)?;
         }
         txn.commit().map_err(err)?;

@@ -121,7 +121,9 @@ async fn issue(
     if video.policy == Policy::Signed {
         return refuse(
             StatusCode::FORBIDDEN,
-            format!("video {id} is signed: its owner's key issues tokens (meshcast token), not the hub"),
+            format!(
+                "video {id} is signed: its owner's key issues tokens (meshcast token), not the hub"
+            ),
         );
     }
     if video.status != Status::Ready {
@@ -131,11 +133,16 @@ async fn issue(
     let now = now_secs();
     let per_minute = hub.config.hub.token_rate;
     if !hub.rate_limit.allow(ip, per_minute, now as f64) {
-        hub.metrics.tokens.with_label_values(&["rate_limited"]).inc();
+        hub.metrics
+            .tokens
+            .with_label_values(&["rate_limited"])
+            .inc();
         return (
             StatusCode::TOO_MANY_REQUESTS,
             [("retry-after", "10")],
-            Json(json!({"error": format!("{ip} asked for more than {per_minute} tokens a minute")})),
+            Json(
+                json!({"error": format!("{ip} asked for more than {per_minute} tokens a minute")}),
+            ),
         )
             .into_response();
     }

@@ -102,7 +102,10 @@ fn metadata_policy(h: &HeaderMap) -> Result<(Policy, Option<String>), String> {
         if hex::decode_to_slice(o, &mut k).is_err()
             || ed25519_dalek::VerifyingKey::from_bytes(&k).is_err()
         {
-            return Err("owner must be an Ed25519 public key, 64 hex digits (meshcast keys gen prints one)".into());
+            return Err(
+                "owner must be an Ed25519 public key, 64 hex digits (meshcast keys gen prints one)"
+                    .into(),
+            );
         }
     }
     if policy == Policy::Signed && owner.is_none() {

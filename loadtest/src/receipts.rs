@@ -3,8 +3,8 @@
 //! (a receipt signed per response) and one without, measured A B A B with
 //! wrk on tokened URLs; the ratio is requests/s with receipts ÷ without.
 
-use crate::report::{median, Cell};
 use crate::origin::Origin;
+use crate::report::{median, Cell};
 use crate::servers::{self, Server};
 use crate::{procstat, wrk, Common};
 use meshcast_control::identity::NodeKey;
@@ -18,9 +18,18 @@ pub struct Options {
     pub rounds: usize,
 }
 
-const OBJECTS: [(&str, &str); 2] = [("1 KB playlist", "/obj/1k.bin"), ("2 MB segment", "/obj/2m.m4s")];
+const OBJECTS: [(&str, &str); 2] = [
+    ("1 KB playlist", "/obj/1k.bin"),
+    ("2 MB segment", "/obj/2m.m4s"),
+];
 
-async fn edge(o: &Options, origin: &Origin, dir: &std::path::Path, issuer: &str, receipts: bool) -> anyhow::Result<Server> {
+async fn edge(
+    o: &Options,
+    origin: &Origin,
+    dir: &std::path::Path,
+    issuer: &str,
+    receipts: bool,
+) -> anyhow::Result<Server> {
     std::fs::create_dir_all(dir)?;
     let node = if receipts {
         let key = dir.join("node.key");
@@ -52,18 +61,25 @@ fn measure(server: &Server, url: &str, o: &Options, dir: &std::path::Path) -> an
         p50_ms: r.p50_us as f64 / 1000.0,
         p99_ms: r.p99_us as f64 / 1000.0,
         p999_ms: r.p999_us as f64 / 1000.0,
-        cpu_s_per_gb: if r.bytes > 0 { cpu / (r.bytes as f64 / 1e9) } else { 0.0 },
+        cpu_s_per_gb: if r.bytes > 0 {
+            cpu / (r.bytes as f64 / 1e9)
+        } else {
+            0.0
+        },
         errors: r.errors,
     })
 }
 
 pub async fn run(o: Options) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("meshcast-loadtest-receipts-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("meshcast-loadtest-receipts-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let origin = Origin::start(4.0, 10).await?;
     let issuer = NodeKey::generate()?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let claims = TokenClaims {
         issuer: issuer.public().to_bytes(),
         prefix: "/obj/".into(),
@@ -72,7 +88,12 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         session: NodeKey::generate()?.public().to_bytes(),
     };
     let tok = token::issue(&issuer, &claims, now)?;
-    let issuer_hex: String = issuer.public().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let issuer_hex: String = issuer
+        .public()
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let on = edge(&o, &origin, &dir.join("on"), &issuer_hex, true).await?;
     let off = edge(&o, &origin, &dir.join("off"), &issuer_hex, false).await?;
     let mut rows = Vec::new();
@@ -82,9 +103,16 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         for (url, what) in [(&url_on, "with receipts"), (&url_off, "without")] {
             for _ in 0..3 {
                 let r = reqwest::get(url).await?;
-                anyhow::ensure!(r.status().is_success(), "{what}: {url} answered {}", r.status());
+                anyhow::ensure!(
+                    r.status().is_success(),
+                    "{what}: {url} answered {}",
+                    r.status()
+                );
                 let has = r.headers().contains_key("meshcast-receipt");
-                anyhow::ensure!(has == (what == "with receipts"), "{what}: receipt header present = {has}");
+                anyhow::ensure!(
+                    has == (what == "with receipts"),
+                    "{what}: receipt header present = {has}"
+                );
                 r.bytes().await?;
             }
         }
@@ -99,15 +127,27 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     if o.common.json {
         let v: Vec<_> = rows
             .iter()
-            .map(|(l, a, b)| json!({"object": l, "rps_receipts_on": a.rps, "rps_receipts_off": b.rps,
+            .map(|(l, a, b)| {
+                json!({"object": l, "rps_receipts_on": a.rps, "rps_receipts_off": b.rps,
                 "ratio": ratio(a.rps, b.rps), "p99_ms_on": a.p99_ms, "p99_ms_off": b.p99_ms,
-                "errors": a.errors + b.errors}))
+                "errors": a.errors + b.errors})
+            })
             .collect();
-        println!("{}", json!({ "receipts": v, "settings": {"duration": o.duration, "connections": o.connections, "rounds": o.rounds, "threads": o.common.threads} }));
+        println!(
+            "{}",
+            json!({ "receipts": v, "settings": {"duration": o.duration, "connections": o.connections, "rounds": o.rounds, "threads": o.common.threads} })
+        );
     } else {
         println!("| object | req/s receipts on | req/s off | on ÷ off | p99 on | p99 off |\n|---|---|---|---|---|---|");
         for (l, a, b) in &rows {
-            println!("| {l} | {:.0} | {:.0} | {:.2} | {:.2} ms | {:.2} ms |", a.rps, b.rps, ratio(a.rps, b.rps), a.p99_ms, b.p99_ms);
+            println!(
+                "| {l} | {:.0} | {:.0} | {:.2} | {:.2} ms | {:.2} ms |",
+                a.rps,
+                b.rps,
+                ratio(a.rps, b.rps),
+                a.p99_ms,
+                b.p99_ms
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -78,7 +78,11 @@ fn split_url(url: &Url) -> Option<(Url, String, String)> {
     let mut base = url.clone();
     base.set_path("/");
     base.set_query(None);
-    Some((base, rest[..slash].to_string(), rest[slash + 1..].to_string()))
+    Some((
+        base,
+        rest[..slash].to_string(),
+        rest[slash + 1..].to_string(),
+    ))
 }
 
 fn session_key() -> Result<SigningKey, PlayError> {
@@ -93,7 +97,12 @@ impl Session {
             url: url.to_string(),
             reason,
         };
-        let resp = self.http.get(url.clone()).send().await.map_err(|e| fail(e.to_string()))?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let status = resp.status();
         let receipt = resp
             .headers()
@@ -135,7 +144,10 @@ impl Session {
         let r = SignedReceipt::from_header(header).map_err(|e| bad(e.to_string()))?;
         r.verify_edge().map_err(|e| bad(e.to_string()))?;
         if r.receipt.len != got {
-            return Err(bad(format!("receipt says {} bytes, {got} arrived", r.receipt.len)));
+            return Err(bad(format!(
+                "receipt says {} bytes, {got} arrived",
+                r.receipt.len
+            )));
         }
         if let Some(t) = &self.token {
             if r.receipt.token != token_id(t) {
@@ -159,7 +171,8 @@ impl Session {
         let mut acks = Vec::new();
         let mut bytes = Vec::new();
         for (header, _) in self.pending.drain(..) {
-            let r = SignedReceipt::from_header(&header).map_err(|e| PlayError::Hub(e.to_string()))?;
+            let r =
+                SignedReceipt::from_header(&header).map_err(|e| PlayError::Hub(e.to_string()))?;
             bytes.push(r.receipt.len);
             let ack = Ack::sign(key, r);
             acks.push(serde_json::json!({
@@ -175,7 +188,10 @@ impl Session {
             .json(&serde_json::json!({ "token": token, "acks": acks }))
             .send()
             .await
-            .map_err(|e| PlayError::Fetch { url: url.to_string(), reason: e.to_string() })?;
+            .map_err(|e| PlayError::Fetch {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
         let status = resp.status();
         let v: serde_json::Value = resp.json().await.unwrap_or_default();
         if !status.is_success() {
@@ -191,7 +207,9 @@ impl Session {
             for r in refused {
                 let i = r["index"].as_u64().unwrap_or(0) as usize;
                 let _ = bytes.get(i);
-                self.report.refused.push(r["reason"].as_str().unwrap_or("?").to_string());
+                self.report
+                    .refused
+                    .push(r["reason"].as_str().unwrap_or("?").to_string());
             }
         }
         Ok(())
@@ -199,7 +217,12 @@ impl Session {
 }
 
 /// Asks the HUB for a token for `key` to watch `video`.
-async fn fetch_token(http: &reqwest::Client, hub: &str, video: &str, key: &SigningKey) -> Result<String, PlayError> {
+async fn fetch_token(
+    http: &reqwest::Client,
+    hub: &str,
+    video: &str,
+    key: &SigningKey,
+) -> Result<String, PlayError> {
     let url = format!("{}/v1/videos/{video}/tokens", hub.trim_end_matches('/'));
     let resp = http
         .post(&url)
@@ -242,9 +265,17 @@ fn parse(url: &Url, body: &[u8]) -> Result<Playlist, PlayError> {
 async fn play_media(s: &mut Session, url: &Url, realtime: bool) -> Result<(), PlayError> {
     let body = s.get(url).await?;
     let Playlist::MediaPlaylist(media) = parse(url, &body)? else {
-        return Err(PlayError::Playlist { url: url.to_string(), reason: "expected a media playlist".into() });
+        return Err(PlayError::Playlist {
+            url: url.to_string(),
+            reason: "expected a media playlist".into(),
+        });
     };
-    let join = |u: &str| url.join(u).map_err(|e| PlayError::Playlist { url: url.to_string(), reason: e.to_string() });
+    let join = |u: &str| {
+        url.join(u).map_err(|e| PlayError::Playlist {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })
+    };
     let mut init_done = None::<String>;
     for seg in &media.segments {
         if let Some(map) = &seg.map {
@@ -273,7 +304,10 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
         .build()
         .map_err(|e| PlayError::Usage(e.to_string()))?;
     let (base, video, rest) = split_url(&url).ok_or_else(|| {
-        PlayError::Usage(format!("{}: expected an edge URL like http://EDGE/v/ID/master.m3u8 or /t/TOKEN/v/ID/…", o.url))
+        PlayError::Usage(format!(
+            "{}: expected an edge URL like http://EDGE/v/ID/master.m3u8 or /t/TOKEN/v/ID/…",
+            o.url
+        ))
     })?;
     let mut key = None;
     let mut token = url
@@ -301,7 +335,10 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
         pending: Vec::new(),
         base,
         batch: o.batch.max(1),
-        report: Report { url: url.to_string(), ..Report::default() },
+        report: Report {
+            url: url.to_string(),
+            ..Report::default()
+        },
     };
     let body = s.get(&url).await?;
     match parse(&url, &body)? {
@@ -315,8 +352,16 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
                 .iter()
                 .filter(|v| !v.is_i_frame)
                 .max_by_key(|v| v.bandwidth)
-                .ok_or_else(|| PlayError::Playlist { url: url.to_string(), reason: "no variants".into() })?;
-            let join = |u: &str| url.join(u).map_err(|e| PlayError::Playlist { url: url.to_string(), reason: e.to_string() });
+                .ok_or_else(|| PlayError::Playlist {
+                    url: url.to_string(),
+                    reason: "no variants".into(),
+                })?;
+            let join = |u: &str| {
+                url.join(u).map_err(|e| PlayError::Playlist {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })
+            };
             let video_url = join(&variant.uri)?;
             let audio_url = variant.audio.as_ref().and_then(|group| {
                 master
@@ -324,7 +369,7 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
                     .iter()
                     .find(|a| &a.group_id == group && a.uri.is_some())
                     .and_then(|a| a.uri.as_deref())
-                    .map(|u| join(u))
+                    .map(join)
             });
             play_media(&mut s, &video_url, o.realtime).await?;
             if let Some(a) = audio_url {
@@ -345,7 +390,10 @@ mod tests {
     fn urls_split_with_and_without_token() {
         let u = Url::parse("http://e:8080/t/v4.public.abc/v/vid1/master.m3u8").unwrap();
         let (base, id, rest) = split_url(&u).unwrap();
-        assert_eq!((base.as_str(), id.as_str(), rest.as_str()), ("http://e:8080/", "vid1", "master.m3u8"));
+        assert_eq!(
+            (base.as_str(), id.as_str(), rest.as_str()),
+            ("http://e:8080/", "vid1", "master.m3u8")
+        );
         let u = Url::parse("http://e/v/vid2/720p/playlist.m3u8").unwrap();
         assert_eq!(split_url(&u).unwrap().2, "720p/playlist.m3u8");
         assert!(split_url(&Url::parse("http://e/other").unwrap()).is_none());

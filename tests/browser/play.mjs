@@ -18,6 +18,10 @@ const page = await browser.newPage();
 const consoleErrors = [];
 page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
 page.on('pageerror', (e) => consoleErrors.push(String(e)));
+// Failed and refused requests, to say why a player stalled.
+const badRequests = [];
+page.on('requestfailed', (r) => badRequests.push(r.url().slice(-80) + ' ' + (r.failure() && r.failure().errorText)));
+page.on('response', (r) => { if (r.status() >= 400) badRequests.push(r.url().slice(-80) + ' ' + r.status()); });
 let result;
 try {
   await page.goto(url, { waitUntil: 'load' });
@@ -39,6 +43,7 @@ try {
   result = { ended: false, errors: [String(e)], events: await page.evaluate(() => window.meshcast && window.meshcast.events).catch(() => null) };
 }
 result.consoleErrors = consoleErrors;
+result.badRequests = badRequests;
 console.log(JSON.stringify(result));
 await browser.close();
 process.exit(result.ended && result.errors.length === 0 ? 0 : 1);

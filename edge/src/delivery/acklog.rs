@@ -87,7 +87,10 @@ pub fn replay(path: &Path) -> std::io::Result<Vec<(String, Ack)>> {
     if at < bytes.len() {
         tracing::warn!(file = %path.display(), kept = at, dropped = bytes.len() - at,
             "cut a torn record from the ack log (written, never acknowledged)");
-        OpenOptions::new().write(true).open(path)?.set_len(at as u64)?;
+        OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(at as u64)?;
     }
     Ok(out)
 }

@@ -107,7 +107,11 @@ impl Book {
                 continue;
             }
             let acks = acklog::replay(&path)?;
-            tracing::info!(epoch, acks = acks.len(), "recovered unsettled acks from the log");
+            tracing::info!(
+                epoch,
+                acks = acks.len(),
+                "recovered unsettled acks from the log"
+            );
             let mut open = epochs.open.lock();
             let e = open.entry(epoch).or_default();
             for (t, a) in acks {
@@ -146,7 +150,13 @@ impl Book {
         metrics: &Metrics,
     ) -> Result<AckReply, (u16, String)> {
         if batch.acks.len() > MAX_BATCH {
-            return Err((413, format!("{} acks in one batch; send at most {MAX_BATCH}", batch.acks.len())));
+            return Err((
+                413,
+                format!(
+                    "{} acks in one batch; send at most {MAX_BATCH}",
+                    batch.acks.len()
+                ),
+            ));
         }
         let known = |k: &[u8; 32]| {
             let k = hex::encode(k);
@@ -156,8 +166,12 @@ impl Book {
         let token = tokens
             .verify(&batch.token, &known, &allows)
             .map_err(|e| (403, format!("ack batch token: {e}")))?;
-        let session = VerifyingKey::from_bytes(&token.claims.session)
-            .map_err(|_| (403, "the token's session key is not an Ed25519 key".to_string()))?;
+        let session = VerifyingKey::from_bytes(&token.claims.session).map_err(|_| {
+            (
+                403,
+                "the token's session key is not an Ed25519 key".to_string(),
+            )
+        })?;
         let mut refused = Vec::new();
         let mut candidates: Vec<(usize, Ack)> = Vec::new();
         for (index, w) in batch.acks.iter().enumerate() {
@@ -177,7 +191,11 @@ impl Book {
                 refuse("receipt was issued under another token".into());
                 continue;
             }
-            let sig: [u8; 64] = match URL_SAFE_NO_PAD.decode(&w.sig).ok().and_then(|s| s.try_into().ok()) {
+            let sig: [u8; 64] = match URL_SAFE_NO_PAD
+                .decode(&w.sig)
+                .ok()
+                .and_then(|s| s.try_into().ok())
+            {
                 Some(s) => s,
                 None => {
                     refuse("sig is not 64 bytes of base64url".into());
@@ -216,7 +234,11 @@ impl Book {
                     index,
                     reason: format!("late: epoch {epoch} is already closed and claimed"),
                 });
-            } else if epochs.open.lock().get(&epoch).is_some_and(|e| e.ids.contains(&id))
+            } else if epochs
+                .open
+                .lock()
+                .get(&epoch)
+                .is_some_and(|e| e.ids.contains(&id))
                 || !batch_ids.insert(id)
             {
                 refused.push(Refused {
@@ -242,7 +264,10 @@ impl Book {
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, "cannot write the ack log");
-                    (503, "this edge cannot record acks right now; retry".to_string())
+                    (
+                        503,
+                        "this edge cannot record acks right now; retry".to_string(),
+                    )
                 })?;
             let mut open = guard.open.lock();
             let slot = open.entry(epoch).or_default();
@@ -254,8 +279,14 @@ impl Book {
                 }
             }
         }
-        metrics.acks.with_label_values(&["accepted"]).inc_by(accepted as u64);
-        metrics.acks.with_label_values(&["refused"]).inc_by(refused.len() as u64);
+        metrics
+            .acks
+            .with_label_values(&["accepted"])
+            .inc_by(accepted as u64);
+        metrics
+            .acks
+            .with_label_values(&["refused"])
+            .inc_by(refused.len() as u64);
         refused.sort_by_key(|r| r.index);
         Ok(AckReply {
             accepted,

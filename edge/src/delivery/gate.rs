@@ -22,8 +22,14 @@ pub enum Gate {
     /// No token needed and none given.
     Open,
     /// A valid token; `path` is the request path without `/t/{token}`.
-    Token { token: Arc<VerifiedToken>, path: String },
-    Denied { reason: String, label: &'static str },
+    Token {
+        token: Arc<VerifiedToken>,
+        path: String,
+    },
+    Denied {
+        reason: String,
+        label: &'static str,
+    },
 }
 
 /// Site-level token settings.
@@ -35,10 +41,13 @@ pub struct SiteTokens {
 
 const CACHE_LIMIT: usize = 100_000;
 
+/// What verifying a token's text once concluded.
+type Verdict = Result<Arc<VerifiedToken>, TokenError>;
+
 /// Verified tokens by BLAKE3 of their text, and bytes served per token.
 #[derive(Default)]
 pub struct TokenBook {
-    verified: Mutex<HashMap<[u8; 32], Result<Arc<VerifiedToken>, TokenError>>>,
+    verified: Mutex<HashMap<[u8; 32], Verdict>>,
     served: Mutex<HashMap<[u8; 16], u64>>,
 }
 
@@ -62,9 +71,9 @@ impl TokenBook {
         if let Some(hit) = self.verified.lock().get(&key).cloned() {
             // Trust can be withdrawn after a token verified: ask again.
             return match hit {
-                Ok(t) if !allows(&t.claims.issuer, &t.claims.prefix) => Err(TokenError::UnknownIssuer(
-                    hex::encode(t.claims.issuer),
-                )),
+                Ok(t) if !allows(&t.claims.issuer, &t.claims.prefix) => {
+                    Err(TokenError::UnknownIssuer(hex::encode(t.claims.issuer)))
+                }
                 other => other,
             };
         }
@@ -107,10 +116,12 @@ impl TokenBook {
         now: u64,
     ) -> Gate {
         let Some((text, rest)) = split_token_path(path) else {
-            let required = site.is_some_and(|s| s.paths.iter().any(|p| path.starts_with(p.as_str())));
+            let required =
+                site.is_some_and(|s| s.paths.iter().any(|p| path.starts_with(p.as_str())));
             return if required {
                 Gate::Denied {
-                    reason: "missing playback token: this path needs /t/{token}/… in front of it".into(),
+                    reason: "missing playback token: this path needs /t/{token}/… in front of it"
+                        .into(),
                     label: "token_missing",
                 }
             } else {
@@ -204,15 +215,36 @@ mod tests {
             Gate::Denied { label, .. } => label,
             other => panic!("{other:?}"),
         };
-        assert_eq!(label(book.gate(Some(&site), &issuers, &p, 2000)), "token_expired");
+        assert_eq!(
+            label(book.gate(Some(&site), &issuers, &p, 2000)),
+            "token_expired"
+        );
         assert_eq!(label(book.gate(Some(&site), &[], &p, 10)), "token_issuer");
         let other = format!("/t/{t}/v/xyz/1.m4s");
-        assert_eq!(label(book.gate(Some(&site), &issuers, &other, 10)), "token_prefix");
-        assert_eq!(label(book.gate(Some(&site), &issuers, "/v/abc/1.m4s", 10)), "token_missing");
-        assert!(matches!(book.gate(Some(&site), &issuers, "/play/abc", 10), Gate::Open));
-        assert!(matches!(book.gate(None, &issuers, "/v/abc/1.m4s", 10), Gate::Open));
-        assert_eq!(label(book.gate(Some(&site), &issuers, "/t/garbage/v/abc/1", 10)), "token_malformed");
+        assert_eq!(
+            label(book.gate(Some(&site), &issuers, &other, 10)),
+            "token_prefix"
+        );
+        assert_eq!(
+            label(book.gate(Some(&site), &issuers, "/v/abc/1.m4s", 10)),
+            "token_missing"
+        );
+        assert!(matches!(
+            book.gate(Some(&site), &issuers, "/play/abc", 10),
+            Gate::Open
+        ));
+        assert!(matches!(
+            book.gate(None, &issuers, "/v/abc/1.m4s", 10),
+            Gate::Open
+        ));
+        assert_eq!(
+            label(book.gate(Some(&site), &issuers, "/t/garbage/v/abc/1", 10)),
+            "token_malformed"
+        );
         book.add_served(&token_id(&t), 500);
-        assert_eq!(label(book.gate(Some(&site), &issuers, &p, 10)), "token_budget");
+        assert_eq!(
+            label(book.gate(Some(&site), &issuers, &p, 10)),
+            "token_budget"
+        );
     }
 }

@@ -73,7 +73,12 @@ impl HubClient {
         }
     }
 
-    async fn post(&self, path: &str, domain: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+    async fn post(
+        &self,
+        path: &str,
+        domain: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), String> {
         let env = Envelope::seal(self.book.signer.key(), domain, body, now_ms() / 1000)
             .map_err(|e| e.to_string())?;
         let resp = self
@@ -118,12 +123,18 @@ impl HubClient {
             version: env!("CARGO_PKG_VERSION").into(),
         };
         let body = serde_json::to_vec(&reg).map_err(|e| e.to_string())?;
-        match self.post("/v1/nodes/register", messages::REGISTER, body).await? {
+        match self
+            .post("/v1/nodes/register", messages::REGISTER, body)
+            .await?
+        {
             (200, b) => {
                 self.learn(&b);
                 Ok(())
             }
-            (s, b) => Err(format!("registration refused ({s}): {}", String::from_utf8_lossy(&b))),
+            (s, b) => Err(format!(
+                "registration refused ({s}): {}",
+                String::from_utf8_lossy(&b)
+            )),
         }
     }
 
@@ -139,17 +150,27 @@ impl HubClient {
             bytes_out: self.metrics.bytes_out.get(),
         };
         let body = serde_json::to_vec(&hb).map_err(|e| e.to_string())?;
-        match self.post("/v1/nodes/heartbeat", messages::HEARTBEAT, body).await? {
+        match self
+            .post("/v1/nodes/heartbeat", messages::HEARTBEAT, body)
+            .await?
+        {
             (200, b) => {
                 self.learn(&b);
                 Ok(true)
             }
             (404, _) => Ok(false),
-            (s, b) => Err(format!("heartbeat refused ({s}): {}", String::from_utf8_lossy(&b))),
+            (s, b) => Err(format!(
+                "heartbeat refused ({s}): {}",
+                String::from_utf8_lossy(&b)
+            )),
         }
     }
 
-    async fn claim(&self, epoch: u64, acks: Vec<(String, meshcast_control::receipt::Ack)>) -> Outcome {
+    async fn claim(
+        &self,
+        epoch: u64,
+        acks: Vec<(String, meshcast_control::receipt::Ack)>,
+    ) -> Outcome {
         let committed = build_claim(epoch, self.book.epoch_ms / 1000, acks);
         let body = match serde_json::to_vec(&committed.claim) {
             Ok(b) => b,
@@ -163,7 +184,9 @@ impl HubClient {
             Ok((409 | 422, b)) => {
                 return Outcome::Final(serde_json::from_slice(&b).unwrap_or_default())
             }
-            Ok((s, b)) => return Outcome::Retry(format!("claim ({s}): {}", String::from_utf8_lossy(&b))),
+            Ok((s, b)) => {
+                return Outcome::Retry(format!("claim ({s}): {}", String::from_utf8_lossy(&b)))
+            }
             Err(e) => return Outcome::Retry(e),
         };
         let opening: Opening = match committed.open(&challenge.indices) {
@@ -175,7 +198,9 @@ impl HubClient {
             Err(e) => return Outcome::Retry(e.to_string()),
         };
         match self.post("/v1/claims/open", messages::OPENING, body).await {
-            Ok((200 | 409 | 422, b)) => Outcome::Final(serde_json::from_slice(&b).unwrap_or_default()),
+            Ok((200 | 409 | 422, b)) => {
+                Outcome::Final(serde_json::from_slice(&b).unwrap_or_default())
+            }
             Ok((s, b)) => Outcome::Retry(format!("opening ({s}): {}", String::from_utf8_lossy(&b))),
             Err(e) => Outcome::Retry(e),
         }
@@ -245,7 +270,12 @@ impl HubClient {
                 match result {
                     Ok(()) => {
                         backoff = Duration::from_secs(1);
-                        next_beat = now + if registered { self.heartbeat } else { Duration::ZERO };
+                        next_beat = now
+                            + if registered {
+                                self.heartbeat
+                            } else {
+                                Duration::ZERO
+                            };
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the hub; serving on, acks stay in the log");
