@@ -9,6 +9,7 @@ use crate::openloop::percentile;
 use crate::origin::Origin;
 use crate::servers::{self, Server};
 use crate::Common;
+use meshcast_player::Client;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -29,29 +30,27 @@ struct Viewer {
 
 const MAX_BUFFER_SEGMENTS: f64 = 3.0;
 
-async fn fetch(client: &reqwest::Client, url: &str) -> Option<(usize, Duration)> {
+/// Fetches through the player library (`meshcast play`'s client), which
+/// also checks any `Meshcast-Receipt` against the bytes that arrived.
+async fn fetch(client: &mut Client, url: &str) -> Option<(usize, Duration)> {
     let t = Instant::now();
-    let r = client.get(url).send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    let b = r.bytes().await.ok()?;
+    let url = url::Url::parse(url).ok()?;
+    let b = client.get(&url).await.ok()?;
     Some((b.len(), t.elapsed()))
 }
 
 async fn viewer(base: String, seg_secs: f64, segments: usize) -> Viewer {
-    let client = reqwest::Client::new();
     let mut v = Viewer::default();
+    let Ok(base_url) = url::Url::parse(&base) else {
+        return Viewer { failed: true, ..v };
+    };
+    let mut client = Client::plain(reqwest::Client::new(), base_url);
     let t0 = Instant::now();
-    let Some(master) = client
-        .get(format!("{base}/hls/master.m3u8"))
-        .send()
+    let Some(text) = client
+        .get(&url::Url::parse(&format!("{base}/hls/master.m3u8")).expect("a valid base"))
         .await
         .ok()
     else {
-        return Viewer { failed: true, ..v };
-    };
-    let Ok(text) = master.bytes().await else {
         return Viewer { failed: true, ..v };
     };
     let Ok(parsed) = m3u8_rs::parse_master_playlist_res(&text) else {
@@ -84,7 +83,7 @@ async fn viewer(base: String, seg_secs: f64, segments: usize) -> Viewer {
         };
         let (bandwidth, prefix) = &rungs[pick];
         let url = format!("{base}/hls/{prefix}seg_{i:05}.m4s");
-        let Some((bytes, took)) = fetch(&client, &url).await else {
+        let Some((bytes, took)) = fetch(&mut client, &url).await else {
             return Viewer { failed: true, ..v };
         };
         let sample = bytes as f64 * 8.0 / took.as_secs_f64().max(1e-6);

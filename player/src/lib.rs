@@ -56,7 +56,10 @@ pub struct Report {
     pub seconds: f64,
 }
 
-struct Session {
+/// One viewer's connection to an edge: fetches, receipt checks, and (with
+/// a session key) acks in batches. `play` drives it like a player; the
+/// loadtest's simulated viewers drive it with their own ABR and buffer.
+pub struct Client {
     http: reqwest::Client,
     key: Option<SigningKey>,
     token: Option<String>,
@@ -91,8 +94,27 @@ fn session_key() -> Result<SigningKey, PlayError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-impl Session {
-    async fn get(&mut self, url: &Url) -> Result<Vec<u8>, PlayError> {
+impl Client {
+    /// A client without token or session key: fetches and checks any
+    /// receipt that comes, acknowledges nothing.
+    pub fn plain(http: reqwest::Client, base: Url) -> Client {
+        Client {
+            http,
+            key: None,
+            token: None,
+            pending: Vec::new(),
+            base,
+            batch: 16,
+            report: Report::default(),
+        }
+    }
+
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// GETs `url`; checks its receipt (if any) and queues its ack.
+    pub async fn get(&mut self, url: &Url) -> Result<Vec<u8>, PlayError> {
         let fail = |reason: String| PlayError::Fetch {
             url: url.to_string(),
             reason,
@@ -161,7 +183,8 @@ impl Session {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), PlayError> {
+    /// Sends the queued acks.
+    pub async fn flush(&mut self) -> Result<(), PlayError> {
         let (Some(key), Some(token)) = (&self.key, &self.token) else {
             return Ok(());
         };
@@ -262,7 +285,7 @@ fn parse(url: &Url, body: &[u8]) -> Result<Playlist, PlayError> {
 }
 
 /// Plays a media playlist: init segment, then every segment.
-async fn play_media(s: &mut Session, url: &Url, realtime: bool) -> Result<(), PlayError> {
+async fn play_media(s: &mut Client, url: &Url, realtime: bool) -> Result<(), PlayError> {
     let body = s.get(url).await?;
     let Playlist::MediaPlaylist(media) = parse(url, &body)? else {
         return Err(PlayError::Playlist {
@@ -328,7 +351,7 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
         token = Some(t);
         key = Some(k);
     }
-    let mut s = Session {
+    let mut s = Client {
         http,
         key,
         token,

@@ -1,0 +1,172 @@
+//! Transactions and blocks, and what a signature covers.
+//!
+//! A transaction's signed bytes are a domain tag followed by the JSON of
+//! its body. serde_json writes struct fields in declaration order and the
+//! body holds no maps, so the encoding is deterministic for a given body;
+//! it is also what a user can read in `meshcast ledger tx` output.
+
+use crate::{hex32, hex64, Address};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+const TX_DOMAIN: &[u8] = b"meshcast-ledger-tx-v1\n";
+const VOTE_DOMAIN: &[u8] = b"meshcast-ledger-vote-v1\n";
+
+/// Paid work a reward is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    /// Bytes delivered to viewers (a settled delivery epoch).
+    Delivery { bytes: u64 },
+    /// Bytes stored for an hour, summed.
+    Storage { byte_hours: u64 },
+    /// Seconds of output video transcoded.
+    Transcode { seconds: u64 },
+}
+
+/// A validator's signature on a block at a height and round; two of them
+/// for different blocks at the same height and round are evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedVote {
+    pub height: u64,
+    pub round: u32,
+    #[serde(with = "hex32")]
+    pub block: [u8; 32],
+    #[serde(with = "hex64")]
+    pub sig: [u8; 64],
+}
+
+impl SignedVote {
+    pub fn message(height: u64, round: u32, block: &[u8; 32]) -> Vec<u8> {
+        let mut m = VOTE_DOMAIN.to_vec();
+        m.extend_from_slice(&height.to_be_bytes());
+        m.extend_from_slice(&round.to_be_bytes());
+        m.extend_from_slice(block);
+        m
+    }
+
+    pub fn sign(key: &SigningKey, height: u64, round: u32, block: [u8; 32]) -> SignedVote {
+        let sig = key.sign(&Self::message(height, round, &block)).to_bytes();
+        SignedVote {
+            height,
+            round,
+            block,
+            sig,
+        }
+    }
+
+    pub fn verify(&self, by: &Address) -> bool {
+        VerifyingKey::from_bytes(by).is_ok_and(|k| {
+            k.verify_strict(
+                &Self::message(self.height, self.round, &self.block),
+                &Signature::from_bytes(&self.sig),
+            )
+            .is_ok()
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    /// Two votes by the offender for different blocks at one height and round.
+    DoubleSign { a: SignedVote, b: SignedVote },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Action {
+    Transfer {
+        #[serde(with = "hex32")]
+        to: Address,
+        amount: u64,
+    },
+    /// Balance → the sender's escrow, from which its content's work is paid.
+    Deposit { amount: u64 },
+    /// Balance → stake (nodes and validators).
+    Bond { amount: u64 },
+    /// Stake → unbonding; back to the balance after the unbond delay.
+    Unbond { amount: u64 },
+    /// Pays `node` from `payer`'s escrow for `work`, at the genesis price.
+    /// Only an authority (a HUB) may send it; `reference` (e.g. the
+    /// delivery epoch it settles) is paid at most once.
+    Reward {
+        #[serde(with = "hex32")]
+        payer: Address,
+        #[serde(with = "hex32")]
+        node: Address,
+        work: Work,
+        reference: String,
+    },
+    /// Burns a share of `offender`'s stake; each evidence counts once.
+    Slash {
+        #[serde(with = "hex32")]
+        offender: Address,
+        evidence: Evidence,
+    },
+}
+
+/// What the sender signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxBody {
+    pub chain_id: String,
+    #[serde(with = "hex32")]
+    pub from: Address,
+    pub nonce: u64,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tx {
+    #[serde(flatten)]
+    pub body: TxBody,
+    #[serde(with = "hex64")]
+    pub sig: [u8; 64],
+}
+
+impl TxBody {
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut m = TX_DOMAIN.to_vec();
+        m.extend_from_slice(&serde_json::to_vec(self).expect("a tx body always serializes"));
+        m
+    }
+
+    pub fn sign(self, key: &SigningKey) -> Tx {
+        debug_assert_eq!(key.verifying_key().to_bytes(), self.from);
+        let sig = key.sign(&self.signed_bytes()).to_bytes();
+        Tx { body: self, sig }
+    }
+}
+
+impl Tx {
+    pub fn verify_signature(&self) -> bool {
+        VerifyingKey::from_bytes(&self.body.from).is_ok_and(|k| {
+            k.verify_strict(&self.body.signed_bytes(), &Signature::from_bytes(&self.sig))
+                .is_ok()
+        })
+    }
+
+    /// BLAKE3 of the signed transaction, its id.
+    pub fn hash(&self) -> [u8; 32] {
+        let mut m = self.body.signed_bytes();
+        m.extend_from_slice(&self.sig);
+        blake3::hash(&m).into()
+    }
+}
+
+/// An ordered batch of transactions at a height (as consensus decided it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub height: u64,
+    /// Unix milliseconds, from the proposer.
+    pub time_ms: u64,
+    #[serde(with = "hex32")]
+    pub proposer: Address,
+    pub txs: Vec<Tx>,
+}
+
+impl Block {
+    pub fn hash(&self) -> [u8; 32] {
+        blake3::hash(&serde_json::to_vec(self).expect("a block always serializes")).into()
+    }
+}
