@@ -336,6 +336,26 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
         "{v}"
     );
 
+    // Public tokens are rate-limited per client address (30 a minute).
+    let client = reqwest::Client::new();
+    let mut limited = None;
+    for i in 0..40 {
+        let r = client
+            .post(net.hub.url(&format!("/v1/videos/{}/tokens", net.id)))
+            .json(&json!({"session": hex::encode(spk)}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited = Some((i, r.text().await.unwrap()));
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    let (i, why) = limited.expect("never rate-limited");
+    assert!((25..=31).contains(&i), "limited after {i}");
+    assert!(why.contains("tokens a minute"), "{why}");
+
     // The one good ack is all that is credited; the refused ones show up
     // as such at the edge.
     wait_credit(&net.hub, &net.node, receipt.receipt.len).await;

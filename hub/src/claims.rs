@@ -60,6 +60,7 @@ fn reject(hub: &Hub, node: &str, claim: &Claim, e: AuditError) -> Response {
         opened: 0,
         reason: Some(e.to_string()),
         over_budget: Vec::new(),
+        per_prefix: Vec::new(),
     };
     if let Err(err) = hub.registry.settle(&s, &[]) {
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, err);
@@ -171,6 +172,13 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     if let Some(e) = spent_err.take() {
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, e);
     }
+    let mut per_prefix: Vec<(String, u64)> = Vec::new();
+    for (t, (_, bytes)) in checked.tokens.iter().zip(&credit.per_token) {
+        match per_prefix.iter_mut().find(|(p, _)| *p == t.prefix) {
+            Some((_, b)) => *b += bytes,
+            None => per_prefix.push((t.prefix.clone(), *bytes)),
+        }
+    }
     let s = Settlement {
         node: node.clone(),
         epoch: claim.epoch,
@@ -181,6 +189,7 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         opened: pending.challenge.len() as u64,
         reason: None,
         over_budget: credit.over_budget,
+        per_prefix,
     };
     let token_credits: Vec<(String, u64)> = credit
         .per_token

@@ -15,6 +15,7 @@ mod nodes;
 mod origin;
 mod player;
 mod registry;
+pub mod rewards;
 mod tokens;
 mod tus;
 pub mod tus_client;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 pub use catalog::{Policy, Status, VideoRecord};
 use meshcast_control::identity::NodeKey;
 use meshcast_control::messages::Issuer;
+pub use registry::Settlement;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {

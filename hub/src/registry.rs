@@ -54,6 +54,9 @@ pub struct Settlement {
     pub opened: u64,
     pub reason: Option<String>,
     pub over_budget: Vec<String>,
+    /// Bytes credited per token prefix (`/v/{id}/`): whose content it was.
+    #[serde(default)]
+    pub per_prefix: Vec<(String, u64)>,
 }
 
 pub struct Registry {

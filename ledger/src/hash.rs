@@ -69,9 +69,20 @@ pub fn prove_account(state: &State, address: &Address) -> Option<(Account, Accou
     ))
 }
 
-pub fn verify_account(app_hash: [u8; 32], address: &Address, account: &Account, p: &AccountProof) -> bool {
+pub fn verify_account(
+    app_hash: [u8; 32],
+    address: &Address,
+    account: &Account,
+    p: &AccountProof,
+) -> bool {
     let Ok(proof) = hex::decode(&p.proof) else {
         return false;
     };
-    merkle::verify(app_hash, &[p.index], &[account_leaf(address, account)], p.total, &proof)
+    merkle::verify(
+        app_hash,
+        &[p.index],
+        &[account_leaf(address, account)],
+        p.total,
+        &proof,
+    )
 }

@@ -31,7 +31,11 @@ impl Account {
         self.balance as u128
             + self.escrow as u128
             + self.stake as u128
-            + self.unbonding.iter().map(|u| u.amount as u128).sum::<u128>()
+            + self
+                .unbonding
+                .iter()
+                .map(|u| u.amount as u128)
+                .sum::<u128>()
     }
 }
 
@@ -302,11 +306,15 @@ impl State {
                 }
                 let p = &self.params;
                 let amount = match work {
-                    Work::Delivery { bytes } => price(*bytes, p.delivery_price_per_gb, 1_000_000_000)?,
+                    Work::Delivery { bytes } => {
+                        price(*bytes, p.delivery_price_per_gb, 1_000_000_000)?
+                    }
                     Work::Storage { byte_hours } => {
                         price(*byte_hours, p.storage_price_per_gb_hour, 1_000_000_000)?
                     }
-                    Work::Transcode { seconds } => price(*seconds, p.transcode_price_per_second, 1)?,
+                    Work::Transcode { seconds } => {
+                        price(*seconds, p.transcode_price_per_second, 1)?
+                    }
                 };
                 let payer_acct = s.get(self, payer)?;
                 payer_acct.escrow = sub("payer's escrow", payer_acct.escrow, amount)?;
@@ -317,7 +325,9 @@ impl State {
             Action::Slash { offender, evidence } => {
                 let Evidence::DoubleSign { a, b } = evidence;
                 if a.height != b.height || a.round != b.round {
-                    return Err(TxError::BadEvidence("the votes are for different heights or rounds"));
+                    return Err(TxError::BadEvidence(
+                        "the votes are for different heights or rounds",
+                    ));
                 }
                 if a.block == b.block {
                     return Err(TxError::BadEvidence("both votes are for the same block"));
@@ -350,8 +360,10 @@ impl State {
     fn release(&mut self, height: u64, changed: &mut BTreeSet<Address>) {
         for (address, acct) in self.accounts.iter_mut() {
             if acct.unbonding.iter().any(|u| u.release_height <= height) {
-                let (due, wait): (Vec<_>, Vec<_>) =
-                    acct.unbonding.drain(..).partition(|u| u.release_height <= height);
+                let (due, wait): (Vec<_>, Vec<_>) = acct
+                    .unbonding
+                    .drain(..)
+                    .partition(|u| u.release_height <= height);
                 acct.unbonding = wait;
                 acct.balance += due.iter().map(|u| u.amount).sum::<u64>();
                 changed.insert(*address);

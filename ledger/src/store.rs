@@ -102,10 +102,15 @@ impl Store {
                 for row in txn.open_table(ACCOUNTS).map_err(err)?.iter().map_err(err)? {
                     let (k, v) = row.map_err(err)?;
                     let a: Address = k.value().try_into().map_err(|_| err("bad account key"))?;
-                    state.accounts.insert(a, serde_json::from_slice::<Account>(v.value()).map_err(err)?);
+                    state.accounts.insert(
+                        a,
+                        serde_json::from_slice::<Account>(v.value()).map_err(err)?,
+                    );
                 }
                 for row in txn.open_table(SETTLED).map_err(err)?.iter().map_err(err)? {
-                    state.settled.insert(row.map_err(err)?.0.value().to_string());
+                    state
+                        .settled
+                        .insert(row.map_err(err)?.0.value().to_string());
                 }
                 state.height = meta.height;
                 state.supply = meta.supply;
@@ -117,7 +122,12 @@ impl Store {
     }
 
     /// Writes a block, its result and the state it produced, atomically.
-    pub fn commit(&self, block: &Block, result: &BlockResult, state: &State) -> Result<(), StoreError> {
+    pub fn commit(
+        &self,
+        block: &Block,
+        result: &BlockResult,
+        state: &State,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut accounts = txn.open_table(ACCOUNTS).map_err(err)?;
@@ -143,7 +153,10 @@ impl Store {
             };
             txn.open_table(BLOCKS)
                 .map_err(err)?
-                .insert(block.height, serde_json::to_vec(&stored).map_err(err)?.as_slice())
+                .insert(
+                    block.height,
+                    serde_json::to_vec(&stored).map_err(err)?.as_slice(),
+                )
                 .map_err(err)?;
             let meta = Meta {
                 chain_id: state.chain_id.clone(),

@@ -74,8 +74,23 @@ fn refusal(state: &State, t: &Tx) -> String {
 #[test]
 fn every_bad_transaction_is_refused_with_a_reason() {
     let s = State::from_genesis(&genesis()).unwrap();
-    let mut forged = tx(&s, 1, Action::Transfer { to: addr(2), amount: 5 });
-    forged.sig = tx(&s, 2, Action::Transfer { to: addr(2), amount: 5 }).sig;
+    let mut forged = tx(
+        &s,
+        1,
+        Action::Transfer {
+            to: addr(2),
+            amount: 5,
+        },
+    );
+    forged.sig = tx(
+        &s,
+        2,
+        Action::Transfer {
+            to: addr(2),
+            amount: 5,
+        },
+    )
+    .sig;
     assert!(refusal(&s, &forged).contains("signature"));
     let mut other_chain = TxBody {
         chain_id: "elsewhere".into(),
@@ -93,19 +108,49 @@ fn every_bad_transaction_is_refused_with_a_reason() {
     }
     .sign(&key(7));
     assert!(refusal(&s, &stranger).contains("unknown account"));
-    assert!(refusal(&s, &tx(&s, 1, Action::Transfer { to: addr(2), amount: 1001 })).contains("balance: 1001 needed, 1000 available"));
+    assert!(refusal(
+        &s,
+        &tx(
+            &s,
+            1,
+            Action::Transfer {
+                to: addr(2),
+                amount: 1001
+            }
+        )
+    )
+    .contains("balance: 1001 needed, 1000 available"));
     assert!(refusal(&s, &tx(&s, 4, Action::Unbond { amount: 501 })).contains("unbond beyond stake"));
     assert!(refusal(&s, &tx(&s, 1, Action::Bond { amount: 0 })).contains("more than 0"));
-    let reward = Action::Reward { payer: addr(1), node: addr(2), work: Work::Delivery { bytes: 1 << 30 }, reference: "e1".into() };
+    let reward = Action::Reward {
+        payer: addr(1),
+        node: addr(2),
+        work: Work::Delivery { bytes: 1 << 30 },
+        reference: "e1".into(),
+    };
     assert!(refusal(&s, &tx(&s, 1, reward.clone())).contains("not an authority"));
     assert!(refusal(&s, &tx(&s, 9, reward)).contains("payer's escrow"));
 
     // Replayed nonce: the same transaction twice.
     let mut s = s;
-    let t = tx(&s, 1, Action::Transfer { to: addr(2), amount: 10 });
+    let t = tx(
+        &s,
+        1,
+        Action::Transfer {
+            to: addr(2),
+            amount: 10,
+        },
+    );
     let r = s.apply_block(&block(&s, vec![t.clone(), t.clone()]));
     assert_eq!(r.results[0], None);
-    assert!(r.results[1].as_ref().unwrap().contains("nonce 0 is not the next one (1)"), "{:?}", r.results);
+    assert!(
+        r.results[1]
+            .as_ref()
+            .unwrap()
+            .contains("nonce 0 is not the next one (1)"),
+        "{:?}",
+        r.results
+    );
     assert!(refusal(&s, &t).contains("replayed"));
     assert_eq!(s.account(&addr(1)).unwrap().balance, 990);
 }
@@ -121,7 +166,14 @@ fn rewards_unbonding_and_slashing() {
     let r = s.apply_block(&block(&s, txs));
     assert_eq!(r.results, vec![None, None]);
     // 5 GB delivered at 100 µMESH/GB = 500 from 1's escrow to node 3.
-    let pay = Action::Reward { payer: addr(1), node: addr(3), work: Work::Delivery { bytes: 5_000_000_000 }, reference: "delivery/node3/epoch7".into() };
+    let pay = Action::Reward {
+        payer: addr(1),
+        node: addr(3),
+        work: Work::Delivery {
+            bytes: 5_000_000_000,
+        },
+        reference: "delivery/node3/epoch7".into(),
+    };
     let r = s.apply_block(&block(&s, vec![tx(&s, 9, pay.clone())]));
     assert_eq!(r.results, vec![None]);
     assert_eq!(s.account(&addr(1)).unwrap().escrow, 100);
@@ -138,15 +190,64 @@ fn rewards_unbonding_and_slashing() {
     let a = SignedVote::sign(&key(4), 9, 0, [1; 32]);
     let b = SignedVote::sign(&key(4), 9, 0, [2; 32]);
     let same = SignedVote::sign(&key(4), 9, 0, [1; 32]);
-    let evidence = Evidence::DoubleSign { a: a.clone(), b: b.clone() };
-    assert!(refusal(&s, &tx(&s, 2, Action::Slash { offender: addr(4), evidence: Evidence::DoubleSign { a: a.clone(), b: same } })).contains("same block"));
-    assert!(refusal(&s, &tx(&s, 2, Action::Slash { offender: addr(3), evidence: evidence.clone() })).contains("not signed by the offender"));
-    let r = s.apply_block(&block(&s, vec![tx(&s, 2, Action::Slash { offender: addr(4), evidence: evidence.clone() })]));
+    let evidence = Evidence::DoubleSign {
+        a: a.clone(),
+        b: b.clone(),
+    };
+    assert!(refusal(
+        &s,
+        &tx(
+            &s,
+            2,
+            Action::Slash {
+                offender: addr(4),
+                evidence: Evidence::DoubleSign {
+                    a: a.clone(),
+                    b: same
+                }
+            }
+        )
+    )
+    .contains("same block"));
+    assert!(refusal(
+        &s,
+        &tx(
+            &s,
+            2,
+            Action::Slash {
+                offender: addr(3),
+                evidence: evidence.clone()
+            }
+        )
+    )
+    .contains("not signed by the offender"));
+    let r = s.apply_block(&block(
+        &s,
+        vec![tx(
+            &s,
+            2,
+            Action::Slash {
+                offender: addr(4),
+                evidence: evidence.clone(),
+            },
+        )],
+    ));
     assert_eq!(r.results, vec![None]);
     assert_eq!(s.account(&addr(4)).unwrap().stake, 270);
     assert_eq!(s.supply, supply - 30);
     assert_eq!(s.total_holdings(), s.supply);
-    assert!(refusal(&s, &tx(&s, 2, Action::Slash { offender: addr(4), evidence })).contains("already settled"));
+    assert!(refusal(
+        &s,
+        &tx(
+            &s,
+            2,
+            Action::Slash {
+                offender: addr(4),
+                evidence
+            }
+        )
+    )
+    .contains("already settled"));
 }
 
 #[test]
@@ -160,7 +261,14 @@ fn store_round_trip_and_balance_proofs() {
     let mut last = [0u8; 32];
     let mut hashes = Vec::new();
     for i in 0..5u64 {
-        let t = tx(&s, 1, Action::Transfer { to: addr(2), amount: 1 + i });
+        let t = tx(
+            &s,
+            1,
+            Action::Transfer {
+                to: addr(2),
+                amount: 1 + i,
+            },
+        );
         hashes.push(hex::encode(t.hash()));
         let b = block(&s, vec![t]);
         let r = s.apply_block(&b);
@@ -190,14 +298,35 @@ fn action_strategy() -> impl Strategy<Value = (u8, Action)> {
     let who = 1u8..=5; // 5 has no account
     let amount = 0u64..1500;
     prop_oneof![
-        (who.clone(), 1u8..=6, amount.clone()).prop_map(|(f, t, a)| (f, Action::Transfer { to: addr(t), amount: a })),
+        (who.clone(), 1u8..=6, amount.clone()).prop_map(|(f, t, a)| (
+            f,
+            Action::Transfer {
+                to: addr(t),
+                amount: a
+            }
+        )),
         (who.clone(), amount.clone()).prop_map(|(f, a)| (f, Action::Deposit { amount: a })),
         (who.clone(), amount.clone()).prop_map(|(f, a)| (f, Action::Bond { amount: a })),
         (who.clone(), amount.clone()).prop_map(|(f, a)| (f, Action::Unbond { amount: a })),
-        (1u8..=4, 1u8..=4, 0u64..20_000_000_000, 0u8..4).prop_map(|(p, n, b, r)| (9, Action::Reward {
-            payer: addr(p), node: addr(n), work: Work::Delivery { bytes: b }, reference: format!("r{r}") })),
-        (1u8..=4, 0u8..3).prop_map(|(o, h)| (2, Action::Slash { offender: addr(o), evidence: Evidence::DoubleSign {
-            a: SignedVote::sign(&key(o), h as u64, 0, [1; 32]), b: SignedVote::sign(&key(o), h as u64, 0, [2; 32]) } })),
+        (1u8..=4, 1u8..=4, 0u64..20_000_000_000, 0u8..4).prop_map(|(p, n, b, r)| (
+            9,
+            Action::Reward {
+                payer: addr(p),
+                node: addr(n),
+                work: Work::Delivery { bytes: b },
+                reference: format!("r{r}")
+            }
+        )),
+        (1u8..=4, 0u8..3).prop_map(|(o, h)| (
+            2,
+            Action::Slash {
+                offender: addr(o),
+                evidence: Evidence::DoubleSign {
+                    a: SignedVote::sign(&key(o), h as u64, 0, [1; 32]),
+                    b: SignedVote::sign(&key(o), h as u64, 0, [2; 32])
+                }
+            }
+        )),
     ]
 }
 
