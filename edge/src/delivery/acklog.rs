@@ -85,8 +85,21 @@ pub fn replay(path: &Path) -> std::io::Result<Vec<(String, Ack)>> {
         at += 20 + len;
     }
     if at < bytes.len() {
-        tracing::warn!(file = %path.display(), kept = at, dropped = bytes.len() - at,
-            "cut a torn record from the ack log (written, never acknowledged)");
+        // A record cut short by a crash was never acknowledged: drop it.
+        // Anything else (a whole record failing its checksum) is damage;
+        // keep a copy of the file for the operator before cutting.
+        let torn = bytes.len() - at < 20
+            || 20 + u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize
+                > bytes.len() - at;
+        if torn {
+            tracing::warn!(file = %path.display(), kept = at, dropped = bytes.len() - at,
+                "cut a torn record from the ack log (written, never acknowledged)");
+        } else {
+            let copy = path.with_extension(format!("log.damaged-at-{at}"));
+            std::fs::copy(path, &copy)?;
+            tracing::error!(file = %path.display(), kept = at, copy = %copy.display(),
+                "ack log record failed its checksum; kept a copy, serving on with the records before it");
+        }
         OpenOptions::new()
             .write(true)
             .open(path)?
@@ -165,7 +178,15 @@ fn writer(dir: PathBuf, rx: mpsc::Receiver<Job>, fsyncs: prometheus::IntCounter)
                             .open(log_path(&dir, epoch))
                             .map(|f| v.insert(f)),
                     }
-                    .and_then(|f| f.write_all(&record));
+                    .and_then(|f| {
+                        // A record half-written must not sit in front of
+                        // later ones (replay stops at the first bad record):
+                        // cut the file back to where this record began.
+                        let before = f.metadata()?.len();
+                        f.write_all(&record).inspect_err(|_| {
+                            let _ = f.set_len(before);
+                        })
+                    });
                     if let Err(e) = result {
                         failed.insert(epoch, e.to_string());
                     }
@@ -196,5 +217,42 @@ fn writer(dir: PathBuf, rx: mpsc::Receiver<Job>, fsyncs: prometheus::IntCounter)
             };
             let _ = done.send(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshcast_control::identity::NodeKey;
+    use meshcast_control::receipt::ReceiptSigner;
+
+    #[test]
+    fn replay_keeps_whole_records_and_cuts_a_torn_tail() {
+        let edge = ReceiptSigner::new(NodeKey::from_seed([1; 32]));
+        let session = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+        let ack = |i: u64| Ack::sign(&session, edge.sign([0; 16], [0; 32], "/v/a/1.m4s", 0, 100 + i, i, i));
+        let dir = std::env::temp_dir().join(format!("meshcast-acklog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = log_path(&dir, 5);
+        let mut bytes = encode("tok-a", &[ack(1), ack(2)]);
+        bytes.extend(encode("tok-b", &[ack(3)]));
+        let whole = bytes.len() as u64;
+        let third = encode("tok-c", &[ack(4)]);
+        bytes.extend_from_slice(&third[..third.len() / 2]);
+        std::fs::write(&path, &bytes).unwrap();
+        let back = replay(&path).unwrap();
+        let tokens: Vec<&str> = back.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(tokens, ["tok-a", "tok-a", "tok-b"]);
+        assert_eq!(back[2].1, ack(3));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+        // A flipped byte inside a record ends the replay there too, and the
+        // damaged file is kept aside.
+        let mut bad = std::fs::read(&path).unwrap();
+        bad[30] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(replay(&path).unwrap().is_empty());
+        assert_eq!(std::fs::read(path.with_extension("log.damaged-at-0")).unwrap(), bad);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
