@@ -3,6 +3,7 @@
 
 mod demo_origin;
 mod keys;
+mod ledger_cmd;
 mod play;
 mod up;
 
@@ -94,6 +95,11 @@ enum Command {
         #[arg(long, default_value_t = 10_000_000_000)]
         budget: u64,
     },
+    /// The BFT-replicated ledger the HUBs run.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Key material: `meshcast keys cert --host NAME... --out DIR`.
     Keys {
         #[command(subcommand)]
@@ -105,6 +111,19 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Write a genesis file and one home per validator.
+    Init {
+        #[arg(long, default_value_t = 1)]
+        validators: usize,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "meshcast-local")]
+        chain_id: String,
     },
 }
 
@@ -225,6 +244,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Ledger {
+            command:
+                LedgerCommand::Init {
+                    validators,
+                    dir,
+                    chain_id,
+                },
+        } => ledger_cmd::init(validators, &dir, &chain_id),
         Command::DemoOrigin { dir, listen } => {
             init_tracing("info");
             demo_origin::run(dir, &listen)

@@ -161,6 +161,22 @@ async fn meshcast_play_acks_are_credited_exactly_across_crashes() {
     net.hub.launch().await;
     let n = node_record(&net.hub, &net.node).await.unwrap();
     assert_eq!(n["credited_bytes"].as_u64(), Some(bytes), "{n}");
+
+    // --realtime takes about the video's length (4 s), not as fast as it
+    // can; with the token from before it checks receipts but sends no acks.
+    let t = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+        .args(["play", "--realtime", &token_path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t.elapsed() >= Duration::from_secs(3), "{:?}", t.elapsed());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("receipts checked, 0 acks sent"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 mod edge;
 mod error;
 mod hub;
+mod ledger;
 mod load;
 mod spans;
 mod units;
@@ -17,4 +18,5 @@ pub use edge::{
 };
 pub use error::ConfError;
 pub use hub::{default_ladder, HubConfig, HubLog, HubSection, RungConfig, TranscodeSection};
+pub use ledger::{LedgerConfig, LedgerSection};
 pub use units::{parse_byte_size, parse_duration, ByteSize, Seconds};

@@ -78,6 +78,7 @@ mod tests {
                 },
             ],
             authorities: vec![hex::encode(hub_pk)],
+            validators: vec![],
         };
         let mut state = State::from_genesis(&g).unwrap();
         let deposit = |key: &SigningKey, nonce| {

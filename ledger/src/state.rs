@@ -70,6 +70,16 @@ pub struct Genesis {
     /// Keys allowed to send `Reward` (the HUBs).
     #[serde(default)]
     pub authorities: Vec<String>,
+    /// The validator set consensus starts with.
+    #[serde(default)]
+    pub validators: Vec<GenesisValidator>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenesisValidator {
+    #[serde(with = "hex32")]
+    pub address: Address,
+    pub power: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,6 +44,7 @@ fn genesis() -> Genesis {
         },
         accounts,
         authorities: vec![hex::encode(addr(9))],
+        validators: vec![],
     }
 }
 

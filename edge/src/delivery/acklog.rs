@@ -230,7 +230,12 @@ mod tests {
     fn replay_keeps_whole_records_and_cuts_a_torn_tail() {
         let edge = ReceiptSigner::new(NodeKey::from_seed([1; 32]));
         let session = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
-        let ack = |i: u64| Ack::sign(&session, edge.sign([0; 16], [0; 32], "/v/a/1.m4s", 0, 100 + i, i, i));
+        let ack = |i: u64| {
+            Ack::sign(
+                &session,
+                edge.sign([0; 16], [0; 32], "/v/a/1.m4s", 0, 100 + i, i, i),
+            )
+        };
         let dir = std::env::temp_dir().join(format!("meshcast-acklog-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -252,7 +257,10 @@ mod tests {
         bad[30] ^= 1;
         std::fs::write(&path, &bad).unwrap();
         assert!(replay(&path).unwrap().is_empty());
-        assert_eq!(std::fs::read(path.with_extension("log.damaged-at-0")).unwrap(), bad);
+        assert_eq!(
+            std::fs::read(path.with_extension("log.damaged-at-0")).unwrap(),
+            bad
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
