@@ -192,11 +192,11 @@ impl Client {
             return Ok(());
         }
         let mut acks = Vec::new();
-        let mut bytes = Vec::new();
-        for (header, _) in self.pending.drain(..) {
+        let mut urls = Vec::new();
+        for (header, url) in self.pending.drain(..) {
             let r =
                 SignedReceipt::from_header(&header).map_err(|e| PlayError::Hub(e.to_string()))?;
-            bytes.push(r.receipt.len);
+            urls.push(url);
             let ack = Ack::sign(key, r);
             acks.push(serde_json::json!({
                 "receipt": header,
@@ -229,10 +229,9 @@ impl Client {
         if let Some(refused) = v["refused"].as_array() {
             for r in refused {
                 let i = r["index"].as_u64().unwrap_or(0) as usize;
-                let _ = bytes.get(i);
-                self.report
-                    .refused
-                    .push(r["reason"].as_str().unwrap_or("?").to_string());
+                let url = urls.get(i).map_or("?", String::as_str);
+                let reason = r["reason"].as_str().unwrap_or("?");
+                self.report.refused.push(format!("{url}: {reason}"));
             }
         }
         Ok(())
