@@ -5,10 +5,14 @@
 //! state and block (`state.rs`); transactions are Ed25519-signed with a
 //! chain id and a nonce (`tx.rs`); the app hash is a BLAKE3 Merkle root over
 //! every account, so any node can prove a balance (`hash.rs`); `store.rs`
-//! keeps it in redb. Consensus (ordering blocks among HUBs) is not here:
-//! this crate must not open sockets or decide what goes in a block.
+//! keeps it in redb; `node.rs` holds the mempool and commits decided
+//! blocks; `api.rs` is the HTTP/JSON API as a router for the caller to
+//! bind. Consensus (ordering blocks among HUBs) is not here: this crate
+//! must not open sockets or decide what goes in a block.
 
+pub mod api;
 pub mod hash;
+pub mod node;
 pub mod state;
 pub mod store;
 pub mod tx;

@@ -231,11 +231,18 @@ impl State {
     /// Stateless checks and those against the current state, without
     /// changing it: what a node runs before taking a transaction.
     pub fn check(&self, tx: &Tx) -> Result<(), TxError> {
-        self.prepare(tx).map(|_| ())
+        self.prepare(tx, None).map(|_| ())
+    }
+
+    /// `check` for a transaction queued behind `queued` others from the
+    /// same sender: its nonce must be that far ahead; funds are checked
+    /// against the state as it is (the block decides the rest).
+    pub fn check_queued(&self, tx: &Tx, queued: u64) -> Result<(), TxError> {
+        self.prepare(tx, Some(queued)).map(|_| ())
     }
 
     /// Everything `tx` would change, or why it cannot apply.
-    fn prepare(&self, tx: &Tx) -> Result<Scratch, TxError> {
+    fn prepare(&self, tx: &Tx, queued: Option<u64>) -> Result<Scratch, TxError> {
         let b = &tx.body;
         if b.chain_id != self.chain_id {
             return Err(TxError::WrongChain {
@@ -250,9 +257,10 @@ impl State {
             .accounts
             .get(&b.from)
             .ok_or_else(|| TxError::UnknownAccount(short(&b.from)))?;
-        if b.nonce != acct.nonce {
+        let expected = acct.nonce + queued.unwrap_or(0);
+        if b.nonce != expected {
             return Err(TxError::BadNonce {
-                expected: acct.nonce,
+                expected,
                 got: b.nonce,
             });
         }
@@ -391,7 +399,7 @@ impl State {
         self.release(block.height, &mut changed);
         let mut results = Vec::with_capacity(block.txs.len());
         for tx in &block.txs {
-            match self.prepare(tx) {
+            match self.prepare(tx, None) {
                 Ok(scratch) => {
                     changed.extend(scratch.accounts.keys().copied());
                     settled.extend(scratch.settled.iter().cloned());
