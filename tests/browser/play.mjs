@@ -40,7 +40,18 @@ try {
     duration: document.getElementById('v').duration,
   }));
 } catch (e) {
-  result = { ended: false, errors: [String(e)], events: await page.evaluate(() => window.meshcast && window.meshcast.events).catch(() => null) };
+  // Where the player stood when it stalled: position, duration, and what
+  // each SourceBuffer range holds.
+  const where = await page.evaluate(() => {
+    const v = document.getElementById('v');
+    const ranges = (r) => Array.from({ length: r.length }, (_, i) => [r.start(i), r.end(i)]);
+    return {
+      events: window.meshcast && window.meshcast.events,
+      currentTime: v.currentTime, duration: v.duration, readyState: v.readyState,
+      buffered: ranges(v.buffered),
+    };
+  }).catch(() => ({}));
+  result = { ended: false, errors: [String(e)], ...where };
 }
 result.consoleErrors = consoleErrors;
 result.badRequests = badRequests;
