@@ -42,6 +42,39 @@ pub struct Output {
     pub source: SourceInfo,
 }
 
+/// A last segment shorter than this share of the target is folded into
+/// the one before it.
+const SHORT_TAIL: f64 = 0.25;
+
+/// Inspects a rendition; if its last segment is a sliver (AAC priming and
+/// padding leave one 1024-sample frame past the video's end), appends it to
+/// the previous segment (two fragments in one CMAF segment) and inspects
+/// again. A sliver starting after the presentation's end is a segment DASH
+/// players never fetch, and dash.js then never sees the track complete and
+/// stalls half a second before the end.
+fn inspect_merging_tail(
+    dir: &Path,
+    name: &str,
+    kind: RenditionKind,
+    target: f64,
+) -> Result<Rendition, TranscodeError> {
+    let r = inspect_rendition(dir, name, kind, target)?;
+    let n = r.segments.len();
+    if n < 2 || r.segments[n - 1].duration >= target * SHORT_TAIL {
+        return Ok(r);
+    }
+    let (prev, last) = (&r.segments[n - 2].file, &r.segments[n - 1].file);
+    let tail = std::fs::read(dir.join(last))?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join(prev))?;
+    std::io::Write::write_all(&mut f, &tail)?;
+    f.sync_all()?;
+    std::fs::remove_file(dir.join(last))?;
+    tracing::debug!(rendition = name, merged = %last, into = %prev, "folded a short last segment into the one before");
+    Ok(inspect_rendition(dir, name, kind, target)?)
+}
+
 /// Probes `input`, encodes the ladder into `out_dir`, verifies every
 /// segment and writes `master.m3u8`, per-rendition `index.m3u8` and
 /// `manifest.mpd`. `on_progress` gets the fraction done, 0.0 to 1.0.
@@ -58,7 +91,7 @@ pub async fn transcode(
     let segment = config.segment_duration.0.as_secs_f64();
     let mut renditions = Vec::new();
     for rung in &rungs {
-        renditions.push(inspect_rendition(
+        renditions.push(inspect_merging_tail(
             &out_dir.join(&rung.name),
             &rung.name,
             RenditionKind::Video,
@@ -66,7 +99,7 @@ pub async fn transcode(
         )?);
     }
     if source.has_audio {
-        renditions.push(inspect_rendition(
+        renditions.push(inspect_merging_tail(
             &out_dir.join("audio"),
             "audio",
             RenditionKind::Audio,

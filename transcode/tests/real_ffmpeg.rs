@@ -201,3 +201,74 @@ async fn bad_inputs_are_refused_with_reasons() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_sliver_of_audio_past_the_end_is_folded_into_the_last_segment() {
+    // 6 s at 48 kHz: AAC priming and padding leave 1024 samples past the
+    // third 2 s segment, which used to become a fourth, 21 ms segment.
+    let dir = scratch("tail");
+    let src = dir.join("src.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "6",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        src.to_str().unwrap(),
+    ]);
+    let out = transcode(&src, &dir.join("out"), &config(), |_| {})
+        .await
+        .unwrap();
+    let audio = out
+        .manifest
+        .renditions
+        .iter()
+        .find(|r| r.name == "audio")
+        .unwrap();
+    let durations: Vec<f64> = audio.segments.iter().map(|s| s.duration).collect();
+    assert_eq!(durations.len(), 3, "{durations:?}");
+    assert!(durations.iter().all(|d| *d > 1.9), "{durations:?}");
+    assert!(!dir.join("out/audio/seg_00004.m4s").exists());
+    // Every audio packet is still there, readable through the playlist.
+    let packets = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-count_packets",
+            "-show_entries",
+            "stream=nb_read_packets",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(dir.join("out/audio/index.m3u8"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&packets.stdout);
+    let n: u64 = text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|t| !t.is_empty())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "ffprobe said {text:?} {}",
+                String::from_utf8_lossy(&packets.stderr)
+            )
+        });
+    assert!(n >= 282, "{n} packets");
+    let mpd = std::fs::read_to_string(dir.join("out/manifest.mpd")).unwrap();
+    assert!(!mpd.contains("d=\"1024\""), "{mpd}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
