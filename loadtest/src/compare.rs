@@ -54,15 +54,17 @@ async fn warm(server: &Server) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure(
+/// One wrk run against `url` on `server`, with the server's CPU time per GB.
+pub fn measure_url(
     server: &Server,
-    path: &str,
-    o: &Options,
+    url: &str,
+    connections: usize,
+    secs: u64,
     dir: &std::path::Path,
 ) -> anyhow::Result<Cell> {
     let pids = server.pids();
     let cpu0 = procstat::cpu_seconds(&pids);
-    let r = wrk::run(&server.url(path), o.connections, o.duration, dir)?;
+    let r = wrk::run(url, connections, secs, dir)?;
     let cpu = procstat::cpu_seconds(&pids) - cpu0;
     Ok(Cell {
         rps: r.rps(),
@@ -77,6 +79,15 @@ fn measure(
         },
         errors: r.errors,
     })
+}
+
+fn measure(
+    server: &Server,
+    path: &str,
+    o: &Options,
+    dir: &std::path::Path,
+) -> anyhow::Result<Cell> {
+    measure_url(server, &server.url(path), o.connections, o.duration, dir)
 }
 
 pub async fn run(o: Options) -> anyhow::Result<()> {

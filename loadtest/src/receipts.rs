@@ -3,10 +3,11 @@
 //! (a receipt signed per response) and one without, measured A B A B with
 //! wrk on tokened URLs; the ratio is requests/s with receipts ÷ without.
 
+use crate::compare::measure_url;
 use crate::origin::Origin;
-use crate::report::{median, Cell};
+use crate::report::median;
 use crate::servers::{self, Server};
-use crate::{procstat, wrk, Common};
+use crate::Common;
 use meshcast_control::identity::NodeKey;
 use meshcast_control::token::{self, TokenClaims};
 use serde_json::json;
@@ -48,26 +49,6 @@ async fn edge(
     };
     let site = format!("[site.tokens]\npaths = [\"/\"]\nissuers = [\"{issuer}\"]\n{node}");
     servers::start_edge_with(&o.common, origin.addr, dir, &site).await
-}
-
-fn measure(server: &Server, url: &str, o: &Options, dir: &std::path::Path) -> anyhow::Result<Cell> {
-    let pids = server.pids();
-    let cpu0 = procstat::cpu_seconds(&pids);
-    let r = wrk::run(url, o.connections, o.duration, dir)?;
-    let cpu = procstat::cpu_seconds(&pids) - cpu0;
-    Ok(Cell {
-        rps: r.rps(),
-        mb_per_sec: r.mb_per_sec(),
-        p50_ms: r.p50_us as f64 / 1000.0,
-        p99_ms: r.p99_us as f64 / 1000.0,
-        p999_ms: r.p999_us as f64 / 1000.0,
-        cpu_s_per_gb: if r.bytes > 0 {
-            cpu / (r.bytes as f64 / 1e9)
-        } else {
-            0.0
-        },
-        errors: r.errors,
-    })
 }
 
 pub async fn run(o: Options) -> anyhow::Result<()> {
@@ -118,8 +99,14 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         }
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for _ in 0..o.rounds {
-            a.push(measure(&on, &url_on, &o, &dir)?);
-            b.push(measure(&off, &url_off, &o, &dir)?);
+            a.push(measure_url(&on, &url_on, o.connections, o.duration, &dir)?);
+            b.push(measure_url(
+                &off,
+                &url_off,
+                o.connections,
+                o.duration,
+                &dir,
+            )?);
         }
         rows.push((label, median(&a), median(&b)));
     }
