@@ -50,6 +50,12 @@ pub struct Challenge {
     pub indices: Vec<usize>,
 }
 
+/// Whether `key` is in `issuers` at all (for any prefix).
+pub fn issuer_known(issuers: &[Issuer], key: &[u8; 32]) -> bool {
+    let k = hex::encode(key);
+    issuers.iter().any(|i| i.key == k)
+}
+
 /// Whether `issuers` lets `key` sign a token for `prefix`.
 pub fn issuer_allows(issuers: &[Issuer], key: &[u8; 32], prefix: &str) -> bool {
     let k = hex::encode(key);

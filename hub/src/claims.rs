@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use meshcast_control::audit::{self, AuditError, Checked, Claim, Opening};
-use meshcast_control::messages::{self, issuer_allows, Challenge};
+use meshcast_control::messages::{self, issuer_allows, issuer_known, Challenge};
 use std::sync::Arc;
 
 pub fn routes() -> Router<Arc<Hub>> {
@@ -26,11 +26,7 @@ pub fn routes() -> Router<Arc<Hub>> {
 /// for the token's prefix.
 fn check(hub: &Hub, claim: &Claim) -> Result<Checked, AuditError> {
     let issuers = hub.issuers();
-    let checked = audit::check_claim(
-        claim,
-        |k| issuers.iter().any(|i| i.key == hex::encode(k)),
-        now_secs() * 1000,
-    )?;
+    let checked = audit::check_claim(claim, |k| issuer_known(&issuers, k), now_secs() * 1000)?;
     for (index, t) in checked.tokens.iter().enumerate() {
         if !issuer_allows(&issuers, &t.issuer, &t.prefix) {
             return Err(AuditError::Token {

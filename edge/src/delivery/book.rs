@@ -7,13 +7,12 @@ use crate::metrics::Metrics;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::VerifyingKey;
-use meshcast_control::messages::{issuer_allows, Issuer};
+use meshcast_control::messages::{issuer_allows, issuer_known, Issuer};
 use meshcast_control::receipt::{verify_acks, Ack, ReceiptSigner, SignedReceipt};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::RwLock;
 
@@ -158,10 +157,7 @@ impl Book {
                 ),
             ));
         }
-        let known = |k: &[u8; 32]| {
-            let k = hex::encode(k);
-            issuers.iter().any(|i| i.key == k)
-        };
+        let known = |k: &[u8; 32]| issuer_known(issuers, k);
         let allows = |k: &[u8; 32], p: &str| issuer_allows(issuers, k, p);
         let token = tokens
             .verify(&batch.token, &known, &allows)
@@ -324,5 +320,3 @@ pub fn content_id(etag: Option<&[u8]>, path: &str) -> [u8; 32] {
         None => blake3::derive_key("meshcast content v1 path", path.as_bytes()),
     }
 }
-
-pub type SharedBook = Arc<Book>;

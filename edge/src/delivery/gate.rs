@@ -2,7 +2,7 @@
 //! verification (cached: an Ed25519 check per request would cost more than
 //! serving a small object), prefix, expiry and the session's byte budget.
 
-use meshcast_control::messages::{issuer_allows, Issuer};
+use meshcast_control::messages::{issuer_allows, issuer_known, Issuer};
 use meshcast_control::token::{self, token_id, TokenClaims, TokenError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -133,11 +133,7 @@ impl TokenBook {
                 || site.is_some_and(|s| issuer_allows(&s.issuers, k, prefix))
         };
         let known = |k: &[u8; 32]| {
-            let k = hex::encode(k);
-            hub_issuers
-                .iter()
-                .chain(site.map_or(&[][..], |s| &s.issuers[..]))
-                .any(|i| i.key == k)
+            issuer_known(hub_issuers, k) || site.is_some_and(|s| issuer_known(&s.issuers, k))
         };
         let denied = |e: TokenError, label| Gate::Denied {
             reason: e.to_string(),
