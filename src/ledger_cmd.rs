@@ -1,6 +1,7 @@
-//! `meshcast ledger init`: a genesis file and one home per validator (key
-//! 0600, `ledger.toml` with loopback ports), ready for `meshcast ledger run`
-//! once consensus lands (issue 7).
+//! `meshcast ledger`: `init` writes a genesis file and one home per
+//! validator (key 0600, `ledger.toml` with loopback ports); `run` starts
+//! one validator; `status`, `block`, `account` and `tx` talk to a running
+//! validator's API.
 
 use anyhow::{bail, Context};
 use meshcast_control::identity::NodeKey;
@@ -81,4 +82,166 @@ pub fn init(validators: usize, dir: &Path, chain_id: &str) -> anyhow::Result<()>
         genesis_path.display()
     );
     Ok(())
+}
+
+/// The API address of the validator at `home`.
+fn api_of(home: &Path) -> anyhow::Result<String> {
+    let cfg = meshcast_conf::LedgerConfig::load(&home.join("ledger.toml"))?;
+    Ok(format!("http://{}", cfg.ledger.api))
+}
+
+async fn get_json(home: &Path, path: &str) -> anyhow::Result<serde_json::Value> {
+    let base = api_of(home)?;
+    let resp = reqwest::get(format!("{base}{path}"))
+        .await
+        .with_context(|| {
+            format!(
+                "no validator answers at {base}; start it with `meshcast ledger run --home {}`",
+                home.display()
+            )
+        })?;
+    let status = resp.status();
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .context("the ledger API answered garbage")?;
+    if !status.is_success() {
+        bail!(
+            "{}",
+            body.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("request failed")
+        );
+    }
+    Ok(body)
+}
+
+/// `meshcast ledger status --home DIR`: that validator's height and app hash.
+pub async fn status(home: &Path) -> anyhow::Result<()> {
+    let s = get_json(home, "/v1/ledger/status").await?;
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(())
+}
+
+/// `meshcast ledger block N --home DIR`: block N with its app hash.
+pub async fn block(home: &Path, height: u64) -> anyhow::Result<()> {
+    let mut b = get_json(home, &format!("/v1/ledger/blocks/{height}")).await?;
+    if let Some(h) = b.pointer("/result/app_hash").cloned() {
+        b["app_hash"] = h;
+        b["height"] = serde_json::json!(height);
+    }
+    println!("{}", serde_json::to_string_pretty(&b)?);
+    Ok(())
+}
+
+/// `meshcast ledger account ADDRESS --home DIR`.
+pub async fn account(home: &Path, address: &str) -> anyhow::Result<()> {
+    let a = get_json(home, &format!("/v1/ledger/accounts/{address}")).await?;
+    println!("{}", serde_json::to_string_pretty(&a)?);
+    Ok(())
+}
+
+fn address(text: &str, what: &str) -> anyhow::Result<meshcast_ledger::Address> {
+    let mut a = [0u8; 32];
+    hex::decode_to_slice(text, &mut a)
+        .map_err(|_| anyhow::anyhow!("{what} must be 64 hex digits (an Ed25519 public key)"))?;
+    Ok(a)
+}
+
+/// What `meshcast ledger tx` can send.
+pub enum TxKind {
+    Transfer {
+        to: String,
+        amount: u64,
+    },
+    Deposit {
+        amount: u64,
+    },
+    Bond {
+        amount: u64,
+    },
+    Unbond {
+        amount: u64,
+    },
+    Slash {
+        offender: String,
+        evidence: std::path::PathBuf,
+    },
+}
+
+/// `meshcast ledger tx --home DIR --key KEY ...`: signs with KEY (nonce and
+/// chain id from the validator), submits, and with `wait` prints the
+/// outcome once a block holds it.
+pub async fn tx(home: &Path, key: &Path, kind: TxKind, wait: bool) -> anyhow::Result<()> {
+    use meshcast_ledger::tx::TxBody;
+    use meshcast_ledger::Action;
+    let key = NodeKey::load(key)?;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&key.seed());
+    let from = key.public().to_bytes();
+    let action = match kind {
+        TxKind::Transfer { to, amount } => Action::Transfer {
+            to: address(&to, "--to")?,
+            amount,
+        },
+        TxKind::Deposit { amount } => Action::Deposit { amount },
+        TxKind::Bond { amount } => Action::Bond { amount },
+        TxKind::Unbond { amount } => Action::Unbond { amount },
+        TxKind::Slash { offender, evidence } => Action::Slash {
+            offender: address(&offender, "--offender")?,
+            evidence: serde_json::from_slice(
+                &std::fs::read(&evidence)
+                    .with_context(|| format!("reading {}", evidence.display()))?,
+            )
+            .with_context(|| format!("{} is not evidence JSON", evidence.display()))?,
+        },
+    };
+    let status = get_json(home, "/v1/ledger/status").await?;
+    let chain_id = status["chain_id"].as_str().unwrap_or_default().to_string();
+    let nonce = match get_json(home, &format!("/v1/ledger/accounts/{}", hex::encode(from))).await {
+        Ok(a) => a
+            .pointer("/account/nonce")
+            .and_then(|n| n.as_u64())
+            .unwrap_or(0),
+        Err(e) => bail!("account {}: {e}", hex::encode(from)),
+    };
+    let tx = TxBody {
+        chain_id,
+        from,
+        nonce,
+        action,
+    }
+    .sign(&signing);
+    let base = api_of(home)?;
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/ledger/txs"))
+        .json(&tx)
+        .send()
+        .await
+        .with_context(|| format!("no validator answers at {base}"))?;
+    let ok = resp.status().is_success();
+    let body: serde_json::Value = resp.json().await?;
+    if !ok {
+        bail!(
+            "refused: {}",
+            body.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("unknown reason")
+        );
+    }
+    let hash = body["hash"].as_str().unwrap_or_default().to_string();
+    if !wait {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(c) = get_json(home, &format!("/v1/ledger/txs/{hash}")).await {
+            println!("{}", serde_json::to_string_pretty(&c)?);
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{hash} was accepted but is not in a block after 30 s; is the chain committing? (`meshcast ledger status`)");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

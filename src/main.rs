@@ -125,6 +125,74 @@ enum LedgerCommand {
         #[arg(long, default_value = "meshcast-local")]
         chain_id: String,
     },
+    /// Run one validator (consensus, API, /metrics) from its home.
+    Run {
+        #[arg(long)]
+        home: PathBuf,
+    },
+    /// The validator's height and app hash, as JSON.
+    Status {
+        #[arg(long)]
+        home: PathBuf,
+    },
+    /// Block N as JSON, with its app hash.
+    Block {
+        height: u64,
+        #[arg(long)]
+        home: PathBuf,
+    },
+    /// An account's balance, escrow, stake and nonce, with a Merkle proof.
+    Account {
+        address: String,
+        #[arg(long)]
+        home: PathBuf,
+    },
+    /// Sign a transaction with --key and submit it to the validator at --home.
+    Tx {
+        #[arg(long)]
+        home: PathBuf,
+        /// The sender's key file (mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        /// Wait until a block holds it and print the outcome.
+        #[arg(long)]
+        wait: bool,
+        #[command(subcommand)]
+        action: TxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TxCommand {
+    /// Balance → another account.
+    Transfer {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Balance → escrow (pays for your content's delivery).
+    Deposit {
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Balance → stake.
+    Bond {
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Stake → balance after the unbond delay.
+    Unbond {
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Burn part of a validator's stake, with double-sign evidence (JSON).
+    Slash {
+        #[arg(long)]
+        offender: String,
+        #[arg(long)]
+        evidence: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -252,6 +320,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     chain_id,
                 },
         } => ledger_cmd::init(validators, &dir, &chain_id),
+        Command::Ledger {
+            command: LedgerCommand::Run { home },
+        } => {
+            // Malachite logs every vote at info; its warnings are what an
+            // operator needs.
+            init_tracing("info,informalsystems_malachitebft_core_consensus=warn,informalsystems_malachitebft_engine=warn,informalsystems_malachitebft_network=warn,informalsystems_malachitebft_sync=warn");
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(meshcast_consensus::run_home(&home))
+                .with_context(|| format!("validator {} stopped", home.display()))?;
+            Ok(())
+        }
+        Command::Ledger { command } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                match command {
+                    LedgerCommand::Status { home } => ledger_cmd::status(&home).await,
+                    LedgerCommand::Block { height, home } => ledger_cmd::block(&home, height).await,
+                    LedgerCommand::Account { address, home } => {
+                        ledger_cmd::account(&home, &address).await
+                    }
+                    LedgerCommand::Tx {
+                        home,
+                        key,
+                        wait,
+                        action,
+                    } => {
+                        use ledger_cmd::TxKind;
+                        let kind = match action {
+                            TxCommand::Transfer { to, amount } => TxKind::Transfer { to, amount },
+                            TxCommand::Deposit { amount } => TxKind::Deposit { amount },
+                            TxCommand::Bond { amount } => TxKind::Bond { amount },
+                            TxCommand::Unbond { amount } => TxKind::Unbond { amount },
+                            TxCommand::Slash { offender, evidence } => {
+                                TxKind::Slash { offender, evidence }
+                            }
+                        };
+                        ledger_cmd::tx(&home, &key, kind, wait).await
+                    }
+                    LedgerCommand::Init { .. } | LedgerCommand::Run { .. } => {
+                        unreachable!("handled above")
+                    }
+                }
+            })
+        }
         Command::DemoOrigin { dir, listen } => {
             init_tracing("info");
             demo_origin::run(dir, &listen)

@@ -28,6 +28,29 @@ pub struct LedgerSection {
     /// Other validators' `p2p` addresses.
     #[serde(default)]
     pub peers: Vec<SocketAddr>,
+    /// With no transactions waiting, a proposer waits this long for one
+    /// before proposing an empty block (the chain's heartbeat).
+    #[serde(default = "default_empty_block_interval_ms")]
+    pub empty_block_interval_ms: u64,
+    /// Most transactions in one block.
+    #[serde(default = "default_max_block_txs")]
+    pub max_block_txs: usize,
+    /// How long validators wait for a proposal before voting nil; also
+    /// what a round with a missing proposer costs.
+    #[serde(default = "default_timeout_propose_ms")]
+    pub timeout_propose_ms: u64,
+}
+
+fn default_empty_block_interval_ms() -> u64 {
+    500
+}
+
+fn default_max_block_txs() -> usize {
+    10_000
+}
+
+fn default_timeout_propose_ms() -> u64 {
+    1_500
 }
 
 impl LedgerConfig {
@@ -45,6 +68,15 @@ impl LedgerConfig {
             return Err((
                 "ledger.p2p".into(),
                 "api and p2p need different addresses".into(),
+            ));
+        }
+        if l.max_block_txs == 0 {
+            return Err(("ledger.max_block_txs".into(), "must be at least 1".into()));
+        }
+        if l.timeout_propose_ms < 2 * l.empty_block_interval_ms {
+            return Err((
+                "ledger.timeout_propose_ms".into(),
+                "must be at least twice empty_block_interval_ms, or validators give up on a proposer that is only waiting for transactions".into(),
             ));
         }
         if let Some(i) = l.peers.iter().position(|p| *p == l.p2p) {

@@ -98,6 +98,13 @@ impl NodeKey {
         node_id(&self.public())
     }
 
+    /// The secret seed, for handing the same identity to a signer that
+    /// does not take ed25519-dalek keys (consensus, libp2p). Keep it in
+    /// memory only.
+    pub fn seed(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
     pub(crate) fn signing(&self) -> &SigningKey {
         &self.signing
     }

@@ -7,8 +7,9 @@
 //! every account, so any node can prove a balance (`hash.rs`); `store.rs`
 //! keeps it in redb; `node.rs` holds the mempool and commits decided
 //! blocks; `api.rs` is the HTTP/JSON API as a router for the caller to
-//! bind. Consensus (ordering blocks among HUBs) is not here: this crate
-//! must not open sockets or decide what goes in a block.
+//! bind. Consensus (ordering blocks among HUBs) is `meshcast-consensus`,
+//! on top of this crate: this one must not open sockets or decide what goes
+//! in a block.
 
 pub mod api;
 pub mod hash;
@@ -18,7 +19,7 @@ pub mod store;
 pub mod tx;
 
 pub use state::{Account, BlockResult, Genesis, Params, State, TxError};
-pub use tx::{Action, Block, Evidence, SignedVote, Tx, Work};
+pub use tx::{vote_sign_bytes, Action, Block, Evidence, SignedVote, Tx, Work};
 
 /// Ed25519 public key of an account, validator or node.
 pub type Address = [u8; 32];

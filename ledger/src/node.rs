@@ -81,11 +81,13 @@ impl LedgerNode {
         self.mempool.txs.iter().take(max).cloned().collect()
     }
 
-    /// Applies and stores a decided block, then drops from the mempool
-    /// what it included and what can no longer apply.
-    pub fn commit(&mut self, block: &Block) -> Result<BlockResult, StoreError> {
+    /// Applies and stores a decided block with the certificate that proves
+    /// it, then drops from the mempool what it included and what can no
+    /// longer apply.
+    pub fn commit(&mut self, block: &Block, certificate: &[u8]) -> Result<BlockResult, StoreError> {
         let result = self.state.apply_block(block);
-        self.store.commit(block, &result, &self.state)?;
+        self.store
+            .commit(block, &result, &self.state, certificate)?;
         self.app_hash = result.app_hash;
         let included: HashSet<[u8; 32]> = block.txs.iter().map(Tx::hash).collect();
         let waiting = std::mem::take(&mut self.mempool.txs);
@@ -125,6 +127,18 @@ impl LedgerNode {
 
     pub fn block(&self, height: u64) -> Result<Option<CommittedBlock>, StoreError> {
         self.store.block(height)
+    }
+
+    pub fn certificate(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.certificate(height)
+    }
+
+    /// Unix milliseconds of the last committed block (0 before the first).
+    pub fn last_block_time(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .store
+            .block(self.height())?
+            .map_or(0, |b| b.block.time_ms))
     }
 
     /// A committed transaction, its block height, index and outcome.

@@ -15,6 +15,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 /// tx hash (hex) → (height, index in block).
 const TXS: TableDefinition<&str, (u64, u32)> = TableDefinition::new("txs");
+/// height → what consensus proves the block with (its commit certificate,
+/// opaque here), so a lagging validator can be sent the block and proof.
+const CERTIFICATES: TableDefinition<u64, &[u8]> = TableDefinition::new("certificates");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,6 +81,7 @@ impl Store {
                     txn.open_table(SETTLED).map_err(err)?;
                     txn.open_table(BLOCKS).map_err(err)?;
                     txn.open_table(TXS).map_err(err)?;
+                    txn.open_table(CERTIFICATES).map_err(err)?;
                     let meta = Meta {
                         chain_id: state.chain_id.clone(),
                         height: 0,
@@ -127,6 +131,7 @@ impl Store {
         block: &Block,
         result: &BlockResult,
         state: &State,
+        certificate: &[u8],
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(err)?;
         {
@@ -147,6 +152,10 @@ impl Store {
                 txs.insert(hex::encode(tx.hash()).as_str(), (block.height, i as u32))
                     .map_err(err)?;
             }
+            txn.open_table(CERTIFICATES)
+                .map_err(err)?
+                .insert(block.height, certificate)
+                .map_err(err)?;
             let stored = CommittedBlock {
                 block: block.clone(),
                 result: result.clone(),
@@ -179,6 +188,13 @@ impl Store {
             Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
             None => Ok(None),
         }
+    }
+
+    /// The certificate stored with block `height`.
+    pub fn certificate(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let t = txn.open_table(CERTIFICATES).map_err(err)?;
+        Ok(t.get(height).map_err(err)?.map(|v| v.value().to_vec()))
     }
 
     /// Where a transaction was committed: (height, index).

@@ -11,6 +11,36 @@ use serde::{Deserialize, Serialize};
 
 const TX_DOMAIN: &[u8] = b"meshcast-ledger-tx-v1\n";
 const VOTE_DOMAIN: &[u8] = b"meshcast-ledger-vote-v1\n";
+const PREVOTE_DOMAIN: &[u8] = b"meshcast-ledger-prevote-v1\n";
+const NIL_PRECOMMIT_DOMAIN: &[u8] = b"meshcast-ledger-nil-precommit-v1\n";
+
+/// The bytes a validator signs for a consensus vote. A precommit for a
+/// block is exactly `SignedVote::message`, so two conflicting precommits
+/// taken off the wire are evidence the ledger can check.
+pub fn vote_sign_bytes(
+    precommit: bool,
+    height: u64,
+    round: u32,
+    block: Option<&[u8; 32]>,
+) -> Vec<u8> {
+    match (precommit, block) {
+        (true, Some(b)) => SignedVote::message(height, round, b),
+        _ => {
+            let domain = if precommit {
+                NIL_PRECOMMIT_DOMAIN
+            } else {
+                PREVOTE_DOMAIN
+            };
+            let mut m = domain.to_vec();
+            m.extend_from_slice(&height.to_be_bytes());
+            m.extend_from_slice(&round.to_be_bytes());
+            if let Some(b) = block {
+                m.extend_from_slice(b);
+            }
+            m
+        }
+    }
+}
 
 /// Paid work a reward is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

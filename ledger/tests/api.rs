@@ -130,12 +130,15 @@ async fn submit_commit_and_read_back() {
         let txs = n.propose(100);
         assert_eq!(txs.len(), 2);
         let r = n
-            .commit(&Block {
-                height: 1,
-                time_ms: 1,
-                proposer: addr(1),
-                txs,
-            })
+            .commit(
+                &Block {
+                    height: 1,
+                    time_ms: 1,
+                    proposer: addr(1),
+                    txs,
+                },
+                b"certificate",
+            )
             .unwrap();
         assert_eq!(n.mempool_len(), 0);
         r

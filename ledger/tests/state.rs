@@ -273,7 +273,7 @@ fn store_round_trip_and_balance_proofs() {
         hashes.push(hex::encode(t.hash()));
         let b = block(&s, vec![t]);
         let r = s.apply_block(&b);
-        store.commit(&b, &r, &s).unwrap();
+        store.commit(&b, &r, &s, b"cert").unwrap();
         last = r.app_hash;
     }
     drop(store);
@@ -281,6 +281,7 @@ fn store_round_trip_and_balance_proofs() {
     assert_eq!(reopened, s);
     assert_eq!(app_hash, last);
     assert_eq!(store.block(3).unwrap().unwrap().block.height, 3);
+    assert_eq!(store.certificate(3).unwrap().as_deref(), Some(&b"cert"[..]));
     assert_eq!(store.tx_location(&hashes[4]).unwrap(), Some((5, 0)));
     assert!(store.block(6).unwrap().is_none());
     let (acct, proof) = prove_account(&s, &addr(2)).unwrap();
