@@ -87,6 +87,27 @@ async fn node_record(hub: &Hub, node: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Waits until `account` holds `balance` on the hub's ledger; fails on more.
+async fn wait_balance(hub: &Hub, account: &str, balance: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = get(&hub.url(&format!("/v1/ledger/accounts/{account}")), &[]).await;
+        let got = serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v["account"]["balance"].as_u64())
+            .unwrap_or(0);
+        assert!(got <= balance, "paid {got} > {balance}");
+        if got == balance {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ledger balance {got}, waiting for {balance}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until the hub has credited `node` with `bytes`; fails on more.
 async fn wait_credit(hub: &Hub, node: &str, bytes: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -161,6 +182,17 @@ async fn meshcast_play_acks_are_credited_exactly_across_crashes() {
     net.hub.launch().await;
     let n = node_record(&net.hub, &net.node).await.unwrap();
     assert_eq!(n["credited_bytes"].as_u64(), Some(bytes), "{n}");
+    // The hub's ledger paid the edge for exactly those bytes (1 000 000
+    // µMESH per GB on a hub's own chain), once, across the restart.
+    let edge_key = hex::encode(
+        NodeKey::load(&net.edge.dir.join("node.key"))
+            .unwrap()
+            .public()
+            .to_bytes(),
+    );
+    let paid = bytes * 1_000_000 / 1_000_000_000;
+    let balance = wait_balance(&net.hub, &edge_key, paid).await;
+    assert_eq!(balance, paid);
 
     // --realtime takes about the video's length (4 s), not as fast as it
     // can; with the token from before it checks receipts but sends no acks.

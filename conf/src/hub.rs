@@ -16,6 +16,38 @@ pub struct HubConfig {
     pub transcode: TranscodeSection,
     #[serde(default)]
     pub log: HubLog,
+    #[serde(default)]
+    pub ledger: HubLedger,
+}
+
+/// The ledger validator every hub embeds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubLedger {
+    /// A shared chain's genesis (from `meshcast ledger init`). Without it
+    /// the hub runs a one-validator chain of its own key, created in
+    /// `data_dir/ledger/genesis.json` on first start.
+    pub genesis: Option<PathBuf>,
+    /// Consensus traffic with the other validators (port 0: any).
+    #[serde(default = "default_ledger_p2p")]
+    pub p2p: SocketAddr,
+    /// Other validators' `p2p` addresses.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
+}
+
+fn default_ledger_p2p() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+impl Default for HubLedger {
+    fn default() -> Self {
+        HubLedger {
+            genesis: None,
+            p2p: default_ledger_p2p(),
+            peers: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,6 +17,8 @@ pub use edge::{
     Origin, SignedUrls, SiteConfig, TokenConfig,
 };
 pub use error::ConfError;
-pub use hub::{default_ladder, HubConfig, HubLog, HubSection, RungConfig, TranscodeSection};
+pub use hub::{
+    default_ladder, HubConfig, HubLedger, HubLog, HubSection, RungConfig, TranscodeSection,
+};
 pub use ledger::{LedgerConfig, LedgerSection};
 pub use units::{parse_byte_size, parse_duration, ByteSize, Seconds};

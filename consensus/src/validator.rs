@@ -197,8 +197,10 @@ pub struct Running {
 
 impl Running {
     /// Resolves when the application loop ends (consensus stopped).
-    pub async fn wait(&mut self) {
-        let _ = (&mut self.app).await;
+    pub async fn stopped(&self) {
+        while !self.app.is_finished() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -283,8 +285,8 @@ impl Node for LedgerApp {
     }
 
     async fn run(self) -> eyre::Result<()> {
-        let mut running = self.start().await?;
-        running.wait().await;
+        let running = self.start().await?;
+        running.stopped().await;
         Ok(())
     }
 
@@ -389,42 +391,47 @@ async fn commit(
     }
 }
 
-/// The ledger API plus commit certificates and `/metrics`, for the caller
-/// to serve.
+/// The ledger API plus commit certificates, for the caller to serve.
 pub fn router(running: &Running) -> axum::Router {
-    let metrics = running.metrics.clone();
-    let node = running.node.clone();
     let commits = axum::Router::new()
         .route("/v1/ledger/commits/{height}", axum::routing::get(commit))
         .with_state(running.node.clone());
-    meshcast_ledger::api::routes(running.node.clone())
-        .merge(commits)
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                let node = node.clone();
-                async move {
-                    let pending = node.lock().unwrap_or_else(|p| p.into_inner()).mempool_len();
-                    metrics.mempool.set(pending as i64);
-                    metrics.render()
-                }
-            }),
-        )
+    meshcast_ledger::api::routes(running.node.clone()).merge(commits)
+}
+
+impl Running {
+    /// Prometheus text for this validator (ledger and engine series).
+    pub fn render_metrics(&self) -> String {
+        let pending = self
+            .node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mempool_len();
+        self.metrics.mempool.set(pending as i64);
+        self.metrics.render()
+    }
 }
 
 /// `meshcast ledger run --home DIR`: one validator and its API, until the
 /// engine stops.
 pub async fn run_home(home: &Path) -> Result<(), StartError> {
     let (setup, api) = setup_from_home(home)?;
-    let mut running = start(setup).await?;
+    let running = start(setup).await?;
     let listener = tokio::net::TcpListener::bind(api)
         .await
         .map_err(|source| StartError::Bind { addr: api, source })?;
     info!(%api, "ledger API listening");
-    let app = router(&running);
+    let running = Arc::new(running);
+    let for_metrics = running.clone();
+    let app = router(&running).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let r = for_metrics.clone();
+            async move { r.render_metrics() }
+        }),
+    );
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    running.wait().await;
+    running.stopped().await;
     server.abort();
     Err(StartError::Engine("consensus stopped".into()))
 }

@@ -87,5 +87,6 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     use prometheus::Encoder;
     let mut out = Vec::new();
     let _ = prometheus::TextEncoder::new().encode(&hub.metrics.registry.gather(), &mut out);
+    out.extend_from_slice(hub.ledger.running.render_metrics().as_bytes());
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -194,6 +194,7 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         .collect();
     match hub.registry.settle(&s, &token_credits) {
         Ok(true) => {
+            hub.reward(&s);
             hub.metrics.claims.with_label_values(&["accepted"]).inc();
             hub.metrics.credited_bytes.inc_by(s.credited_bytes);
             tracing::info!(

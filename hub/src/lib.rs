@@ -11,6 +11,7 @@ mod blobs;
 mod catalog;
 mod claims;
 mod jobs;
+mod ledger;
 mod nodes;
 mod origin;
 mod player;
@@ -37,6 +38,8 @@ pub enum HubError {
     Io(#[from] std::io::Error),
     #[error("hub key: {0}")]
     Key(#[from] meshcast_control::identity::KeyError),
+    #[error("ledger: {0}")]
+    Ledger(String),
 }
 
 /// Everything the request handlers share.
@@ -56,6 +59,8 @@ pub struct Hub {
         std::collections::HashMap<&'static str, meshcast_control::envelope::Verifier>,
     >,
     rate_limit: tokens::RateLimit,
+    /// The embedded ledger validator rewards are paid on.
+    ledger: ledger::HubLedger,
 }
 
 impl Hub {
@@ -77,6 +82,38 @@ impl Hub {
             }
         }
         out
+    }
+
+    /// Queues the ledger rewards for a settled epoch: each video's bytes
+    /// paid from its owner's escrow (the hub's for videos without one) to
+    /// the edge that delivered them.
+    pub(crate) fn reward(&self, s: &registry::Settlement) {
+        let edge = match self.registry.node(&s.node) {
+            Ok(Some(n)) => n.key,
+            _ => {
+                tracing::warn!(node = %s.node, "settled epoch of an unknown node; no reward");
+                return;
+            }
+        };
+        let mut edge_key = [0u8; 32];
+        if hex::decode_to_slice(&edge, &mut edge_key).is_err() {
+            tracing::warn!(node = %s.node, "node key is not hex; no reward");
+            return;
+        }
+        let hub_key = self.key.public().to_bytes();
+        self.ledger.reward(s, edge_key, |video| {
+            let owner = self
+                .catalog
+                .video(video)
+                .ok()
+                .flatten()
+                .and_then(|v| v.owner);
+            let mut k = [0u8; 32];
+            match owner {
+                Some(o) if hex::decode_to_slice(&o, &mut k).is_ok() => k,
+                _ => hub_key,
+            }
+        });
     }
 }
 
@@ -203,6 +240,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         .unwrap_or_else(|| data.join("hub.key"));
     let key = load_or_create_key(&key_path)?;
     let registry = registry::Registry::open(&data.join("delivery.redb"))?;
+    let ledger = ledger::HubLedger::start(&config, &key).await?;
     let hub = Arc::new(Hub {
         config: config.clone(),
         catalog,
@@ -214,7 +252,13 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         registry,
         verifiers: Default::default(),
         rate_limit: Default::default(),
+        ledger,
     });
+    // Rewards for epochs settled before a crash or restart: the chain pays
+    // each reference once, so what it already has is skipped.
+    for s in hub.registry.all_settled()? {
+        hub.reward(&s);
+    }
     let requeued = hub.catalog.requeue_interrupted()?;
     for id in &requeued {
         tracing::warn!(video = %id, "re-queued a transcode interrupted by a restart");
@@ -233,6 +277,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
 }
 
 fn router(hub: Arc<Hub>) -> Router {
+    let ledger_api = meshcast_consensus::router(&hub.ledger.running);
     Router::new()
         .merge(api::routes())
         .merge(origin::routes())
@@ -242,4 +287,5 @@ fn router(hub: Arc<Hub>) -> Router {
         .merge(tokens::routes())
         .layer(axum::middleware::from_fn(tus::cors))
         .with_state(hub)
+        .merge(ledger_api)
 }

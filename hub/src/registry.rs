@@ -135,6 +135,18 @@ impl Registry {
         }
     }
 
+    /// Every settled epoch (accepted or refused), oldest key first.
+    pub fn all_settled(&self) -> Result<Vec<Settlement>, HubError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let t = txn.open_table(SETTLED).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(err)? {
+            let (_, v) = row.map_err(err)?;
+            out.push(serde_json::from_slice::<Settlement>(v.value()).map_err(err)?);
+        }
+        Ok(out)
+    }
+
     pub fn put_pending(&self, node: &str, epoch: u64, p: &Pending) -> Result<(), HubError> {
         let txn = self.db.begin_write().map_err(err)?;
         txn.open_table(PENDING)

@@ -101,6 +101,13 @@ impl LedgerNode {
         Ok(result)
     }
 
+    /// The nonce `address`'s next transaction must carry, counting those
+    /// already waiting in the mempool.
+    pub fn next_nonce(&self, address: &Address) -> u64 {
+        let queued = self.mempool.queued.get(address).copied().unwrap_or(0);
+        self.state.account(address).map_or(0, |a| a.nonce) + queued
+    }
+
     pub fn height(&self) -> u64 {
         self.state.height
     }
