@@ -63,15 +63,19 @@ pub fn init(validators: usize, dir: &Path, chain_id: &str) -> anyhow::Result<()>
     meshcast_ledger::State::from_genesis(&genesis).map_err(anyhow::Error::msg)?;
     std::fs::write(&genesis_path, serde_json::to_vec_pretty(&genesis)?)?;
     for (i, (api, p2p)) in ports.iter().enumerate() {
-        let peers: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, (_, p))| format!("\"127.0.0.1:{p}\""))
-            .collect();
+        let others = |pick: fn(&(u16, u16)) -> u16| -> String {
+            ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("\"127.0.0.1:{}\"", pick(p)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let text = format!(
-            "[ledger]\ngenesis = \"../genesis.json\"\nkey = \"validator.key\"\ndata_dir = \"data\"\napi = \"127.0.0.1:{api}\"\np2p = \"127.0.0.1:{p2p}\"\npeers = [{}]\n",
-            peers.join(", ")
+            "[ledger]\ngenesis = \"../genesis.json\"\nkey = \"validator.key\"\ndata_dir = \"data\"\napi = \"127.0.0.1:{api}\"\np2p = \"127.0.0.1:{p2p}\"\npeers = [{}]\npeer_apis = [{}]\n",
+            others(|p| p.1),
+            others(|p| p.0),
         );
         let path = dir.join(format!("node{}", i + 1)).join("ledger.toml");
         std::fs::write(&path, text)?;

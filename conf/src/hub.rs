@@ -34,6 +34,9 @@ pub struct HubLedger {
     /// Other validators' `p2p` addresses.
     #[serde(default)]
     pub peers: Vec<SocketAddr>,
+    /// Other validators' API addresses (client transactions go on to them).
+    #[serde(default)]
+    pub peer_apis: Vec<SocketAddr>,
 }
 
 fn default_ledger_p2p() -> SocketAddr {
@@ -46,6 +49,7 @@ impl Default for HubLedger {
             genesis: None,
             p2p: default_ledger_p2p(),
             peers: Vec::new(),
+            peer_apis: Vec::new(),
         }
     }
 }

@@ -28,6 +28,10 @@ pub struct LedgerSection {
     /// Other validators' `p2p` addresses.
     #[serde(default)]
     pub peers: Vec<SocketAddr>,
+    /// Other validators' `api` addresses: client transactions are passed
+    /// on to them so the next proposer has them.
+    #[serde(default)]
+    pub peer_apis: Vec<SocketAddr>,
     /// With no transactions waiting, a proposer waits this long for one
     /// before proposing an empty block (the chain's heartbeat).
     #[serde(default = "default_empty_block_interval_ms")]

@@ -10,6 +10,7 @@
 pub mod app;
 pub mod codec;
 pub mod context;
+pub mod forward;
 pub mod metrics;
 pub mod streams;
 pub mod validator;

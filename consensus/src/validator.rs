@@ -58,6 +58,8 @@ pub struct Setup {
     pub data_dir: PathBuf,
     pub p2p: SocketAddr,
     pub peers: Vec<SocketAddr>,
+    /// Other validators' APIs, to pass client transactions on to.
+    pub peer_apis: Vec<SocketAddr>,
     pub pacing: Pacing,
     pub timeouts: TimeoutConfig,
 }
@@ -114,6 +116,7 @@ pub fn setup_from_home(home: &Path) -> Result<(Setup, SocketAddr), StartError> {
             data_dir: home.join(&cfg.data_dir),
             p2p: cfg.p2p,
             peers: cfg.peers,
+            peer_apis: cfg.peer_apis,
             pacing,
             timeouts,
         },
@@ -190,6 +193,7 @@ fn engine_config(setup: &Setup) -> Result<EngineConfig, StartError> {
 pub struct Running {
     pub node: Shared,
     pub metrics: Metrics,
+    on_accept: Option<meshcast_ledger::api::OnAccept>,
     app: JoinHandle<()>,
     engine: EngineHandle,
     events: TxEvent<LedgerContext>,
@@ -278,6 +282,7 @@ impl Node for LedgerApp {
         Ok(Running {
             node: self.node.clone(),
             metrics: self.metrics.clone(),
+            on_accept: crate::forward::spawn(self.setup.peer_apis.clone()),
             app,
             engine,
             events,
@@ -396,7 +401,8 @@ pub fn router(running: &Running) -> axum::Router {
     let commits = axum::Router::new()
         .route("/v1/ledger/commits/{height}", axum::routing::get(commit))
         .with_state(running.node.clone());
-    meshcast_ledger::api::routes(running.node.clone()).merge(commits)
+    meshcast_ledger::api::routes_with(running.node.clone(), running.on_accept.clone())
+        .merge(commits)
 }
 
 impl Running {

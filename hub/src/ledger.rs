@@ -77,6 +77,7 @@ impl HubLedger {
             data_dir: dir,
             p2p: config.ledger.p2p,
             peers: config.ledger.peers.clone(),
+            peer_apis: config.ledger.peer_apis.clone(),
             pacing: meshcast_consensus::Pacing::default(),
             timeouts: meshcast_consensus::validator::default_timeouts(),
         };

@@ -8,7 +8,7 @@ use crate::node::{LedgerNode, SubmitError};
 use crate::tx::Tx;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,14 +17,31 @@ use std::sync::{Arc, Mutex};
 
 pub type Shared = Arc<Mutex<LedgerNode>>;
 
+/// Called with each transaction a client submitted and the mempool took
+/// (not those another validator forwarded), so the caller can pass it on.
+pub type OnAccept = Arc<dyn Fn(&Tx) + Send + Sync>;
+
+/// Marks a submission forwarded by another validator: taken, not passed on.
+pub const FORWARDED_HEADER: &str = "meshcast-forwarded";
+
+#[derive(Clone)]
+struct Api {
+    node: Shared,
+    on_accept: Option<OnAccept>,
+}
+
 pub fn routes(node: Shared) -> Router {
+    routes_with(node, None)
+}
+
+pub fn routes_with(node: Shared, on_accept: Option<OnAccept>) -> Router {
     Router::new()
         .route("/v1/ledger/status", get(status))
         .route("/v1/ledger/txs", post(submit))
         .route("/v1/ledger/txs/{hash}", get(tx))
         .route("/v1/ledger/accounts/{address}", get(account))
         .route("/v1/ledger/blocks/{height}", get(block))
-        .with_state(node)
+        .with_state(Api { node, on_accept })
 }
 
 fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response {
@@ -35,8 +52,8 @@ fn lock(node: &Shared) -> std::sync::MutexGuard<'_, LedgerNode> {
     node.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn status(State(node): State<Shared>) -> Response {
-    let n = lock(&node);
+async fn status(State(api): State<Api>) -> Response {
+    let n = lock(&api.node);
     Json(json!({
         "chain_id": n.chain_id(),
         "height": n.height(),
@@ -46,12 +63,40 @@ async fn status(State(node): State<Shared>) -> Response {
     .into_response()
 }
 
-async fn submit(State(node): State<Shared>, body: Bytes) -> Response {
+/// One transaction (answered 202 with its hash, or an error status with the
+/// reason), or a JSON array of them (answered 200 with one result each, in
+/// order: `{"hash"}` or `{"error"}`).
+async fn submit(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    let forwarded = headers.contains_key(FORWARDED_HEADER);
+    let take = |tx: Tx| -> Result<[u8; 32], SubmitError> {
+        let accepted = lock(&api.node).submit(tx.clone());
+        if let (Ok(_), Some(hook), false) = (&accepted, &api.on_accept, forwarded) {
+            hook(&tx);
+        }
+        accepted
+    };
+    if body.first() == Some(&b'[') {
+        let txs: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
+            Ok(t) => t,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a JSON array: {e}")),
+        };
+        let results: Vec<_> = txs
+            .into_iter()
+            .map(|v| match serde_json::from_value::<Tx>(v) {
+                Err(e) => json!({ "error": format!("not a transaction: {e}") }),
+                Ok(tx) => match take(tx) {
+                    Ok(hash) => json!({ "hash": hex::encode(hash) }),
+                    Err(e) => json!({ "error": e.to_string() }),
+                },
+            })
+            .collect();
+        return Json(results).into_response();
+    }
     let tx: Tx = match serde_json::from_slice(&body) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a transaction: {e}")),
     };
-    match lock(&node).submit(tx) {
+    match take(tx) {
         Ok(hash) => (
             StatusCode::ACCEPTED,
             Json(json!({ "hash": hex::encode(hash) })),
@@ -63,7 +108,8 @@ async fn submit(State(node): State<Shared>, body: Bytes) -> Response {
     }
 }
 
-async fn account(State(node): State<Shared>, Path(address): Path<String>) -> Response {
+async fn account(State(api): State<Api>, Path(address): Path<String>) -> Response {
+    let node = api.node;
     let mut a = [0u8; 32];
     if hex::decode_to_slice(&address, &mut a).is_err() {
         return error(
@@ -85,16 +131,16 @@ async fn account(State(node): State<Shared>, Path(address): Path<String>) -> Res
     }
 }
 
-async fn block(State(node): State<Shared>, Path(height): Path<u64>) -> Response {
-    match lock(&node).block(height) {
+async fn block(State(api): State<Api>, Path(height): Path<u64>) -> Response {
+    match lock(&api.node).block(height) {
         Ok(Some(b)) => Json(b).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no block {height} yet")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
-async fn tx(State(node): State<Shared>, Path(hash): Path<String>) -> Response {
-    match lock(&node).tx(&hash) {
+async fn tx(State(api): State<Api>, Path(hash): Path<String>) -> Response {
+    match lock(&api.node).tx(&hash) {
         Ok(Some(c)) => Json(json!({
             "hash": hash,
             "height": c.height,

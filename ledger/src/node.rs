@@ -35,6 +35,10 @@ pub struct LedgerNode {
     store: Store,
     app_hash: [u8; 32],
     mempool: Mempool,
+    /// Hashes of waiting transactions whose signatures were verified when
+    /// they were taken, so neither re-checking them after a block nor
+    /// applying them verifies again.
+    verified: HashSet<[u8; 32]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,7 @@ impl LedgerNode {
             store,
             app_hash,
             mempool: Mempool::default(),
+            verified: HashSet::new(),
         })
     }
 
@@ -69,7 +74,12 @@ impl LedgerNode {
             return Err(SubmitError::Full);
         }
         let queued = self.mempool.queued.get(&tx.body.from).copied().unwrap_or(0);
-        self.state.check_queued(&tx, queued)?;
+        if !self.verified.contains(&hash) {
+            self.state.check_queued(&tx, queued)?;
+            self.verified.insert(hash);
+        } else {
+            self.state.check_queued_signed(&tx, queued)?;
+        }
         *self.mempool.queued.entry(tx.body.from).or_default() += 1;
         self.mempool.hashes.insert(hash);
         self.mempool.txs.push_back(tx);
@@ -85,17 +95,26 @@ impl LedgerNode {
     /// it, then drops from the mempool what it included and what can no
     /// longer apply.
     pub fn commit(&mut self, block: &Block, certificate: &[u8]) -> Result<BlockResult, StoreError> {
-        let result = self.state.apply_block(block);
+        let included: Vec<[u8; 32]> = block.txs.iter().map(Tx::hash).collect();
+        let verified = &self.verified;
+        let mut next = included.iter();
+        let result = self
+            .state
+            .apply_block_with(block, |_| next.next().is_some_and(|h| verified.contains(h)));
         self.store
             .commit(block, &result, &self.state, certificate)?;
         self.app_hash = result.app_hash;
-        let included: HashSet<[u8; 32]> = block.txs.iter().map(Tx::hash).collect();
+        for h in &included {
+            self.verified.remove(h);
+        }
+        let included: HashSet<[u8; 32]> = included.into_iter().collect();
         let waiting = std::mem::take(&mut self.mempool.txs);
         self.mempool = Mempool::default();
         for tx in waiting {
-            if !included.contains(&tx.hash()) {
-                // Re-checked against the new state; stale nonces fall out.
-                let _ = self.submit(tx);
+            let hash = tx.hash();
+            // Re-checked against the new state; stale nonces fall out.
+            if !included.contains(&hash) && self.submit(tx).is_err() {
+                self.verified.remove(&hash);
             }
         }
         Ok(result)

@@ -6,6 +6,7 @@
 mod coalesce;
 mod compare;
 mod http3;
+mod ledger;
 mod openloop;
 mod origin;
 mod procstat;
@@ -89,6 +90,17 @@ enum Command {
         #[arg(long)]
         rounds: Option<usize>,
     },
+    /// Committed transactions/s and time to finality of four ledger validators.
+    Ledger {
+        #[command(flatten)]
+        common: Common,
+        /// Transfers in the throughput run (default 40000; 2000 with --quick).
+        #[arg(long)]
+        txs: Option<usize>,
+        /// Single transfers timed for finality (default 30; 5 with --quick).
+        #[arg(long)]
+        samples: Option<usize>,
+    },
     /// Simulated HLS players, ramped until more than 1 % of viewing time is rebuffering.
     Viewers {
         #[command(flatten)]
@@ -154,6 +166,18 @@ fn main() -> anyhow::Result<()> {
                 common,
             };
             rt.block_on(receipts::run(opts))
+        }
+        Command::Ledger {
+            common,
+            txs,
+            samples,
+        } => {
+            let opts = ledger::Options {
+                txs: txs.unwrap_or(if common.quick { 2_000 } else { 40_000 }),
+                finality_samples: samples.unwrap_or(if common.quick { 5 } else { 30 }),
+                common,
+            };
+            rt.block_on(ledger::run(opts))
         }
         Command::Viewers { common, start, max } => {
             let opts = viewers::Options {
