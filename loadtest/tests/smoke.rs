@@ -1,6 +1,7 @@
-//! CI smoke test: `compare --quick` and `viewers --quick` run end to end and
-//! print well-formed JSON. Nothing here is about speed; the one hard fact
-//! checked is that both servers coalesced the cold misses into one fetch.
+//! CI smoke test: every loadtest subcommand with `--quick` runs end to end and
+//! prints well-formed JSON. Nothing here is about speed; the hard facts
+//! checked are that both servers coalesced the cold misses into one fetch
+//! and that every ledger transfer applied.
 
 use std::process::Command;
 
@@ -83,4 +84,15 @@ fn receipts_quick_measures_on_and_off() {
         assert!(row["rps_receipts_off"].as_f64().unwrap() > 0.0, "{row}");
         assert_eq!(row["errors"], 0, "{row}");
     }
+}
+
+#[test]
+fn ledger_quick_commits_every_transfer() {
+    // The harness fails unless every transfer applied (senders' nonces).
+    let r = run(&["ledger", "--quick", "--json"]);
+    assert_eq!(r["validators"], 4, "{r}");
+    assert_eq!(r["transfers"], 2000, "{r}");
+    assert!(r["committed_tx_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["finality_ms"]["samples"], 5, "{r}");
+    assert!(r["blocks"].as_u64().unwrap() >= 1, "{r}");
 }
