@@ -11,7 +11,7 @@ use crate::context::{
 };
 use bytes::{Bytes, BytesMut};
 use malachitebft_app_channel::app::streaming::{StreamContent, StreamId, StreamMessage};
-use malachitebft_app_channel::app::types::core::{Round, ValidatorSet as _};
+use malachitebft_app_channel::app::types::core::ValidatorSet as _;
 use malachitebft_app_channel::app::types::PeerId;
 use malachitebft_signing_ed25519::Signature;
 use std::collections::{BTreeMap, VecDeque};
@@ -201,9 +201,4 @@ pub fn check_block(
         ));
     }
     Ok(())
-}
-
-/// Round as stored alongside a value.
-pub fn round_key(r: Round) -> i64 {
-    r.as_i64()
 }

@@ -102,7 +102,6 @@ pub fn setup_from_home(home: &Path) -> Result<(Setup, SocketAddr), StartError> {
     let pacing = Pacing {
         empty_block_interval: Duration::from_millis(cfg.empty_block_interval_ms),
         max_block_txs: cfg.max_block_txs,
-        ..Pacing::default()
     };
     let mut timeouts = default_timeouts();
     timeouts.timeout_propose = Duration::from_millis(cfg.timeout_propose_ms);

@@ -183,3 +183,103 @@ async fn submit_commit_and_read_back() {
     assert_eq!(get("/v1/ledger/accounts/zz").await.unwrap().status(), 400);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn batches_report_each_transaction_and_only_client_submissions_are_passed_on() {
+    let dir = std::env::temp_dir().join(format!("meshcast-ledger-batch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let genesis = Genesis {
+        chain_id: "batch".into(),
+        params: Params {
+            delivery_price_per_gb: 1,
+            storage_price_per_gb_hour: 1,
+            transcode_price_per_second: 1,
+            unbond_delay: 1,
+            slash_bps: 0,
+        },
+        accounts: vec![GenesisAccount {
+            address: addr(1),
+            balance: 100,
+            stake: 0,
+        }],
+        authorities: vec![],
+        validators: vec![],
+    };
+    let node = Arc::new(Mutex::new(
+        LedgerNode::open(&dir.join("ledger.redb"), &genesis).unwrap(),
+    ));
+    let passed_on = Arc::new(Mutex::new(Vec::<[u8; 32]>::new()));
+    let hook: api::OnAccept = {
+        let p = passed_on.clone();
+        Arc::new(move |tx: &Tx| p.lock().unwrap().push(tx.hash()))
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, api::routes_with(node.clone(), Some(hook))).into_future());
+    let http = reqwest::Client::new();
+
+    let mut forged = transfer(1, 1, 5, "batch");
+    forged.sig[3] ^= 1;
+    let batch = vec![
+        serde_json::to_value(transfer(1, 0, 10, "batch")).unwrap(),
+        serde_json::to_value(&forged).unwrap(),
+        serde_json::json!({"not": "a tx"}),
+        serde_json::to_value(transfer(1, 1, 10, "batch")).unwrap(),
+    ];
+    let r = http
+        .post(format!("{base}/v1/ledger/txs"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let results: Vec<Value> = r.json().await.unwrap();
+    assert!(results[0]["hash"].is_string(), "{results:?}");
+    assert!(results[1]["error"].as_str().unwrap().contains("signature"));
+    assert!(results[2]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a transaction"));
+    assert!(results[3]["hash"].is_string(), "{results:?}");
+    assert_eq!(passed_on.lock().unwrap().len(), 2);
+
+    // From another validator: taken, not passed on again.
+    let r = http
+        .post(format!("{base}/v1/ledger/txs"))
+        .header(api::FORWARDED_HEADER, "1")
+        .json(&transfer(1, 2, 10, "batch"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(passed_on.lock().unwrap().len(), 2);
+    assert_eq!(node.lock().unwrap().mempool_len(), 3);
+    assert_eq!(node.lock().unwrap().next_nonce(&addr(1)), 3);
+
+    // A block holding a forged transaction the mempool never saw: refused
+    // when applied (what was verified on submit does not vouch for it).
+    let mut n = node.lock().unwrap();
+    let mut txs = n.propose(1);
+    let mut bad = transfer(1, 1, 1, "batch");
+    bad.sig[0] ^= 1;
+    txs.push(bad);
+    let r = n
+        .commit(
+            &Block {
+                height: 1,
+                time_ms: 1,
+                proposer: addr(1),
+                txs,
+            },
+            b"c",
+        )
+        .unwrap();
+    assert_eq!(r.results[0], None);
+    assert!(r.results[1].as_deref().unwrap().contains("signature"));
+    // The two still waiting were re-checked against the new state.
+    assert_eq!(n.mempool_len(), 2);
+    assert_eq!(n.account(&addr(1)).unwrap().balance, 90);
+    drop(n);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
