@@ -9,7 +9,8 @@ use crate::context::{
     Address, BlockHash, BlockValue, Height, LedgerContext, ProposalInit, Signer, ValidatorSet,
 };
 use crate::metrics::Metrics;
-use crate::streams::{check_block, stream_proposal, Streams};
+use crate::proposed::ProposalLog;
+use crate::streams::{check_block, stream_proposal, Equivocations, Streams};
 use malachitebft_app_channel::app::engine::host::Next;
 use malachitebft_app_channel::app::types::core::{Context as _, Height as _, Round, Validity};
 use malachitebft_app_channel::app::types::sync::RawDecidedValue;
@@ -48,12 +49,13 @@ pub struct App {
     pub pacing: Pacing,
     pub metrics: Metrics,
     streams: Streams,
+    equivocations: Equivocations,
     /// Values seen (proposed by us, streamed or synced) for heights not yet
     /// committed, by height and round.
     undecided: BTreeMap<(u64, i64), Vec<ProposedValue<LedgerContext>>>,
-    /// What we proposed at a height and round, so asking again gives the
-    /// same block.
-    built: BTreeMap<(u64, i64), BlockValue>,
+    /// What we proposed at a height and round, so asking again (even
+    /// after a restart) gives the same block.
+    proposed: ProposalLog,
 }
 
 fn now_ms() -> u64 {
@@ -75,6 +77,7 @@ impl App {
         validators: ValidatorSet,
         pacing: Pacing,
         metrics: Metrics,
+        proposed: ProposalLog,
     ) -> App {
         App {
             node,
@@ -83,8 +86,9 @@ impl App {
             pacing,
             metrics,
             streams: Streams::default(),
+            equivocations: Equivocations::default(),
             undecided: BTreeMap::new(),
-            built: BTreeMap::new(),
+            proposed,
         }
     }
 
@@ -291,8 +295,10 @@ impl App {
     }
 
     async fn build(&mut self, height: Height, round: Round, timeout: Duration) -> BlockValue {
-        if let Some(v) = self.built.get(&(height.0, round.as_i64())) {
-            return v.clone();
+        if let Some(v) = self.proposed.get(height.0, round.as_i64()) {
+            info!(%height, %round, block = %v.id, "proposing the block already proposed in this round");
+            self.remember_own(height, round, &v);
+            return v;
         }
         // Wait for work, but never past half the proposer's time budget.
         let wait = self.pacing.empty_block_interval.min(timeout / 2);
@@ -312,7 +318,16 @@ impl App {
         };
         let value = BlockValue::new(block);
         info!(%height, %round, block = %value.id, txs = value.block.txs.len(), "proposing");
-        self.built.insert((height.0, round.as_i64()), value.clone());
+        if let Err(e) = self.proposed.put(height.0, round.as_i64(), &value) {
+            // Proposing what could not be recorded risks a different block
+            // after a restart; the empty-handed round costs one timeout.
+            error!(%height, %round, error = %e, "could not record the proposal");
+        }
+        self.remember_own(height, round, &value);
+        value
+    }
+
+    fn remember_own(&mut self, height: Height, round: Round, value: &BlockValue) {
         self.remember(ProposedValue {
             height,
             round,
@@ -321,7 +336,6 @@ impl App {
             value: value.clone(),
             validity: Validity::Valid,
         });
-        value
     }
 
     async fn publish(
@@ -362,6 +376,9 @@ impl App {
                 return None;
             }
         };
+        if let Some((offender, evidence)) = self.equivocations.observe(&received) {
+            self.report(offender, evidence);
+        }
         let init = received.init;
         let committed = self.committed_height();
         if init.height.0 <= committed {
@@ -388,6 +405,30 @@ impl App {
         self.remember(pv.clone());
         // A proposal for a later height waits for its round to start.
         (init.height.0 == committed + 1).then_some(pv)
+    }
+
+    /// Submits a slash for `offender` signed with this validator's key; it
+    /// goes into a block like any transaction (whoever reports first is
+    /// the one that applies; the same evidence is refused after that).
+    fn report(&mut self, offender: Address, evidence: meshcast_ledger::Evidence) {
+        warn!(%offender, "a validator signed two different proposals for one round; reporting it for slashing");
+        self.metrics.equivocations.inc();
+        let key = self.signer.ledger_key();
+        let me = key.verifying_key().to_bytes();
+        let mut n = self.lock();
+        let tx = meshcast_ledger::tx::TxBody {
+            chain_id: n.chain_id().to_string(),
+            from: me,
+            nonce: n.next_nonce(&me),
+            action: meshcast_ledger::Action::Slash {
+                offender: offender.0,
+                evidence,
+            },
+        }
+        .sign(&key);
+        if let Err(e) = n.submit(tx) {
+            warn!(%offender, error = %e, "the slash was not queued");
+        }
     }
 
     fn commit(
@@ -428,7 +469,8 @@ impl App {
             "committed"
         );
         self.undecided = self.undecided.split_off(&(height.0 + 1, i64::MIN));
-        self.built = self.built.split_off(&(height.0 + 1, i64::MIN));
+        self.proposed.prune(height.0);
+        self.equivocations.prune(height.0);
         Ok(())
     }
 

@@ -256,7 +256,7 @@ pub struct Proposal {
 }
 
 const PROPOSAL_DOMAIN: &[u8] = b"meshcast-consensus-proposal-v1\n";
-const PART_DOMAIN: &[u8] = b"meshcast-consensus-proposal-stream-v1\n";
+const PART_DOMAIN: &[u8] = b"meshcast-consensus-proposal-part-v1\n";
 
 fn round_bytes(r: Round) -> [u8; 8] {
     r.as_i64().to_be_bytes()
@@ -324,14 +324,16 @@ impl mc::ProposalPart<LedgerContext> for ProposalPart {
 
 /// What the proposer signs in `Fin`: the init fields and a hash of the
 /// block bytes, so a stream cannot be spliced from two proposals.
+/// It is `meshcast_ledger::SignedProposal`'s message, so two of them for
+/// one round are evidence the ledger checks.
 pub fn stream_sign_bytes(init: &ProposalInit, block_bytes_hash: &[u8; 32]) -> Vec<u8> {
-    let mut m = PART_DOMAIN.to_vec();
-    m.extend_from_slice(&init.height.0.to_be_bytes());
-    m.extend_from_slice(&round_bytes(init.round));
-    m.extend_from_slice(&round_bytes(init.pol_round));
-    m.extend_from_slice(&init.proposer.0);
-    m.extend_from_slice(block_bytes_hash);
-    m
+    meshcast_ledger::SignedProposal::message(
+        init.height.0,
+        init.round.as_i64(),
+        init.pol_round.as_i64(),
+        &init.proposer.0,
+        block_bytes_hash,
+    )
 }
 
 #[derive(Clone, Debug, Default)]
@@ -433,6 +435,11 @@ impl Signer {
 
     pub fn sign(&self, msg: &[u8]) -> Signature {
         self.key.sign(msg)
+    }
+
+    /// The same key for signing ledger transactions (slashing reports).
+    pub fn ledger_key(&self) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&self.key.inner().to_bytes())
     }
 }
 

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod context;
 pub mod forward;
 pub mod metrics;
+pub mod proposed;
 pub mod streams;
 pub mod validator;
 

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub mempool: IntGauge,
     pub txs_committed: IntCounter,
     pub bad_proposals: IntCounter,
+    pub equivocations: IntCounter,
     pub commit_seconds: Histogram,
 }
 
@@ -33,6 +34,11 @@ impl Metrics {
             "Proposal streams dropped: unsigned, malformed, or too large",
         )
         .expect("valid metric");
+        let equivocations = IntCounter::new(
+            "ledger_equivocations_reported_total",
+            "Validators seen signing two proposals for one round, reported for slashing",
+        )
+        .expect("valid metric");
         let commit_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "ledger_commit_seconds",
@@ -47,6 +53,7 @@ impl Metrics {
             Box::new(mempool.clone()),
             Box::new(txs_committed.clone()),
             Box::new(bad_proposals.clone()),
+            Box::new(equivocations.clone()),
             Box::new(commit_seconds.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -58,6 +65,7 @@ impl Metrics {
             mempool,
             txs_committed,
             bad_proposals,
+            equivocations,
             commit_seconds,
         }
     }

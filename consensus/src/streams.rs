@@ -14,7 +14,8 @@ use malachitebft_app_channel::app::streaming::{StreamContent, StreamId, StreamMe
 use malachitebft_app_channel::app::types::core::ValidatorSet as _;
 use malachitebft_app_channel::app::types::PeerId;
 use malachitebft_signing_ed25519::Signature;
-use std::collections::{BTreeMap, VecDeque};
+use meshcast_ledger::{Evidence, SignedProposal};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Largest `Data` part (the pub-sub limit is 4 MiB).
 pub const CHUNK: usize = 512 * 1024;
@@ -66,6 +67,67 @@ pub fn stream_proposal(
 pub struct ReceivedProposal {
     pub init: ProposalInit,
     pub value: BlockValue,
+    /// BLAKE3 of the streamed bytes and the proposer's signature over it
+    /// and the init: what makes a second proposal evidence.
+    pub data_hash: [u8; 32],
+    pub signature: Signature,
+}
+
+/// Each proposer's signed proposal per height and round; a second,
+/// different one from the same proposer is evidence of equivocation.
+/// (Malachite 0.5 keeps equivocating *votes* to itself; proposals pass
+/// through the application, so this is where they can be caught.)
+#[derive(Default)]
+pub struct Equivocations {
+    seen: BTreeMap<(u64, u32, Address), SignedProposal>,
+    reported: BTreeSet<(u64, u32, Address)>,
+}
+
+/// Heights below the committed one for which proposals are remembered.
+const EQUIVOCATION_WINDOW: u64 = 16;
+
+impl Equivocations {
+    pub fn observe(&mut self, p: &ReceivedProposal) -> Option<(Address, Evidence)> {
+        let round = p.init.round.as_u32()?;
+        let signed = SignedProposal {
+            height: p.init.height.0,
+            round,
+            pol_round: p.init.pol_round.as_i64(),
+            data_hash: p.data_hash,
+            sig: p.signature.to_bytes(),
+        };
+        let key = (p.init.height.0, round, p.init.proposer);
+        match self.seen.get(&key) {
+            None => {
+                self.seen.insert(key, signed);
+                None
+            }
+            Some(first)
+                if (first.pol_round, first.data_hash) == (signed.pol_round, signed.data_hash) =>
+            {
+                None
+            }
+            Some(first) => {
+                if !self.reported.insert(key) {
+                    return None;
+                }
+                Some((
+                    p.init.proposer,
+                    Evidence::DoubleProposal {
+                        a: first.clone(),
+                        b: signed,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Forgets heights well below `committed`.
+    pub fn prune(&mut self, committed: u64) {
+        let floor = committed.saturating_sub(EQUIVOCATION_WINDOW);
+        self.seen.retain(|k, _| k.0 >= floor);
+        self.reported.retain(|k| k.0 >= floor);
+    }
 }
 
 #[derive(Default)]
@@ -159,7 +221,12 @@ fn assemble(partial: Partial, validators: &ValidatorSet) -> Result<ReceivedPropo
         return Err(format!("bad proposal signature from {}", init.proposer));
     }
     let value = decode_block(&data).map_err(|e| e.to_string())?;
-    Ok(ReceivedProposal { init, value })
+    Ok(ReceivedProposal {
+        init,
+        value,
+        data_hash: *blake3::hash(&data).as_bytes(),
+        signature: sig,
+    })
 }
 
 /// Whether a signed, decoded block may be decided at `height`: the

@@ -7,6 +7,7 @@ use crate::app::{App, Pacing};
 use crate::codec::WireCodec;
 use crate::context::{Height, LedgerContext, Signer, ValidatorSet};
 use crate::metrics::Metrics;
+use crate::proposed::ProposalLog;
 use async_trait::async_trait;
 use malachitebft_app_channel::app::config::{
     ConsensusConfig, DiscoveryConfig, P2pConfig, PubSubProtocol, TimeoutConfig, ValuePayload,
@@ -262,12 +263,14 @@ impl Node for LedgerApp {
         )
         .await?;
         let events = channels.events.clone();
+        let proposed = ProposalLog::open(&self.setup.data_dir.join("proposed"))?;
         let app = App::new(
             self.node.clone(),
             signer,
             validators,
             self.setup.pacing,
             self.metrics.clone(),
+            proposed,
         );
         let span = tracing::info_span!("ledger", moniker = %self.setup.moniker);
         let app = tokio::spawn(

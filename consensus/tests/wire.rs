@@ -393,3 +393,82 @@ fn genesis_validator_sets_are_checked() {
         .unwrap_err()
         .contains("twice"));
 }
+
+#[test]
+fn two_proposals_for_one_round_are_caught_and_slashed() {
+    use meshcast_consensus::streams::Equivocations;
+    use meshcast_ledger::State;
+    let g = genesis(4);
+    let validators = ValidatorSet::from_genesis(&g).unwrap();
+    let liar = signer(2);
+    let init = ProposalInit {
+        height: Height(1),
+        round: Round::new(0),
+        pol_round: Round::Nil,
+        proposer: liar.address(),
+    };
+    let receive = |streams: &mut Streams, from: u8, value: &BlockValue| {
+        stream_proposal(&liar, init, &encode_block(&value.block))
+            .into_iter()
+            .filter_map(|m| streams.insert(peer(from), m, &validators).unwrap())
+            .next()
+            .unwrap()
+    };
+    let a = BlockValue::new(block(1, liar.address(), 1));
+    let b = BlockValue::new(block(1, liar.address(), 2));
+    let mut streams = Streams::default();
+    let mut seen = Equivocations::default();
+    assert!(seen.observe(&receive(&mut streams, 1, &a)).is_none());
+    // The same proposal again (another peer, a restream) is not evidence.
+    assert!(seen.observe(&receive(&mut streams, 3, &a)).is_none());
+    let (offender, evidence) = seen.observe(&receive(&mut streams, 4, &b)).unwrap();
+    assert_eq!(offender, liar.address());
+    // Reported once.
+    assert!(seen.observe(&receive(&mut streams, 5, &b)).is_none());
+    // Evidence travels as JSON (the `ledger tx slash` file format).
+    let evidence: meshcast_ledger::Evidence =
+        serde_json::from_str(&serde_json::to_string(&evidence).unwrap()).unwrap();
+
+    // An honest validator's report slashes the liar on the ledger.
+    let reporter = signer(1);
+    let mut state = State::from_genesis(&g).unwrap();
+    let stake = state.account(&liar.address().0).unwrap().stake;
+    let report = TxBody {
+        chain_id: "test".into(),
+        from: reporter.address().0,
+        nonce: 0,
+        action: Action::Slash {
+            offender: liar.address().0,
+            evidence: evidence.clone(),
+        },
+    }
+    .sign(&reporter.ledger_key());
+    state.check(&report).unwrap();
+    let r = state.apply_block(&Block {
+        height: 1,
+        time_ms: 1,
+        proposer: reporter.address().0,
+        txs: vec![report],
+    });
+    assert_eq!(r.results, vec![None]);
+    assert_eq!(
+        state.account(&liar.address().0).unwrap().stake,
+        stake - stake * 500 / 10_000
+    );
+    // Blaming someone else with it does not hold.
+    let wrong = TxBody {
+        chain_id: "test".into(),
+        from: reporter.address().0,
+        nonce: 1,
+        action: Action::Slash {
+            offender: signer(3).address().0,
+            evidence,
+        },
+    }
+    .sign(&reporter.ledger_key());
+    assert!(state
+        .check(&wrong)
+        .unwrap_err()
+        .to_string()
+        .contains("not signed by the offender"));
+}

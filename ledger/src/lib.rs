@@ -19,7 +19,7 @@ pub mod store;
 pub mod tx;
 
 pub use state::{Account, BlockResult, Genesis, Params, State, TxError};
-pub use tx::{vote_sign_bytes, Action, Block, Evidence, SignedVote, Tx, Work};
+pub use tx::{vote_sign_bytes, Action, Block, Evidence, SignedProposal, SignedVote, Tx, Work};
 
 /// Ed25519 public key of an account, validator or node.
 pub type Address = [u8; 32];

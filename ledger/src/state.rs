@@ -352,19 +352,45 @@ impl State {
                 s.settled.push(key);
             }
             Action::Slash { offender, evidence } => {
-                let Evidence::DoubleSign { a, b } = evidence;
-                if a.height != b.height || a.round != b.round {
-                    return Err(TxError::BadEvidence(
-                        "the votes are for different heights or rounds",
-                    ));
-                }
-                if a.block == b.block {
-                    return Err(TxError::BadEvidence("both votes are for the same block"));
-                }
-                if !a.verify(offender) || !b.verify(offender) {
-                    return Err(TxError::BadEvidence("a vote is not signed by the offender"));
-                }
-                let key = format!("slash/{}/{}/{}", short(offender), a.height, a.round);
+                let key = match evidence {
+                    Evidence::DoubleSign { a, b } => {
+                        if a.height != b.height || a.round != b.round {
+                            return Err(TxError::BadEvidence(
+                                "the votes are for different heights or rounds",
+                            ));
+                        }
+                        if a.block == b.block {
+                            return Err(TxError::BadEvidence("both votes are for the same block"));
+                        }
+                        if !a.verify(offender) || !b.verify(offender) {
+                            return Err(TxError::BadEvidence(
+                                "a vote is not signed by the offender",
+                            ));
+                        }
+                        format!("slash/{}/{}/{}", short(offender), a.height, a.round)
+                    }
+                    Evidence::DoubleProposal { a, b } => {
+                        if a.height != b.height || a.round != b.round {
+                            return Err(TxError::BadEvidence(
+                                "the proposals are for different heights or rounds",
+                            ));
+                        }
+                        if (a.pol_round, a.data_hash) == (b.pol_round, b.data_hash) {
+                            return Err(TxError::BadEvidence("both proposals are the same"));
+                        }
+                        if !a.verify(offender) || !b.verify(offender) {
+                            return Err(TxError::BadEvidence(
+                                "a proposal is not signed by the offender",
+                            ));
+                        }
+                        format!(
+                            "slash-proposal/{}/{}/{}",
+                            short(offender),
+                            a.height,
+                            a.round
+                        )
+                    }
+                };
                 if self.settled.contains(&key) {
                     return Err(TxError::AlreadySettled(key));
                 }

@@ -96,11 +96,64 @@ impl SignedVote {
     }
 }
 
+const PROPOSAL_DOMAIN: &[u8] = b"meshcast-consensus-proposal-stream-v1\n";
+
+/// A proposer's signature on the block it streams at a height and round
+/// (what consensus's `Fin` part carries): over the round it is valid from
+/// (`pol_round`, -1 for none) and the BLAKE3 of the block's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedProposal {
+    pub height: u64,
+    pub round: u32,
+    pub pol_round: i64,
+    #[serde(with = "hex32")]
+    pub data_hash: [u8; 32],
+    #[serde(with = "hex64")]
+    pub sig: [u8; 64],
+}
+
+impl SignedProposal {
+    pub fn message(
+        height: u64,
+        round: i64,
+        pol_round: i64,
+        proposer: &Address,
+        data_hash: &[u8; 32],
+    ) -> Vec<u8> {
+        let mut m = PROPOSAL_DOMAIN.to_vec();
+        m.extend_from_slice(&height.to_be_bytes());
+        m.extend_from_slice(&round.to_be_bytes());
+        m.extend_from_slice(&pol_round.to_be_bytes());
+        m.extend_from_slice(proposer);
+        m.extend_from_slice(data_hash);
+        m
+    }
+
+    pub fn verify(&self, by: &Address) -> bool {
+        let m = Self::message(
+            self.height,
+            self.round as i64,
+            self.pol_round,
+            by,
+            &self.data_hash,
+        );
+        VerifyingKey::from_bytes(by).is_ok_and(|k| {
+            k.verify_strict(&m, &Signature::from_bytes(&self.sig))
+                .is_ok()
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Evidence {
     /// Two votes by the offender for different blocks at one height and round.
     DoubleSign { a: SignedVote, b: SignedVote },
+    /// Two different proposals by the offender for one height and round.
+    DoubleProposal {
+        a: SignedProposal,
+        b: SignedProposal,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

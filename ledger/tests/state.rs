@@ -8,7 +8,9 @@ use meshcast_ledger::hash::{prove_account, verify_account};
 use meshcast_ledger::state::GenesisAccount;
 use meshcast_ledger::store::Store;
 use meshcast_ledger::tx::TxBody;
-use meshcast_ledger::{Action, Block, Evidence, Genesis, Params, SignedVote, State, Tx, Work};
+use meshcast_ledger::{
+    Action, Block, Evidence, Genesis, Params, SignedProposal, SignedVote, State, Tx, Work,
+};
 use proptest::prelude::*;
 
 fn key(n: u8) -> SigningKey {
@@ -367,4 +369,50 @@ proptest! {
         }
         prop_assert_eq!(replica, s);
     }
+}
+
+fn signed_proposal(by: u8, height: u64, round: u32, data: u8) -> SignedProposal {
+    use ed25519_dalek::Signer;
+    let data_hash = [data; 32];
+    let m = SignedProposal::message(height, round as i64, -1, &addr(by), &data_hash);
+    SignedProposal {
+        height,
+        round,
+        pol_round: -1,
+        data_hash,
+        sig: key(by).sign(&m).to_bytes(),
+    }
+}
+
+#[test]
+fn double_proposals_are_slashed_once_and_only_when_they_hold() {
+    let mut s = State::from_genesis(&genesis()).unwrap();
+    let slash = |s: &State, a: SignedProposal, b: SignedProposal| {
+        tx(
+            s,
+            1,
+            Action::Slash {
+                offender: addr(4),
+                evidence: Evidence::DoubleProposal { a, b },
+            },
+        )
+    };
+    let a = signed_proposal(4, 5, 1, 1);
+    assert!(refusal(&s, &slash(&s, a.clone(), a.clone())).contains("the same"));
+    assert!(
+        refusal(&s, &slash(&s, a.clone(), signed_proposal(4, 6, 1, 2)))
+            .contains("different heights")
+    );
+    assert!(
+        refusal(&s, &slash(&s, a.clone(), signed_proposal(3, 5, 1, 2)))
+            .contains("not signed by the offender")
+    );
+    let mut forged = signed_proposal(4, 5, 1, 2);
+    forged.data_hash = [7; 32];
+    assert!(refusal(&s, &slash(&s, a.clone(), forged)).contains("not signed"));
+    let good = slash(&s, a.clone(), signed_proposal(4, 5, 1, 2));
+    let r = s.apply_block(&block(&s, vec![good]));
+    assert_eq!(r.results, vec![None]);
+    assert_eq!(s.account(&addr(4)).unwrap().stake, 450);
+    assert!(refusal(&s, &slash(&s, signed_proposal(4, 5, 1, 3), a)).contains("already settled"));
 }
