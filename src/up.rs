@@ -267,6 +267,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let ready = json!({
         "hub": hub_url,
         "edges": edges,
+        "ledger": format!("{hub_url}/v1/ledger/status"),
         "videos": [{ "id": id, "hls": tok["hls"], "dash": tok["dash"], "player": status["player"],
                      "token_expires": tok["expires"] }],
     });
@@ -282,6 +283,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tok["hls"][0].as_str().unwrap_or("-")
     );
     println!("Delivery credits:      {hub_url}/v1/nodes");
+    println!("Ledger (rewards paid): {hub_url}/v1/ledger/status, /v1/ledger/accounts/<edge key>");
     println!("Data and logs: {}\nCtrl-C stops everything.", dir.display());
     if let Some(path) = &args.ready_file {
         std::fs::write(path, serde_json::to_vec_pretty(&ready)?)?;

@@ -370,6 +370,14 @@ async fn meshcast_up_brings_up_a_playable_network() {
             .status()
             .is_success()
     );
+    // The hub's own ledger is committing blocks.
+    let ledger: serde_json::Value = reqwest::get(facts["ledger"].as_str().unwrap())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(ledger["height"].as_u64().unwrap() >= 1, "{ledger}");
     std::process::Command::new("kill")
         .arg(child.id().to_string())
         .status()
