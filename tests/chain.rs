@@ -3,7 +3,8 @@
 //! everywhere; the chain survives one validator down and the validator
 //! catches up; two of four down halts it until one returns; a validator's
 //! precommit taken from a real commit certificate plus a conflicting one
-//! is slashable evidence.
+//! is slashable evidence. And two hubs, each a validator, replicate one
+//! ledger.
 
 use ed25519_dalek::SigningKey;
 use meshcast_control::identity::NodeKey;
@@ -346,5 +347,156 @@ fn four_validators_commit_survive_faults_and_slash_double_signs() {
     assert!(refused, "the same evidence slashed twice");
 
     drop(v);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+mod support;
+
+/// Two hubs, each a validator of one chain written by `ledger init`: both
+/// commit the same blocks, and a transfer sent to one hub's API is
+/// committed and readable on the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_replicate_one_ledger() {
+    use meshcast_ledger::tx::TxBody;
+    use meshcast_ledger::Action;
+    use support::hub::Hub;
+    let dir = std::env::temp_dir().join(format!("meshcast-hubchain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = meshcast()
+        .args(["ledger", "init", "--validators", "2", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut hubs = vec![
+        Hub::config("http://127.0.0.1:9"),
+        Hub::config("http://127.0.0.1:9"),
+    ];
+    let cfg = |k: usize| {
+        meshcast_conf::LedgerConfig::load(&dir.join(format!("node{k}/ledger.toml")))
+            .unwrap()
+            .ledger
+    };
+    for k in 0..2 {
+        let mine = cfg(k + 1);
+        let other_hub = hubs[1 - k].addr();
+        let text = std::fs::read_to_string(&hubs[k].config).unwrap().replacen(
+            "[hub]\n",
+            &format!(
+                "[hub]\nkey = \"{}\"\n",
+                dir.join(format!("node{}/validator.key", k + 1)).display()
+            ),
+            1,
+        ) + &format!(
+            "[ledger]\ngenesis = \"{}\"\np2p = \"{}\"\npeers = [\"{}\"]\npeer_apis = [\"{other_hub}\"]\n",
+            dir.join("genesis.json").display(),
+            mine.p2p,
+            mine.peers[0],
+        );
+        std::fs::write(&hubs[k].config, text).unwrap();
+    }
+    for h in hubs.iter_mut() {
+        h.launch().await;
+    }
+    let status = |h: &Hub| {
+        let url = h.url("/v1/ledger/status");
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = status(&hubs[0]).await["height"].as_u64().unwrap();
+        let b = status(&hubs[1]).await["height"].as_u64().unwrap();
+        if a >= 3 && b >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hubs at heights {a} and {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Signed by validator 1's key (hub 1's), sent to hub 1, read on hub 2.
+    let seed = NodeKey::load(&dir.join("node1/validator.key"))
+        .unwrap()
+        .seed();
+    let key = SigningKey::from_bytes(&seed);
+    let from = key.verifying_key().to_bytes();
+    let to = NodeKey::load(&dir.join("node2/validator.key"))
+        .unwrap()
+        .public()
+        .to_bytes();
+    let account = |h: &Hub, a: [u8; 32]| {
+        let url = h.url(&format!("/v1/ledger/accounts/{}", hex::encode(a)));
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()["account"]
+                .clone()
+        }
+    };
+    let nonce = account(&hubs[0], from).await["nonce"].as_u64().unwrap();
+    let before = account(&hubs[1], to).await["balance"].as_u64().unwrap();
+    let tx = TxBody {
+        chain_id: "meshcast-local".into(),
+        from,
+        nonce,
+        action: Action::Transfer { to, amount: 11 },
+    }
+    .sign(&key);
+    let r = reqwest::Client::new()
+        .post(hubs[0].url("/v1/ledger/txs"))
+        .json(&tx)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let hash = hex::encode(tx.hash());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let committed = loop {
+        let r = reqwest::get(hubs[1].url(&format!("/v1/ledger/txs/{hash}")))
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transfer never reached hub 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(committed["result"], "applied", "{committed}");
+    let h = committed["height"].as_u64().unwrap();
+    assert_eq!(
+        account(&hubs[1], to).await["balance"].as_u64().unwrap(),
+        before + 11
+    );
+    let block = |hub: &Hub| {
+        let url = hub.url(&format!("/v1/ledger/blocks/{h}"));
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b) = (block(&hubs[0]).await, block(&hubs[1]).await);
+    assert_eq!(a["result"]["app_hash"], b["result"]["app_hash"]);
+    assert!(a["result"]["app_hash"].is_string(), "{a}");
+    drop(hubs);
     let _ = std::fs::remove_dir_all(&dir);
 }
