@@ -202,10 +202,8 @@ pub async fn tx(home: &Path, key: &Path, kind: TxKind, wait: bool) -> anyhow::Re
     let status = get_json(home, "/v1/ledger/status").await?;
     let chain_id = status["chain_id"].as_str().unwrap_or_default().to_string();
     let nonce = match get_json(home, &format!("/v1/ledger/accounts/{}", hex::encode(from))).await {
-        Ok(a) => a
-            .pointer("/account/nonce")
-            .and_then(|n| n.as_u64())
-            .unwrap_or(0),
+        // Counts this sender's transactions still waiting for a block.
+        Ok(a) => a["next_nonce"].as_u64().unwrap_or(0),
         Err(e) => bail!("account {}: {e}", hex::encode(from)),
     };
     let tx = TxBody {

@@ -228,7 +228,7 @@ impl App {
     fn validity(&self, value: &BlockValue, height: Height, proposer: Address) -> Validity {
         let (committed, prev_time) = {
             let n = self.lock();
-            (n.height(), n.last_block_time().ok())
+            (n.height(), Some(n.last_block_time()))
         };
         // The previous block's time is known only for the next height;
         // later heights are checked again when they start.
@@ -308,7 +308,7 @@ impl App {
         }
         let block = {
             let n = self.lock();
-            let prev = n.last_block_time().unwrap_or(0);
+            let prev = n.last_block_time();
             Block {
                 height: height.0,
                 time_ms: now_ms().max(prev + 1),

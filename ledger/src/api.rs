@@ -122,6 +122,8 @@ async fn account(State(api): State<Api>, Path(address): Path<String>) -> Respons
         Some((acct, proof)) => Json(json!({
             "address": address,
             "account": acct,
+            // The nonce a new transaction needs, counting those waiting.
+            "next_nonce": n.next_nonce(&a),
             "height": n.height(),
             "app_hash": hex::encode(n.app_hash()),
             "proof": proof,

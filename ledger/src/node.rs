@@ -39,6 +39,8 @@ pub struct LedgerNode {
     /// they were taken, so neither re-checking them after a block nor
     /// applying them verifies again.
     verified: HashSet<[u8; 32]>,
+    /// Unix milliseconds of the last committed block (0 before the first).
+    last_block_time: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +56,14 @@ pub enum SubmitError {
 impl LedgerNode {
     pub fn open(path: &Path, genesis: &Genesis) -> Result<LedgerNode, StoreError> {
         let (store, state, app_hash) = Store::open(path, genesis)?;
+        let last_block_time = store.block(state.height)?.map_or(0, |b| b.block.time_ms);
         Ok(LedgerNode {
             state,
             store,
             app_hash,
             mempool: Mempool::default(),
             verified: HashSet::new(),
+            last_block_time,
         })
     }
 
@@ -104,6 +108,7 @@ impl LedgerNode {
         self.store
             .commit(block, &result, &self.state, certificate)?;
         self.app_hash = result.app_hash;
+        self.last_block_time = block.time_ms;
         for h in &included {
             self.verified.remove(h);
         }
@@ -160,11 +165,8 @@ impl LedgerNode {
     }
 
     /// Unix milliseconds of the last committed block (0 before the first).
-    pub fn last_block_time(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .store
-            .block(self.height())?
-            .map_or(0, |b| b.block.time_ms))
+    pub fn last_block_time(&self) -> u64 {
+        self.last_block_time
     }
 
     /// A committed transaction, its block height, index and outcome.

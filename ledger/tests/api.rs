@@ -178,6 +178,7 @@ async fn submit_commit_and_read_back() {
         .unwrap();
     let acct: Account = serde_json::from_value(a["account"].clone()).unwrap();
     assert_eq!(acct.balance, 50);
+    assert_eq!(a["next_nonce"], 0);
     let proof: AccountProof = serde_json::from_value(a["proof"].clone()).unwrap();
     assert!(verify_account(committed.app_hash, &addr(2), &acct, &proof));
     assert_eq!(get("/v1/ledger/accounts/zz").await.unwrap().status(), 400);
