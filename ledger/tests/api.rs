@@ -34,13 +34,14 @@ fn transfer(from: u8, nonce: u64, amount: u64, chain: &str) -> Tx {
     .sign(&key(from))
 }
 
-#[tokio::test]
-async fn submit_commit_and_read_back() {
-    let dir = std::env::temp_dir().join(format!("meshcast-ledger-api-{}", std::process::id()));
+/// A fresh ledger node in its own directory: account 1 holds 100 on
+/// chain `chain`.
+fn open_node(name: &str, chain: &str) -> (std::path::PathBuf, api::Shared) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let genesis = Genesis {
-        chain_id: "api-test".into(),
+        chain_id: chain.into(),
         params: Params {
             delivery_price_per_gb: 1,
             storage_price_per_gb_hour: 1,
@@ -59,6 +60,12 @@ async fn submit_commit_and_read_back() {
     let node = Arc::new(Mutex::new(
         LedgerNode::open(&dir.join("ledger.redb"), &genesis).unwrap(),
     ));
+    (dir, node)
+}
+
+#[tokio::test]
+async fn submit_commit_and_read_back() {
+    let (dir, node) = open_node("meshcast-ledger-api", "api-test");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(axum::serve(listener, api::routes(node.clone())).into_future());
@@ -187,29 +194,7 @@ async fn submit_commit_and_read_back() {
 
 #[tokio::test]
 async fn batches_report_each_transaction_and_only_client_submissions_are_passed_on() {
-    let dir = std::env::temp_dir().join(format!("meshcast-ledger-batch-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let genesis = Genesis {
-        chain_id: "batch".into(),
-        params: Params {
-            delivery_price_per_gb: 1,
-            storage_price_per_gb_hour: 1,
-            transcode_price_per_second: 1,
-            unbond_delay: 1,
-            slash_bps: 0,
-        },
-        accounts: vec![GenesisAccount {
-            address: addr(1),
-            balance: 100,
-            stake: 0,
-        }],
-        authorities: vec![],
-        validators: vec![],
-    };
-    let node = Arc::new(Mutex::new(
-        LedgerNode::open(&dir.join("ledger.redb"), &genesis).unwrap(),
-    ));
+    let (dir, node) = open_node("meshcast-ledger-batch", "batch");
     let passed_on = Arc::new(Mutex::new(Vec::<[u8; 32]>::new()));
     let hook: api::OnAccept = {
         let p = passed_on.clone();
