@@ -352,6 +352,10 @@ fn four_validators_commit_survive_faults_and_slash_double_signs() {
 
 mod support;
 
+async fn fetch(url: String) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 /// Two hubs, each a validator of one chain written by `ledger init`: both
 /// commit the same blocks, and a transfer sent to one hub's API is
 /// committed and readable on the other's.
@@ -402,17 +406,7 @@ async fn two_hubs_replicate_one_ledger() {
     for h in hubs.iter_mut() {
         h.launch().await;
     }
-    let status = |h: &Hub| {
-        let url = h.url("/v1/ledger/status");
-        async move {
-            reqwest::get(url)
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
+    let status = |h: &Hub| fetch(h.url("/v1/ledger/status"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let a = status(&hubs[0]).await["height"].as_u64().unwrap();
@@ -436,15 +430,7 @@ async fn two_hubs_replicate_one_ledger() {
         .to_bytes();
     let account = |h: &Hub, a: [u8; 32]| {
         let url = h.url(&format!("/v1/ledger/accounts/{}", hex::encode(a)));
-        async move {
-            reqwest::get(url)
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()["account"]
-                .clone()
-        }
+        async move { fetch(url).await["account"].clone() }
     };
     let nonce = account(&hubs[0], from).await["nonce"].as_u64().unwrap();
     let before = account(&hubs[1], to).await["balance"].as_u64().unwrap();
@@ -483,17 +469,7 @@ async fn two_hubs_replicate_one_ledger() {
         account(&hubs[1], to).await["balance"].as_u64().unwrap(),
         before + 11
     );
-    let block = |hub: &Hub| {
-        let url = hub.url(&format!("/v1/ledger/blocks/{h}"));
-        async move {
-            reqwest::get(url)
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
+    let block = |hub: &Hub| fetch(hub.url(&format!("/v1/ledger/blocks/{h}")));
     let (a, b) = (block(&hubs[0]).await, block(&hubs[1]).await);
     assert_eq!(a["result"]["app_hash"], b["result"]["app_hash"]);
     assert!(a["result"]["app_hash"].is_string(), "{a}");
