@@ -126,10 +126,11 @@ fn transfer(from: &Validator, to: &str, amount: u64) -> Value {
     .unwrap_or_else(|e| panic!("transfer failed: {e}\n{}", from.log()))
 }
 
-fn setup(dir: &Path) -> Vec<Validator> {
+/// A fresh chain of `n` validators in `dir` (`meshcast ledger init`).
+fn init_chain(dir: &Path, n: usize) {
     let _ = std::fs::remove_dir_all(dir);
     let out = meshcast()
-        .args(["ledger", "init", "--validators", "4", "--dir"])
+        .args(["ledger", "init", "--validators", &n.to_string(), "--dir"])
         .arg(dir)
         .output()
         .unwrap();
@@ -138,6 +139,10 @@ fn setup(dir: &Path) -> Vec<Validator> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn setup(dir: &Path) -> Vec<Validator> {
+    init_chain(dir, 4);
     (1..=4)
         .map(|k| Validator {
             home: dir.join(format!("node{k}")),
@@ -365,17 +370,7 @@ async fn two_hubs_replicate_one_ledger() {
     use meshcast_ledger::Action;
     use support::hub::Hub;
     let dir = std::env::temp_dir().join(format!("meshcast-hubchain-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = meshcast()
-        .args(["ledger", "init", "--validators", "2", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_chain(&dir, 2);
     let mut hubs = vec![
         Hub::config("http://127.0.0.1:9"),
         Hub::config("http://127.0.0.1:9"),

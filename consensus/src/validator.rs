@@ -226,6 +226,8 @@ impl NodeHandle<LedgerContext> for Running {
 #[derive(Clone)]
 pub struct LedgerApp {
     setup: Setup,
+    /// From the genesis, checked once in `start`.
+    validators: ValidatorSet,
     config: EngineConfig,
     node: Shared,
     metrics: Metrics,
@@ -241,8 +243,7 @@ impl Node for LedgerApp {
     type NodeHandle = Running;
 
     async fn start(&self) -> eyre::Result<Running> {
-        let validators =
-            ValidatorSet::from_genesis(&self.setup.genesis).map_err(eyre::Error::msg)?;
+        let validators = self.validators.clone();
         let signer = Arc::new(Signer::new(self.setup.key_seed));
         if !validators
             .validators()
@@ -338,13 +339,14 @@ impl Node for LedgerApp {
 /// Opens the ledger and starts consensus.
 pub async fn start(setup: Setup) -> Result<Running, StartError> {
     std::fs::create_dir_all(&setup.data_dir).map_err(|e| file_err(&setup.data_dir, e))?;
-    ValidatorSet::from_genesis(&setup.genesis).map_err(StartError::Genesis)?;
+    let validators = ValidatorSet::from_genesis(&setup.genesis).map_err(StartError::Genesis)?;
     let ledger = LedgerNode::open(&setup.data_dir.join("ledger.redb"), &setup.genesis)?;
     info!(height = ledger.height(), app_hash = %hex::encode(ledger.app_hash()), "ledger opened");
     let node: Shared = Arc::new(Mutex::new(ledger));
     let config = engine_config(&setup)?;
     let app = LedgerApp {
         setup,
+        validators,
         config,
         node,
         metrics: Metrics::new(),

@@ -68,9 +68,12 @@ async fn status(State(api): State<Api>) -> Response {
 /// order: `{"hash"}` or `{"error"}`).
 async fn submit(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
     let forwarded = headers.contains_key(FORWARDED_HEADER);
+    let pass_on = api.on_accept.as_ref().filter(|_| !forwarded);
     let take = |tx: Tx| -> Result<[u8; 32], SubmitError> {
-        let accepted = lock(&api.node).submit(tx.clone());
-        if let (Ok(_), Some(hook), false) = (&accepted, &api.on_accept, forwarded) {
+        // A copy only when there is somewhere to pass it on to.
+        let copy = pass_on.map(|_| tx.clone());
+        let accepted = lock(&api.node).submit(tx);
+        if let (Ok(_), Some(hook), Some(tx)) = (&accepted, pass_on, copy) {
             hook(&tx);
         }
         accepted
