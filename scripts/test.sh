@@ -9,6 +9,14 @@ ensure_packages cmake:cmake gcc:cc g++:c++ pkg-config:pkg-config procps:kill cur
   ffmpeg:ffmpeg chromium:chromium nodejs:node npm:npm nginx:nginx wrk:wrk
 ensure_rust
 npm ci --no-audit --no-fund --loglevel=error
+# A clean clone never reuses incremental state; skipping it saves disk and time.
+[ -n "${CI:-}" ] && export CARGO_INCREMENTAL=0
+# The test build needs a few GiB; say so up front rather than die mid-link.
+free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+echo "==> $((free_kib / 1048576)) GiB free for the build" >&2
+if [ "$free_kib" -lt $((4 * 1048576)) ]; then
+  echo "warning: under 4 GiB free here; the test build may run out of disk" >&2
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
