@@ -1,6 +1,6 @@
 //! The app hash: a BLAKE3 Merkle root (rs_merkle, via `meshcast-control`)
 //! over one leaf per account in address order, then one leaf for the rest
-//! of the state (chain, supply, settled references). A balance is proven
+//! of the state (chain, supply, settled references, reward carries). A balance is proven
 //! by its leaf and a Merkle path to the app hash of a committed block.
 //!
 //! The tree is rebuilt from every account at each block: simple and
@@ -25,11 +25,18 @@ fn meta_leaf(state: &State) -> Vec<u8> {
         settled.update(key.as_bytes());
         settled.update(b"\n");
     }
+    let mut carries = blake3::Hasher::new();
+    for ((payer, node), carry) in &state.carries {
+        carries.update(payer);
+        carries.update(node);
+        carries.update(&carry.to_be_bytes());
+    }
     let mut leaf = b"meta\n".to_vec();
     leaf.extend_from_slice(state.chain_id.as_bytes());
     leaf.push(0);
     leaf.extend_from_slice(&state.supply.to_be_bytes());
     leaf.extend_from_slice(settled.finalize().as_bytes());
+    leaf.extend_from_slice(carries.finalize().as_bytes());
     leaf
 }
 

@@ -90,6 +90,10 @@ pub struct State {
     pub accounts: BTreeMap<Address, Account>,
     /// Rewards paid and evidence used, so neither counts twice.
     pub settled: BTreeSet<String>,
+    /// What per-GB rewards from a payer to a node left below one µMESH, in
+    /// 10⁻⁹ µMESH, keyed (payer, node); the next reward between the two
+    /// pays it, so many small rewards add up to what one large one pays.
+    pub carries: BTreeMap<(Address, Address), u64>,
     /// Last applied block height (0 = genesis).
     pub height: u64,
     /// Sum of every account's holdings; changes only at genesis and by slashing.
@@ -129,6 +133,7 @@ pub enum TxError {
 struct Scratch {
     accounts: BTreeMap<Address, Account>,
     settled: Vec<String>,
+    carries: BTreeMap<(Address, Address), u64>,
     burned: u128,
 }
 
@@ -142,6 +147,26 @@ impl Scratch {
             self.accounts.insert(*a, acct.clone());
         }
         Ok(self.accounts.get_mut(a).expect("inserted above"))
+    }
+
+    /// Whole µMESH for `units` at a per-GB price between `pair`, taking
+    /// the pair's carry in and leaving the new one.
+    fn pay_per_gb(
+        &mut self,
+        state: &State,
+        pair: (Address, Address),
+        units: u64,
+        unit_price: u64,
+    ) -> Result<u64, TxError> {
+        let carry = self
+            .carries
+            .get(&pair)
+            .or_else(|| state.carries.get(&pair))
+            .copied()
+            .unwrap_or(0);
+        let (amount, left) = price_per_gb(units, unit_price, carry)?;
+        self.carries.insert(pair, left);
+        Ok(amount)
     }
 
     fn get_or_new(&mut self, state: &State, a: &Address) -> &mut Account {
@@ -164,6 +189,8 @@ pub struct BlockResult {
     pub changed: BTreeSet<Address>,
     #[serde(skip)]
     pub settled: Vec<String>,
+    #[serde(skip)]
+    pub carries: BTreeSet<(Address, Address)>,
 }
 
 fn short(a: &Address) -> String {
@@ -185,6 +212,18 @@ fn add(a: u64, b: u64) -> Result<u64, TxError> {
 /// `units × price / per` in u128, refusing results beyond u64.
 fn price(units: u64, price: u64, per: u128) -> Result<u64, TxError> {
     u64::try_from(units as u128 * price as u128 / per).map_err(|_| TxError::Overflow)
+}
+
+/// Prices are per GB (10⁹ bytes); carries are kept in 10⁻⁹ µMESH.
+const PER_GB: u64 = 1_000_000_000;
+
+/// `units × price_per_gb / 10⁹ + carry` in whole µMESH, and what is left
+/// below one µMESH for the next reward.
+fn price_per_gb(units: u64, price_per_gb: u64, carry: u64) -> Result<(u64, u64), TxError> {
+    debug_assert!(carry < PER_GB, "a carry is less than one µMESH");
+    let total = units as u128 * price_per_gb as u128 + carry as u128;
+    let amount = u64::try_from(total / PER_GB as u128).map_err(|_| TxError::Overflow)?;
+    Ok((amount, (total % PER_GB as u128) as u64))
 }
 
 impl State {
@@ -219,6 +258,7 @@ impl State {
             authorities,
             accounts,
             settled: BTreeSet::new(),
+            carries: BTreeMap::new(),
             height: 0,
             supply,
         })
@@ -334,12 +374,13 @@ impl State {
                     return Err(TxError::AlreadySettled(reference.clone()));
                 }
                 let p = &self.params;
+                let pair = (*payer, *node);
                 let amount = match work {
                     Work::Delivery { bytes } => {
-                        price(*bytes, p.delivery_price_per_gb, 1_000_000_000)?
+                        s.pay_per_gb(self, pair, *bytes, p.delivery_price_per_gb)?
                     }
                     Work::Storage { byte_hours } => {
-                        price(*byte_hours, p.storage_price_per_gb_hour, 1_000_000_000)?
+                        s.pay_per_gb(self, pair, *byte_hours, p.storage_price_per_gb_hour)?
                     }
                     Work::Transcode { seconds } => {
                         price(*seconds, p.transcode_price_per_second, 1)?
@@ -408,6 +449,13 @@ impl State {
     fn commit(&mut self, s: Scratch) {
         self.accounts.extend(s.accounts);
         self.settled.extend(s.settled);
+        for (pair, carry) in s.carries {
+            if carry == 0 {
+                self.carries.remove(&pair);
+            } else {
+                self.carries.insert(pair, carry);
+            }
+        }
         self.supply -= s.burned;
     }
 
@@ -444,6 +492,7 @@ impl State {
         assert_eq!(block.height, self.height + 1, "blocks apply in order");
         let mut changed = BTreeSet::new();
         let mut settled = Vec::new();
+        let mut carries = BTreeSet::new();
         self.release(block.height, &mut changed);
         let mut results = Vec::with_capacity(block.txs.len());
         for tx in &block.txs {
@@ -451,6 +500,7 @@ impl State {
                 Ok(scratch) => {
                     changed.extend(scratch.accounts.keys().copied());
                     settled.extend(scratch.settled.iter().cloned());
+                    carries.extend(scratch.carries.keys().copied());
                     self.commit(scratch);
                     results.push(None);
                 }
@@ -465,6 +515,7 @@ impl State {
             results,
             changed,
             settled,
+            carries,
         }
     }
 

@@ -1,4 +1,5 @@
-//! The ledger in redb: accounts, settled references, the state's scalars,
+//! The ledger in redb: accounts, settled references, reward carries, the
+//! state's scalars,
 //! and every block with its result and app hash. One write transaction per
 //! block, so a crash leaves the state at a block boundary.
 
@@ -11,6 +12,8 @@ use std::path::Path;
 
 const ACCOUNTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("accounts");
 const SETTLED: TableDefinition<&str, ()> = TableDefinition::new("settled");
+/// payer ‖ node (64 bytes) → carry (10⁻⁹ µMESH); absent = 0.
+const CARRIES: TableDefinition<&[u8], u64> = TableDefinition::new("carries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 /// tx hash (hex) → (height, index in block).
@@ -79,6 +82,7 @@ impl Store {
                             .map_err(err)?;
                     }
                     txn.open_table(SETTLED).map_err(err)?;
+                    txn.open_table(CARRIES).map_err(err)?;
                     txn.open_table(BLOCKS).map_err(err)?;
                     txn.open_table(TXS).map_err(err)?;
                     txn.open_table(CERTIFICATES).map_err(err)?;
@@ -116,6 +120,16 @@ impl Store {
                         .settled
                         .insert(row.map_err(err)?.0.value().to_string());
                 }
+                for row in txn.open_table(CARRIES).map_err(err)?.iter().map_err(err)? {
+                    let (k, v) = row.map_err(err)?;
+                    let k = k.value();
+                    if k.len() != 64 {
+                        return Err(err("bad carry key"));
+                    }
+                    let payer: Address = k[..32].try_into().expect("32 of 64 bytes");
+                    let node: Address = k[32..].try_into().expect("32 of 64 bytes");
+                    state.carries.insert((payer, node), v.value());
+                }
                 state.height = meta.height;
                 state.supply = meta.supply;
                 meta.app_hash
@@ -146,6 +160,15 @@ impl Store {
             let mut settled = txn.open_table(SETTLED).map_err(err)?;
             for key in &result.settled {
                 settled.insert(key.as_str(), ()).map_err(err)?;
+            }
+            let mut carries = txn.open_table(CARRIES).map_err(err)?;
+            for pair in &result.carries {
+                let key = [pair.0, pair.1].concat();
+                match state.carries.get(pair) {
+                    Some(c) => carries.insert(key.as_slice(), *c).map(|_| ()),
+                    None => carries.remove(key.as_slice()).map(|_| ()),
+                }
+                .map_err(err)?;
             }
             let mut txs = txn.open_table(TXS).map_err(err)?;
             for (i, tx) in block.txs.iter().enumerate() {

@@ -253,6 +253,74 @@ fn rewards_unbonding_and_slashing() {
     .contains("already settled"));
 }
 
+/// A reward for `bytes` delivered to node 3, paid by `payer`.
+fn delivery(payer: u8, bytes: u64, reference: String) -> Action {
+    Action::Reward {
+        payer: addr(payer),
+        node: addr(3),
+        work: Work::Delivery { bytes },
+        reference,
+    }
+}
+
+#[test]
+fn many_small_rewards_pay_what_one_large_one_would() {
+    let dir = std::env::temp_dir().join(format!("meshcast-carry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let g = genesis();
+    let (store, mut s, _) = Store::open(&dir.join("ledger.redb"), &g).unwrap();
+    let mut commit = |s: &mut State, txs: Vec<Tx>| {
+        let b = block(s, txs);
+        let r = s.apply_block(&b);
+        assert!(r.results.iter().all(Option::is_none), "{:?}", r.results);
+        store.commit(&b, &r, s, b"cert").unwrap();
+    };
+    let deposits = vec![
+        tx(&s, 1, Action::Deposit { amount: 600 }),
+        tx(&s, 2, Action::Deposit { amount: 100 }),
+    ];
+    commit(&mut s, deposits);
+    // At 100 µMESH/GB, 3 333 333 bytes are worth a third of a µMESH and
+    // 15 000 000 bytes one and a half: each alone rounds down, but
+    // payer 1's 1000 rewards add up to 333 and payer 2's 7 to 10, each
+    // pair carrying its own remainder.
+    for round in 0..10u32 {
+        let mut txs = Vec::new();
+        // The HUB's transactions queued behind `queued` others in one block.
+        let nonce_from = |s: &State, from: u8, action: Action, queued: u64| {
+            let mut body = tx(s, from, action).body;
+            body.nonce += queued;
+            body.sign(&key(from))
+        };
+        for i in 0..100u64 {
+            let reference = format!("delivery/small/{round}/{i}");
+            txs.push(nonce_from(&s, 9, delivery(1, 3_333_333, reference), i));
+        }
+        if round < 7 {
+            let reference = format!("delivery/half/{round}");
+            txs.push(nonce_from(&s, 9, delivery(2, 15_000_000, reference), 100));
+        }
+        commit(&mut s, txs);
+    }
+    assert_eq!(s.account(&addr(3)).unwrap().balance, 1000 + 333 + 10);
+    assert_eq!(s.account(&addr(1)).unwrap().escrow, 600 - 333);
+    assert_eq!(s.account(&addr(2)).unwrap().escrow, 100 - 10);
+    assert_eq!(s.carries[&(addr(1), addr(3))], 333_300_000);
+    assert_eq!(s.carries[&(addr(2), addr(3))], 500_000_000);
+    assert_eq!(s.total_holdings(), s.supply);
+    // The carries are state: stored, reloaded and under the app hash.
+    drop(commit);
+    drop(store);
+    let (_, reopened, app_hash) = Store::open(&dir.join("ledger.redb"), &g).unwrap();
+    assert_eq!(reopened, s);
+    assert_eq!(app_hash, meshcast_ledger::hash::app_hash(&s));
+    let mut other = s.clone();
+    other.carries.insert((addr(1), addr(3)), 1);
+    assert_ne!(meshcast_ledger::hash::app_hash(&other), app_hash);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn store_round_trip_and_balance_proofs() {
     let dir = std::env::temp_dir().join(format!("meshcast-ledger-{}", std::process::id()));
