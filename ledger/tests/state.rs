@@ -270,7 +270,7 @@ fn many_small_rewards_pay_what_one_large_one_would() {
     std::fs::create_dir_all(&dir).unwrap();
     let g = genesis();
     let (store, mut s, _) = Store::open(&dir.join("ledger.redb"), &g).unwrap();
-    let mut commit = |s: &mut State, txs: Vec<Tx>| {
+    let commit = |s: &mut State, txs: Vec<Tx>| {
         let b = block(s, txs);
         let r = s.apply_block(&b);
         assert!(r.results.iter().all(Option::is_none), "{:?}", r.results);
@@ -310,7 +310,6 @@ fn many_small_rewards_pay_what_one_large_one_would() {
     assert_eq!(s.carries[&(addr(2), addr(3))], 500_000_000);
     assert_eq!(s.total_holdings(), s.supply);
     // The carries are state: stored, reloaded and under the app hash.
-    drop(commit);
     drop(store);
     let (_, reopened, app_hash) = Store::open(&dir.join("ledger.redb"), &g).unwrap();
     assert_eq!(reopened, s);
