@@ -37,6 +37,28 @@ pub struct HubLedger {
     /// Other validators' API addresses (client transactions go on to them).
     #[serde(default)]
     pub peer_apis: Vec<SocketAddr>,
+    /// With no transactions waiting, how long the proposer waits for one
+    /// before an empty block. Default: 10 s on the hub's own chain (an idle
+    /// hub writes about 1 KB per block), 500 ms on a shared one, as
+    /// `meshcast ledger run`. Transactions never wait for it.
+    pub empty_block_interval_ms: Option<u64>,
+    /// How long validators wait for a proposal (at least twice the
+    /// interval). Default: 20 s on the hub's own chain, 1.5 s on a shared one.
+    pub timeout_propose_ms: Option<u64>,
+}
+
+impl HubLedger {
+    /// (empty block interval, propose timeout) in milliseconds.
+    pub fn pacing_ms(&self) -> (u64, u64) {
+        let (interval, timeout) = match self.genesis {
+            None => (10_000, 20_000),
+            Some(_) => (500, 1_500),
+        };
+        (
+            self.empty_block_interval_ms.unwrap_or(interval),
+            self.timeout_propose_ms.unwrap_or(timeout),
+        )
+    }
 }
 
 fn default_ledger_p2p() -> SocketAddr {
@@ -50,6 +72,8 @@ impl Default for HubLedger {
             p2p: default_ledger_p2p(),
             peers: Vec::new(),
             peer_apis: Vec::new(),
+            empty_block_interval_ms: None,
+            timeout_propose_ms: None,
         }
     }
 }
@@ -210,6 +234,18 @@ impl HubConfig {
                 ));
             }
         }
+        let (interval, timeout) = self.ledger.pacing_ms();
+        if timeout < 2 * interval {
+            // Point at the key the operator wrote.
+            let key = match self.ledger.timeout_propose_ms {
+                Some(_) => "ledger.timeout_propose_ms",
+                None => "ledger.empty_block_interval_ms",
+            };
+            return Err((
+                key.into(),
+                format!("timeout_propose_ms ({timeout}) must be at least twice empty_block_interval_ms ({interval}), or validators give up on a proposer that is only waiting for transactions"),
+            ));
+        }
         if self.hub.token_rate == 0 {
             return Err((
                 "hub.token_rate".into(),
@@ -311,5 +347,25 @@ mod tests {
             .to_string();
         assert!(e.starts_with("hub.toml:6:"), "{e}");
         assert!(e.contains("transcode.rung[0].height"), "{e}");
+    }
+
+    #[test]
+    fn ledger_pacing_defaults_by_chain_and_is_checked() {
+        let base = "[hub]\nlisten = \"127.0.0.1:7000\"\ndata_dir = \"/tmp/h\"\n";
+        let own = HubConfig::parse(Path::new("hub.toml"), base).unwrap();
+        assert_eq!(own.ledger.pacing_ms(), (10_000, 20_000));
+        let shared = format!("{base}[ledger]\ngenesis = \"g.json\"\n");
+        let shared = HubConfig::parse(Path::new("hub.toml"), &shared).unwrap();
+        assert_eq!(shared.ledger.pacing_ms(), (500, 1_500));
+        let bad = format!("{base}[ledger]\nempty_block_interval_ms = 15000\n");
+        let e = HubConfig::parse(Path::new("hub.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("hub.toml:5:"), "{e}");
+        assert!(e.contains("ledger.empty_block_interval_ms"), "{e}");
+        assert!(
+            e.contains("timeout_propose_ms (20000) must be at least twice"),
+            "{e}"
+        );
     }
 }

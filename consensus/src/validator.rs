@@ -65,11 +65,10 @@ pub struct Setup {
     pub timeouts: TimeoutConfig,
 }
 
-/// Consensus timeouts for validators on one network: shorter than
-/// Malachite's defaults (3 s to propose), since a missing proposer costs
-/// the chain that long each time its turn comes.
-pub fn default_timeouts() -> TimeoutConfig {
-    let propose = Duration::from_millis(1500);
+/// Consensus timeouts around a propose timeout (`timeout_propose_ms`,
+/// 1.5 s by default: shorter than Malachite's 3 s, since a missing
+/// proposer costs the chain that long each time its turn comes).
+pub fn timeouts(propose: Duration) -> TimeoutConfig {
     let vote = Duration::from_millis(500);
     TimeoutConfig {
         timeout_propose: propose,
@@ -104,8 +103,7 @@ pub fn setup_from_home(home: &Path) -> Result<(Setup, SocketAddr), StartError> {
         empty_block_interval: Duration::from_millis(cfg.empty_block_interval_ms),
         max_block_txs: cfg.max_block_txs,
     };
-    let mut timeouts = default_timeouts();
-    timeouts.timeout_propose = Duration::from_millis(cfg.timeout_propose_ms);
+    let timeouts = timeouts(Duration::from_millis(cfg.timeout_propose_ms));
     Ok((
         Setup {
             moniker: home

@@ -15,6 +15,7 @@ use meshcast_ledger::state::{GenesisAccount, GenesisValidator};
 use meshcast_ledger::tx::TxBody;
 use meshcast_ledger::{Action, Genesis, Params};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What a hub's own chain starts with in its treasury (µMESH).
 const TREASURY: u64 = 1_000_000_000_000;
@@ -70,6 +71,8 @@ impl HubLedger {
                 }
             }
         };
+        let (interval_ms, timeout_ms) = config.ledger.pacing_ms();
+        let timeouts = meshcast_consensus::validator::timeouts(Duration::from_millis(timeout_ms));
         let setup = Setup {
             moniker: "hub".into(),
             genesis,
@@ -78,8 +81,11 @@ impl HubLedger {
             p2p: config.ledger.p2p,
             peers: config.ledger.peers.clone(),
             peer_apis: config.ledger.peer_apis.clone(),
-            pacing: meshcast_consensus::Pacing::default(),
-            timeouts: meshcast_consensus::validator::default_timeouts(),
+            pacing: meshcast_consensus::Pacing {
+                empty_block_interval: Duration::from_millis(interval_ms),
+                ..meshcast_consensus::Pacing::default()
+            },
+            timeouts,
         };
         let running = meshcast_consensus::start(setup).await.map_err(ledger_err)?;
         let ledger = HubLedger {
