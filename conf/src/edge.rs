@@ -44,6 +44,10 @@ pub struct NodeSection {
     pub ack_grace: Seconds,
     #[serde(default = "default_heartbeat")]
     pub heartbeat: Seconds,
+    /// How long a settled epoch's outcome (`{epoch}.settled` beside the ack
+    /// logs) is kept for the operator; older ones are deleted.
+    #[serde(default = "default_settled_keep")]
+    pub settled_keep: Seconds,
 }
 
 fn default_epoch() -> Seconds {
@@ -54,6 +58,9 @@ fn default_ack_grace() -> Seconds {
 }
 fn default_heartbeat() -> Seconds {
     Seconds(Duration::from_secs(10))
+}
+fn default_settled_keep() -> Seconds {
+    Seconds(Duration::from_secs(7 * 86_400))
 }
 
 /// `[site.tokens]`: playback tokens (PASETO v4.public) in the path,
@@ -473,6 +480,12 @@ impl EdgeConfig {
                 return Err((
                     "node.ack_grace".into(),
                     "keep ack_grace well under ten epochs".into(),
+                ));
+            }
+            if n.settled_keep.0 < Duration::from_secs(3600) {
+                return Err((
+                    "node.settled_keep".into(),
+                    "keep settled epochs at least 1h".into(),
                 ));
             }
         }

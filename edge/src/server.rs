@@ -76,6 +76,7 @@ fn build_delivery(
         ReceiptSigner::new(key),
         n.epoch.0.as_millis() as u64,
         n.ack_grace.0.as_millis() as u64,
+        n.settled_keep.0.as_millis() as u64,
         &dir,
         metrics,
     )

@@ -1,7 +1,8 @@
 //! The ack log: every accepted ack is written and fsync'd here before the
 //! player hears "accepted", so an edge crash loses no acknowledged
 //! delivery. One file per epoch (`{epoch:020}.log`), deleted once the HUB
-//! has settled that epoch (`{epoch:020}.settled` keeps the outcome).
+//! has settled that epoch (`{epoch:020}.settled` keeps the outcome, for
+//! `[node] settled_keep`).
 //!
 //! One writer thread does group commit: it drains every batch that queued
 //! while it was syncing, writes them, and calls `fdatasync` once per file.
@@ -24,6 +25,28 @@ pub fn log_path(dir: &Path, epoch: u64) -> PathBuf {
 
 pub fn settled_path(dir: &Path, epoch: u64) -> PathBuf {
     dir.join(format!("{epoch:020}.settled"))
+}
+
+/// Deletes the outcomes of epochs before `before_epoch` whose log is gone
+/// (an epoch that old takes no more acks, so nothing needs its marker).
+pub fn prune_settled(dir: &Path, before_epoch: u64) -> std::io::Result<usize> {
+    let mut pruned = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(epoch) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".settled"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if epoch < before_epoch && !log_path(dir, epoch).exists() {
+            std::fs::remove_file(&path)?;
+            pruned += 1;
+        }
+    }
+    Ok(pruned)
 }
 
 pub fn encode(token: &str, acks: &[Ack]) -> Vec<u8> {
@@ -261,6 +284,32 @@ mod tests {
             std::fs::read(path.with_extension("log.damaged-at-0")).unwrap(),
             bad
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn old_settled_epochs_are_pruned_unless_their_log_remains() {
+        let dir = std::env::temp_dir().join(format!("meshcast-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for epoch in [3, 7, 9, 12] {
+            std::fs::write(settled_path(&dir, epoch), b"{}").unwrap();
+        }
+        std::fs::write(log_path(&dir, 7), b"").unwrap();
+        std::fs::write(dir.join("issuers.json"), b"[]").unwrap();
+        assert_eq!(prune_settled(&dir, 10).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let expected = [
+            "00000000000000000007.log",
+            "00000000000000000007.settled",
+            "00000000000000000012.settled",
+            "issuers.json",
+        ];
+        assert_eq!(left, expected);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -73,6 +73,8 @@ pub struct Book {
     serial: AtomicU64,
     pub epoch_ms: u64,
     pub grace_ms: u64,
+    /// How long settled epochs' outcomes are kept.
+    pub settled_keep_ms: u64,
     pub dir: PathBuf,
     pub log: AckLog,
     /// Ack handlers hold it shared from dedup to fsync to insert; sealing
@@ -86,6 +88,7 @@ impl Book {
         signer: ReceiptSigner,
         epoch_ms: u64,
         grace_ms: u64,
+        settled_keep_ms: u64,
         dir: &Path,
         metrics: &Metrics,
     ) -> std::io::Result<Book> {
@@ -121,15 +124,18 @@ impl Book {
         }
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Book {
+        let book = Book {
             signer,
             serial: AtomicU64::new(u64::from_le_bytes(seed) >> 1),
             epoch_ms,
             grace_ms,
+            settled_keep_ms,
             dir: dir.to_path_buf(),
             log,
             epochs: RwLock::new(epochs),
-        })
+        };
+        book.prune_settled(now_ms());
+        Ok(book)
     }
 
     pub fn next_serial(&self) -> u64 {
@@ -138,6 +144,20 @@ impl Book {
 
     pub fn epoch_of(&self, time_ms: u64) -> u64 {
         time_ms / self.epoch_ms
+    }
+
+    /// Deletes settled epochs' outcomes older than `settled_keep`.
+    pub fn prune_settled(&self, now_ms: u64) {
+        let before = self.epoch_of(now_ms.saturating_sub(self.settled_keep_ms));
+        match acklog::prune_settled(&self.dir, before) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                pruned = n,
+                before_epoch = before,
+                "old settled epochs deleted"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot prune settled epochs"),
+        }
     }
 
     /// Verifies a batch, logs the good acks durably, then counts them.

@@ -244,6 +244,7 @@ impl HubClient {
                     self.book.log.close(epoch);
                     let _ = std::fs::remove_file(acklog::log_path(dir, epoch));
                     self.book.epochs.write().await.sealed.remove(&epoch);
+                    self.book.prune_settled(now_ms());
                 }
             }
         }
