@@ -580,3 +580,97 @@ async fn a_signed_video_plays_only_with_its_owners_tokens() {
     let r = get(&edge.url(&format!("/t/{other}/v/{id}/master.m3u8")), &[]).await;
     assert_eq!(r.status, 403, "{}", reason(&r));
 }
+
+/// An edge may not redraw its audit sample: the same claim sent again gets
+/// the same challenge, and a different claim for an epoch already
+/// challenged settles that epoch as refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_sent_again_cannot_redraw_its_challenge() {
+    use meshcast_control::audit::build_claim;
+    use meshcast_control::envelope::Envelope;
+    use meshcast_control::messages;
+    use meshcast_control::receipt::ReceiptSigner;
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    hub.launch().await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Vec<u8>| client.post(hub.url(path)).body(body).send();
+    let edge_key = NodeKey::generate().unwrap();
+    let node = edge_key.id();
+    let reg = json!({"addr": "http://127.0.0.1:9", "roles": ["edge"], "capacity_bytes": 1, "version": "t"});
+    let env = Envelope::seal(
+        &edge_key,
+        messages::REGISTER,
+        serde_json::to_vec(&reg).unwrap(),
+        now(),
+    )
+    .unwrap();
+    assert_eq!(
+        post("/v1/nodes/register", env.encode())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // More acks than the audit samples, so the challenge depends on the nonce.
+    let hub_key = NodeKey::load(&hub.dir.join("data/hub.key")).unwrap();
+    let session = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let epoch_secs = 60;
+    let epoch = now() / epoch_secs - 2;
+    let start_ms = epoch * epoch_secs * 1000;
+    let claims = TokenClaims {
+        issuer: hub_key.public().to_bytes(),
+        prefix: "/v/abc/".into(),
+        expires: now() + 3600,
+        budget: 1 << 40,
+        session: session.verifying_key().to_bytes(),
+    };
+    let tok = token::issue(&hub_key, &claims, start_ms / 1000 - 1).unwrap();
+    let signer = ReceiptSigner::new(NodeKey::from_seed(edge_key.seed()));
+    let n = meshcast_control::audit::sample_k() + 500;
+    let acks: Vec<(String, Ack)> = (0..n as u64)
+        .map(|i| {
+            let r = signer.sign(
+                token::token_id(&tok),
+                [3; 32],
+                &format!("/v/abc/720p/{i}.m4s"),
+                0,
+                1000 + i,
+                start_ms + i,
+                i,
+            );
+            (tok.clone(), Ack::sign(&session, r))
+        })
+        .collect();
+    let claim_body = |acks: Vec<(String, Ack)>| {
+        serde_json::to_vec(&build_claim(epoch, epoch_secs, acks).claim).unwrap()
+    };
+    let send = |body: Vec<u8>| {
+        let env = Envelope::seal(&edge_key, messages::CLAIM, body, now()).unwrap();
+        post("/v1/claims", env.encode())
+    };
+    let body = claim_body(acks.clone());
+    let first = send(body.clone()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let drawn = first["indices"].as_array().unwrap().len();
+    assert!(drawn > 1000 && drawn < n, "a sample: {drawn} of {n}");
+    let again: Value = send(body).await.unwrap().json().await.unwrap();
+    assert_eq!(again, first, "a retried claim gets the same challenge");
+
+    // One ack fewer: a different claim for a challenged epoch.
+    let r = send(claim_body(acks[1..].to_vec())).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["accepted"], false, "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("one claim per epoch"),
+        "{refused}"
+    );
+    let n = node_record(&hub, &node).await.unwrap();
+    assert_eq!(n["claims_rejected"], 1, "{n}");
+    assert_eq!(n["credited_bytes"], 0, "{n}");
+}

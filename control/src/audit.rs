@@ -146,6 +146,10 @@ pub enum AuditError {
     MerkleProof,
     #[error("entry {index}: {reason}")]
     Entry { index: usize, reason: String },
+    #[error(
+        "epoch {0} was already claimed and challenged with a different claim; one claim per epoch"
+    )]
+    Rechallenged(u64),
 }
 
 impl AuditError {
@@ -158,6 +162,7 @@ impl AuditError {
             AuditError::Token { .. } => "token",
             AuditError::MerkleProof => "merkle_proof",
             AuditError::Entry { .. } => "entry",
+            AuditError::Rechallenged(_) => "rechallenged",
         }
     }
 }
@@ -233,7 +238,8 @@ pub fn check_claim(
 
 /// Indices the edge must open: fixed by the claim's bytes (as signed) and a
 /// nonce the HUB picked after receiving it, so the edge can neither choose
-/// nor grind them.
+/// nor grind them (the HUB keeps one challenge per epoch: a claim sent
+/// again gets the same one, a different claim for the epoch is refused).
 pub fn challenge(claim_bytes: &[u8], hub_nonce: &[u8; 32], claim: &Claim) -> Vec<usize> {
     let mut input = Vec::with_capacity(claim_bytes.len() + 32);
     input.extend_from_slice(claim_bytes);

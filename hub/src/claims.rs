@@ -88,6 +88,24 @@ async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(None) => {}
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+    // One challenge per epoch: the same claim again (a retry after a lost
+    // answer or a crash) gets the same indices; a different one would let
+    // an edge redraw until the sample misses what it made up, so the epoch
+    // is refused.
+    match hub.registry.pending(&node, claim.epoch) {
+        Ok(Some(p)) if p.body == env.body => {
+            return Json(Challenge {
+                epoch: claim.epoch,
+                indices: p.challenge,
+            })
+            .into_response()
+        }
+        Ok(Some(_)) => {
+            return reject(&hub, &node, &claim, AuditError::Rechallenged(claim.epoch));
+        }
+        Ok(None) => {}
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
     if let Err(e) = check(&hub, &claim) {
         return reject(&hub, &node, &claim, e);
     }
