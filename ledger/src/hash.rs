@@ -1,7 +1,8 @@
 //! The app hash: a BLAKE3 Merkle root (rs_merkle, via `meshcast-control`)
 //! over one leaf per account in address order, then one leaf for the rest
-//! of the state (chain, supply, settled references, reward carries). A balance is proven
-//! by its leaf and a Merkle path to the app hash of a committed block.
+//! of the state (chain, supply, settled references, reward carries). A
+//! balance is proven by its leaf and a Merkle path to the app hash of a
+//! committed block.
 //!
 //! The tree is rebuilt from every account at each block: simple and
 //! obviously right, O(accounts) per block; an incremental sparse Merkle
