@@ -415,6 +415,19 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
     );
 }
 
+/// A signed registration of an edge at a made-up address.
+fn registration(key: &NodeKey) -> meshcast_control::envelope::Envelope {
+    let reg = json!({"addr": "http://127.0.0.1:9", "roles": ["edge"], "capacity_bytes": 1, "version": "t"});
+    let body = serde_json::to_vec(&reg).unwrap();
+    meshcast_control::envelope::Envelope::seal(
+        key,
+        meshcast_control::messages::REGISTER,
+        body,
+        now(),
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_refuses_unsigned_replayed_and_unknown_node_messages() {
     use meshcast_control::envelope::Envelope;
@@ -424,14 +437,7 @@ async fn the_hub_refuses_unsigned_replayed_and_unknown_node_messages() {
     let client = reqwest::Client::new();
     let post = |path: &str, body: Vec<u8>| client.post(hub.url(path)).body(body).send();
     let key = NodeKey::generate().unwrap();
-    let reg = json!({"addr": "http://127.0.0.1:9", "roles": ["edge"], "capacity_bytes": 1, "version": "t"});
-    let env = Envelope::seal(
-        &key,
-        messages::REGISTER,
-        serde_json::to_vec(&reg).unwrap(),
-        now(),
-    )
-    .unwrap();
+    let env = registration(&key);
     // A claim from a node the hub does not know.
     let claim = Envelope::seal(&key, messages::CLAIM, b"{}".to_vec(), now()).unwrap();
     let r = post("/v1/claims", claim.encode()).await.unwrap();
@@ -596,14 +602,7 @@ async fn a_claim_sent_again_cannot_redraw_its_challenge() {
     let post = |path: &str, body: Vec<u8>| client.post(hub.url(path)).body(body).send();
     let edge_key = NodeKey::generate().unwrap();
     let node = edge_key.id();
-    let reg = json!({"addr": "http://127.0.0.1:9", "roles": ["edge"], "capacity_bytes": 1, "version": "t"});
-    let env = Envelope::seal(
-        &edge_key,
-        messages::REGISTER,
-        serde_json::to_vec(&reg).unwrap(),
-        now(),
-    )
-    .unwrap();
+    let env = registration(&edge_key);
     assert_eq!(
         post("/v1/nodes/register", env.encode())
             .await

@@ -27,18 +27,23 @@ pub fn settled_path(dir: &Path, epoch: u64) -> PathBuf {
     dir.join(format!("{epoch:020}.settled"))
 }
 
+/// The epoch a `{epoch:020}.{extension}` file is for.
+pub fn epoch_of_file(path: &Path, extension: &str) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_suffix(extension)?
+        .strip_suffix('.')?
+        .parse()
+        .ok()
+}
+
 /// Deletes the outcomes of epochs before `before_epoch` whose log is gone
 /// (an epoch that old takes no more acks, so nothing needs its marker).
 pub fn prune_settled(dir: &Path, before_epoch: u64) -> std::io::Result<usize> {
     let mut pruned = 0;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let Some(epoch) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".settled"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
+        let Some(epoch) = epoch_of_file(&path, "settled") else {
             continue;
         };
         if epoch < before_epoch && !log_path(dir, epoch).exists() {

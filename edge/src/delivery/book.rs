@@ -96,12 +96,7 @@ impl Book {
         let epochs = Epochs::default();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
-            let Some(epoch) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".log"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(epoch) = acklog::epoch_of_file(&path, "log") else {
                 continue;
             };
             if acklog::settled_path(dir, epoch).exists() {
