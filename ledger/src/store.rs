@@ -1,7 +1,6 @@
 //! The ledger in redb: accounts, settled references, reward carries, the
-//! state's scalars,
-//! and every block with its result and app hash. One write transaction per
-//! block, so a crash leaves the state at a block boundary.
+//! state's scalars, and every block with its result and app hash. One write
+//! transaction per block, so a crash leaves the state at a block boundary.
 
 use crate::state::{Account, BlockResult, Genesis, State};
 use crate::tx::Block;
