@@ -1,8 +1,19 @@
 //! Drives `ffmpeg`: one process decodes the source once and encodes every
 //! rung (H.264, GOPs aligned by forced keyframes at segment boundaries) and
-//! the audio (AAC-LC), each packaged as CMAF fMP4 segments.
+//! every audio track (AAC-LC), each packaged as CMAF fMP4 segments; text
+//! subtitles are then extracted as WebVTT.
+//!
+//! A/V sync: each rendition is its own muxer, and ffmpeg's default
+//! (`-avoid_negative_ts make_non_negative`) shifts each one on its own —
+//! video later by its B-frame delay, audio by the AAC priming — so the
+//! renditions disagree by tens of milliseconds (two seconds at 1 fps).
+//! With `-avoid_negative_ts disabled` every output keeps the encoder's
+//! timestamps and the muxer writes one edit list per track (video: the
+//! composition delay; audio: the 1024 priming samples), which ffmpeg,
+//! Chromium's MSE, hls.js, dash.js and Shaka all honour: the first picture
+//! and the first real audio sample both present at 0.
 
-use crate::ladder::Rung;
+use crate::ladder::{AudioRung, Rung};
 use crate::probe::SourceInfo;
 use crate::TranscodeError;
 use meshcast_conf::TranscodeSection;
@@ -51,6 +62,8 @@ fn hls_output(args: &mut Vec<String>, dir: &Path, segment: f64) {
     ] {
         args.push(a.into());
     }
+    args.push("-avoid_negative_ts".into());
+    args.push("disabled".into());
     args.push("-hls_time".into());
     args.push(format!("{segment}"));
     args.push("-hls_segment_filename".into());
@@ -64,6 +77,7 @@ pub fn build_args(
     out: &Path,
     source: &SourceInfo,
     rungs: &[Rung],
+    audio: &[AudioRung],
     config: &TranscodeSection,
 ) -> Vec<String> {
     let segment = config.segment_duration.0.as_secs_f64();
@@ -112,6 +126,8 @@ pub fn build_args(
             config.preset.clone(),
             "-profile:v".into(),
             "high".into(),
+            "-level:v".into(),
+            r.level.into(),
             "-b:v".into(),
             format!("{}k", r.video_kbps),
             "-maxrate".into(),
@@ -129,27 +145,23 @@ pub fn build_args(
         ]);
         hls_output(&mut args, &dir, segment);
     }
-    if source.has_audio {
-        args.extend(
-            [
-                "-map",
-                "0:a:0",
-                "-vn",
-                "-c:a",
-                "aac",
-                "-profile:a",
-                "aac_low",
-                "-ac",
-                "2",
-                "-ar",
-                "48000",
-                "-b:a",
-            ]
-            .into_iter()
-            .map(String::from),
-        );
-        args.push(format!("{}k", config.audio_kbps));
-        hls_output(&mut args, &out.join("audio"), segment);
+    for a in audio {
+        args.extend([
+            "-map".to_string(),
+            format!("0:a:{}", a.source_index),
+            "-vn".into(),
+            "-c:a".into(),
+            "aac".into(),
+            "-profile:a".into(),
+            "aac_low".into(),
+            "-ac".into(),
+            a.channels.to_string(),
+            "-ar".into(),
+            a.sample_rate.to_string(),
+            "-b:a".into(),
+            format!("{}k", a.kbps),
+        ]);
+        hls_output(&mut args, &out.join(&a.name), segment);
     }
     args
 }
@@ -159,16 +171,18 @@ pub async fn run(
     out: &Path,
     source: &SourceInfo,
     rungs: &[Rung],
+    audio: &[AudioRung],
     config: &TranscodeSection,
     mut on_progress: impl FnMut(f64) + Send,
 ) -> Result<(), TranscodeError> {
-    for r in rungs {
-        std::fs::create_dir_all(out.join(&r.name))?;
+    for name in rungs
+        .iter()
+        .map(|r| &r.name)
+        .chain(audio.iter().map(|a| &a.name))
+    {
+        std::fs::create_dir_all(out.join(name))?;
     }
-    if source.has_audio {
-        std::fs::create_dir_all(out.join("audio"))?;
-    }
-    let args = build_args(input, out, source, rungs, config);
+    let args = build_args(input, out, source, rungs, audio, config);
     tracing::debug!(?args, "ffmpeg");
     let mut child = Command::new("ffmpeg")
         .args(&args)
@@ -221,6 +235,34 @@ pub async fn run(
     Ok(())
 }
 
+/// Extracts subtitle track `index` (ordinal among subtitle streams) as
+/// WebVTT into `dest`. A track ffmpeg cannot convert is reported, not fatal:
+/// the video is still worth publishing without it.
+pub async fn extract_subtitle(input: &Path, index: usize, dest: &Path) -> Result<(), String> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-i"])
+        .arg(input)
+        .args([
+            "-map",
+            &format!("0:s:{index}"),
+            "-c:s",
+            "webvtt",
+            "-f",
+            "webvtt",
+        ])
+        .arg(dest)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        return Err(why.lines().last().unwrap_or("ffmpeg failed").to_string());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,16 +288,27 @@ mod tests {
             height: 720,
             fps: 25.0,
             duration: 6.0,
-            has_audio: true,
             video_codec: "h264".into(),
+            audio: vec![crate::probe::AudioTrack {
+                index: 0,
+                channels: 2,
+                sample_rate: 48_000,
+                bit_rate: None,
+                language: None,
+                title: None,
+                default: true,
+            }],
+            subtitles: vec![],
         };
         let config = TranscodeSection::default();
         let rungs = plan(&source, &config);
+        let audio = crate::ladder::plan_audio(&source, &config);
         let args = build_args(
             &PathBuf::from("in.mp4"),
             &PathBuf::from("/out"),
             &source,
             &rungs,
+            &audio,
             &config,
         );
         let joined = args.join(" ");
@@ -269,5 +322,17 @@ mod tests {
         assert!(joined.contains("-g 100 -keyint_min 100 -sc_threshold 0"));
         assert!(joined.contains("/out/audio/seg_%05d.m4s"));
         assert!(joined.contains("[s2]scale=640:360,setsar=1,format=yuv420p[v2]"));
+        assert!(joined.contains("-profile:v high -level:v 3.0"));
+        assert!(
+            joined.contains("-map 0:a:0 -vn -c:a aac -profile:a aac_low -ac 2 -ar 48000 -b:a 128k")
+        );
+        // Every output keeps the encoder's timestamps (edit lists carry the
+        // B-frame delay and the AAC priming).
+        assert_eq!(
+            args.windows(2)
+                .filter(|w| w[0] == "-avoid_negative_ts" && w[1] == "disabled")
+                .count(),
+            4
+        );
     }
 }

@@ -2,20 +2,24 @@
 //! `ffprobe` to understand (and reject) the input, a ladder plan, an
 //! `ffmpeg` child process with progress, CMAF fMP4 packaging that serves
 //! both HLS (playlists written with m3u8-rs) and DASH (one MPD over the same
-//! segments), and a check of every output segment with the `mp4` crate.
+//! segments) with every audio track and text subtitle of the source, and a
+//! check of every output segment with the `mp4` crate.
 //! It works on local files and folders only: storing, serving and the job
 //! queue belong to the hub.
 
 mod ffmpeg;
+mod hls;
 mod ladder;
+mod lang;
+mod mpd;
 mod package;
 mod probe;
 mod verify;
 
 pub use ffmpeg::{parse_progress_line, Progress};
-pub use ladder::{plan, Rung};
-pub use package::{Manifest, Rendition, RenditionKind};
-pub use probe::{probe, ProbeError, SourceInfo};
+pub use ladder::{h264_level, plan, plan_audio, AudioRung, Rung};
+pub use package::{Manifest, Rendition, RenditionKind, Subtitle, TrackLabel, SUBTITLE_FILE};
+pub use probe::{probe, AudioTrack, ProbeError, SourceInfo, SubtitleTrack};
 pub use verify::{inspect_rendition, VerifyError};
 
 use meshcast_conf::TranscodeSection;
@@ -86,8 +90,9 @@ pub async fn transcode(
 ) -> Result<Output, TranscodeError> {
     let source = probe(input).await?;
     let rungs = plan(&source, config);
+    let audio = plan_audio(&source, config);
     std::fs::create_dir_all(out_dir)?;
-    ffmpeg::run(input, out_dir, &source, &rungs, config, on_progress).await?;
+    ffmpeg::run(input, out_dir, &source, &rungs, &audio, config, on_progress).await?;
     let segment = config.segment_duration.0.as_secs_f64();
     let mut renditions = Vec::new();
     for rung in &rungs {
@@ -98,18 +103,26 @@ pub async fn transcode(
             segment,
         )?);
     }
-    if source.has_audio {
-        renditions.push(inspect_merging_tail(
-            &out_dir.join("audio"),
-            "audio",
+    for a in &audio {
+        let mut r = inspect_merging_tail(
+            &out_dir.join(&a.name),
+            &a.name,
             RenditionKind::Audio,
             segment,
-        )?);
+        )?;
+        r.audio = Some(TrackLabel {
+            language: a.language.clone(),
+            name: a.label.clone(),
+            default: a.default,
+        });
+        renditions.push(r);
     }
+    let subtitles = extract_subtitles(input, out_dir, &source.subtitles).await?;
     let manifest = Manifest {
+        duration: Manifest::end(&renditions),
         renditions,
+        subtitles,
         segment_duration: segment,
-        duration: source.duration,
     };
     package::write_all(out_dir, &manifest)?;
     Ok(Output {
@@ -117,4 +130,47 @@ pub async fn transcode(
         manifest,
         source,
     })
+}
+
+/// Each text subtitle track as `subs{N}/subs.vtt`. One that ffmpeg cannot
+/// convert is left out with a warning: the video is still worth publishing.
+async fn extract_subtitles(
+    input: &Path,
+    out_dir: &Path,
+    tracks: &[SubtitleTrack],
+) -> Result<Vec<Subtitle>, TranscodeError> {
+    let any_default = tracks.iter().any(|t| t.default);
+    let mut out = Vec::new();
+    for (i, t) in tracks.iter().enumerate() {
+        let name = if out.is_empty() {
+            "subs".to_string()
+        } else {
+            format!("subs{}", out.len() + 1)
+        };
+        let dir = out_dir.join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(SUBTITLE_FILE);
+        if let Err(why) = ffmpeg::extract_subtitle(input, t.index, &file).await {
+            tracing::warn!(track = t.index, codec = %t.codec, %why, "subtitle track left out");
+            let _ = std::fs::remove_dir_all(&dir);
+            continue;
+        }
+        let language = lang::bcp47(t.language.as_deref());
+        let name_shown = t
+            .title
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| lang::display_name(&language, i + 1));
+        out.push(Subtitle {
+            bytes: std::fs::metadata(&file)?.len(),
+            name,
+            label: TrackLabel {
+                language,
+                name: name_shown,
+                // Subtitles are offered, not forced on, unless the source says.
+                default: any_default && t.default,
+            },
+        });
+    }
+    Ok(out)
 }

@@ -10,9 +10,39 @@ pub struct SourceInfo {
     pub height: u32,
     pub fps: f64,
     pub duration: f64,
-    pub has_audio: bool,
     pub video_codec: String,
+    /// Every audio track, in the source's order.
+    pub audio: Vec<AudioTrack>,
+    /// Every text subtitle track (bitmap subtitles cannot become WebVTT).
+    pub subtitles: Vec<SubtitleTrack>,
 }
+
+/// One audio track of the source; `index` is its ordinal among audio
+/// streams (ffmpeg's `0:a:N`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioTrack {
+    pub index: usize,
+    pub channels: u32,
+    pub sample_rate: u32,
+    /// Bits per second, when the container says.
+    pub bit_rate: Option<u64>,
+    pub language: Option<String>,
+    pub title: Option<String>,
+    pub default: bool,
+}
+
+/// One text subtitle track; `index` is its ordinal among subtitle streams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubtitleTrack {
+    pub index: usize,
+    pub codec: String,
+    pub language: Option<String>,
+    pub title: Option<String>,
+    pub default: bool,
+}
+
+/// Subtitle codecs ffmpeg turns into WebVTT (text, not pictures).
+const TEXT_SUBTITLES: [&str; 7] = ["subrip", "ass", "ssa", "mov_text", "webvtt", "text", "srt"];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProbeError {
@@ -53,12 +83,85 @@ struct Stream {
     r_frame_rate: Option<String>,
     duration: Option<String>,
     disposition: Option<Disposition>,
+    channels: Option<u32>,
+    sample_rate: Option<String>,
+    bit_rate: Option<String>,
+    #[serde(default)]
+    tags: Tags,
 }
 
 #[derive(Deserialize)]
 struct Disposition {
     #[serde(default)]
     attached_pic: u8,
+    #[serde(default)]
+    default: u8,
+}
+
+#[derive(Deserialize, Default)]
+struct Tags {
+    language: Option<String>,
+    title: Option<String>,
+}
+
+impl Stream {
+    fn is(&self, kind: &str) -> bool {
+        self.codec_type.as_deref() == Some(kind)
+    }
+
+    fn default(&self) -> bool {
+        self.disposition.as_ref().is_some_and(|d| d.default == 1)
+    }
+
+    fn language(&self) -> Option<String> {
+        self.tags
+            .language
+            .clone()
+            .filter(|l| !l.is_empty() && l != "und")
+    }
+}
+
+fn audio_tracks(streams: &[Stream]) -> Vec<AudioTrack> {
+    streams
+        .iter()
+        .filter(|s| s.is("audio"))
+        .enumerate()
+        .map(|(index, s)| AudioTrack {
+            index,
+            channels: s.channels.unwrap_or(2).max(1),
+            sample_rate: s
+                .sample_rate
+                .as_deref()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(48_000),
+            bit_rate: s.bit_rate.as_deref().and_then(|b| b.parse().ok()),
+            language: s.language(),
+            title: s.tags.title.clone(),
+            default: s.default(),
+        })
+        .collect()
+}
+
+fn subtitle_tracks(streams: &[Stream]) -> Vec<SubtitleTrack> {
+    streams
+        .iter()
+        .filter(|s| s.is("subtitle"))
+        .enumerate()
+        .filter_map(|(index, s)| {
+            let codec = s.codec_name.clone().unwrap_or_default();
+            if !TEXT_SUBTITLES.contains(&codec.as_str()) {
+                tracing::info!(%codec, index, "subtitle track is not text; it cannot become WebVTT and is left out");
+                return None;
+            }
+            Some(SubtitleTrack {
+                index,
+                codec,
+                language: s.language(),
+                title: s.tags.title.clone(),
+                default: s.default(),
+            })
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -126,14 +229,10 @@ pub async fn probe(path: &Path) -> Result<SourceInfo, ProbeError> {
     let probe = parsed.expect("checked above");
     let format = probe.format.expect("checked above");
     let fname = format.format_name.unwrap_or_default();
-    let video = probe.streams.iter().find(|s| {
-        s.codec_type.as_deref() == Some("video")
-            && s.disposition.as_ref().is_none_or(|d| d.attached_pic == 0)
-    });
-    let has_audio = probe
+    let video = probe
         .streams
         .iter()
-        .any(|s| s.codec_type.as_deref() == Some("audio"));
+        .find(|s| s.is("video") && s.disposition.as_ref().is_none_or(|d| d.attached_pic == 0));
     let Some(video) = video else {
         return Err(ProbeError::NoVideo);
     };
@@ -173,8 +272,9 @@ pub async fn probe(path: &Path) -> Result<SourceInfo, ProbeError> {
         height,
         fps,
         duration,
-        has_audio,
         video_codec: codec,
+        audio: audio_tracks(&probe.streams),
+        subtitles: subtitle_tracks(&probe.streams),
     })
 }
 

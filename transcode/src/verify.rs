@@ -1,7 +1,11 @@
 //! Checks every produced segment with the `mp4` crate before a video may be
 //! marked ready: it parses, belongs to the init segment's track, starts on a
 //! keyframe, and lasts about one segment. The facts gathered here (codec
-//! string, size, bitrates, segment timeline) feed the playlists.
+//! string, size, bitrates, segment timeline, edit list) feed the playlists.
+//!
+//! It also holds the sync invariant: after its edit list, a video
+//! rendition's first picture presents at time 0 (audio's first real
+//! sample does too; its priming is before 0 and trimmed by the edit list).
 
 use crate::package::{Rendition, RenditionKind, Segment};
 use mp4::Mp4Reader;
@@ -43,7 +47,15 @@ pub fn inspect_rendition(
     let track_id = trak.tkhd.track_id;
     let timescale = trak.mdia.mdhd.timescale;
     let trex = header.moov.mvex.as_ref().map(|m| m.trex.clone());
+    let edit_offset = edit_offset(
+        trak.edts
+            .iter()
+            .filter_map(|e| e.elst.as_ref())
+            .flat_map(|l| l.entries.iter().map(|e| e.media_time)),
+    );
     let stsd = &trak.mdia.minf.stbl.stsd;
+    let mut channels = 0;
+    let mut sample_rate = 0;
     let (codecs, width, height) = match kind {
         RenditionKind::Video => {
             let avc1 = stsd.avc1.as_ref().ok_or_else(|| {
@@ -63,12 +75,21 @@ pub fn inspect_rendition(
             )
         }
         RenditionKind::Audio => {
-            if stsd.mp4a.is_none() {
+            let Some(mp4a) = &stsd.mp4a else {
                 return Err(bad(
                     format!("{name}/init.mp4"),
                     "audio track is not AAC (mp4a)",
                 ));
-            }
+            };
+            // The sample entry's channelcount is a template field (MP4
+            // muxers write 2); the AudioSpecificConfig says what was coded.
+            channels = mp4a
+                .esds
+                .as_ref()
+                .map(|e| e.es_desc.dec_config.dec_specific.chan_conf as u32)
+                .filter(|c| *c > 0)
+                .unwrap_or(mp4a.channelcount as u32);
+            sample_rate = mp4a.samplerate.value() as u32;
             ("mp4a.40.2".to_string(), 0, 0)
         }
     };
@@ -174,6 +195,17 @@ pub fn inspect_rendition(
         .iter()
         .map(|s| s.bytes as f64 * 8.0 / s.duration.max(0.001))
         .fold(0.0, f64::max);
+    let first_start = segments.first().map_or(0, |s| s.start);
+    if kind == RenditionKind::Video && first_start + first_composition != edit_offset {
+        let at = (first_start + first_composition) as f64 - edit_offset as f64;
+        return Err(bad(
+            format!("{name}/init.mp4"),
+            format!(
+                "the first picture presents at {:.3} s, not 0: audio and video would be out of sync",
+                at / timescale.max(1) as f64
+            ),
+        ));
+    }
     let fps = if kind == RenditionKind::Video && total > 0.0 {
         frames as f64 / total
     } else {
@@ -187,9 +219,22 @@ pub fn inspect_rendition(
         height,
         fps,
         timescale,
-        presentation_offset: segments.first().map_or(0, |s| s.start) + first_composition,
+        edit_offset,
+        composition_offset: first_composition,
+        channels,
+        sample_rate,
         bandwidth: peak.ceil() as u64,
         average_bandwidth: (total_bytes as f64 * 8.0 / total.max(0.001)).ceil() as u64,
         segments,
+        audio: None,
     })
+}
+
+/// Media time the track's edit list skips (its first non-empty edit's
+/// `media_time`): the B-frame delay for video, the encoder priming for
+/// AAC. An empty edit (media_time -1) delays, it does not skip.
+fn edit_offset(mut media_times: impl Iterator<Item = u64>) -> u64 {
+    media_times
+        .find(|t| *t != u32::MAX as u64 && *t != u64::MAX)
+        .unwrap_or(0)
 }
