@@ -212,18 +212,24 @@ async fn meshcast_play_acks_are_credited_exactly_across_crashes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hls_js_with_the_plugin_is_credited_exactly() {
+async fn browser_players_with_the_plugin_are_credited_exactly() {
     let net = network().await;
-    let result = play_in_chromium(&net.edge.url(&format!("/play/{}", net.id)));
-    assert_eq!(result["ended"], true, "{result}");
-    assert_eq!(result["errors"], json!([]), "{result}");
-    let acks = &result["acks"];
-    let acked = acks["ackedBytes"].as_u64().unwrap();
-    assert!(acked > 100_000, "{result}");
-    assert_eq!(acks["bytes"].as_u64(), Some(acked), "{result}");
-    assert_eq!(acks["acked"], acks["receipts"], "{result}");
-    assert_eq!(acks["errors"], json!([]), "{result}");
-    wait_credit(&net.hub, &net.node, acked).await;
+    let mut credited = 0;
+    for engine in ["hls", "dash", "shaka"] {
+        let page = net.edge.url(&format!("/play/{}?engine={engine}", net.id));
+        let result = play_in_chromium(&page);
+        assert_eq!(result["ended"], true, "{engine}: {result}");
+        assert_eq!(result["errors"], json!([]), "{engine}: {result}");
+        let acks = &result["acks"];
+        let acked = acks["ackedBytes"].as_u64().unwrap();
+        assert!(acked > 100_000, "{engine}: {result}");
+        assert_eq!(acks["bytes"].as_u64(), Some(acked), "{engine}: {result}");
+        assert_eq!(acks["acked"], acks["receipts"], "{engine}: {result}");
+        assert_eq!(acks["errors"], json!([]), "{engine}: {result}");
+        // Each viewer is credited exactly what it acknowledged, no more.
+        credited += acked;
+        wait_credit(&net.hub, &net.node, credited).await;
+    }
 }
 
 /// A token from the hub's own key, with the claims a test wants.
@@ -318,6 +324,14 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
     let r = get(&net.edge.url(&format!("/t/{small}{seg}")), &[]).await;
     assert_eq!(r.status, 403);
     assert!(reason(&r).contains("budget"), "{}", reason(&r));
+    // A browser player can read the reason: the edge's own errors carry CORS.
+    assert_eq!(r.headers["access-control-allow-origin"], "*");
+    // Playlists are not the paid bytes: they pass once the budget is spent,
+    // carry no receipt, and are not charged.
+    let playlist = prefix.clone() + "master.m3u8";
+    let r = get(&net.edge.url(&format!("/t/{small}{playlist}")), &[]).await;
+    assert_eq!(r.status, 200, "{}", reason(&r));
+    assert!(!r.headers.contains_key("meshcast-receipt"));
 
     // Acks: one good, then every way of getting one wrong.
     let good_token = hub_token(&net, spk, &prefix, now() + 600, 1 << 30);

@@ -103,7 +103,12 @@ pub struct HubSection {
     /// Tokens a minute one client address may get for public videos.
     #[serde(default = "default_token_rate")]
     pub token_rate: u32,
-    /// A public token's byte budget: this many times the video's total size.
+    /// A public token's byte budget: this many times the video's total size
+    /// (every rendition, audio and init segments together). A viewer watches
+    /// one rendition at a time, so 4 (the default) covers a whole viewing
+    /// with ABR switches and seeks several times over, while bounding what
+    /// one token can earn an edge. Playlists are not charged and still pass
+    /// when the budget is spent.
     #[serde(default = "default_budget_factor")]
     pub token_budget_factor: u32,
 }

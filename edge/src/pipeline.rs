@@ -70,6 +70,9 @@ pub struct RequestCtx {
     media_uri: Option<String>,
     /// Bytes already charged to the token's budget when the header went out.
     budget_charged: bool,
+    /// A tokened request for media (not a playlist): charged to the budget
+    /// and given a receipt. Playlists are not the paid bytes.
+    paid: bool,
 }
 
 /// Largest ack batch body accepted.
@@ -173,9 +176,21 @@ fn header_bytes(req: &RequestHeader) -> usize {
         .sum::<usize>()
 }
 
-async fn refuse(session: &mut Session, status: u16, reason: &str) -> Result<bool> {
+/// An error the edge makes itself: a one-line reason, never cached, and
+/// the CORS header a player's successful responses carry, so a browser
+/// player can read why (without it the page sees only a CORS failure).
+async fn send_error(session: &mut Session, status: u16, reason: &str) -> Result<()> {
     let body = Bytes::from(format!("meshcast: {reason}\n"));
-    session.respond_error_with_body(status, body).await?;
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
+    session.write_error_response(resp, body).await
+}
+
+async fn refuse(session: &mut Session, status: u16, reason: &str) -> Result<bool> {
+    send_error(session, status, reason).await?;
     Ok(true)
 }
 
@@ -197,6 +212,7 @@ impl ProxyHttp for EdgePipeline {
             token: None,
             media_uri: None,
             budget_charged: false,
+            paid: false,
         }
     }
 
@@ -251,6 +267,7 @@ impl ProxyHttp for EdgePipeline {
                     Some(q) => format!("{rest}?{q}"),
                     None => rest.clone(),
                 });
+                ctx.paid = freshness::classify(&rest) != freshness::ContentKind::Playlist;
                 path = rest;
                 ctx.token = Some(token);
             }
@@ -412,7 +429,7 @@ impl ProxyHttp for EdgePipeline {
                 resp.insert_header(header::ALT_SVC, alt_svc.as_str())?;
             }
         }
-        if let Some(token) = &ctx.token {
+        if let (Some(token), true) = (&ctx.token, ctx.paid) {
             let get = session.req_header().method == http::Method::GET;
             let len = resp
                 .headers
@@ -488,8 +505,7 @@ impl ProxyHttp for EdgePipeline {
             _ => (500, "internal error"),
         };
         if code > 0 {
-            let body = Bytes::from(format!("meshcast: {reason}\n"));
-            if let Err(err) = session.respond_error_with_body(code, body).await {
+            if let Err(err) = send_error(session, code, reason).await {
                 tracing::debug!(error = %err, "could not send error response");
             }
         }
@@ -508,7 +524,7 @@ impl ProxyHttp for EdgePipeline {
             .with_label_values(&[&status.to_string(), cache])
             .inc();
         m.bytes_out.inc_by(bytes as u64);
-        if let (Some(t), false) = (&ctx.token, ctx.budget_charged) {
+        if let (Some(t), true, false) = (&ctx.token, ctx.paid, ctx.budget_charged) {
             self.shared.delivery.tokens.add_served(&t.id, bytes as u64);
         }
         if session.cache.enabled() && session.cache.lock_duration().is_some() {

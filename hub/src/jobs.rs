@@ -39,7 +39,15 @@ pub async fn worker(hub: Arc<Hub>, mut queue: mpsc::UnboundedReceiver<String>) {
                 let _ = hub.catalog.update(&id, |v| {
                     v.status = Status::Failed;
                     v.reason = Some(reason.clone());
+                    // A percent of a transcode that will never finish misleads.
+                    v.percent = 0.0;
                 });
+                // The reason is kept; the refused bytes are not.
+                if let Err(e) = std::fs::remove_file(crate::tus::part_path(&hub, &id)) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(video = %id, error = %e, "cannot remove a refused upload");
+                    }
+                }
             }
         }
     }
@@ -69,7 +77,7 @@ async fn process(hub: &Arc<Hub>, id: &str) -> Result<(), String> {
         Err(e) => return Err(format!("catalog error: {e}")),
     };
     let data = &hub.config.hub.data_dir;
-    let input = data.join("uploads").join(format!("{id}.part"));
+    let input = crate::tus::part_path(hub, id);
     let work = data.join("work").join(id);
     let _ = std::fs::remove_dir_all(&work);
     hub.catalog

@@ -19,6 +19,7 @@ pub fn content_type(path: &str) -> &'static str {
         "m3u8" => "application/vnd.apple.mpegurl",
         "mpd" => "application/dash+xml",
         "m4s" | "mp4" => "video/mp4",
+        "vtt" => "text/vtt; charset=utf-8",
         _ => "application/octet-stream",
     }
 }

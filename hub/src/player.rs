@@ -1,5 +1,6 @@
 //! `/play/{id}`: a page that plays a video with hls.js (or native HLS, as
-//! in Safari) or, with `?engine=dash`, dash.js. The players come from the
+//! in Safari), with `?engine=dash` dash.js, or with `?engine=shaka` Shaka
+//! Player (DASH; `&src=hls` for HLS). The players come from the
 //! npm registry into `assets_dir` (`npm ci`), served under `/assets/`.
 //! The page records what happened in `window.meshcast` for tests.
 
@@ -16,13 +17,14 @@ use std::sync::Arc;
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
         .route("/play/{id}", get(page))
-        .route("/assets/meshcast-hls.js", get(plugin))
+        .route("/assets/meshcast-acks.js", get(plugin))
         .route("/assets/{*path}", get(asset))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
 }
 
-/// The proof-of-delivery plugin for hls.js, kept in the repo as plain JS.
-const PLUGIN: &str = include_str!("../../player/js/meshcast-hls.js");
+/// The proof-of-delivery plugin for hls.js, dash.js and Shaka, kept in the
+/// repo as plain JS.
+const PLUGIN: &str = include_str!("../../player/js/meshcast-acks.js");
 
 async fn plugin() -> Response {
     (
@@ -35,7 +37,7 @@ async fn plugin() -> Response {
         .into_response()
 }
 
-const ALLOWED_ASSETS: [&str; 2] = ["hls.js/dist/", "dashjs/dist/"];
+const ALLOWED_ASSETS: [&str; 3] = ["hls.js/dist/", "dashjs/dist/", "shaka-player/dist/"];
 
 async fn asset(State(hub): State<Arc<Hub>>, Path(path): Path<String>) -> Response {
     let Some(dir) = &hub.config.hub.assets_dir else {
@@ -136,7 +138,7 @@ async function prepare() {
   try { const r = await fetch('/v1/edge'); if (r.ok) edge = await r.json(); } catch (e) {}
   if (!edge || !edge.receipts) return { base: '/v/{ID}/', session: null };
   if (given) return { base: '/t/' + given + '/v/{ID}/', session: null };
-  await new Promise((ok) => load('/assets/meshcast-hls.js', ok));
+  await new Promise((ok) => load('/assets/meshcast-acks.js', ok));
   const session = await MeshcastAcks.start({ video: '{ID}' });
   window.meshcast.acks = session.stats;
   video.addEventListener('ended', () => session.flush().then(() => note('acks flushed')));
@@ -148,7 +150,21 @@ prepare().then(({ base, session }) => {
     load('/assets/dashjs/dist/modern/umd/dash.all.min.js', () => {
       const p = dashjs.MediaPlayer().create();
       p.on(dashjs.MediaPlayer.events.ERROR, (e) => fail('dash.js: ' + JSON.stringify(e.error || e)));
+      if (session) p.addResponseInterceptor(session.dashInterceptor());
       p.initialize(video, base + 'manifest.mpd', true);
+    });
+  } else if (engine === 'shaka') {
+    window.meshcast.engine = 'shaka';
+    const src = new URLSearchParams(location.search).get('src') === 'hls' ? 'master.m3u8' : 'manifest.mpd';
+    load('/assets/shaka-player/dist/shaka-player.compiled.js', async () => {
+      shaka.polyfill.installAll();
+      const p = new shaka.Player();
+      p.addEventListener('error', (e) => fail('shaka: ' + (e.detail && e.detail.code)));
+      try {
+        await p.attach(video);
+        if (session) p.getNetworkingEngine().registerResponseFilter(session.shakaFilter());
+        await p.load(base + src);
+      } catch (e) { fail('shaka: ' + (e.code || e)); }
     });
   } else if (video.canPlayType('application/vnd.apple.mpegurl') && !window.MediaSource) {
     window.meshcast.engine = 'native';

@@ -127,7 +127,7 @@ pub fn new_id() -> String {
     h.finalize().to_hex()[..16].to_string()
 }
 
-fn part_path(hub: &Hub, id: &str) -> std::path::PathBuf {
+pub(crate) fn part_path(hub: &Hub, id: &str) -> std::path::PathBuf {
     hub.config
         .hub
         .data_dir

@@ -195,8 +195,14 @@ pub fn play_in_chromium(url: &str) -> Value {
 
 /// The same, with extra Chromium flags.
 pub fn play_in_chromium_with(url: &str, chromium_args: &str) -> Value {
+    play_in_chromium_env(url, &[("CHROMIUM_ARGS", chromium_args)])
+}
+
+/// The same, with the driver's environment (PLAYBACK_RATE, CHECK_TYPES,
+/// PLAYS; see tests/browser/play.mjs).
+pub fn play_in_chromium_env(url: &str, env: &[(&str, &str)]) -> Value {
     let out = Command::new("node")
-        .env("CHROMIUM_ARGS", chromium_args)
+        .envs(env.iter().copied())
         .arg(repo_root().join("tests/browser/play.mjs"))
         .arg(url)
         .arg("60")

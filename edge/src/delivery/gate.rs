@@ -152,7 +152,10 @@ impl TokenBook {
             return denied(e, "token_prefix");
         }
         let served = self.served.lock().get(&t.id).copied().unwrap_or(0);
-        if served >= t.claims.budget {
+        // Playlists are not paid bytes: a spent budget still lets the
+        // player read them (and so learn why media is refused).
+        let playlist = crate::freshness::classify(rest) == crate::freshness::ContentKind::Playlist;
+        if served >= t.claims.budget && !playlist {
             return Gate::Denied {
                 reason: format!(
                     "this session's byte budget ({} bytes) is spent; ask for a new token",
@@ -242,5 +245,16 @@ mod tests {
             label(book.gate(Some(&site), &issuers, &p, 10)),
             "token_budget"
         );
+        // Playlists are not paid bytes: they still pass once it is spent.
+        for playlist in ["master.m3u8", "360p/index.m3u8", "manifest.mpd"] {
+            let path = format!("/t/{t}/v/abc/{playlist}");
+            assert!(
+                matches!(
+                    book.gate(Some(&site), &issuers, &path, 10),
+                    Gate::Token { .. }
+                ),
+                "{playlist}"
+            );
+        }
     }
 }

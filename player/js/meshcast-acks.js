@@ -1,9 +1,10 @@
-// meshcast-hls.js — proof-of-delivery plugin for hls.js. No build step:
-// load it with a <script> tag after hls.js.
+// meshcast-acks.js — proof-of-delivery plugin for hls.js, dash.js and
+// Shaka Player. No build step: load it with a <script> tag.
 //
 //   const s = await MeshcastAcks.start({ video: 'ID' });   // session key + token
-//   const hls = new Hls({ loader: s.loader(Hls) });
-//   hls.loadSource(s.url('master.m3u8'));                   // /t/{token}/v/ID/master.m3u8
+//   // hls.js:   new Hls({ loader: s.loader(Hls) }).loadSource(s.url('master.m3u8'))
+//   // dash.js:  player.addResponseInterceptor(s.dashInterceptor())
+//   // Shaka:    player.getNetworkingEngine().registerResponseFilter(s.shakaFilter())
 //   video.addEventListener('ended', () => s.flush());
 //
 // The session key is a WebCrypto Ed25519 key that never leaves the page.
@@ -114,6 +115,31 @@
         this.stats.errors.push(String(e));
       }
       return this.stats;
+    }
+
+    // A response's receipt, if it has one, checked and queued for an ack.
+    // `headers` is a plain object (dash.js, Shaka) with any key case.
+    onResponse(headers, data, url) {
+      let header = null;
+      for (const k of Object.keys(headers || {})) {
+        if (k.toLowerCase() === 'meshcast-receipt') header = headers[k];
+      }
+      if (!header) return;
+      const n = typeof data === 'string' ? new TextEncoder().encode(data).length : data.byteLength;
+      this.receipt(header, n, url).catch((e) => this.stats.errors.push(String(e)));
+    }
+
+    // For dash.js 5: player.addResponseInterceptor(session.dashInterceptor()).
+    dashInterceptor() {
+      return (response) => {
+        this.onResponse(response.headers, response.data, response.request && response.request.url);
+        return Promise.resolve(response);
+      };
+    }
+
+    // For Shaka Player: networkingEngine.registerResponseFilter(session.shakaFilter()).
+    shakaFilter() {
+      return (type, response) => this.onResponse(response.headers, response.data, response.uri);
     }
 
     // An hls.js loader class that hands every response to receipt().
