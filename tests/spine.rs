@@ -212,7 +212,10 @@ async fn bad_uploads_fail_with_reasons() {
             "{file}: reason {why:?} should mention {reason:?}"
         );
         assert_eq!(v["hls"], serde_json::json!([]));
-        assert_eq!(v["percent"], 0.0, "{file}: a failed video shows no progress");
+        assert_eq!(
+            v["percent"], 0.0,
+            "{file}: a failed video shows no progress"
+        );
         let part = dir
             .join("data/uploads")
             .join(format!("{}.part", tus_client::video_id(&url)));

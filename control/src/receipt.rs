@@ -14,6 +14,20 @@
 //! `tag` is a keyed BLAKE3 MAC the edge can check in nanoseconds when the
 //! ack comes back; the HUB, which does not hold that key, checks `sig`.
 
+/// Whether a response under a token is paid media: everything but
+/// playlists and MPDs (`.m3u8`, `.mpd`), which are small, fetched again and
+/// again, and needed to learn why media is refused. Paid responses carry a
+/// receipt and count against the token's byte budget; playlists do neither
+/// and pass even when the budget is spent.
+pub fn is_paid_media(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let name = path.rsplit('/').next().unwrap_or(path);
+    !matches!(
+        name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()),
+        Some(ext) if ext == "m3u8" || ext == "mpd"
+    )
+}
+
 use crate::identity::NodeKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -309,6 +323,25 @@ pub fn verify_acks(acks: &[Ack], sessions: &[VerifyingKey]) -> Result<(), usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn playlists_are_not_paid_media() {
+        for p in [
+            "/v/a/master.m3u8",
+            "/v/a/360p/index.m3u8?x=1",
+            "/v/a/manifest.MPD",
+        ] {
+            assert!(!is_paid_media(p), "{p}");
+        }
+        for p in [
+            "/v/a/360p/seg_00001.m4s",
+            "/v/a/360p/init.mp4",
+            "/v/a/subs/subs.vtt",
+            "/m3u8/x",
+        ] {
+            assert!(is_paid_media(p), "{p}");
+        }
+    }
     use ed25519_dalek::SigningKey;
 
     #[test]

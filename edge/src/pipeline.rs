@@ -267,7 +267,7 @@ impl ProxyHttp for EdgePipeline {
                     Some(q) => format!("{rest}?{q}"),
                     None => rest.clone(),
                 });
-                ctx.paid = freshness::classify(&rest) != freshness::ContentKind::Playlist;
+                ctx.paid = meshcast_control::receipt::is_paid_media(&rest);
                 path = rest;
                 ctx.token = Some(token);
             }

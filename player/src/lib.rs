@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::SigningKey;
 use m3u8_rs::Playlist;
-use meshcast_control::receipt::{Ack, SignedReceipt};
+use meshcast_control::receipt::{self, Ack, SignedReceipt};
 use meshcast_control::token::token_id;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -49,6 +49,9 @@ pub struct Report {
     pub requests: u64,
     pub segments: u64,
     pub receipts: u64,
+    /// Bytes of the responses that carried a receipt (the paid media;
+    /// playlists carry none).
+    pub receipt_bytes: u64,
     pub acks_sent: u64,
     pub acks_accepted: u64,
     pub acked_bytes: u64,
@@ -141,13 +144,14 @@ impl Client {
         if let Some(r) = receipt {
             self.check_receipt(url, &r, body.len() as u64)?;
             self.report.receipts += 1;
+            self.report.receipt_bytes += body.len() as u64;
             if self.key.is_some() {
                 self.pending.push((r, url.to_string()));
                 if self.pending.len() >= self.batch {
                     self.flush().await?;
                 }
             }
-        } else if self.token.is_some() {
+        } else if self.token.is_some() && receipt::is_paid_media(url.path()) {
             return Err(PlayError::Receipt {
                 url: url.to_string(),
                 reason: "no Meshcast-Receipt header on a tokened response".into(),

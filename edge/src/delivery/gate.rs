@@ -154,8 +154,7 @@ impl TokenBook {
         let served = self.served.lock().get(&t.id).copied().unwrap_or(0);
         // Playlists are not paid bytes: a spent budget still lets the
         // player read them (and so learn why media is refused).
-        let playlist = crate::freshness::classify(rest) == crate::freshness::ContentKind::Playlist;
-        if served >= t.claims.budget && !playlist {
+        if served >= t.claims.budget && meshcast_control::receipt::is_paid_media(rest) {
             return Gate::Denied {
                 reason: format!(
                     "this session's byte budget ({} bytes) is spent; ask for a new token",
