@@ -149,10 +149,24 @@ pub struct TranscodeSection {
     pub preset: String,
     #[serde(default = "default_audio_kbps")]
     pub audio_kbps: u32,
-    /// Rungs from the top; rungs taller than the source are skipped (the
-    /// source height becomes the top rung when all are taller).
+    /// Rungs from the top; a rung's `height` is the picture's short side.
+    /// Rungs larger than the source are skipped (the source's own size
+    /// becomes the top rung when all are larger).
     #[serde(default = "default_ladder", rename = "rung")]
     pub rungs: Vec<RungConfig>,
+    /// Longest video accepted; a longer upload is refused before encoding.
+    #[serde(default = "default_max_duration")]
+    pub max_duration: Seconds,
+    /// Largest picture side accepted (width or height, in pixels).
+    #[serde(default = "default_max_side")]
+    pub max_side: u32,
+    /// How long ffprobe may take to read an upload.
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout: Seconds,
+    /// ffmpeg is stopped when its output time has not advanced for this
+    /// long, so one hostile file cannot hold the queue.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout: Seconds,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -170,8 +184,25 @@ impl Default for TranscodeSection {
             preset: default_preset(),
             audio_kbps: default_audio_kbps(),
             rungs: default_ladder(),
+            max_duration: default_max_duration(),
+            max_side: default_max_side(),
+            probe_timeout: default_probe_timeout(),
+            stall_timeout: default_stall_timeout(),
         }
     }
+}
+
+fn default_max_duration() -> Seconds {
+    Seconds(Duration::from_secs(12 * 3600))
+}
+fn default_max_side() -> u32 {
+    7680
+}
+fn default_probe_timeout() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+fn default_stall_timeout() -> Seconds {
+    Seconds(Duration::from_secs(120))
 }
 
 fn default_max_upload() -> ByteSize {
@@ -288,6 +319,21 @@ impl HubConfig {
                 "transcode.audio_kbps".into(),
                 "audio bitrate must be 32 to 512 kbps".into(),
             ));
+        }
+        if !(16..=16384).contains(&t.max_side) {
+            return Err((
+                "transcode.max_side".into(),
+                "the largest picture side must be 16 to 16384 pixels".into(),
+            ));
+        }
+        for (key, value) in [
+            ("transcode.max_duration", t.max_duration.0),
+            ("transcode.probe_timeout", t.probe_timeout.0),
+            ("transcode.stall_timeout", t.stall_timeout.0),
+        ] {
+            if value < Duration::from_secs(1) {
+                return Err((key.into(), "must be at least 1s".into()));
+            }
         }
         if t.rungs.is_empty() {
             return Err((

@@ -30,6 +30,38 @@ pub enum Progress {
     End,
 }
 
+/// Decides when ffmpeg has stalled: its output time has not advanced for
+/// `limit`. Time is handed in, so the rule is tested without waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct StallWatch {
+    limit: std::time::Duration,
+    furthest: f64,
+    since: tokio::time::Instant,
+}
+
+impl StallWatch {
+    pub fn new(limit: std::time::Duration, now: tokio::time::Instant) -> StallWatch {
+        StallWatch {
+            limit,
+            furthest: -1.0,
+            since: now,
+        }
+    }
+
+    /// ffmpeg reported output time `at` (seconds of media encoded).
+    pub fn on_progress(&mut self, now: tokio::time::Instant, at: f64) {
+        if at > self.furthest {
+            self.furthest = at;
+            self.since = now;
+        }
+    }
+
+    /// When ffmpeg counts as stalled unless it moves on before then.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.since + self.limit
+    }
+}
+
 /// Parses a `key=value` line of ffmpeg's `-progress` output.
 pub fn parse_progress_line(line: &str) -> Option<Progress> {
     let (key, value) = line.trim().split_once('=')?;
@@ -205,10 +237,25 @@ pub async fn run(
         text
     });
     let mut lines = BufReader::new(stdout).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut watch = StallWatch::new(config.stall_timeout.0, tokio::time::Instant::now());
+    loop {
+        let line = match tokio::time::timeout_at(watch.deadline(), lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(_) => break,
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(TranscodeError::Ffmpeg(format!(
+                    "ffmpeg made no progress for {} s and was stopped ([transcode] stall_timeout); the file may be damaged or crafted to stall decoders",
+                    config.stall_timeout.0.as_secs_f64()
+                )));
+            }
+        };
         match parse_progress_line(&line) {
-            Some(Progress::At(t)) if source.duration > 0.0 => {
-                on_progress((t / source.duration).clamp(0.0, 1.0))
+            Some(Progress::At(t)) => {
+                watch.on_progress(tokio::time::Instant::now(), t);
+                if source.duration > 0.0 {
+                    on_progress((t / source.duration).clamp(0.0, 1.0))
+                }
             }
             Some(Progress::End) => on_progress(1.0),
             _ => {}
@@ -268,6 +315,25 @@ mod tests {
     use super::*;
     use crate::ladder::plan;
     use std::path::PathBuf;
+
+    #[test]
+    fn a_stall_is_output_time_standing_still() {
+        let t0 = tokio::time::Instant::now();
+        let s = std::time::Duration::from_secs(1);
+        let mut w = StallWatch::new(std::time::Duration::from_secs(120), t0);
+        assert_eq!(w.deadline(), t0 + 120 * s);
+        w.on_progress(t0 + 10 * s, 0.0);
+        assert_eq!(w.deadline(), t0 + 130 * s, "the first report counts");
+        w.on_progress(t0 + 100 * s, 0.0);
+        w.on_progress(t0 + 129 * s, 0.0);
+        assert_eq!(
+            w.deadline(),
+            t0 + 130 * s,
+            "reports that do not advance do not help"
+        );
+        w.on_progress(t0 + 129 * s, 4.5);
+        assert_eq!(w.deadline(), t0 + 249 * s);
+    }
 
     #[test]
     fn progress_lines() {

@@ -88,7 +88,7 @@ pub async fn transcode(
     config: &TranscodeSection,
     on_progress: impl FnMut(f64) + Send,
 ) -> Result<Output, TranscodeError> {
-    let source = probe(input).await?;
+    let source = probe(input, config).await?;
     let rungs = plan(&source, config);
     let audio = plan_audio(&source, config);
     std::fs::create_dir_all(out_dir)?;

@@ -1,5 +1,6 @@
 //! `ffprobe` the upload and refuse what cannot become a video.
 
+use meshcast_conf::TranscodeSection;
 use serde::Deserialize;
 use std::path::Path;
 use tokio::process::Command;
@@ -60,6 +61,14 @@ pub enum ProbeError {
     StillImage,
     #[error("the video is too short ({0:.2} s); at least 0.5 s is needed")]
     TooShort(f64),
+    #[error(
+        "the video lasts {secs:.0} s; this hub accepts at most {max} s ([transcode] max_duration)"
+    )]
+    TooLong { secs: f64, max: u64 },
+    #[error("the picture is {width}x{height}; this hub accepts sides up to {max} pixels ([transcode] max_side)")]
+    TooLarge { width: u32, height: u32, max: u32 },
+    #[error("ffprobe could not read the file within {0} s; it may be damaged or crafted to stall readers")]
+    TimedOut(u64),
     #[error("{0} is not installed; install it with `apt-get install ffmpeg`")]
     ToolMissing(&'static str),
     #[error("cannot read the file: {0}")]
@@ -187,9 +196,11 @@ fn rate(s: &Option<String>) -> Option<f64> {
     (d > 0.0 && n > 0.0).then(|| n / d)
 }
 
-pub async fn probe(path: &Path) -> Result<SourceInfo, ProbeError> {
+/// Reads `path` with ffprobe (within `limits.probe_timeout`) and refuses
+/// what cannot become a video or is over `max_duration` / `max_side`.
+pub async fn probe(path: &Path, limits: &TranscodeSection) -> Result<SourceInfo, ProbeError> {
     let meta = std::fs::metadata(path).map_err(|e| ProbeError::Io(e.to_string()))?;
-    if meta.len() == 0 {
+    if meta.is_file() && meta.len() == 0 {
         return Err(ProbeError::Empty);
     }
     let out = Command::new("ffprobe")
@@ -202,8 +213,11 @@ pub async fn probe(path: &Path) -> Result<SourceInfo, ProbeError> {
             "-show_streams",
         ])
         .arg(path)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(limits.probe_timeout.0, out)
         .await
+        .map_err(|_| ProbeError::TimedOut(limits.probe_timeout.0.as_secs()))?
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ProbeError::ToolMissing("ffprobe"),
             _ => ProbeError::Io(e.to_string()),
@@ -256,6 +270,13 @@ pub async fn probe(path: &Path) -> Result<SourceInfo, ProbeError> {
     if duration < 0.5 {
         return Err(ProbeError::TooShort(duration));
     }
+    let max = limits.max_duration.0.as_secs();
+    if duration > max as f64 {
+        return Err(ProbeError::TooLong {
+            secs: duration,
+            max,
+        });
+    }
     let (width, height) = match (video.width, video.height) {
         (Some(w), Some(h)) if w >= 16 && h >= 16 => (w, h),
         _ => {
@@ -264,6 +285,13 @@ pub async fn probe(path: &Path) -> Result<SourceInfo, ProbeError> {
             ))
         }
     };
+    if width.max(height) > limits.max_side {
+        return Err(ProbeError::TooLarge {
+            width,
+            height,
+            max: limits.max_side,
+        });
+    }
     let fps = rate(&video.avg_frame_rate)
         .or_else(|| rate(&video.r_frame_rate))
         .unwrap_or(25.0);

@@ -157,21 +157,24 @@ async fn bad_inputs_are_refused_with_reasons() {
         "aac",
         dir.join("audio.m4a").to_str().unwrap(),
     ]);
-    assert_eq!(probe(&dir.join("empty.mp4")).await, Err(ProbeError::Empty));
     assert_eq!(
-        probe(&dir.join("trunc.mp4")).await,
+        probe(&dir.join("empty.mp4"), &config()).await,
+        Err(ProbeError::Empty)
+    );
+    assert_eq!(
+        probe(&dir.join("trunc.mp4"), &config()).await,
         Err(ProbeError::Truncated)
     );
     assert!(matches!(
-        probe(&dir.join("text.mp4")).await,
+        probe(&dir.join("text.mp4"), &config()).await,
         Err(ProbeError::NotMedia(_))
     ));
     assert_eq!(
-        probe(&dir.join("img.png")).await,
+        probe(&dir.join("img.png"), &config()).await,
         Err(ProbeError::StillImage)
     );
     assert_eq!(
-        probe(&dir.join("audio.m4a")).await,
+        probe(&dir.join("audio.m4a"), &config()).await,
         Err(ProbeError::NoVideo)
     );
     // moov first, data cut: probes fine, fails while decoding.
@@ -658,5 +661,53 @@ async fn every_track_is_kept_with_its_language_and_audio_never_grows() {
         text.contains("audio,en") && text.contains("audio,fr"),
         "{text}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn limits_refuse_long_large_and_stalled_work() {
+    let dir = scratch("limits");
+    let src = make_source(&dir, 3);
+    let tight = |f: fn(&mut TranscodeSection)| {
+        let mut c = config();
+        f(&mut c);
+        c
+    };
+    let short =
+        tight(|c| c.max_duration = meshcast_conf::Seconds(std::time::Duration::from_secs(2)));
+    let err = probe(&src, &short).await.unwrap_err();
+    assert!(matches!(err, ProbeError::TooLong { max: 2, .. }), "{err}");
+    assert!(err.to_string().contains("max_duration"), "{err}");
+    let small = tight(|c| c.max_side = 320);
+    let err = probe(&src, &small).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProbeError::TooLarge {
+                width: 640,
+                height: 360,
+                max: 320
+            }
+        ),
+        "{err}"
+    );
+    // ffmpeg that reports no progress in time is stopped with a reason.
+    let impatient =
+        tight(|c| c.stall_timeout = meshcast_conf::Seconds(std::time::Duration::from_millis(1)));
+    let err = transcode(&src, &dir.join("out"), &impatient, |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no progress"), "{err}");
+    // A reader that never answers: ffprobe on a FIFO nobody writes to.
+    let fifo = dir.join("fifo.mp4");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let quick =
+        tight(|c| c.probe_timeout = meshcast_conf::Seconds(std::time::Duration::from_millis(500)));
+    let err = probe(&fifo, &quick).await.unwrap_err();
+    assert_eq!(err, ProbeError::TimedOut(0), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
