@@ -389,6 +389,28 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
             .contains("not issued by this edge"),
         "{v}"
     );
+    // A poisoned ack: a real receipt with one signature byte flipped, acked
+    // with the right session key. Taken, it would make the HUB refuse the
+    // edge's whole epoch; the edge refuses it instead.
+    let mut wire = SignedReceipt::from_header(&header2).unwrap().wire;
+    let sig_at = wire.len() - 16 - 64;
+    wire[sig_at] ^= 0x01;
+    let poisoned = SignedReceipt::decode(&wire).unwrap();
+    let p_ack = Ack::sign(&session, poisoned.clone());
+    let v = post_acks(
+        &net.edge,
+        &good_token,
+        &[(poisoned.header_value(), p_ack.sig)],
+    )
+    .await;
+    assert_eq!(v["accepted"], 0, "{v}");
+    assert!(
+        v["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not issued by this edge"),
+        "{v}"
+    );
 
     // After its epoch is claimed, an old receipt is late, not new.
     let header3 = fetch_receipt().await;

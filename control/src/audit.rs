@@ -332,15 +332,39 @@ pub struct Credit {
     pub per_token: Vec<([u8; 16], u64)>,
     /// Tokens that ran over their budget, as reasons.
     pub over_budget: Vec<String>,
+    /// Listed receipts that were already paid (in any epoch, by any
+    /// numbering): they earn nothing again.
+    pub already_paid: Vec<[u8; 16]>,
+    /// Receipts this settlement pays: to be remembered as paid.
+    pub paid_now: Vec<[u8; 16]>,
 }
 
-/// Credit for a claim that passed: claimed bytes per token, capped by what
-/// is left of each token's budget across all edges (`spent(token_id)`).
-pub fn settle(checked: &Checked, spent: impl Fn(&[u8; 16]) -> u64) -> Credit {
+/// Credit for a claim that passed: claimed bytes per token, less every
+/// listed receipt already paid (`paid(receipt_id)`: so a re-sent log or a
+/// renumbered epoch earns nothing twice), capped by what is left of each
+/// token's budget across all edges (`spent(token_id)`). The caller reads
+/// both inside the transaction that records the result.
+pub fn settle(
+    checked: &Checked,
+    claim: &Claim,
+    spent: impl Fn(&[u8; 16]) -> u64,
+    paid: impl Fn(&[u8; 16]) -> bool,
+) -> Credit {
+    let mut claimed = checked.per_token.clone();
+    let (mut already_paid, mut paid_now) = (Vec::new(), Vec::new());
+    for (id, Entry(_, token, bytes)) in checked.ids.iter().zip(&claim.entries) {
+        if paid(id) {
+            // check_claim summed these entries into per_token.
+            claimed[*token as usize] -= bytes;
+            already_paid.push(*id);
+        } else {
+            paid_now.push(*id);
+        }
+    }
     let mut total = 0;
     let mut credits = Vec::new();
     let mut over = Vec::new();
-    for (i, claimed) in checked.per_token.iter().enumerate() {
+    for (i, claimed) in claimed.iter().enumerate() {
         let id = checked.token_ids[i];
         let left = checked.tokens[i].budget.saturating_sub(spent(&id));
         let credit = (*claimed).min(left);
@@ -355,9 +379,16 @@ pub fn settle(checked: &Checked, spent: impl Fn(&[u8; 16]) -> u64) -> Credit {
         total += credit;
         credits.push((id, credit));
     }
+    assert!(
+        total <= claim.bytes,
+        "credit {total} exceeds the claim's {}",
+        claim.bytes
+    );
     Credit {
         bytes: total,
         per_token: credits,
         over_budget: over,
+        already_paid,
+        paid_now,
     }
 }

@@ -9,10 +9,15 @@
 //! Receipt wire format (fixed layout, big-endian, written by hand because it
 //! is what both signatures cover and must be byte-exact across Rust and the
 //! browser plugin):
-//! `"MR1" node[32] token[16] content[32] time_ms[8] serial[8] start[8]
-//!  len[8] tag[16] path_len[2] path sig[64]`.
-//! `tag` is a keyed BLAKE3 MAC the edge can check in nanoseconds when the
-//! ack comes back; the HUB, which does not hold that key, checks `sig`.
+//! `"MR2" node[32] token[16] content[32] time_ms[8] serial[8] start[8]
+//!  len[8] path_len[2] path sig[64] seal[16]`.
+//! `sig` (the edge's Ed25519 signature) covers everything before it; the
+//! HUB checks it. `seal` is a keyed BLAKE3 MAC over everything before it,
+//! signature included, that only the edge can make: when an ack comes
+//! back, the edge knows in nanoseconds that the receipt is one it issued,
+//! byte for byte. (MR1 kept its MAC inside the signed part, where it could
+//! not cover the signature: a viewer could flip a signature byte, the edge
+//! took the ack, and the HUB then refused the edge's whole epoch.)
 
 /// Whether a response under a token is paid media: everything but
 /// playlists and MPDs (`.m3u8`, `.mpd`), which are small, fetched again and
@@ -33,8 +38,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, VerifyingKey};
 
-const MAGIC: &[u8; 3] = b"MR1";
-const FIXED: usize = 3 + 32 + 16 + 32 + 8 + 8 + 8 + 8 + 16 + 2;
+const MAGIC: &[u8; 3] = b"MR2";
+const FIXED: usize = 3 + 32 + 16 + 32 + 8 + 8 + 8 + 8 + 2;
+const SIG: usize = 64;
+const SEAL: usize = 16;
 /// What a session key signs: this, then the receipt's wire bytes.
 pub const ACK_CONTEXT: &[u8] = b"meshcast-ack-v1\n";
 pub const MAX_PATH: usize = 1024;
@@ -53,7 +60,6 @@ pub struct Receipt {
     /// Byte range of the representation: `start .. start + len`.
     pub start: u64,
     pub len: u64,
-    pub tag: [u8; 16],
     /// Request path without the token (what the token's prefix must cover).
     pub path: String,
 }
@@ -64,14 +70,20 @@ pub enum ReceiptError {
     Malformed(&'static str),
     #[error("receipt signature does not verify")]
     BadEdgeSignature,
-    #[error("receipt was not issued by this edge (tag mismatch)")]
+    #[error("receipt was not issued by this edge, or was changed since (seal mismatch)")]
     NotOurs,
     #[error("ack signature does not verify with the token's session key")]
     BadAckSignature,
 }
 
-fn tag_key(key: &NodeKey) -> [u8; 32] {
-    blake3::derive_key("meshcast receipt tag v1", &key.signing().to_bytes())
+fn seal_key(key: &NodeKey) -> [u8; 32] {
+    blake3::derive_key("meshcast receipt seal v2", &key.signing().to_bytes())
+}
+
+fn seal(key: &[u8; 32], sealed: &[u8]) -> [u8; SEAL] {
+    blake3::keyed_hash(key, sealed).as_bytes()[..SEAL]
+        .try_into()
+        .expect("16 of 32")
 }
 
 /// A receipt as sent: its fields and the exact signed bytes.
@@ -83,7 +95,7 @@ pub struct SignedReceipt {
 
 impl Receipt {
     fn body(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(FIXED + self.path.len() + 64);
+        let mut b = Vec::with_capacity(FIXED + self.path.len() + SIG + SEAL);
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&self.node);
         b.extend_from_slice(&self.token);
@@ -99,14 +111,14 @@ impl Receipt {
 /// Signs receipts for one edge; cheap to share.
 pub struct ReceiptSigner {
     key: NodeKey,
-    tag_key: [u8; 32],
+    seal_key: [u8; 32],
     node: [u8; 32],
 }
 
 impl ReceiptSigner {
     pub fn new(key: NodeKey) -> Self {
         ReceiptSigner {
-            tag_key: tag_key(&key),
+            seal_key: seal_key(&key),
             node: key.public().to_bytes(),
             key,
         }
@@ -120,7 +132,7 @@ impl ReceiptSigner {
         &self.key
     }
 
-    /// Fills in `node` and `tag`, signs, and returns the wire bytes.
+    /// Fills in `node`, signs, seals, and returns the wire bytes.
     #[allow(clippy::too_many_arguments)]
     pub fn sign(
         &self,
@@ -133,7 +145,7 @@ impl ReceiptSigner {
         serial: u64,
     ) -> SignedReceipt {
         let path: String = path.chars().take(MAX_PATH).collect();
-        let mut r = Receipt {
+        let r = Receipt {
             node: self.node,
             token,
             content,
@@ -141,28 +153,23 @@ impl ReceiptSigner {
             serial,
             start,
             len,
-            tag: [0; 16],
             path,
         };
         let mut wire = r.body();
-        let tag = blake3::keyed_hash(&self.tag_key, &wire);
-        r.tag.copy_from_slice(&tag.as_bytes()[..16]);
-        wire.extend_from_slice(&r.tag);
         wire.extend_from_slice(&(r.path.len() as u16).to_be_bytes());
         wire.extend_from_slice(r.path.as_bytes());
         let sig = self.key.signing().sign(&wire);
         wire.extend_from_slice(&sig.to_bytes());
+        let sealed = seal(&self.seal_key, &wire);
+        wire.extend_from_slice(&sealed);
         SignedReceipt { receipt: r, wire }
     }
 
-    /// The edge's own check on a receipt coming back in an ack.
+    /// The edge's own check on a receipt coming back in an ack: it issued
+    /// exactly these bytes, signature included.
     pub fn is_ours(&self, r: &SignedReceipt) -> Result<(), ReceiptError> {
-        if r.receipt.node != self.node {
-            return Err(ReceiptError::NotOurs);
-        }
-        let fixed_end = FIXED - 16 - 2;
-        let tag = blake3::keyed_hash(&self.tag_key, &r.wire[..fixed_end]);
-        if tag.as_bytes()[..16] != r.receipt.tag {
+        let (sealed, tail) = r.wire.split_at(r.wire.len() - SEAL);
+        if r.receipt.node != self.node || seal(&self.seal_key, sealed)[..] != tail[..] {
             return Err(ReceiptError::NotOurs);
         }
         Ok(())
@@ -171,13 +178,13 @@ impl ReceiptSigner {
 
 impl SignedReceipt {
     pub fn decode(wire: &[u8]) -> Result<SignedReceipt, ReceiptError> {
-        if wire.len() < FIXED + 64 || &wire[..3] != MAGIC {
+        if wire.len() < FIXED + SIG + SEAL || &wire[..3] != MAGIC {
             return Err(ReceiptError::Malformed("not a meshcast receipt"));
         }
         let at = |o: usize, n: usize| &wire[o..o + n];
         let u64_at = |o: usize| u64::from_be_bytes(at(o, 8).try_into().expect("8 bytes"));
         let path_len = u16::from_be_bytes(at(FIXED - 2, 2).try_into().expect("2 bytes")) as usize;
-        if wire.len() != FIXED + path_len + 64 {
+        if wire.len() != FIXED + path_len + SIG + SEAL {
             return Err(ReceiptError::Malformed("length does not match its path"));
         }
         let path = std::str::from_utf8(at(FIXED, path_len))
@@ -192,7 +199,6 @@ impl SignedReceipt {
                 serial: u64_at(91),
                 start: u64_at(99),
                 len: u64_at(107),
-                tag: at(115, 16).try_into().expect("16"),
                 path,
             },
             wire: wire.to_vec(),
@@ -217,8 +223,9 @@ impl SignedReceipt {
     }
 
     fn signed_part(&self) -> (&[u8], Signature) {
-        let (body, sig) = self.wire.split_at(self.wire.len() - 64);
-        (body, Signature::from_bytes(sig.try_into().expect("64")))
+        let (signed, rest) = self.wire.split_at(self.wire.len() - SIG - SEAL);
+        let sig: [u8; SIG] = rest[..SIG].try_into().expect("64");
+        (signed, Signature::from_bytes(&sig))
     }
 
     /// The HUB's check: the edge named in the receipt signed it.
@@ -360,6 +367,21 @@ mod tests {
         let tampered = SignedReceipt::decode(&wire).unwrap();
         assert_eq!(tampered.verify_edge(), Err(ReceiptError::BadEdgeSignature));
         assert_eq!(edge.is_ours(&tampered), Err(ReceiptError::NotOurs));
+
+        // A viewer who changes any byte — the path, the signature, the
+        // seal — is refused at the edge, before its ack can reach a claim.
+        let path_at = 117;
+        let sig_at = r.wire.len() - 16 - 64;
+        for at in [path_at, sig_at, sig_at + 63, r.wire.len() - 1] {
+            let mut wire = r.wire.clone();
+            wire[at] ^= 0x01;
+            let poisoned = SignedReceipt::decode(&wire).unwrap();
+            assert_eq!(
+                edge.is_ours(&poisoned),
+                Err(ReceiptError::NotOurs),
+                "byte {at}"
+            );
+        }
 
         let session = SigningKey::from_bytes(&[9; 32]);
         let ack = Ack::sign(&session, r.clone());

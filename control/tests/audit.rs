@@ -73,7 +73,7 @@ fn audit_claim(
     let bytes = serde_json::to_vec(claim).unwrap();
     let idx = audit::challenge(&bytes, &NONCE, claim);
     audit::check_proof(claim, &checked, &w.edge.node(), &idx, &open(&idx))?;
-    let credit = audit::settle(&checked, |_| 0);
+    let credit = audit::settle(&checked, claim, |_| 0, |_| false);
     assert!(credit.over_budget.is_empty(), "{:?}", credit.over_budget);
     Ok(credit.bytes)
 }
@@ -161,7 +161,7 @@ fn expired_token_and_over_budget() {
     let c = build_claim(EPOCH, EPOCH_SECS, acks(&small, 10, epoch_start_ms()));
     let hub_pk = small.hub.public().to_bytes();
     let checked = audit::check_claim(&c.claim, |k| *k == hub_pk, u64::MAX).unwrap();
-    let credit = audit::settle(&checked, |_| 1000);
+    let credit = audit::settle(&checked, &c.claim, |_| 1000, |_| false);
     assert_eq!(credit.bytes, 4000);
     assert!(
         credit.over_budget[0].contains("left of its budget"),
@@ -179,4 +179,30 @@ fn one_entry_with_inflated_bytes_is_caught() {
     claim.bytes *= 2;
     let err = audit_claim(&w, &claim, |i| c.open(i).unwrap()).unwrap_err();
     assert!(err.to_string().contains("listed bytes"), "{err}");
+}
+
+#[test]
+fn a_renumbered_or_resent_log_earns_nothing_twice() {
+    // The cheater: an edge that settled an epoch, then moves the same acks
+    // into another epoch number (a new epoch length, a restart) or sends
+    // its old log again, mixed with new acks.
+    let w = world(u64::MAX, 4_000_000_000);
+    let old = acks(&w, 40, epoch_start_ms());
+    let hub_pk = w.hub.public().to_bytes();
+    let first = build_claim(EPOCH, EPOCH_SECS, old.clone());
+    let checked = audit::check_claim(&first.claim, |k| *k == hub_pk, u64::MAX).unwrap();
+    let paid = audit::settle(&checked, &first.claim, |_| 0, |_| false);
+    assert_eq!(paid.bytes, first.claim.bytes);
+    assert_eq!(paid.paid_now.len(), 40);
+    let already: std::collections::HashSet<[u8; 16]> = paid.paid_now.into_iter().collect();
+
+    let mut mixed = old;
+    mixed.extend(acks(&w, 10, epoch_start_ms() + 1));
+    let again = build_claim(EPOCH + 7, EPOCH_SECS, mixed);
+    let checked = audit::check_claim(&again.claim, |k| *k == hub_pk, u64::MAX).unwrap();
+    let credit = audit::settle(&checked, &again.claim, |_| 0, |id| already.contains(id));
+    let fresh: u64 = again.claim.bytes - first.claim.bytes;
+    assert_eq!(credit.bytes, fresh, "only the 10 new acks earn");
+    assert_eq!(credit.already_paid.len(), 40);
+    assert_eq!(credit.paid_now.len(), 10);
 }

@@ -4,7 +4,7 @@
 //! logic is `meshcast_control::audit`; this module is storage and HTTP.
 
 use crate::nodes::{now_secs, open_envelope, refuse};
-use crate::registry::{Pending, Settlement};
+use crate::registry::{Decision, Pending, SettleView, Settlement};
 use crate::Hub;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -57,11 +57,65 @@ fn reject(hub: &Hub, node: &str, claim: &Claim, e: AuditError) -> Response {
         reason: Some(e.to_string()),
         over_budget: Vec::new(),
         per_prefix: Vec::new(),
+        already_paid: 0,
     };
-    if let Err(err) = hub.registry.settle(&s, &[]) {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, err);
+    match hub
+        .registry
+        .settle(node, claim.epoch, |_| Decision::refusal(s))
+    {
+        Ok(Some(s)) => (StatusCode::UNPROCESSABLE_ENTITY, Json(s)).into_response(),
+        Ok(None) => settled_already(hub, node, claim.epoch),
+        Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err),
     }
-    (StatusCode::UNPROCESSABLE_ENTITY, Json(s)).into_response()
+}
+
+/// The answer for an epoch settled before: its settlement, as recorded.
+fn settled_already(hub: &Hub, node: &str, epoch: u64) -> Response {
+    match hub.registry.settled(node, epoch) {
+        Ok(Some(s)) => (StatusCode::CONFLICT, Json(s)).into_response(),
+        Ok(None) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "settlement vanished"),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// What an opened, audited claim earns, decided from the spend and paid
+/// receipts `view` reads inside the settling transaction.
+fn decide(
+    node: &str,
+    claim: &Claim,
+    checked: &Checked,
+    opened: u64,
+    view: &dyn SettleView,
+) -> Decision {
+    let credit = audit::settle(checked, claim, |id| view.spent(id), |id| view.paid(id));
+    let mut per_prefix: Vec<(String, u64)> = Vec::new();
+    for (t, (_, bytes)) in checked.tokens.iter().zip(&credit.per_token) {
+        match per_prefix.iter_mut().find(|(p, _)| *p == t.prefix) {
+            Some((_, b)) => *b += bytes,
+            None => per_prefix.push((t.prefix.clone(), *bytes)),
+        }
+    }
+    Decision {
+        settlement: Settlement {
+            node: node.to_string(),
+            epoch: claim.epoch,
+            accepted: true,
+            claimed_bytes: claim.bytes,
+            credited_bytes: credit.bytes,
+            entries: claim.count,
+            opened,
+            reason: None,
+            over_budget: credit.over_budget,
+            per_prefix,
+            already_paid: credit.already_paid.len() as u64,
+        },
+        token_credits: credit
+            .per_token
+            .iter()
+            .map(|(id, b)| (hex::encode(id), *b))
+            .collect(),
+        paid: credit.paid_now,
+    }
 }
 
 async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
@@ -176,42 +230,12 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     if let Err(e) = audit::check_proof(&claim, &checked, &claimant, &pending.challenge, &opening) {
         return reject(&hub, &node, &claim, e);
     }
-    let spent_err = std::cell::Cell::new(None);
-    let credit = audit::settle(&checked, |id| {
-        hub.registry.spent(&hex::encode(id)).unwrap_or_else(|e| {
-            spent_err.set(Some(e.to_string()));
-            u64::MAX
-        })
+    let opened = pending.challenge.len() as u64;
+    let decided = hub.registry.settle(&node, claim.epoch, |view| {
+        decide(&node, &claim, &checked, opened, view)
     });
-    if let Some(e) = spent_err.take() {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, e);
-    }
-    let mut per_prefix: Vec<(String, u64)> = Vec::new();
-    for (t, (_, bytes)) in checked.tokens.iter().zip(&credit.per_token) {
-        match per_prefix.iter_mut().find(|(p, _)| *p == t.prefix) {
-            Some((_, b)) => *b += bytes,
-            None => per_prefix.push((t.prefix.clone(), *bytes)),
-        }
-    }
-    let s = Settlement {
-        node: node.clone(),
-        epoch: claim.epoch,
-        accepted: true,
-        claimed_bytes: claim.bytes,
-        credited_bytes: credit.bytes,
-        entries: claim.count,
-        opened: pending.challenge.len() as u64,
-        reason: None,
-        over_budget: credit.over_budget,
-        per_prefix,
-    };
-    let token_credits: Vec<(String, u64)> = credit
-        .per_token
-        .iter()
-        .map(|(id, b)| (hex::encode(id), *b))
-        .collect();
-    match hub.registry.settle(&s, &token_credits) {
-        Ok(true) => {
+    match decided {
+        Ok(Some(s)) => {
             hub.reward(&s);
             hub.metrics.claims.with_label_values(&["accepted"]).inc();
             hub.metrics.credited_bytes.inc_by(s.credited_bytes);
@@ -225,7 +249,7 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
             );
             Json(s).into_response()
         }
-        Ok(false) => (StatusCode::CONFLICT, Json(s)).into_response(),
+        Ok(None) => settled_already(&hub, &node, claim.epoch),
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

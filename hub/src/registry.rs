@@ -1,7 +1,10 @@
 //! The HUB's delivery state in redb: registered nodes, claims awaiting
-//! their opening, settled epochs, and bytes spent per token. Settling an
-//! epoch (credit, token spend, settled mark) is one write transaction, so a
-//! crash never credits twice or half.
+//! their opening, settled epochs, bytes spent per token and every receipt
+//! paid. Settling an epoch is one write transaction that reads token spend
+//! and paid receipts and writes credit, spend, paid receipts and the
+//! settled mark: redb runs one writer at a time, so two edges settling the
+//! same token cannot both see its budget unspent, and a crash never credits
+//! twice or half.
 
 use crate::HubError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -16,6 +19,8 @@ const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_clai
 const SETTLED: TableDefinition<&str, &[u8]> = TableDefinition::new("settled_claims");
 /// token id (hex) → bytes credited across all edges.
 const SPENT: TableDefinition<&str, u64> = TableDefinition::new("token_spent");
+/// receipt id → the epoch key that paid it.
+const PAID: TableDefinition<&[u8; 16], &str> = TableDefinition::new("paid_receipts");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -57,6 +62,37 @@ pub struct Settlement {
     /// Bytes credited per token prefix (`/v/{id}/`): whose content it was.
     #[serde(default)]
     pub per_prefix: Vec<(String, u64)>,
+    /// Listed receipts that had been paid before: they earned nothing.
+    #[serde(default)]
+    pub already_paid: u64,
+}
+
+/// What settling a claim decided, computed inside the transaction.
+pub struct Decision {
+    pub settlement: Settlement,
+    /// Bytes to add to each token's spend (token id hex).
+    pub token_credits: Vec<(String, u64)>,
+    /// Receipts paid by this settlement.
+    pub paid: Vec<[u8; 16]>,
+}
+
+impl Decision {
+    /// A refusal: no credit, no spend, nothing paid.
+    pub fn refusal(settlement: Settlement) -> Decision {
+        Decision {
+            settlement,
+            token_credits: Vec::new(),
+            paid: Vec::new(),
+        }
+    }
+}
+
+/// Reads settlement needs, from inside its write transaction.
+pub trait SettleView {
+    /// Bytes credited so far under a token, across all edges.
+    fn spent(&self, token: &[u8; 16]) -> u64;
+    /// Whether a receipt was paid before.
+    fn paid(&self, receipt: &[u8; 16]) -> bool;
 }
 
 pub struct Registry {
@@ -79,6 +115,7 @@ impl Registry {
         txn.open_table(PENDING).map_err(err)?;
         txn.open_table(SETTLED).map_err(err)?;
         txn.open_table(SPENT).map_err(err)?;
+        txn.open_table(PAID).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Registry { db })
     }
@@ -168,28 +205,48 @@ impl Registry {
         }
     }
 
-    pub fn spent(&self, token_hex: &str) -> Result<u64, HubError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(SPENT).map_err(err)?;
-        Ok(t.get(token_hex).map_err(err)?.map_or(0, |v| v.value()))
-    }
-
-    /// Records the outcome of a claim: the settled mark, the node's credit
-    /// and counters, and each token's spend — all or nothing. Returns false
-    /// (and changes nothing) when the epoch was already settled.
+    /// Settles `node`'s `epoch`: `decide` reads token spend and paid
+    /// receipts inside the write transaction, and what it returns is
+    /// recorded in the same transaction — the settled mark, the node's
+    /// credit and counters, each token's spend, the receipts paid — all or
+    /// nothing. Returns None (and changes nothing) when the epoch was
+    /// already settled.
     pub fn settle(
         &self,
-        s: &Settlement,
-        token_credits: &[(String, u64)],
-    ) -> Result<bool, HubError> {
-        let key = epoch_key(&s.node, s.epoch);
+        node: &str,
+        epoch: u64,
+        decide: impl FnOnce(&dyn SettleView) -> Decision,
+    ) -> Result<Option<Settlement>, HubError> {
+        let key = epoch_key(node, epoch);
         let txn = self.db.begin_write().map_err(err)?;
-        {
-            let mut settled = txn.open_table(SETTLED).map_err(err)?;
+        let decision = {
+            let settled = txn.open_table(SETTLED).map_err(err)?;
             if settled.get(key.as_str()).map_err(err)?.is_some() {
-                return Ok(false);
+                return Ok(None);
             }
-            settled
+            let view = TxnView {
+                spent: txn.open_table(SPENT).map_err(err)?,
+                paid: txn.open_table(PAID).map_err(err)?,
+                failed: std::cell::RefCell::new(None),
+            };
+            let decision = decide(&view);
+            if let Some(e) = view.failed.take() {
+                return Err(e);
+            }
+            decision
+        };
+        let s = &decision.settlement;
+        assert!(
+            s.node == node && s.epoch == epoch,
+            "a decision for another epoch"
+        );
+        assert!(
+            s.credited_bytes <= s.claimed_bytes,
+            "credited more than claimed"
+        );
+        {
+            txn.open_table(SETTLED)
+                .map_err(err)?
                 .insert(key.as_str(), serde_json::to_vec(s).map_err(err)?.as_slice())
                 .map_err(err)?;
             txn.open_table(PENDING)
@@ -197,20 +254,23 @@ impl Registry {
                 .remove(key.as_str())
                 .map_err(err)?;
             let mut spent = txn.open_table(SPENT).map_err(err)?;
-            for (token, bytes) in token_credits {
+            for (token, bytes) in &decision.token_credits {
                 let cur = spent
                     .get(token.as_str())
                     .map_err(err)?
                     .map_or(0, |v| v.value());
                 spent.insert(token.as_str(), cur + bytes).map_err(err)?;
             }
+            let mut paid = txn.open_table(PAID).map_err(err)?;
+            for receipt in &decision.paid {
+                paid.insert(receipt, key.as_str()).map_err(err)?;
+            }
             let mut nodes = txn.open_table(NODES).map_err(err)?;
-            let cur: Option<NodeRecord> = match nodes.get(s.node.as_str()).map_err(err)? {
+            let cur: Option<NodeRecord> = match nodes.get(node).map_err(err)? {
                 Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
                 None => None,
             };
-            let mut n =
-                cur.ok_or_else(|| HubError::Catalog(format!("node {} vanished", s.node)))?;
+            let mut n = cur.ok_or_else(|| HubError::Catalog(format!("node {node} vanished")))?;
             n.credited_bytes += s.credited_bytes;
             if s.accepted {
                 n.claims_accepted += 1;
@@ -219,13 +279,153 @@ impl Registry {
                 n.last_rejection = s.reason.clone();
             }
             nodes
-                .insert(
-                    s.node.as_str(),
-                    serde_json::to_vec(&n).map_err(err)?.as_slice(),
-                )
+                .insert(node, serde_json::to_vec(&n).map_err(err)?.as_slice())
                 .map_err(err)?;
         }
         txn.commit().map_err(err)?;
-        Ok(true)
+        Ok(Some(decision.settlement))
+    }
+}
+
+/// The tables a settlement reads, open in its write transaction. A read
+/// error is kept and fails the settlement (the transaction is dropped).
+struct TxnView<'t> {
+    spent: redb::Table<'t, &'static str, u64>,
+    paid: redb::Table<'t, &'static [u8; 16], &'static str>,
+    failed: std::cell::RefCell<Option<HubError>>,
+}
+
+impl TxnView<'_> {
+    fn fail(&self, e: impl std::fmt::Display) {
+        self.failed.borrow_mut().get_or_insert(err(e));
+    }
+}
+
+impl SettleView for TxnView<'_> {
+    fn spent(&self, token: &[u8; 16]) -> u64 {
+        match self.spent.get(hex::encode(token).as_str()) {
+            Ok(v) => v.map_or(0, |v| v.value()),
+            Err(e) => {
+                self.fail(e);
+                u64::MAX
+            }
+        }
+    }
+
+    fn paid(&self, receipt: &[u8; 16]) -> bool {
+        match self.paid.get(receipt) {
+            Ok(v) => v.is_some(),
+            Err(e) => {
+                self.fail(e);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            key: String::new(),
+            addr: String::new(),
+            roles: vec![],
+            capacity_bytes: 0,
+            registered: 0,
+            last_seen: 0,
+            load: 0.0,
+            cache_bytes: 0,
+            bytes_out: 0,
+            credited_bytes: 0,
+            claims_accepted: 0,
+            claims_rejected: 0,
+            last_rejection: None,
+        }
+    }
+
+    fn settlement(node: &str, epoch: u64, claimed: u64, credited: u64) -> Settlement {
+        Settlement {
+            node: node.into(),
+            epoch,
+            accepted: true,
+            claimed_bytes: claimed,
+            credited_bytes: credited,
+            entries: 1,
+            opened: 1,
+            reason: None,
+            over_budget: vec![],
+            per_prefix: vec![],
+            already_paid: 0,
+        }
+    }
+
+    /// Two edges settle claims on one token at the same moment, each
+    /// claiming its whole budget: together they are never credited more.
+    #[test]
+    fn racing_edges_never_exceed_a_token_budget() {
+        const BUDGET: u64 = 1_000_000;
+        let dir = std::env::temp_dir().join(format!("meshcast-reg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let reg = std::sync::Arc::new(Registry::open(&dir.join("r.redb")).unwrap());
+        let token = [7u8; 16];
+        for round in 0..20u64 {
+            let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = ["edge-a", "edge-b"]
+                .into_iter()
+                .map(|n| {
+                    let (reg, start) = (reg.clone(), start.clone());
+                    reg.upsert_node(n, |_| node(n)).unwrap();
+                    std::thread::spawn(move || {
+                        start.wait();
+                        reg.settle(n, round, |view| {
+                            let spent = view.spent(&token);
+                            // Later rounds: the budget grows with the round.
+                            let left = (BUDGET * (round + 1)).saturating_sub(spent);
+                            Decision {
+                                settlement: settlement(n, round, BUDGET, BUDGET.min(left)),
+                                token_credits: vec![(hex::encode(token), BUDGET.min(left))],
+                                paid: vec![[
+                                    round as u8,
+                                    n.len() as u8,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                ]],
+                            }
+                        })
+                        .unwrap()
+                        .unwrap()
+                    })
+                })
+                .collect();
+            let credited: u64 = threads
+                .into_iter()
+                .map(|t| t.join().unwrap().credited_bytes)
+                .sum();
+            assert_eq!(
+                credited, BUDGET,
+                "round {round}: both edges were credited {credited}"
+            );
+        }
+        // Settled once: the same epoch again changes nothing.
+        let again = reg
+            .settle("edge-a", 0, |_| unreachable!("already settled"))
+            .unwrap();
+        assert!(again.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -112,6 +112,7 @@ mod tests {
                 ("/v/owned/".into(), 2_000_000_000),
                 ("/v/public/".into(), 1_000_000_000),
             ],
+            already_paid: 0,
         };
         let actions = reward_actions(
             &s,

@@ -14,7 +14,9 @@
 (function (global) {
   'use strict';
   const ACK_CONTEXT = new TextEncoder().encode('meshcast-ack-v1\n');
-  const FIXED = 3 + 32 + 16 + 32 + 8 + 8 + 8 + 8 + 16 + 2;
+  const FIXED = 3 + 32 + 16 + 32 + 8 + 8 + 8 + 8 + 2;
+  const SIG = 64;
+  const SEAL = 16;
 
   function b64uDecode(s) {
     const b64 = s.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((s.length + 3) % 4);
@@ -37,16 +39,19 @@
 
   // Fields of a receipt's wire bytes, or null if they are not one.
   function parseReceipt(wire) {
-    if (wire.length < FIXED + 64 || wire[0] !== 0x4d || wire[1] !== 0x52 || wire[2] !== 0x31) return null;
+    // "MR2": fixed fields, path, the edge's signature over both, and the
+    // edge's seal (its own MAC, which the player just passes back).
+    if (wire.length < FIXED + SIG + SEAL || wire[0] !== 0x4d || wire[1] !== 0x52 || wire[2] !== 0x32) return null;
     const view = new DataView(wire.buffer, wire.byteOffset, wire.byteLength);
     const pathLen = view.getUint16(FIXED - 2, false);
-    if (wire.length !== FIXED + pathLen + 64) return null;
+    const signed = FIXED + pathLen;
+    if (wire.length !== signed + SIG + SEAL) return null;
     return {
       node: wire.slice(3, 35),
       len: u64(view, 107),
       path: new TextDecoder().decode(wire.slice(FIXED, FIXED + pathLen)),
-      body: wire.slice(0, wire.length - 64),
-      sig: wire.slice(wire.length - 64),
+      body: wire.slice(0, signed),
+      sig: wire.slice(signed, signed + SIG),
     };
   }
 

@@ -45,6 +45,35 @@ enum Outcome {
     Retry(String),
 }
 
+/// The HUB's answer about `epoch`, if it is one: a settlement for that
+/// epoch saying whether it was accepted. Anything else — a proxy's error
+/// page, a truncated body, another epoch's record — is not a decision, and
+/// the acks are kept and claimed again (taking it as a refusal would
+/// delete honest viewers' acks).
+fn decision(epoch: u64, body: &[u8]) -> Outcome {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) if v["accepted"].is_boolean() && v["epoch"].as_u64() == Some(epoch) => {
+            Outcome::Final(v)
+        }
+        _ => Outcome::Retry(format!(
+            "unreadable answer about epoch {epoch}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )),
+    }
+}
+
+/// Writes `bytes` to `path` and makes it (and its directory entry)
+/// durable before the caller deletes what it replaces.
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    std::io::Write::write_all(&mut f, bytes)?;
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 impl HubClient {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -181,9 +210,7 @@ impl HubClient {
                 Ok(c) => c,
                 Err(e) => return Outcome::Retry(format!("challenge: {e}")),
             },
-            Ok((409 | 422, b)) => {
-                return Outcome::Final(serde_json::from_slice(&b).unwrap_or_default())
-            }
+            Ok((409 | 422, b)) => return decision(epoch, &b),
             Ok((s, b)) => {
                 return Outcome::Retry(format!("claim ({s}): {}", String::from_utf8_lossy(&b)))
             }
@@ -198,9 +225,7 @@ impl HubClient {
             Err(e) => return Outcome::Retry(e.to_string()),
         };
         match self.post("/v1/claims/open", messages::OPENING, body).await {
-            Ok((200 | 409 | 422, b)) => {
-                Outcome::Final(serde_json::from_slice(&b).unwrap_or_default())
-            }
+            Ok((200 | 409 | 422, b)) => decision(epoch, &b),
             Ok((s, b)) => Outcome::Retry(format!("opening ({s}): {}", String::from_utf8_lossy(&b))),
             Err(e) => Outcome::Retry(e),
         }
@@ -219,7 +244,7 @@ impl HubClient {
             };
             let count = acks.len();
             let outcome = if acks.is_empty() {
-                Outcome::Final(serde_json::json!({"empty": true}))
+                Outcome::Final(serde_json::json!({"empty": true, "epoch": epoch}))
             } else {
                 self.claim(epoch, acks).await
             };
@@ -238,8 +263,10 @@ impl HubClient {
                     }
                     let dir = &self.book.dir;
                     let text = serde_json::to_vec_pretty(&result).unwrap_or_default();
-                    if let Err(e) = std::fs::write(acklog::settled_path(dir, epoch), text) {
-                        tracing::error!(error = %e, "cannot record a settled epoch");
+                    if let Err(e) = write_durably(&acklog::settled_path(dir, epoch), &text) {
+                        // Keep the log: the HUB answers a claim again with
+                        // the same settlement.
+                        return Err(format!("cannot record settled epoch {epoch}: {e}"));
                     }
                     self.book.log.close(epoch);
                     let _ = std::fs::remove_file(acklog::log_path(dir, epoch));
@@ -311,6 +338,30 @@ impl pingora_core::services::background::BackgroundService for HubService {
         tokio::select! {
             _ = client.run() => {}
             _ = shutdown.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_settlement_for_the_epoch_is_final() {
+        let ok = br#"{"node":"n","epoch":7,"accepted":false,"reason":"late"}"#;
+        assert!(matches!(decision(7, ok), Outcome::Final(_)));
+        for body in [
+            &b"<html>502 Bad Gateway</html>"[..],
+            b"",
+            br#"{"epoch":7}"#,
+            br#"{"epoch":8,"accepted":true}"#,
+            br#"{"node":"n","epoch":7,"accepted":tr"#,
+        ] {
+            assert!(
+                matches!(decision(7, body), Outcome::Retry(_)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }
