@@ -47,6 +47,23 @@ async fn second_request_is_a_hit_with_cache_status_and_age() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_is_appended_not_replaced() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    get(&edge.url("/nostore/plain"), &[]).await;
+    get(
+        &edge.url("/nostore/chained"),
+        &[("x-forwarded-for", "198.51.100.7")],
+    )
+    .await;
+    let seen = origin.state.lock().unwrap().forwarded_for.clone();
+    assert_eq!(seen["/nostore/plain"], "127.0.0.1");
+    // The origin sees the whole chain and believes it only as far as it
+    // trusts each hop (the hub reads it from the right).
+    assert_eq!(seen["/nostore/chained"], "198.51.100.7, 127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_requests_make_one_origin_request_and_stream() {
     let origin = Origin::start().await;
     let edge = Edge::config(origin.addr, "").start().await;

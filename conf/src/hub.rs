@@ -111,6 +111,32 @@ pub struct HubSection {
     /// when the budget is spent.
     #[serde(default = "default_budget_factor")]
     pub token_budget_factor: u32,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs or addresses),
+    /// such as this hub's own edges. Anyone else's is ignored: a client
+    /// address is what the socket says unless the peer is listed here.
+    #[serde(default = "default_trusted_proxies")]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl HubSection {
+    /// `trusted_proxies` parsed (validated at load, so none is dropped).
+    pub fn trusted_proxy_nets(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| parse_net(p).ok())
+            .collect()
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`192.0.2.7`, `::1`).
+fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a CIDR such as \"10.0.0.0/8\""))
+}
+
+fn default_trusted_proxies() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
 }
 
 fn default_token_ttl() -> Seconds {
@@ -288,6 +314,9 @@ impl HubConfig {
                 "must be at least 1 a minute".into(),
             ));
         }
+        for (i, p) in self.hub.trusted_proxies.iter().enumerate() {
+            parse_net(p).map_err(|why| (format!("hub.trusted_proxies[{i}]"), why))?;
+        }
         if self.hub.token_budget_factor == 0 {
             return Err((
                 "hub.token_budget_factor".into(),
@@ -398,6 +427,21 @@ mod tests {
             .to_string();
         assert!(e.starts_with("hub.toml:6:"), "{e}");
         assert!(e.contains("transcode.rung[0].height"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let base = "[hub]\nlisten = \"127.0.0.1:7000\"\ndata_dir = \"/tmp/h\"\n";
+        let c = HubConfig::parse(Path::new("hub.toml"), base).unwrap();
+        let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(c.hub.trusted_proxy_nets().iter().any(|n| n.contains(&loopback)));
+        let ok = format!("{base}trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\"]\n");
+        let c = HubConfig::parse(Path::new("hub.toml"), &ok).unwrap();
+        assert_eq!(c.hub.trusted_proxy_nets().len(), 3);
+        assert!(!c.hub.trusted_proxy_nets().iter().any(|n| n.contains(&loopback)));
+        let bad = format!("{base}trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n");
+        let e = HubConfig::parse(Path::new("hub.toml"), &bad).unwrap_err().to_string();
+        assert!(e.contains("hub.trusted_proxies[1]") && e.contains("CIDR"), "{e}");
     }
 
     #[test]

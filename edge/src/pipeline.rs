@@ -396,7 +396,17 @@ impl ProxyHttp for EdgePipeline {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+            // Append, as every proxy in a chain does: the origin believes
+            // hops from the right only as far as it trusts them.
+            let value = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", value)?;
         }
         self.shared.metrics.origin_fetches.inc();
         Ok(())

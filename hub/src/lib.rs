@@ -59,6 +59,8 @@ pub struct Hub {
         std::collections::HashMap<&'static str, meshcast_control::envelope::Verifier>,
     >,
     rate_limit: tokens::RateLimit,
+    /// `[hub] trusted_proxies`, parsed once.
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// The embedded ledger validator rewards are paid on.
     ledger: ledger::HubLedger,
 }
@@ -252,6 +254,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         registry,
         verifiers: Default::default(),
         rate_limit: Default::default(),
+        trusted_proxies: config.hub.trusted_proxy_nets(),
         ledger,
     });
     // Rewards for epochs settled before a crash or restart: the chain pays

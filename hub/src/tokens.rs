@@ -61,31 +61,31 @@ impl RateLimit {
     }
 }
 
-/// The viewer's address: the peer, or the last hop a trusted proxy (an
-/// edge registered here, or loopback) put in X-Forwarded-For.
-fn client_ip(hub: &Hub, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    let trusted_peer = peer.ip().is_loopback()
-        || hub.registry.nodes().is_ok_and(|nodes| {
-            nodes.iter().any(|n| {
-                n.addr
-                    .split("://")
-                    .nth(1)
-                    .and_then(|h| h.split(['/', ':']).next())
-                    .and_then(|h| h.parse::<IpAddr>().ok())
-                    == Some(peer.ip())
-            })
-        });
-    if trusted_peer {
-        if let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-        {
-            return ip;
+/// The viewer's address. The socket's peer, unless the peer is one of
+/// `[hub] trusted_proxies`: then `X-Forwarded-For` is read from the right
+/// (each trusted proxy appends the address it saw), skipping trusted
+/// proxies, and the first address that is not one is the client. Entries
+/// left of it are whatever the client wrote and are never believed; a
+/// registered node's self-declared address earns no trust.
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in forwarded_for.unwrap_or("").rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            // Garbage: the hop that appended it is the last one we believe.
+            Err(_) => break,
         }
     }
-    peer.ip()
+    client
 }
 
 async fn issue(
@@ -129,7 +129,8 @@ async fn issue(
     if video.status != Status::Ready {
         return refuse(StatusCode::CONFLICT, format!("video {id} is not ready yet"));
     }
-    let ip = client_ip(&hub, peer, &headers);
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let ip = client_ip(peer.ip(), forwarded, &hub.trusted_proxies);
     let now = now_secs();
     let per_minute = hub.config.hub.token_rate;
     if !hub.rate_limit.allow(ip, per_minute, now as f64) {
@@ -183,5 +184,50 @@ async fn issue(
             .into_response()
         }
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A stranger's header changes nothing (a self-registered "node" too).
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.9")
+        );
+        // Through one trusted edge: the address it appended.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), Some("198.51.100.7"), &trusted),
+            ip("198.51.100.7")
+        );
+        // A client that writes its own header cannot pick its address.
+        assert_eq!(
+            client_ip(
+                ip("10.0.0.2"),
+                Some("1.1.1.1, 2.2.2.2, 198.51.100.7"),
+                &trusted
+            ),
+            ip("198.51.100.7")
+        );
+        // Two trusted hops: skipped from the right.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), Some("198.51.100.7, 10.0.0.3"), &trusted),
+            ip("198.51.100.7")
+        );
+        // Garbage or nothing: the last believed hop.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), Some("junk"), &trusted),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), Some("198.51.100.7, junk"), &trusted),
+            ip("10.0.0.2")
+        );
+        assert_eq!(client_ip(ip("10.0.0.2"), None, &trusted), ip("10.0.0.2"));
     }
 }

@@ -28,6 +28,8 @@ pub fn body_for(name: &str, len: usize) -> Vec<u8> {
 pub struct OriginState {
     pub hits: HashMap<String, usize>,
     pub conditional: HashMap<String, usize>,
+    /// `X-Forwarded-For` of each path's latest request.
+    pub forwarded_for: HashMap<String, String>,
 }
 
 /// An HTTP/1.1 origin. Paths choose behaviour:
@@ -140,6 +142,18 @@ async fn serve(
                 .strip_prefix("if-none-match:")
                 .map(|v| v.trim().to_string())
         });
+        let xff = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-forwarded-for:")
+                .map(|v| v.trim().to_string())
+        });
+        if let Some(xff) = xff {
+            state
+                .lock()
+                .unwrap()
+                .forwarded_for
+                .insert(path.clone(), xff);
+        }
         *state.lock().unwrap().hits.entry(path.clone()).or_default() += 1;
         let name = path.rsplit('/').next().unwrap_or("").to_string();
         let body = body_for(&name, len);
