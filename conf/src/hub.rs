@@ -434,14 +434,27 @@ mod tests {
         let base = "[hub]\nlisten = \"127.0.0.1:7000\"\ndata_dir = \"/tmp/h\"\n";
         let c = HubConfig::parse(Path::new("hub.toml"), base).unwrap();
         let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(c.hub.trusted_proxy_nets().iter().any(|n| n.contains(&loopback)));
+        assert!(c
+            .hub
+            .trusted_proxy_nets()
+            .iter()
+            .any(|n| n.contains(&loopback)));
         let ok = format!("{base}trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\"]\n");
         let c = HubConfig::parse(Path::new("hub.toml"), &ok).unwrap();
         assert_eq!(c.hub.trusted_proxy_nets().len(), 3);
-        assert!(!c.hub.trusted_proxy_nets().iter().any(|n| n.contains(&loopback)));
+        assert!(!c
+            .hub
+            .trusted_proxy_nets()
+            .iter()
+            .any(|n| n.contains(&loopback)));
         let bad = format!("{base}trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n");
-        let e = HubConfig::parse(Path::new("hub.toml"), &bad).unwrap_err().to_string();
-        assert!(e.contains("hub.trusted_proxies[1]") && e.contains("CIDR"), "{e}");
+        let e = HubConfig::parse(Path::new("hub.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hub.trusted_proxies[1]") && e.contains("CIDR"),
+            "{e}"
+        );
     }
 
     #[test]

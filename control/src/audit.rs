@@ -250,12 +250,27 @@ pub fn challenge(claim_bytes: &[u8], hub_nonce: &[u8; 32], claim: &Claim) -> Vec
 
 /// Verifies an opening: Merkle paths, then every opened ack against the
 /// listing, the claimant, the epoch window, its token, and both signatures.
+/// An object the HUB published, as a receipt must name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub size: u64,
+    /// `receipt::content_id` of the object as the origin serves it.
+    pub content: [u8; 32],
+}
+
+/// Checks the opened acks: Merkle paths, listing, claimant, epoch window,
+/// token expiry and prefix, signatures — and that each names an object the
+/// HUB published (`published(path)`), with its content id and a range
+/// inside it. A valid edge signature proves the edge said it, not that the
+/// content exists: a receipt for made-up content or bytes past an
+/// object's end refuses the whole claim.
 pub fn check_proof(
     claim: &Claim,
     checked: &Checked,
     claimant: &[u8; 32],
     indices: &[usize],
     opening: &Opening,
+    published: impl Fn(&str) -> Option<Published>,
 ) -> Result<(), AuditError> {
     let entry_err = |index: usize, reason: String| AuditError::Entry { index, reason };
     if opening.acks.len() != indices.len() {
@@ -309,6 +324,19 @@ pub fn check_proof(
         }
         tok.covers(&r.path)
             .map_err(|e| entry_err(index, e.to_string()))?;
+        let object = published(&r.path)
+            .ok_or_else(|| fail("receipt names content the HUB never published"))?;
+        if r.content != object.content {
+            return Err(fail("receipt's content differs from the published object"));
+        }
+        if r.start
+            .checked_add(r.len)
+            .is_none_or(|end| end > object.size)
+        {
+            return Err(fail(
+                "receipt's byte range runs past the published object's end",
+            ));
+        }
         let session = VerifyingKey::from_bytes(&tok.session)
             .map_err(|_| fail("token's session key is not an Ed25519 key"))?;
         acks.push(ack);

@@ -19,6 +19,16 @@
 //! not cover the signature: a viewer could flip a signature byte, the edge
 //! took the ack, and the HUB then refused the edge's whole epoch.)
 
+/// Names the content of a response for its receipt: BLAKE3 of the origin's
+/// ETag (the HUB's ETag is the file's BLAKE3 already) or of the path. The
+/// HUB computes the same for what it published, to bind receipts to it.
+pub fn content_id(etag: Option<&[u8]>, path: &str) -> [u8; 32] {
+    match etag {
+        Some(e) => blake3::derive_key("meshcast content v1 etag", e),
+        None => blake3::derive_key("meshcast content v1 path", path.as_bytes()),
+    }
+}
+
 /// Whether a response under a token is paid media: everything but
 /// playlists and MPDs (`.m3u8`, `.mpd`), which are small, fetched again and
 /// again, and needed to learn why media is refused. Paid responses carry a

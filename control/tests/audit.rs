@@ -58,6 +58,20 @@ fn acks(w: &World, n: usize, time_ms: u64) -> Vec<(String, Ack)> {
         .collect()
 }
 
+/// What the HUB published in these tests: `/v/abc/720p/{i}.m4s`, 1000 + i
+/// bytes each, content [3; 32] (what `acks` signs).
+fn catalog(path: &str) -> Option<audit::Published> {
+    let i: u64 = path
+        .strip_prefix("/v/abc/720p/")?
+        .strip_suffix(".m4s")?
+        .parse()
+        .ok()?;
+    Some(audit::Published {
+        size: 1000 + i,
+        content: [3; 32],
+    })
+}
+
 fn audit(w: &World, c: &Committed) -> Result<u64, AuditError> {
     audit_claim(w, &c.claim, |idx| c.open(idx).unwrap())
 }
@@ -72,7 +86,7 @@ fn audit_claim(
     let checked = audit::check_claim(claim, |k| *k == hub_pk, now_ms)?;
     let bytes = serde_json::to_vec(claim).unwrap();
     let idx = audit::challenge(&bytes, &NONCE, claim);
-    audit::check_proof(claim, &checked, &w.edge.node(), &idx, &open(&idx))?;
+    audit::check_proof(claim, &checked, &w.edge.node(), &idx, &open(&idx), catalog)?;
     let credit = audit::settle(&checked, claim, |_| 0, |_| false);
     assert!(credit.over_budget.is_empty(), "{:?}", credit.over_budget);
     Ok(credit.bytes)
@@ -106,9 +120,10 @@ fn five_percent_fabricated_entries_are_refused() {
 fn tampered_receipt_is_refused() {
     let w = world(u64::MAX, 4_000_000_000);
     let mut a = acks(&w, 100, epoch_start_ms());
-    // The edge raises a receipt's byte count after the viewer signed it.
+    // The edge changes a receipt's byte count after the viewer signed it
+    // (within the object, so only the signature can tell).
     let mut wire = a[5].1.receipt.wire.clone();
-    wire[110] ^= 0x40;
+    wire[114] ^= 0x01;
     a[5].1.receipt = meshcast_control::receipt::SignedReceipt::decode(&wire).unwrap();
     let err = audit(&w, &build_claim(EPOCH, EPOCH_SECS, a)).unwrap_err();
     assert!(
@@ -205,4 +220,58 @@ fn a_renumbered_or_resent_log_earns_nothing_twice() {
     assert_eq!(credit.bytes, fresh, "only the 10 new acks earn");
     assert_eq!(credit.already_paid.len(), 40);
     assert_eq!(credit.paid_now.len(), 10);
+}
+
+/// Acks for receipts the edge signs as it likes: (path, content, length).
+fn forged(w: &World, what: impl Fn(usize) -> (String, [u8; 32], u64)) -> Vec<(String, Ack)> {
+    (0..200)
+        .map(|i| {
+            let (path, content, len) = what(i);
+            let r = w.edge.sign(
+                token_id(&w.token),
+                content,
+                &path,
+                0,
+                len,
+                epoch_start_ms() + i as u64,
+                i as u64,
+            );
+            (w.token.clone(), Ack::sign(&w.session, r))
+        })
+        .collect()
+}
+
+#[test]
+fn receipts_must_name_published_content_and_real_ranges() {
+    // The cheater: a self-dealing edge with a colluding viewer. Every
+    // signature is genuine; what they sign is not.
+    let w = world(u64::MAX, 4_000_000_000);
+    let cases: [(&str, Box<dyn Fn(usize) -> (String, [u8; 32], u64)>); 3] = [
+        (
+            "never published",
+            Box::new(|i| (format!("/v/abc/720p/ghost{i}.m4s"), [3; 32], 1000)),
+        ),
+        (
+            "content differs",
+            Box::new(|i| (format!("/v/abc/720p/{i}.m4s"), [9; 32], 1000)),
+        ),
+        (
+            "past the published object's end",
+            Box::new(|i| (format!("/v/abc/720p/{i}.m4s"), [3; 32], 1_000_000_000)),
+        ),
+    ];
+    for (why, what) in cases {
+        let c = build_claim(EPOCH, EPOCH_SECS, forged(&w, what));
+        let err = audit(&w, &c).unwrap_err();
+        assert!(err.to_string().contains(why), "{why}: {err}");
+    }
+    // The honest edge, same objects: credited exactly.
+    let c = build_claim(
+        EPOCH,
+        EPOCH_SECS,
+        forged(&w, |i| {
+            (format!("/v/abc/720p/{i}.m4s"), [3; 32], 1000 + i as u64)
+        }),
+    );
+    assert_eq!(audit(&w, &c), Ok(c.claim.bytes));
 }

@@ -6,7 +6,7 @@
 use crate::access_log::{self, AccessLog, Entry};
 use crate::cache::TieredStorage;
 use crate::cache_status;
-use crate::delivery::book::{content_id, now_ms, AckBatch};
+use crate::delivery::book::{now_ms, AckBatch};
 use crate::delivery::gate::{Gate, VerifiedToken};
 use crate::delivery::Delivery;
 use crate::freshness;
@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
+use meshcast_control::receipt::content_id;
 use pingora_cache::key::{CacheKey, HashBinary};
 use pingora_cache::lock::CacheKeyLockImpl;
 use pingora_cache::{CacheMeta, RespCacheable, VarianceBuilder};

@@ -14,6 +14,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use meshcast_control::audit::{self, AuditError, Checked, Claim, Opening};
 use meshcast_control::messages::{self, issuer_allows, issuer_known, Challenge};
+use meshcast_control::receipt::content_id;
 use std::sync::Arc;
 
 pub fn routes() -> Router<Arc<Hub>> {
@@ -40,6 +41,25 @@ fn check(hub: &Hub, claim: &Claim) -> Result<Checked, AuditError> {
         }
     }
     Ok(checked)
+}
+
+/// What the catalog says about a receipt's path (`/v/{id}/{file}`): the
+/// object's size and the content id its ETag gives, as the edge computed
+/// it when it served the object. A catalog error counts as "not found" —
+/// the claim is then refused, not paid on faith.
+fn published(hub: &Hub, path: &str) -> Option<audit::Published> {
+    let (id, file) = path.strip_prefix("/v/")?.split_once('/')?;
+    match hub.catalog.file(id, file) {
+        Ok(Some(f)) => Some(audit::Published {
+            size: f.size,
+            content: content_id(Some(crate::origin::etag(&f.hash).as_bytes()), path),
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, path, "catalog unreadable during an audit");
+            None
+        }
+    }
 }
 
 /// Records a refused claim (no credit) and answers with its reason.
@@ -227,7 +247,15 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Err(e) => return reject(&hub, &node, &claim, e),
     };
     let claimant = key.to_bytes();
-    if let Err(e) = audit::check_proof(&claim, &checked, &claimant, &pending.challenge, &opening) {
+    let published = |path: &str| published(&hub, path);
+    if let Err(e) = audit::check_proof(
+        &claim,
+        &checked,
+        &claimant,
+        &pending.challenge,
+        &opening,
+        published,
+    ) {
         return reject(&hub, &node, &claim, e);
     }
     let opened = pending.challenge.len() as u64;

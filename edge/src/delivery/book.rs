@@ -326,12 +326,3 @@ impl Book {
         n
     }
 }
-
-/// Names the content of a response for its receipt: BLAKE3 of the origin's
-/// ETag (the HUB's ETag is the file's BLAKE3 already) or of the path.
-pub fn content_id(etag: Option<&[u8]>, path: &str) -> [u8; 32] {
-    match etag {
-        Some(e) => blake3::derive_key("meshcast content v1 etag", e),
-        None => blake3::derive_key("meshcast content v1 path", path.as_bytes()),
-    }
-}
