@@ -449,7 +449,10 @@ impl ProxyHttp for EdgePipeline {
                 .and_then(|v| v.parse::<u64>().ok());
             if let (true, true, Some(len)) = (get, matches!(resp.status.as_u16(), 200 | 206), len) {
                 // Charged as the header goes out, so the next request sees it.
-                self.shared.delivery.tokens.add_served(&token.id, len);
+                self.shared
+                    .delivery
+                    .tokens
+                    .add_served(token, len, now_ms() / 1000);
                 ctx.budget_charged = true;
                 let start = if resp.status.as_u16() == 206 {
                     resp.headers
@@ -536,7 +539,10 @@ impl ProxyHttp for EdgePipeline {
             .inc();
         m.bytes_out.inc_by(bytes as u64);
         if let (Some(t), true, false) = (&ctx.token, ctx.paid, ctx.budget_charged) {
-            self.shared.delivery.tokens.add_served(&t.id, bytes as u64);
+            self.shared
+                .delivery
+                .tokens
+                .add_served(t, bytes as u64, now_ms() / 1000);
         }
         if session.cache.enabled() && session.cache.lock_duration().is_some() {
             m.coalesced_waiters.inc();

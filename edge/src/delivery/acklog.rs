@@ -188,6 +188,9 @@ fn writer(dir: PathBuf, rx: mpsc::Receiver<Job>, fsyncs: prometheus::IntCounter)
         jobs.extend(rx.try_iter());
         let mut waiting: Vec<(u64, oneshot::Sender<std::io::Result<()>>)> = Vec::new();
         let mut failed: HashMap<u64, String> = HashMap::new();
+        // Epoch files opened in this batch: their directory entry must be
+        // durable too before an ack in them is answered.
+        let mut opened: Vec<u64> = Vec::new();
         for job in jobs {
             match job {
                 Job::Close(epoch) => {
@@ -200,11 +203,14 @@ fn writer(dir: PathBuf, rx: mpsc::Receiver<Job>, fsyncs: prometheus::IntCounter)
                 } => {
                     let result = match files.entry(epoch) {
                         std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-                        std::collections::hash_map::Entry::Vacant(v) => OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(log_path(&dir, epoch))
-                            .map(|f| v.insert(f)),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            opened.push(epoch);
+                            OpenOptions::new()
+                                .create(true)
+                                .append(true)
+                                .open(log_path(&dir, epoch))
+                                .map(|f| v.insert(f))
+                        }
                     }
                     .and_then(|f| {
                         // A record half-written must not sit in front of
@@ -231,6 +237,13 @@ fn writer(dir: PathBuf, rx: mpsc::Receiver<Job>, fsyncs: prometheus::IntCounter)
                 fsyncs.inc();
                 if let Err(e) = f.sync_data() {
                     failed.insert(epoch, e.to_string());
+                }
+            }
+        }
+        if !opened.is_empty() {
+            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+                for epoch in opened {
+                    failed.entry(epoch).or_insert_with(|| e.to_string());
                 }
             }
         }

@@ -7,6 +7,7 @@ use meshcast_control::token::{self, token_id, TokenClaims, TokenError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tinyufo::TinyUfo;
 
 /// A token that verified once; expiry is re-checked on every use.
 #[derive(Debug)]
@@ -39,16 +40,40 @@ pub struct SiteTokens {
     pub issuers: Vec<Issuer>,
 }
 
-const CACHE_LIMIT: usize = 100_000;
+/// Verdicts kept (each a token's claims, ~300 bytes): a miss only costs one
+/// Ed25519 verification again.
+const VERIFIED_LIMIT: usize = 100_000;
+/// Above this many tokens in the spend book, expired ones are dropped.
+const SERVED_PRUNE_AT: usize = 100_000;
 
 /// What verifying a token's text once concluded.
 type Verdict = Result<Arc<VerifiedToken>, TokenError>;
 
-/// Verified tokens by BLAKE3 of their text, and bytes served per token.
-#[derive(Default)]
+/// Bytes served under one token, kept for as long as the token lives.
+#[derive(Debug, Clone, Copy)]
+struct Served {
+    bytes: u64,
+    expires: u64,
+}
+
+/// Verified tokens by BLAKE3 of their text (a bounded TinyUFO cache that
+/// evicts), and bytes served per token. Spend is never forgotten while its
+/// token lives — only expired tokens are pruned — so no flood of fresh
+/// tokens can reset another viewer's budget.
 pub struct TokenBook {
-    verified: Mutex<HashMap<[u8; 32], Verdict>>,
-    served: Mutex<HashMap<[u8; 16], u64>>,
+    verified: TinyUfo<u64, ([u8; 32], Verdict)>,
+    served: Mutex<HashMap<[u8; 16], Served>>,
+    prune_at: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for TokenBook {
+    fn default() -> Self {
+        TokenBook {
+            verified: TinyUfo::new(VERIFIED_LIMIT, VERIFIED_LIMIT),
+            served: Mutex::default(),
+            prune_at: SERVED_PRUNE_AT.into(),
+        }
+    }
 }
 
 /// Splits `/t/{token}/rest` into the token and `/rest`.
@@ -68,7 +93,9 @@ impl TokenBook {
         allows: &dyn Fn(&[u8; 32], &str) -> bool,
     ) -> Result<Arc<VerifiedToken>, TokenError> {
         let key: [u8; 32] = blake3::hash(text.as_bytes()).into();
-        if let Some(hit) = self.verified.lock().get(&key).cloned() {
+        let short = u64::from_le_bytes(key[..8].try_into().expect("8 of 32"));
+        let hit = self.verified.get(&short).filter(|(k, _)| *k == key);
+        if let Some((_, hit)) = hit {
             // Trust can be withdrawn after a token verified: ask again.
             return match hit {
                 Ok(t) if !allows(&t.claims.issuer, &t.claims.prefix) => {
@@ -98,11 +125,7 @@ impl TokenBook {
                 })
             });
         if !matches!(result, Err(TokenError::UnknownIssuer(_))) {
-            let mut cache = self.verified.lock();
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
-            }
-            cache.insert(key, result.clone());
+            self.verified.put(short, (key, result.clone()), 1);
         }
         result
     }
@@ -151,7 +174,7 @@ impl TokenBook {
         if let Err(e) = t.claims.covers(rest) {
             return denied(e, "token_prefix");
         }
-        let served = self.served.lock().get(&t.id).copied().unwrap_or(0);
+        let served = self.served.lock().get(&t.id).map_or(0, |s| s.bytes);
         // Playlists are not paid bytes: a spent budget still lets the
         // player read them (and so learn why media is refused).
         if served >= t.claims.budget && meshcast_control::receipt::is_paid_media(rest) {
@@ -169,13 +192,28 @@ impl TokenBook {
         }
     }
 
-    /// Counts bytes sent under a token against its budget.
-    pub fn add_served(&self, id: &[u8; 16], bytes: u64) {
+    /// Counts bytes sent under a token against its budget. When the book
+    /// grows past its threshold, tokens expired by `now` (Unix seconds) are
+    /// dropped; the threshold then follows what is left, so pruning stays
+    /// rare however many live tokens there are.
+    pub fn add_served(&self, token: &VerifiedToken, bytes: u64, now: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut served = self.served.lock();
-        if served.len() >= CACHE_LIMIT && !served.contains_key(id) {
-            served.clear();
+        let entry = served.entry(token.id).or_insert(Served {
+            bytes: 0,
+            expires: token.claims.expires,
+        });
+        entry.bytes = entry.bytes.saturating_add(bytes);
+        if served.len() > self.prune_at.load(Relaxed) {
+            served.retain(|_, s| s.expires >= now);
+            self.prune_at
+                .store((served.len() * 2).max(SERVED_PRUNE_AT), Relaxed);
         }
-        *served.entry(*id).or_insert(0) += bytes;
+    }
+
+    /// Bytes served under a token so far.
+    pub fn served(&self, id: &[u8; 16]) -> u64 {
+        self.served.lock().get(id).map_or(0, |s| s.bytes)
     }
 }
 
@@ -239,7 +277,13 @@ mod tests {
             label(book.gate(Some(&site), &issuers, "/t/garbage/v/abc/1", 10)),
             "token_malformed"
         );
-        book.add_served(&token_id(&t), 500);
+        let Gate::Token {
+            token: verified, ..
+        } = book.gate(Some(&site), &issuers, &p, 10)
+        else {
+            panic!("the token passes before it is spent");
+        };
+        book.add_served(&verified, 500, 10);
         assert_eq!(
             label(book.gate(Some(&site), &issuers, &p, 10)),
             "token_budget"
@@ -255,5 +299,48 @@ mod tests {
                 "{playlist}"
             );
         }
+    }
+
+    /// The attacker: free tokens, sent by the hundred thousand, used to
+    /// push a viewer's spend out of the book (the old map cleared itself
+    /// at 100 000 entries, resetting every budget).
+    #[test]
+    fn a_flood_of_tokens_never_resets_a_live_budget() {
+        let book = TokenBook::default();
+        let token = |n: u64, expires: u64| VerifiedToken {
+            token: Arc::from(format!("t{n}").as_str()),
+            id: {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&n.to_le_bytes());
+                id
+            },
+            claims: TokenClaims {
+                issuer: [1; 32],
+                prefix: "/v/abc/".into(),
+                expires,
+                budget: 1000,
+                session: [4; 32],
+            },
+        };
+        let viewer = token(u64::MAX, 10_000);
+        book.add_served(&viewer, 900, 100);
+        for n in 0..250_000 {
+            // Flood tokens that expire at 500; the clock reaches 600.
+            book.add_served(&token(n, 500), 1, 600);
+        }
+        assert_eq!(
+            book.served(&viewer.id),
+            900,
+            "the live budget is remembered"
+        );
+        let kept = book.served.lock().len();
+        assert!(kept < 200_000, "expired tokens are pruned ({kept} kept)");
+        // Tokens still alive are never dropped, however many there are.
+        let book = TokenBook::default();
+        for n in 0..150_000 {
+            book.add_served(&token(n, 10_000), 7, 600);
+        }
+        assert_eq!(book.served.lock().len(), 150_000);
+        assert_eq!(book.served(&token(3, 10_000).id), 7);
     }
 }

@@ -134,18 +134,18 @@ impl BackgroundService for QuicDoor {
             );
             tokio::spawn(async move {
                 while let Some(incoming) = ep.accept().await {
-                    if active.load(Ordering::Relaxed) >= max {
+                    let Some(slot) = Slot::take(&active, max) else {
                         incoming.refuse();
                         continue;
-                    }
-                    active.fetch_add(1, Ordering::Relaxed);
-                    let (proxy, active, shutdown) =
-                        (proxy.clone(), active.clone(), shutdown.clone());
+                    };
+                    let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
                     tokio::spawn(async move {
+                        // Held for the task's life, however it ends (a
+                        // panic included): dropping it frees the slot.
+                        let _slot = slot;
                         if let Err(e) = serve_connection(incoming, proxy, shutdown).await {
                             tracing::debug!(error = %e, "HTTP/3 connection ended");
                         }
-                        active.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
             });
@@ -154,6 +154,28 @@ impl BackgroundService for QuicDoor {
         for ep in endpoints {
             ep.close(0u32.into(), b"shutting down");
         }
+    }
+}
+
+/// One of the door's `max_connections` places, given back on drop.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Slot {
+    /// Takes a place if one is free (checked and taken in one step).
+    fn take(active: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Slot> {
+        active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(active.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a connection slot was given back twice");
     }
 }
 
@@ -194,5 +216,28 @@ async fn serve_connection(
             Ok(None) => return Ok(()),
             Err(e) => return Err(Box::new(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn a_panicking_connection_gives_its_slot_back() {
+        let active = Arc::new(AtomicUsize::new(0));
+        let a = Slot::take(&active, 2).unwrap();
+        let b = Slot::take(&active, 2).unwrap();
+        assert!(Slot::take(&active, 2).is_none(), "the door is full");
+        let task = tokio::spawn(async move {
+            let _slot = b;
+            panic!("a connection task dies");
+        });
+        assert!(task.await.is_err());
+        assert_eq!(active.load(Ordering::Acquire), 1);
+        drop(a);
+        assert_eq!(active.load(Ordering::Acquire), 0);
+        assert!(Slot::take(&active, 2).is_some());
     }
 }
