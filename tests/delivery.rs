@@ -359,6 +359,29 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
             .contains("replayed"),
         "{v}"
     );
+    // A replay is dropped before any signature is checked: even a garbage
+    // signature is refused as a replay, costing a lookup, not a verify.
+    let v = post_acks(&net.edge, &good_token, &[(header.clone(), [7; 64])]).await;
+    assert!(
+        v["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("replayed"),
+        "{v}"
+    );
+    // One request's work is bounded.
+    let many = vec![(header.clone(), ack.sig); 257];
+    let body = json!({
+        "token": good_token,
+        "acks": many.iter().map(|(r, s)| json!({"receipt": r, "sig": B64.encode(s)})).collect::<Vec<_>>(),
+    });
+    let r = reqwest::Client::new()
+        .post(net.edge.url("/v1/acks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
 
     let header2 = fetch_receipt().await;
     let wrong = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);

@@ -22,8 +22,63 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Most acks one POST may carry.
-pub const MAX_BATCH: usize = 1024;
+/// Session signatures of the fresh acks, checked on the blocking pool (not
+/// a Pingora worker thread): one batch check, then one by one if it fails.
+async fn verify_sessions(
+    candidates: Vec<(usize, Ack)>,
+    session: VerifyingKey,
+    refused: &mut Vec<Refused>,
+) -> Vec<(usize, Ack)> {
+    if candidates.is_empty() {
+        return candidates;
+    }
+    let checked = tokio::task::spawn_blocking(move || {
+        let acks: Vec<Ack> = candidates.iter().map(|c| c.1.clone()).collect();
+        if verify_acks(&acks, &vec![session; acks.len()]).is_ok() {
+            return candidates
+                .into_iter()
+                .map(|c| (c, true))
+                .collect::<Vec<_>>();
+        }
+        candidates
+            .into_iter()
+            .map(|(index, ack)| {
+                let ok = verify_acks(std::slice::from_ref(&ack), &[session]).is_ok();
+                ((index, ack), ok)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    let mut good = Vec::with_capacity(checked.len());
+    for ((index, ack), ok) in checked {
+        if ok {
+            good.push((index, ack));
+        } else {
+            refused.push(Refused {
+                index,
+                reason: "ack signature does not verify with the token's session key".into(),
+            });
+        }
+    }
+    good
+}
+
+/// Fresh acks grouped by the epoch their receipt falls in.
+fn by_epoch(book: &Book, acks: Vec<(usize, Ack)>) -> BTreeMap<u64, Vec<Ack>> {
+    let mut out: BTreeMap<u64, Vec<Ack>> = BTreeMap::new();
+    for (_, ack) in acks {
+        out.entry(book.epoch_of(ack.receipt.receipt.time_ms))
+            .or_default()
+            .push(ack);
+    }
+    out
+}
+
+/// Most acks one POST may carry: bounds one request's verification work
+/// (~256 signatures, a few milliseconds on the blocking pool). Players send
+/// 8 (browser plugin) or 16 (meshcast play).
+pub const MAX_BATCH: usize = 256;
 
 #[derive(Deserialize)]
 pub struct AckBatch {
@@ -155,6 +210,38 @@ impl Book {
         }
     }
 
+    /// Drops acks for epochs already closed ("late") and receipts already
+    /// acknowledged in their epoch or earlier in this batch ("replayed").
+    async fn drop_seen(
+        &self,
+        candidates: Vec<(usize, Ack)>,
+        refused: &mut Vec<Refused>,
+    ) -> Vec<(usize, Ack)> {
+        let epochs = self.epochs.read().await;
+        let open = epochs.open.lock();
+        let mut batch_ids = HashSet::new();
+        let mut fresh = Vec::with_capacity(candidates.len());
+        for (index, ack) in candidates {
+            let epoch = self.epoch_of(ack.receipt.receipt.time_ms);
+            let id = ack.receipt.id();
+            if epoch < epochs.sealed_below {
+                refused.push(Refused {
+                    index,
+                    reason: format!("late: epoch {epoch} is already closed and claimed"),
+                });
+            } else if open.get(&epoch).is_some_and(|e| e.ids.contains(&id)) || !batch_ids.insert(id)
+            {
+                refused.push(Refused {
+                    index,
+                    reason: "replayed: this receipt was already acknowledged".into(),
+                });
+            } else {
+                fresh.push((index, ack));
+            }
+        }
+        fresh
+    }
+
     /// Verifies a batch, logs the good acks durably, then counts them.
     pub async fn accept(
         &self,
@@ -215,55 +302,13 @@ impl Book {
             };
             candidates.push((index, Ack { receipt, sig }));
         }
-        // Session signatures: one batch check, then one by one if it fails.
-        let acks: Vec<Ack> = candidates.iter().map(|c| c.1.clone()).collect();
-        let keys = vec![session; acks.len()];
-        let mut good: Vec<(usize, Ack)> = Vec::new();
-        if verify_acks(&acks, &keys).is_ok() {
-            good = candidates;
-        } else {
-            for (index, ack) in candidates {
-                if verify_acks(std::slice::from_ref(&ack), &[session]).is_ok() {
-                    good.push((index, ack));
-                } else {
-                    refused.push(Refused {
-                        index,
-                        reason: "ack signature does not verify with the token's session key".into(),
-                    });
-                }
-            }
-        }
-        let epochs = self.epochs.read().await;
-        // Dedup against this epoch's acks and within the batch.
-        let mut fresh: BTreeMap<u64, Vec<Ack>> = BTreeMap::new();
-        let mut batch_ids = HashSet::new();
-        for (index, ack) in good {
-            let epoch = self.epoch_of(ack.receipt.receipt.time_ms);
-            let id = ack.receipt.id();
-            if epoch < epochs.sealed_below {
-                refused.push(Refused {
-                    index,
-                    reason: format!("late: epoch {epoch} is already closed and claimed"),
-                });
-            } else if epochs
-                .open
-                .lock()
-                .get(&epoch)
-                .is_some_and(|e| e.ids.contains(&id))
-                || !batch_ids.insert(id)
-            {
-                refused.push(Refused {
-                    index,
-                    reason: "replayed: this receipt was already acknowledged".into(),
-                });
-            } else {
-                fresh.entry(epoch).or_default().push(ack);
-            }
-        }
-        drop(epochs);
+        // Replays and late acks are dropped before any signature is
+        // checked, so a resent batch costs hash lookups, not verifications.
+        let fresh = self.drop_seen(candidates, &mut refused).await;
+        let fresh = verify_sessions(fresh, session, &mut refused).await;
         let mut accepted = 0;
         let mut bytes = 0;
-        for (epoch, acks) in fresh {
+        for (epoch, acks) in by_epoch(self, fresh) {
             // Shared lock from the check to the insert: sealing waits for
             // us, and batches from many viewers group-commit meanwhile.
             let guard = self.epochs.read().await;
