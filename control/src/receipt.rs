@@ -37,10 +37,10 @@ pub fn content_id(etag: Option<&[u8]>, path: &str) -> [u8; 32] {
 pub fn is_paid_media(path: &str) -> bool {
     let path = path.split(['?', '#']).next().unwrap_or(path);
     let name = path.rsplit('/').next().unwrap_or(path);
-    !matches!(
-        name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()),
-        Some(ext) if ext == "m3u8" || ext == "mpd"
-    )
+    // Called on every tokened request: no allocation.
+    !name
+        .rsplit_once('.')
+        .is_some_and(|(_, ext)| ext.eq_ignore_ascii_case("m3u8") || ext.eq_ignore_ascii_case("mpd"))
 }
 
 use crate::identity::NodeKey;
