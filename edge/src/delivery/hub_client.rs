@@ -74,6 +74,27 @@ fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Delays between attempts to reach the HUB: exponential from 1 s to 10 s,
+/// each plus up to as much again at random, so the edges that lost a HUB
+/// together do not all come back in the same instant. `seed` fixes the
+/// randomness (tests); `None` draws it.
+fn retry_delays(seed: Option<u64>) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    let builder = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(10))
+        .without_max_times()
+        .with_jitter();
+    match seed {
+        Some(seed) => builder.with_jitter_seed(seed),
+        None => builder,
+    }
+    .build()
+}
+
+/// Past its last delay (never, as built): wait the longest.
+const LONGEST_RETRY: Duration = Duration::from_secs(20);
+
 impl HubClient {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -279,7 +300,8 @@ impl HubClient {
 
     pub async fn run(self) {
         let mut registered = false;
-        let mut backoff = Duration::from_secs(1);
+        let mut beat_delays = retry_delays(None);
+        let mut claim_delays = retry_delays(None);
         let mut next_beat = tokio::time::Instant::now();
         let mut next_claim = tokio::time::Instant::now();
         loop {
@@ -297,7 +319,7 @@ impl HubClient {
                 self.metrics.hub_up.set(i64::from(result.is_ok()));
                 match result {
                     Ok(()) => {
-                        backoff = Duration::from_secs(1);
+                        beat_delays = retry_delays(None);
                         next_beat = now
                             + if registered {
                                 self.heartbeat
@@ -306,9 +328,9 @@ impl HubClient {
                             };
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the hub; serving on, acks stay in the log");
-                        next_beat = now + backoff;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        let wait = beat_delays.next().unwrap_or(LONGEST_RETRY);
+                        tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the hub; serving on, acks stay in the log");
+                        next_beat = now + wait;
                     }
                 }
             }
@@ -317,9 +339,13 @@ impl HubClient {
                 tracing::debug!(sealed, "epochs closed for acks");
             }
             if registered && now >= next_claim {
-                if let Err(e) = self.settle_sealed().await {
-                    tracing::warn!(error = %e, "claim not settled; will retry");
-                    next_claim = now + Duration::from_secs(2);
+                match self.settle_sealed().await {
+                    Ok(()) => claim_delays = retry_delays(None),
+                    Err(e) => {
+                        let wait = claim_delays.next().unwrap_or(LONGEST_RETRY);
+                        tracing::warn!(error = %e, retry_in = ?wait, "claim not settled; will retry");
+                        next_claim = now + wait;
+                    }
                 }
             }
         }
@@ -345,6 +371,21 @@ impl pingora_core::services::background::BackgroundService for HubService {
 #[cfg(test)]
 mod answer_tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_with_jitter() {
+        let a: Vec<Duration> = retry_delays(Some(1)).take(12).collect();
+        let b: Vec<Duration> = retry_delays(Some(2)).take(12).collect();
+        assert_ne!(a, b, "two edges do not retry in lockstep");
+        for (i, d) in a.iter().enumerate() {
+            let base = Duration::from_secs(1 << i.min(4)).min(Duration::from_secs(10));
+            assert!(
+                *d >= base && *d < base * 2,
+                "attempt {i}: {d:?} for base {base:?}"
+            );
+        }
+        assert!(a[11] >= Duration::from_secs(10) && a[11] <= LONGEST_RETRY);
+    }
 
     #[test]
     fn only_a_settlement_for_the_epoch_is_final() {
