@@ -253,7 +253,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         key,
         registry,
         verifiers: Default::default(),
-        rate_limit: Default::default(),
+        rate_limit: tokens::RateLimit::new(config.hub.token_rate),
         trusted_proxies: config.hub.trusted_proxy_nets(),
         ledger,
     });

@@ -17,7 +17,6 @@ use axum::{Json, Router};
 use meshcast_control::token::{self, TokenClaims};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -36,28 +35,30 @@ struct TokenRequest {
     budget: Option<u64>,
 }
 
-/// Token bucket per client address: `rate` tokens a minute, burst `rate`.
-#[derive(Default)]
+/// Token bucket per client address (governor's GCRA, keyed): `rate`
+/// tokens a minute, burst `rate`.
 pub struct RateLimit {
-    buckets: std::sync::Mutex<HashMap<IpAddr, (f64, f64)>>,
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
 }
 
+/// Above this many addresses, the limiter forgets those whose buckets are
+/// full again (they have not asked for a while).
+const RATE_KEYS_PRUNE_AT: usize = 100_000;
+
 impl RateLimit {
-    fn allow(&self, ip: IpAddr, per_minute: u32, now: f64) -> bool {
-        let cap = per_minute as f64;
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if b.len() > 100_000 {
-            b.retain(|_, (_, t)| now - *t < 60.0);
+    /// `per_minute` tokens a minute per address, in bursts of as many.
+    pub fn new(per_minute: u32) -> RateLimit {
+        let n = std::num::NonZeroU32::new(per_minute.max(1)).expect("at least 1");
+        RateLimit {
+            limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(n)),
         }
-        let (level, last) = b.entry(ip).or_insert((cap, now));
-        *level = (*level + (now - *last) * cap / 60.0).min(cap);
-        *last = now;
-        if *level >= 1.0 {
-            *level -= 1.0;
-            true
-        } else {
-            false
+    }
+
+    fn allow(&self, ip: IpAddr) -> bool {
+        if self.limiter.len() > RATE_KEYS_PRUNE_AT {
+            self.limiter.retain_recent();
         }
+        self.limiter.check_key(&ip).is_ok()
     }
 }
 
@@ -133,7 +134,7 @@ async fn issue(
     let ip = client_ip(peer.ip(), forwarded, &hub.trusted_proxies);
     let now = now_secs();
     let per_minute = hub.config.hub.token_rate;
-    if !hub.rate_limit.allow(ip, per_minute, now as f64) {
+    if !hub.rate_limit.allow(ip) {
         hub.metrics
             .tokens
             .with_label_values(&["rate_limited"])
@@ -229,5 +230,17 @@ mod tests {
             ip("10.0.0.2")
         );
         assert_eq!(client_ip(ip("10.0.0.2"), None, &trusted), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn each_address_gets_its_own_bucket() {
+        let limit = RateLimit::new(3);
+        let (a, b): (IpAddr, IpAddr) = (
+            "198.51.100.1".parse().unwrap(),
+            "198.51.100.2".parse().unwrap(),
+        );
+        assert!((0..3).all(|_| limit.allow(a)), "a burst of the rate");
+        assert!(!limit.allow(a), "then refused");
+        assert!(limit.allow(b), "another address is not affected");
     }
 }
