@@ -19,8 +19,10 @@ pub struct Options {
     pub rounds: usize,
 }
 
+/// Paid media only: playlists carry no receipt (`is_paid_media`), so the
+/// small object is a 1 KB media object, the size of an init segment.
 const OBJECTS: [(&str, &str); 2] = [
-    ("1 KB playlist", "/obj/1k.bin"),
+    ("1 KB object", "/obj/1k.bin"),
     ("2 MB segment", "/obj/2m.m4s"),
 ];
 
