@@ -59,31 +59,51 @@ pub struct Hub {
         std::collections::HashMap<&'static str, meshcast_control::envelope::Verifier>,
     >,
     rate_limit: tokens::RateLimit,
+    /// Who may sign playback tokens (see `issuers`).
+    issuers: arc_swap::ArcSwap<Vec<Issuer>>,
     /// `[hub] trusted_proxies`, parsed once.
     trusted_proxies: Vec<ipnet::IpNet>,
     /// The embedded ledger validator rewards are paid on.
     ledger: ledger::HubLedger,
 }
 
+/// The hub's own key for every path, and each signed video's owner for
+/// that video's prefix.
+fn build_issuers(key: &NodeKey, catalog: &catalog::Catalog) -> Result<Vec<Issuer>, HubError> {
+    let mut out = vec![Issuer {
+        key: hex::encode(key.public().to_bytes()),
+        prefix: "/".into(),
+    }];
+    for v in catalog.videos()? {
+        if let (Policy::Signed, Some(owner)) = (v.policy, &v.owner) {
+            out.push(Issuer {
+                key: owner.clone(),
+                prefix: format!("/v/{}/", v.id),
+            });
+        }
+    }
+    Ok(out)
+}
+
 impl Hub {
     /// Keys that may sign playback tokens, and for which paths: the hub's
-    /// own for everything, each signed video's owner for that video.
-    pub fn issuers(&self) -> Vec<Issuer> {
-        let mut out = vec![Issuer {
-            key: hex::encode(self.key.public().to_bytes()),
-            prefix: "/".into(),
-        }];
-        if let Ok(videos) = self.catalog.videos() {
-            for v in videos {
-                if let (Policy::Signed, Some(owner)) = (v.policy, &v.owner) {
-                    out.push(Issuer {
-                        key: owner.clone(),
-                        prefix: format!("/v/{}/", v.id),
-                    });
-                }
+    /// own for everything, each signed video's owner for that video. Kept
+    /// in memory (read on every heartbeat and claim) and rebuilt only when
+    /// a signed video comes or goes.
+    pub fn issuers(&self) -> Arc<Vec<Issuer>> {
+        self.issuers.load_full()
+    }
+
+    /// Rebuilds the issuer list after a signed video was created or
+    /// deleted. If the catalog cannot be read, the list in force stays (an
+    /// owner's key is never dropped silently) and the error is logged.
+    pub(crate) fn refresh_issuers(&self) {
+        match build_issuers(&self.key, &self.catalog) {
+            Ok(list) => self.issuers.store(Arc::new(list)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot rebuild the token issuer list; keeping the last one")
             }
         }
-        out
     }
 
     /// Queues the ledger rewards for a settled epoch: each video's bytes
@@ -243,6 +263,9 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
     let key = load_or_create_key(&key_path)?;
     let registry = registry::Registry::open(&data.join("delivery.redb"))?;
     let ledger = ledger::HubLedger::start(&config, &key).await?;
+    // A catalog that cannot list its videos stops the start: serving on
+    // without the owners' keys would refuse their viewers.
+    let issuers = build_issuers(&key, &catalog)?;
     let hub = Arc::new(Hub {
         config: config.clone(),
         catalog,
@@ -255,6 +278,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         verifiers: Default::default(),
         rate_limit: tokens::RateLimit::new(config.hub.token_rate),
         trusted_proxies: config.hub.trusted_proxy_nets(),
+        issuers: arc_swap::ArcSwap::from_pointee(issuers),
         ledger,
     });
     // Rewards for epochs settled before a crash or restart: the chain pays

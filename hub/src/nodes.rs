@@ -78,7 +78,7 @@ fn info(hub: &Hub, node: &str) -> HubInfo {
     HubInfo {
         hub: hex::encode(hub.key.public().to_bytes()),
         node: node.to_string(),
-        issuers: hub.issuers(),
+        issuers: hub.issuers().as_ref().clone(),
     }
 }
 

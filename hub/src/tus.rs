@@ -195,6 +195,9 @@ pub async fn create(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response
             "the hub cannot record uploads right now",
         );
     }
+    if record.policy == Policy::Signed {
+        hub.refresh_issuers();
+    }
     tracing::info!(video = %id, length, "upload created");
     if length == 0 {
         hub.finish_upload(&id);
@@ -386,6 +389,9 @@ pub async fn terminate(
             let _ = tokio::fs::remove_file(part_path(&hub, &id)).await;
             if hub.catalog.delete_video(&id).is_err() {
                 return tus_error(StatusCode::INTERNAL_SERVER_ERROR, "catalog write failed");
+            }
+            if v.policy == Policy::Signed {
+                hub.refresh_issuers();
             }
             (StatusCode::NO_CONTENT, [("tus-resumable", TUS_VERSION)]).into_response()
         }
