@@ -36,13 +36,7 @@ pub fn init(validators: usize, dir: &Path, chain_id: &str) -> anyhow::Result<()>
     }
     let genesis = Genesis {
         chain_id: chain_id.into(),
-        params: Params {
-            delivery_price_per_gb: 1_000_000,
-            storage_price_per_gb_hour: 10_000,
-            transcode_price_per_second: 1_000,
-            unbond_delay: 100,
-            slash_bps: 500,
-        },
+        params: Params::default(),
         accounts: keys
             .iter()
             .map(|k| GenesisAccount {
@@ -88,22 +82,48 @@ pub fn init(validators: usize, dir: &Path, chain_id: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The API address of the validator at `home`.
-fn api_of(home: &Path) -> anyhow::Result<String> {
-    let cfg = meshcast_conf::LedgerConfig::load(&home.join("ledger.toml"))?;
-    Ok(format!("http://{}", cfg.ledger.api))
+/// Which validator a command talks to: one run from a home
+/// (`meshcast ledger run`), or any API by URL — a HUB serves its embedded
+/// validator's API at its own address.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct At {
+    /// A validator home (its ledger.toml names the API address).
+    #[arg(long)]
+    pub home: Option<std::path::PathBuf>,
+    /// A ledger API base URL, e.g. a HUB's http://hub.example:8090.
+    #[arg(long)]
+    pub api: Option<String>,
 }
 
-async fn get_json(home: &Path, path: &str) -> anyhow::Result<serde_json::Value> {
-    let base = api_of(home)?;
+impl At {
+    fn base(&self) -> anyhow::Result<String> {
+        match (&self.home, &self.api) {
+            (_, Some(url)) => Ok(url.trim_end_matches('/').to_string()),
+            (Some(home), None) => {
+                let cfg = meshcast_conf::LedgerConfig::load(&home.join("ledger.toml"))?;
+                Ok(format!("http://{}", cfg.ledger.api))
+            }
+            (None, None) => bail!("say which validator: --home DIR or --api URL"),
+        }
+    }
+
+    fn hint(&self) -> String {
+        match &self.home {
+            Some(h) => format!(
+                "; start it with `meshcast ledger run --home {}`",
+                h.display()
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+async fn get_json(at: &At, path: &str) -> anyhow::Result<serde_json::Value> {
+    let base = at.base()?;
     let resp = reqwest::get(format!("{base}{path}"))
         .await
-        .with_context(|| {
-            format!(
-                "no validator answers at {base}; start it with `meshcast ledger run --home {}`",
-                home.display()
-            )
-        })?;
+        .with_context(|| format!("no validator answers at {base}{}", at.hint()))?;
     let status = resp.status();
     let body: serde_json::Value = resp
         .json()
@@ -120,16 +140,16 @@ async fn get_json(home: &Path, path: &str) -> anyhow::Result<serde_json::Value> 
     Ok(body)
 }
 
-/// `meshcast ledger status --home DIR`: that validator's height and app hash.
-pub async fn status(home: &Path) -> anyhow::Result<()> {
-    let s = get_json(home, "/v1/ledger/status").await?;
+/// `meshcast ledger status --home DIR | --api URL`: that validator's height and app hash.
+pub async fn status(at: &At) -> anyhow::Result<()> {
+    let s = get_json(at, "/v1/ledger/status").await?;
     println!("{}", serde_json::to_string_pretty(&s)?);
     Ok(())
 }
 
-/// `meshcast ledger block N --home DIR`: block N with its app hash.
-pub async fn block(home: &Path, height: u64) -> anyhow::Result<()> {
-    let mut b = get_json(home, &format!("/v1/ledger/blocks/{height}")).await?;
+/// `meshcast ledger block N --home DIR | --api URL`: block N with its app hash.
+pub async fn block(at: &At, height: u64) -> anyhow::Result<()> {
+    let mut b = get_json(at, &format!("/v1/ledger/blocks/{height}")).await?;
     if let Some(h) = b.pointer("/result/app_hash").cloned() {
         b["app_hash"] = h;
         b["height"] = serde_json::json!(height);
@@ -138,9 +158,9 @@ pub async fn block(home: &Path, height: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `meshcast ledger account ADDRESS --home DIR`.
-pub async fn account(home: &Path, address: &str) -> anyhow::Result<()> {
-    let a = get_json(home, &format!("/v1/ledger/accounts/{address}")).await?;
+/// `meshcast ledger account ADDRESS --home DIR | --api URL`.
+pub async fn account(at: &At, address: &str) -> anyhow::Result<()> {
+    let a = get_json(at, &format!("/v1/ledger/accounts/{address}")).await?;
     println!("{}", serde_json::to_string_pretty(&a)?);
     Ok(())
 }
@@ -173,10 +193,10 @@ pub enum TxKind {
     },
 }
 
-/// `meshcast ledger tx --home DIR --key KEY ...`: signs with KEY (nonce and
+/// `meshcast ledger tx --home DIR | --api URL --key KEY ...`: signs with KEY (nonce and
 /// chain id from the validator), submits, and with `wait` prints the
 /// outcome once a block holds it.
-pub async fn tx(home: &Path, key: &Path, kind: TxKind, wait: bool) -> anyhow::Result<()> {
+pub async fn tx(at: &At, key: &Path, kind: TxKind, wait: bool) -> anyhow::Result<()> {
     use meshcast_ledger::tx::TxBody;
     use meshcast_ledger::Action;
     let key = NodeKey::load(key)?;
@@ -199,9 +219,9 @@ pub async fn tx(home: &Path, key: &Path, kind: TxKind, wait: bool) -> anyhow::Re
             .with_context(|| format!("{} is not evidence JSON", evidence.display()))?,
         },
     };
-    let status = get_json(home, "/v1/ledger/status").await?;
+    let status = get_json(at, "/v1/ledger/status").await?;
     let chain_id = status["chain_id"].as_str().unwrap_or_default().to_string();
-    let nonce = match get_json(home, &format!("/v1/ledger/accounts/{}", hex::encode(from))).await {
+    let nonce = match get_json(at, &format!("/v1/ledger/accounts/{}", hex::encode(from))).await {
         // Counts this sender's transactions still waiting for a block.
         Ok(a) => a["next_nonce"].as_u64().unwrap_or(0),
         Err(e) => bail!("account {}: {e}", hex::encode(from)),
@@ -213,7 +233,7 @@ pub async fn tx(home: &Path, key: &Path, kind: TxKind, wait: bool) -> anyhow::Re
         action,
     }
     .sign(&signing);
-    let base = api_of(home)?;
+    let base = at.base()?;
     let resp = reqwest::Client::new()
         .post(format!("{base}/v1/ledger/txs"))
         .json(&tx)
@@ -237,7 +257,7 @@ pub async fn tx(home: &Path, key: &Path, kind: TxKind, wait: bool) -> anyhow::Re
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        if let Ok(c) = get_json(home, &format!("/v1/ledger/txs/{hash}")).await {
+        if let Ok(c) = get_json(at, &format!("/v1/ledger/txs/{hash}")).await {
             println!("{}", serde_json::to_string_pretty(&c)?);
             return Ok(());
         }

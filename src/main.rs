@@ -132,25 +132,25 @@ enum LedgerCommand {
     },
     /// The validator's height and app hash, as JSON.
     Status {
-        #[arg(long)]
-        home: PathBuf,
+        #[command(flatten)]
+        at: ledger_cmd::At,
     },
     /// Block N as JSON, with its app hash.
     Block {
         height: u64,
-        #[arg(long)]
-        home: PathBuf,
+        #[command(flatten)]
+        at: ledger_cmd::At,
     },
     /// An account's balance, escrow, stake and nonce, with a Merkle proof.
     Account {
         address: String,
-        #[arg(long)]
-        home: PathBuf,
+        #[command(flatten)]
+        at: ledger_cmd::At,
     },
-    /// Sign a transaction with --key and submit it to the validator at --home.
+    /// Sign a transaction with --key and submit it to a validator (--home or --api).
     Tx {
-        #[arg(long)]
-        home: PathBuf,
+        #[command(flatten)]
+        at: ledger_cmd::At,
         /// The sender's key file (mode 0600).
         #[arg(long)]
         key: PathBuf,
@@ -335,13 +335,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 match command {
-                    LedgerCommand::Status { home } => ledger_cmd::status(&home).await,
-                    LedgerCommand::Block { height, home } => ledger_cmd::block(&home, height).await,
-                    LedgerCommand::Account { address, home } => {
-                        ledger_cmd::account(&home, &address).await
+                    LedgerCommand::Status { at } => ledger_cmd::status(&at).await,
+                    LedgerCommand::Block { height, at } => ledger_cmd::block(&at, height).await,
+                    LedgerCommand::Account { address, at } => {
+                        ledger_cmd::account(&at, &address).await
                     }
                     LedgerCommand::Tx {
-                        home,
+                        at,
                         key,
                         wait,
                         action,
@@ -356,7 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                                 TxKind::Slash { offender, evidence }
                             }
                         };
-                        ledger_cmd::tx(&home, &key, kind, wait).await
+                        ledger_cmd::tx(&at, &key, kind, wait).await
                     }
                     LedgerCommand::Init { .. } | LedgerCommand::Run { .. } => {
                         unreachable!("handled above")

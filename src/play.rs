@@ -66,6 +66,7 @@ pub fn sign_token(
         expires: now + ttl,
         budget,
         session: s,
+        edges: Vec::new(),
     };
     Ok(token::issue(&key, &claims, now)?)
 }

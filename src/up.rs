@@ -76,6 +76,38 @@ async fn wait_healthy(
     bail!("{what} did not become healthy at {url}")
 }
 
+/// Waits until the hub admits `n` edges (registered, up, staked): only
+/// then does it steer viewers to them.
+async fn wait_admitted(
+    client: &reqwest::Client,
+    hub: &str,
+    n: usize,
+    children: &mut Children,
+) -> anyhow::Result<()> {
+    let mut last = Value::Null;
+    for _ in 0..400 {
+        if let Ok(r) = client.get(format!("{hub}/v1/nodes")).send().await {
+            last = r.json().await.unwrap_or_default();
+            let admitted = last["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| n["admitted"] == true && n["state"] == "up")
+                .count();
+            if admitted >= n {
+                return Ok(());
+            }
+        }
+        for c in &mut children.0 {
+            if let Some(status) = c.try_wait()? {
+                bail!("a node exited during start-up ({status}); see the logs in the data folder");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the hub did not admit {n} edges within 20 s; its nodes: {last}")
+}
+
 fn make_demo_video(path: &Path) -> anyhow::Result<()> {
     eprintln!("making a 20 s 720p demo video with ffmpeg…");
     let status = Command::new("ffmpeg")
@@ -132,20 +164,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if assets.is_none() {
         eprintln!("note: hls.js/dash.js not found (run `npm ci` in the repository); the player page will not play");
     }
+    // The edges' keys first: the hub's own chain starts with them bonded
+    // (the demo's faucet), so they are admitted from the first block.
+    let mut edge_keys = Vec::new();
+    for i in 1..=2 {
+        let key = dir.join(format!("edge{i}.key"));
+        if !key.exists() {
+            meshcast_control::identity::NodeKey::generate()?.save(&key)?;
+        }
+        let public = meshcast_control::identity::NodeKey::load(&key)?
+            .public()
+            .to_bytes();
+        edge_keys.push(format!("\"{}\"", hex::encode(public)));
+    }
     let hub_toml =
         format!(
-        "[hub]\nlisten = \"127.0.0.1:{hub_port}\"\ndata_dir = \"{}\"\nedges = [\"{}\", \"{}\"]\n{}",
+        "[hub]\nlisten = \"127.0.0.1:{hub_port}\"\ndata_dir = \"{}\"\nedges = [\"{}\", \"{}\"]\n{}[ledger]\nbonded_nodes = [{}]\n",
         dir.join("hub").display(),
         edges[0],
         edges[1],
-        assets.map(|a| format!("assets_dir = \"{}\"\n", a.display())).unwrap_or_default()
+        assets.map(|a| format!("assets_dir = \"{}\"\n", a.display())).unwrap_or_default(),
+        edge_keys.join(", ")
     );
     std::fs::write(dir.join("hub.toml"), hub_toml)?;
     for (i, (port, admin)) in [(e1, a1), (e2, a2)].into_iter().enumerate() {
         let key = dir.join(format!("edge{}.key", i + 1));
-        if !key.exists() {
-            meshcast_control::identity::NodeKey::generate()?.save(&key)?;
-        }
         // Media under /v/ needs a playback token; the player page and its
         // scripts do not. Short epochs so credits show up within seconds.
         let edge_toml = format!(
@@ -197,7 +240,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &mut children.0[2],
     )
     .await?;
-    eprintln!("hub {hub_url}, edges {} and {}", edges[0], edges[1]);
+    wait_admitted(&client, &hub_url, edges.len(), &mut children).await?;
+    eprintln!(
+        "hub {hub_url}, edges {} and {} (registered, staked, admitted)",
+        edges[0], edges[1]
+    );
 
     let video = match args.video {
         Some(v) => v,
@@ -274,9 +321,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("\nmeshcast is up. Video {id}:");
     for (i, edge) in edges.iter().enumerate() {
         println!("  edge {} ({edge})", i + 1);
-        println!("    HLS    {}", tok["hls"][i].as_str().unwrap_or("-"));
-        println!("    DASH   {}", tok["dash"][i].as_str().unwrap_or("-"));
         println!("    player {}", status["player"][i].as_str().unwrap_or("-"));
+    }
+    println!("  HLS and DASH with a token the hub steered to its chosen edges:");
+    for (hls, dash) in tok["hls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(tok["dash"].as_array().into_iter().flatten())
+    {
+        println!("    HLS    {}", hls.as_str().unwrap_or("-"));
+        println!("    DASH   {}", dash.as_str().unwrap_or("-"));
     }
     println!(
         "Watch and acknowledge: meshcast play --ack {}",

@@ -25,13 +25,20 @@ struct Net {
     node: String,
 }
 
-/// The `[node]` section and token rule an edge of `hub` gets: 2 s epochs,
-/// and a grace longer than the plugin's 2 s ack interval.
-fn node_extra(edge: &Edge, hub: &Hub) -> String {
+/// The edge's node key (made on first use), as hex.
+fn edge_key(edge: &Edge) -> String {
     let key = edge.dir.join("node.key");
     if !key.exists() {
         NodeKey::generate().unwrap().save(&key).unwrap();
     }
+    hex::encode(NodeKey::load(&key).unwrap().public().to_bytes())
+}
+
+/// The `[node]` section and token rule an edge of `hub` gets: 2 s epochs,
+/// and a grace longer than the plugin's 2 s ack interval.
+fn node_extra(edge: &Edge, hub: &Hub) -> String {
+    edge_key(edge);
+    let key = edge.dir.join("node.key");
     format!(
         "[site.tokens]\npaths = [\"/v/\"]\n[node]\nkey = \"{}\"\nhub = \"{}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nepoch = \"2s\"\nack_grace = \"3s\"\nheartbeat = \"1s\"\n",
         key.display(),
@@ -44,8 +51,9 @@ fn node_extra(edge: &Edge, hub: &Hub) -> String {
 async fn network() -> Net {
     let edge_port = free_port();
     let mut hub = Hub::config(&format!("http://127.0.0.1:{edge_port}"));
-    hub.launch().await;
     let mut edge = Edge::config(hub.addr(), "");
+    hub.bond_at_genesis(&[edge_key(&edge)]);
+    hub.launch().await;
     edge.port = edge_port;
     edge.write_config(hub.addr(), &node_extra(&edge, &hub));
     let edge = edge.start().await;
@@ -243,6 +251,7 @@ fn hub_token(net: &Net, session: [u8; 32], prefix: &str, expires: u64, budget: u
         expires,
         budget,
         session,
+        edges: Vec::new(),
     };
     token::issue(&key, &claims, now()).unwrap()
 }
@@ -312,12 +321,58 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
             expires: now() + 600,
             budget: 1 << 30,
             session: spk,
+            edges: Vec::new(),
         },
         now(),
     )
     .unwrap();
     let r = get(&net.edge.url(&format!("/t/{forged}{seg}")), &[]).await;
     assert!(reason(&r).contains("not trusted"), "{}", reason(&r));
+
+    // Steering. A stranger registers an edge of its own (no stake): the
+    // hub's tokens still name only the admitted edge, at its address.
+    let stranger_env = registration(&stranger);
+    let r = reqwest::Client::new()
+        .post(net.hub.url("/v1/nodes/register"))
+        .body(stranger_env.encode())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let issued: Value = reqwest::Client::new()
+        .post(net.hub.url(&format!("/v1/videos/{}/tokens", net.id)))
+        .json(&json!({"session": hex::encode(spk)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let edge_hex = edge_key(&net.edge);
+    assert_eq!(issued["edges"].as_array().unwrap().len(), 1, "{issued}");
+    assert_eq!(issued["edges"][0]["key"], edge_hex.as_str(), "{issued}");
+    assert_eq!(issued["edges"][0]["url"], net.edge.url(""), "{issued}");
+    let steered = token::verify(issued["token"].as_str().unwrap(), |_| true, now()).unwrap();
+    assert_eq!(hex::encode(steered.edges[0]), edge_hex);
+    // A hub token steered to the stranger's edge: this edge will neither
+    // serve it nor be paid for it.
+    let hub_key = NodeKey::load(&net.hub.dir.join("data/hub.key")).unwrap();
+    let elsewhere = token::issue(
+        &hub_key,
+        &TokenClaims {
+            issuer: hub_key.public().to_bytes(),
+            prefix: prefix.clone(),
+            expires: now() + 600,
+            budget: 1 << 30,
+            session: spk,
+            edges: vec![stranger.public().to_bytes()],
+        },
+        now(),
+    )
+    .unwrap();
+    let r = get(&net.edge.url(&format!("/t/{elsewhere}{seg}")), &[]).await;
+    assert_eq!(r.status, 403);
+    assert!(reason(&r).contains("other edges"), "{}", reason(&r));
 
     // A session over its budget: the first response spends it.
     let small = hub_token(&net, spk, &prefix, now() + 600, 100);
@@ -549,8 +604,9 @@ async fn the_hub_refuses_unsigned_replayed_and_unknown_node_messages() {
 async fn a_signed_video_plays_only_with_its_owners_tokens() {
     let edge_port = free_port();
     let mut hub = Hub::config(&format!("http://127.0.0.1:{edge_port}"));
-    hub.launch().await;
     let mut edge = Edge::config(hub.addr(), "");
+    hub.bond_at_genesis(&[edge_key(&edge)]);
+    hub.launch().await;
     edge.port = edge_port;
     edge.write_config(hub.addr(), &node_extra(&edge, &hub));
     let edge = edge.start().await;
@@ -643,6 +699,7 @@ async fn a_signed_video_plays_only_with_its_owners_tokens() {
             expires: now() + 600,
             budget: 1 << 30,
             session: session.public().to_bytes(),
+            edges: Vec::new(),
         },
         now(),
     )
@@ -651,11 +708,47 @@ async fn a_signed_video_plays_only_with_its_owners_tokens() {
     assert_eq!(r.status, 403, "{}", reason(&r));
 }
 
-/// An edge may not redraw its audit sample: the same claim sent again gets
-/// the same challenge, and a different claim for an epoch already
-/// challenged settles that epoch as refused.
+/// Runs `meshcast ledger tx --api HUB --key KEY --wait ACTION...`.
+fn ledger_tx(hub: &Hub, key: &std::path::Path, action: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+        .args(["ledger", "tx", "--api", &hub.url(""), "--wait", "--key"])
+        .arg(key)
+        .args(action)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until the hub reports `node` admitted (or not).
+async fn wait_admitted(hub: &Hub, node: &str, admitted: bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(n) = node_record(hub, node).await {
+            if n["admitted"] == admitted {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "admitted never became {admitted}: {n}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Admission and slashing, played by a stranger: an edge with no stake is
+/// refused (its claim waits, nothing settles); once it bonds the minimum
+/// it is admitted; then it tries to redraw its audit sample — the same
+/// claim sent again gets the same challenge, a different claim for the
+/// challenged epoch is refused, the node is slashed on the ledger with
+/// the evidence kept, and, below the minimum now, it is out again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_sent_again_cannot_redraw_its_challenge() {
+async fn an_unstaked_node_is_refused_and_a_cheater_is_slashed() {
     use meshcast_control::audit::build_claim;
     use meshcast_control::envelope::Envelope;
     use meshcast_control::messages;
@@ -665,15 +758,17 @@ async fn a_claim_sent_again_cannot_redraw_its_challenge() {
     let client = reqwest::Client::new();
     let post = |path: &str, body: Vec<u8>| client.post(hub.url(path)).body(body).send();
     let edge_key = NodeKey::generate().unwrap();
+    let edge_key_file = hub.dir.join("stranger.key");
+    edge_key.save(&edge_key_file).unwrap();
     let node = edge_key.id();
+    let edge_hex = hex::encode(edge_key.public().to_bytes());
     let env = registration(&edge_key);
-    assert_eq!(
-        post("/v1/nodes/register", env.encode())
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let r = post("/v1/nodes/register", env.encode()).await.unwrap();
+    assert_eq!(r.status(), 200, "registering is free");
+    let info: Value = r.json().await.unwrap();
+    let needed = info["admission"]["needed"].as_u64().unwrap();
+    assert_eq!(info["admission"]["stake"], 0, "{info}");
+    assert!(needed > 0, "{info}");
 
     // More acks than the audit samples, so the challenge depends on the nonce.
     let hub_key = NodeKey::load(&hub.dir.join("data/hub.key")).unwrap();
@@ -687,6 +782,7 @@ async fn a_claim_sent_again_cannot_redraw_its_challenge() {
         expires: now() + 3600,
         budget: 1 << 40,
         session: session.verifying_key().to_bytes(),
+        edges: Vec::new(),
     };
     let tok = token::issue(&hub_key, &claims, start_ms / 1000 - 1).unwrap();
     let signer = ReceiptSigner::new(NodeKey::from_seed(edge_key.seed()));
@@ -713,6 +809,41 @@ async fn a_claim_sent_again_cannot_redraw_its_challenge() {
         post("/v1/claims", env.encode())
     };
     let body = claim_body(acks.clone());
+
+    // No stake: refused, and nothing is settled (the claim may come back).
+    let r = send(body.clone()).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let why = r.text().await.unwrap();
+    assert!(
+        why.contains("not admitted") && why.contains("bond"),
+        "{why}"
+    );
+    let n0 = wait_admitted(&hub, &node, false).await;
+    assert_eq!(n0["claims_rejected"], 0, "{n0}");
+
+    // The hub's treasury funds it; it bonds the minimum from its own key.
+    let hub_key_file = hub.dir.join("data/hub.key");
+    let funded = ledger_tx(
+        &hub,
+        &hub_key_file,
+        &[
+            "transfer",
+            "--to",
+            &edge_hex,
+            "--amount",
+            &(2 * needed).to_string(),
+        ],
+    );
+    assert_eq!(funded["result"], "applied", "{funded}");
+    let bonded = ledger_tx(
+        &hub,
+        &edge_key_file,
+        &["bond", "--amount", &needed.to_string()],
+    );
+    assert_eq!(bonded["result"], "applied", "{bonded}");
+    let admitted = wait_admitted(&hub, &node, true).await;
+    assert_eq!(admitted["stake"], needed, "{admitted}");
+
     let first = send(body.clone()).await.unwrap();
     assert_eq!(first.status(), 200);
     let first: Value = first.json().await.unwrap();
@@ -733,7 +864,40 @@ async fn a_claim_sent_again_cannot_redraw_its_challenge() {
             .contains("one claim per epoch"),
         "{refused}"
     );
-    let n = node_record(&hub, &node).await.unwrap();
-    assert_eq!(n["claims_rejected"], 1, "{n}");
-    assert_eq!(n["credited_bytes"], 0, "{n}");
+    // Slashed on the chain (5 % of its stake burned), out of admission,
+    // and the evidence is the node's own two signed claims.
+    let slashed = wait_admitted(&hub, &node, false).await;
+    assert_eq!(slashed["claims_rejected"], 1, "{slashed}");
+    assert_eq!(slashed["credited_bytes"], 0, "{slashed}");
+    assert_eq!(slashed["stake"], needed - needed / 20, "{slashed}");
+    let record = &slashed["slashes"][0];
+    assert_eq!(record["epoch"], epoch, "{slashed}");
+    let evidence: Value = reqwest::get(hub.url(&format!(
+        "/v1/evidence/{}",
+        record["evidence"].as_str().unwrap()
+    )))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    for wire in [&evidence["claim"], &evidence["also"]] {
+        let env = Envelope::decode(&hex::decode(wire.as_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(
+            env.sender,
+            edge_key.public().to_bytes(),
+            "signed by the cheater"
+        );
+    }
+    let account: Value = reqwest::get(hub.url(&format!("/v1/ledger/accounts/{edge_hex}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        account["account"]["stake"],
+        needed - needed / 20,
+        "{account}"
+    );
 }

@@ -28,6 +28,12 @@ pub struct HubLedger {
     /// the hub runs a one-validator chain of its own key, created in
     /// `data_dir/ledger/genesis.json` on first start.
     pub genesis: Option<PathBuf>,
+    /// On the hub's own chain: node keys (64 hex digits, as `meshcast keys`
+    /// prints them) that start with the stake an edge needs bonded — the
+    /// operator's own edges, admitted from the first block. Written into the genesis on first start; ignored with
+    /// `genesis` (a shared chain's genesis says who holds what).
+    #[serde(default)]
+    pub bonded_nodes: Vec<String>,
     /// Consensus traffic with the other validators (port 0: any).
     #[serde(default = "default_ledger_p2p")]
     pub p2p: SocketAddr,
@@ -69,6 +75,7 @@ impl Default for HubLedger {
     fn default() -> Self {
         HubLedger {
             genesis: None,
+            bonded_nodes: Vec::new(),
             p2p: default_ledger_p2p(),
             peers: Vec::new(),
             peer_apis: Vec::new(),

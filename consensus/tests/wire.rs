@@ -42,6 +42,7 @@ fn genesis(n: u8) -> Genesis {
             transcode_price_per_second: 1,
             unbond_delay: 1,
             slash_bps: 500,
+            min_stake: Default::default(),
         },
         accounts: keys
             .iter()

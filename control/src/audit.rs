@@ -146,6 +146,10 @@ pub enum AuditError {
     MerkleProof,
     #[error("entry {index}: {reason}")]
     Entry { index: usize, reason: String },
+    /// The receipt names an object the catalog does not hold now: made up,
+    /// or of a video deleted since. Refused, but not proof of fraud.
+    #[error("entry {index}: {reason}")]
+    Unpublished { index: usize, reason: String },
     #[error(
         "epoch {0} was already claimed and challenged with a different claim; one claim per epoch"
     )]
@@ -162,7 +166,30 @@ impl AuditError {
             AuditError::Token { .. } => "token",
             AuditError::MerkleProof => "merkle_proof",
             AuditError::Entry { .. } => "entry",
+            AuditError::Unpublished { .. } => "unpublished",
             AuditError::Rechallenged(_) => "rechallenged",
+        }
+    }
+
+    /// Whether the refusal proves the claimant fabricated its claim, so it
+    /// is slashed: nothing an honest edge does produces these (it lists
+    /// only acks it verified, for tokens naming it, from its own receipts,
+    /// and opens each epoch once). Clock skew, an issuer withdrawn since,
+    /// or a video deleted since are refused without a slash.
+    pub fn is_fraud(&self) -> bool {
+        match self {
+            AuditError::FutureEpoch(_) | AuditError::Unpublished { .. } => false,
+            AuditError::Token { error, .. } => matches!(
+                error,
+                token::TokenError::OtherEdges(_)
+                    | token::TokenError::BadSignature
+                    | token::TokenError::Malformed(_)
+            ),
+            AuditError::Inconsistent(_)
+            | AuditError::Duplicate(_)
+            | AuditError::MerkleProof
+            | AuditError::Entry { .. }
+            | AuditError::Rechallenged(_) => true,
         }
     }
 }
@@ -177,9 +204,12 @@ pub struct Checked {
     pub ids: Vec<[u8; 16]>,
 }
 
-/// Everything checkable without opening acks.
+/// Everything checkable without opening acks, including that every token
+/// lets `claimant` be paid for it (a token steered to other edges earns
+/// the claimant nothing, and no honest edge serves one).
 pub fn check_claim(
     claim: &Claim,
+    claimant: &[u8; 32],
     trusted: impl Fn(&[u8; 32]) -> bool,
     now_ms: u64,
 ) -> Result<Checked, AuditError> {
@@ -225,6 +255,7 @@ pub fn check_claim(
     for (index, t) in claim.tokens.iter().enumerate() {
         // Valid when the epoch began; each receipt's time is checked on opening.
         let c = token::verify(t, &trusted, start / 1000)
+            .and_then(|c| c.allows_edge(claimant).map(|()| c))
             .map_err(|error| AuditError::Token { index, error })?;
         tokens.push(c);
     }
@@ -324,10 +355,16 @@ pub fn check_proof(
         }
         tok.covers(&r.path)
             .map_err(|e| entry_err(index, e.to_string()))?;
+        let unpublished = |reason: &str| AuditError::Unpublished {
+            index,
+            reason: reason.to_string(),
+        };
         let object = published(&r.path)
-            .ok_or_else(|| fail("receipt names content the HUB never published"))?;
+            .ok_or_else(|| unpublished("receipt names content the HUB does not publish"))?;
         if r.content != object.content {
-            return Err(fail("receipt's content differs from the published object"));
+            return Err(unpublished(
+                "receipt's content differs from the published object",
+            ));
         }
         if r.start
             .checked_add(r.len)

@@ -35,12 +35,29 @@ pub struct Issuer {
     pub prefix: String,
 }
 
+/// A node's stake on the HUB's chain and what its roles need (µMESH).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    pub stake: u64,
+    pub needed: u64,
+}
+
+impl Admission {
+    /// Admitted: steered to and paid. Otherwise neither.
+    pub fn admitted(&self) -> bool {
+        self.stake >= self.needed
+    }
+}
+
 /// The HUB's answer to a registration or heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HubInfo {
     pub hub: String,
     pub node: String,
     pub issuers: Vec<Issuer>,
+    /// Whether the node is admitted (absent from HUBs before admission).
+    #[serde(default)]
+    pub admission: Option<Admission>,
 }
 
 /// The HUB's answer to a claim: which entries to open.

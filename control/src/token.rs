@@ -34,6 +34,10 @@ pub struct TokenClaims {
     pub budget: u64,
     /// The viewer's Ed25519 session key; acks must be signed with it.
     pub session: [u8; 32],
+    /// The edges (node public keys) the issuer steered this viewer to:
+    /// only they may serve it and be paid for it. Empty: any edge (the
+    /// issuer's own choice — an owner's token pays from the owner's escrow).
+    pub edges: Vec<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +54,10 @@ pub enum TokenError {
     WrongPrefix { prefix: String, path: String },
     #[error("cannot sign a token: {0}")]
     Sign(String),
+    #[error(
+        "token was issued for other edges ({0}); this one may neither serve it nor be paid for it"
+    )]
+    OtherEdges(String),
 }
 
 /// A short stable id for a token (receipts and budgets name tokens by it).
@@ -83,6 +91,10 @@ pub fn issue(key: &NodeKey, claims: &TokenClaims, now: u64) -> Result<String, To
     c.add_additional("bud", claims.budget).map_err(sign_err)?;
     c.add_additional("ses", hex::encode(claims.session))
         .map_err(sign_err)?;
+    if !claims.edges.is_empty() {
+        let edges: Vec<String> = claims.edges.iter().map(hex::encode).collect();
+        c.add_additional("edg", edges).map_err(sign_err)?;
+    }
     let mut nonce = [0u8; 12];
     getrandom::fill(&mut nonce).map_err(|e| TokenError::Sign(e.to_string()))?;
     c.token_identifier(&hex::encode(nonce)).map_err(sign_err)?;
@@ -159,10 +171,38 @@ pub fn verify(
         expires,
         budget,
         session: hex32(c.get_claim("ses"), "ses")?,
+        edges: edges(c.get_claim("edg"))?,
     })
 }
 
+/// At most this many edges in one token (a steering decision, not a list
+/// of the network).
+pub const MAX_TOKEN_EDGES: usize = 8;
+
+fn edges(v: Option<&serde_json::Value>) -> Result<Vec<[u8; 32]>, TokenError> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let list = v
+        .as_array()
+        .filter(|l| !l.is_empty() && l.len() <= MAX_TOKEN_EDGES)
+        .ok_or_else(|| {
+            TokenError::Malformed(format!("edg must list 1 to {MAX_TOKEN_EDGES} edge keys"))
+        })?;
+    list.iter().map(|e| hex32(Some(e), "edg")).collect()
+}
+
 impl TokenClaims {
+    /// Whether the edge with public key `edge` may serve this token and be
+    /// paid for it.
+    pub fn allows_edge(&self, edge: &[u8; 32]) -> Result<(), TokenError> {
+        if self.edges.is_empty() || self.edges.contains(edge) {
+            return Ok(());
+        }
+        let named: Vec<String> = self.edges.iter().map(|e| hex::encode(&e[..4])).collect();
+        Err(TokenError::OtherEdges(named.join(", ")))
+    }
+
     /// Whether the token covers `path`.
     pub fn covers(&self, path: &str) -> Result<(), TokenError> {
         if path.starts_with(&self.prefix) && !path.contains("/../") {
@@ -187,6 +227,7 @@ mod tests {
             expires: 2_000_000_000,
             budget: 10_000_000,
             session: [5; 32],
+            edges: Vec::new(),
         }
     }
 
@@ -229,5 +270,22 @@ mod tests {
         assert!(c.covers("/v/abd/720p/1.m4s").is_err());
         assert!(c.covers("/v/abc/../xyz/1.m4s").is_err());
         assert_ne!(token_id(&t), token_id(&forged));
+    }
+
+    #[test]
+    fn a_steered_token_names_its_edges_and_no_other() {
+        let hub = NodeKey::from_seed([1; 32]);
+        let ours = |k: &[u8; 32]| *k == hub.public().to_bytes();
+        let mut c = claims(&hub);
+        let any = verify(&issue(&hub, &c, 0).unwrap(), ours, 0).unwrap();
+        assert_eq!(any.allows_edge(&[9; 32]), Ok(()), "unsteered: any edge");
+        c.edges = vec![[3; 32], [4; 32]];
+        let steered = verify(&issue(&hub, &c, 0).unwrap(), ours, 0).unwrap();
+        assert_eq!(steered.edges, c.edges);
+        assert_eq!(steered.allows_edge(&[4; 32]), Ok(()));
+        assert!(matches!(
+            steered.allows_edge(&[9; 32]),
+            Err(TokenError::OtherEdges(_))
+        ));
     }
 }

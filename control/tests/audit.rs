@@ -27,6 +27,7 @@ fn world(budget: u64, expires: u64) -> World {
         expires,
         budget,
         session: session.verifying_key().to_bytes(),
+        edges: Vec::new(),
     };
     let token = token::issue(&hub, &claims, 0).unwrap();
     World {
@@ -83,7 +84,7 @@ fn audit_claim(
 ) -> Result<u64, AuditError> {
     let hub_pk = w.hub.public().to_bytes();
     let now_ms = epoch_start_ms() + 2 * EPOCH_SECS * 1000;
-    let checked = audit::check_claim(claim, |k| *k == hub_pk, now_ms)?;
+    let checked = audit::check_claim(claim, &w.edge.node(), |k| *k == hub_pk, now_ms)?;
     let bytes = serde_json::to_vec(claim).unwrap();
     let idx = audit::challenge(&bytes, &NONCE, claim);
     audit::check_proof(claim, &checked, &w.edge.node(), &idx, &open(&idx), catalog)?;
@@ -175,7 +176,8 @@ fn expired_token_and_over_budget() {
     let small = world(5000, 4_000_000_000);
     let c = build_claim(EPOCH, EPOCH_SECS, acks(&small, 10, epoch_start_ms()));
     let hub_pk = small.hub.public().to_bytes();
-    let checked = audit::check_claim(&c.claim, |k| *k == hub_pk, u64::MAX).unwrap();
+    let checked =
+        audit::check_claim(&c.claim, &small.edge.node(), |k| *k == hub_pk, u64::MAX).unwrap();
     let credit = audit::settle(&checked, &c.claim, |_| 1000, |_| false);
     assert_eq!(credit.bytes, 4000);
     assert!(
@@ -205,7 +207,8 @@ fn a_renumbered_or_resent_log_earns_nothing_twice() {
     let old = acks(&w, 40, epoch_start_ms());
     let hub_pk = w.hub.public().to_bytes();
     let first = build_claim(EPOCH, EPOCH_SECS, old.clone());
-    let checked = audit::check_claim(&first.claim, |k| *k == hub_pk, u64::MAX).unwrap();
+    let checked =
+        audit::check_claim(&first.claim, &w.edge.node(), |k| *k == hub_pk, u64::MAX).unwrap();
     let paid = audit::settle(&checked, &first.claim, |_| 0, |_| false);
     assert_eq!(paid.bytes, first.claim.bytes);
     assert_eq!(paid.paid_now.len(), 40);
@@ -214,7 +217,8 @@ fn a_renumbered_or_resent_log_earns_nothing_twice() {
     let mut mixed = old;
     mixed.extend(acks(&w, 10, epoch_start_ms() + 1));
     let again = build_claim(EPOCH + 7, EPOCH_SECS, mixed);
-    let checked = audit::check_claim(&again.claim, |k| *k == hub_pk, u64::MAX).unwrap();
+    let checked =
+        audit::check_claim(&again.claim, &w.edge.node(), |k| *k == hub_pk, u64::MAX).unwrap();
     let credit = audit::settle(&checked, &again.claim, |_| 0, |id| already.contains(id));
     let fresh: u64 = again.claim.bytes - first.claim.bytes;
     assert_eq!(credit.bytes, fresh, "only the 10 new acks earn");
@@ -246,9 +250,10 @@ fn receipts_must_name_published_content_and_real_ranges() {
     // The cheater: a self-dealing edge with a colluding viewer. Every
     // signature is genuine; what they sign is not.
     let w = world(u64::MAX, 4_000_000_000);
-    let cases: [(&str, Box<dyn Fn(usize) -> (String, [u8; 32], u64)>); 3] = [
+    type Receipts = Box<dyn Fn(usize) -> (String, [u8; 32], u64)>;
+    let cases: [(&str, Receipts); 3] = [
         (
-            "never published",
+            "does not publish",
             Box::new(|i| (format!("/v/abc/720p/ghost{i}.m4s"), [3; 32], 1000)),
         ),
         (
@@ -264,6 +269,9 @@ fn receipts_must_name_published_content_and_real_ranges() {
         let c = build_claim(EPOCH, EPOCH_SECS, forged(&w, what));
         let err = audit(&w, &c).unwrap_err();
         assert!(err.to_string().contains(why), "{why}: {err}");
+        // Content the catalog no longer holds may be a video deleted since
+        // it was served: refused, but no slash. A bad range is fraud.
+        assert_eq!(err.is_fraud(), why.contains("end"), "{why}: {err}");
     }
     // The honest edge, same objects: credited exactly.
     let c = build_claim(
@@ -274,4 +282,47 @@ fn receipts_must_name_published_content_and_real_ranges() {
         }),
     );
     assert_eq!(audit(&w, &c), Ok(c.claim.bytes));
+}
+
+#[test]
+fn a_self_dealing_edge_earns_nothing_from_tokens_steered_elsewhere() {
+    // The cheater: an edge that gets HUB tokens (free, for a public video)
+    // steered to other edges, and acks them itself with the session keys.
+    // Every signature is genuine; the token names someone else.
+    let mut w = world(u64::MAX, 4_000_000_000);
+    let steered_to = [NodeKey::from_seed([8; 32]).public().to_bytes()];
+    let claims = TokenClaims {
+        issuer: w.hub.public().to_bytes(),
+        prefix: "/v/abc/".into(),
+        expires: 4_000_000_000,
+        budget: u64::MAX,
+        session: w.session.verifying_key().to_bytes(),
+        edges: steered_to.to_vec(),
+    };
+    w.token = token::issue(&w.hub, &claims, 0).unwrap();
+    let c = build_claim(EPOCH, EPOCH_SECS, acks(&w, 100, epoch_start_ms()));
+    let err = audit(&w, &c).unwrap_err();
+    assert!(matches!(err, AuditError::Token { .. }), "{err}");
+    assert!(err.to_string().contains("other edges"), "{err}");
+    assert!(
+        err.is_fraud(),
+        "no honest edge serves a token steered elsewhere"
+    );
+
+    // The edge the HUB chose, same token: credited exactly.
+    w.edge = ReceiptSigner::new(NodeKey::from_seed([8; 32]));
+    let c = build_claim(EPOCH, EPOCH_SECS, acks(&w, 100, epoch_start_ms()));
+    assert_eq!(audit(&w, &c), Ok(c.claim.bytes));
+}
+
+#[test]
+fn only_what_an_honest_edge_cannot_do_is_fraud() {
+    assert!(!AuditError::FutureEpoch(3).is_fraud(), "clock skew");
+    let withdrawn = AuditError::Token {
+        index: 0,
+        error: token::TokenError::UnknownIssuer("owner".into()),
+    };
+    assert!(!withdrawn.is_fraud(), "an owner's key withdrawn since");
+    assert!(AuditError::MerkleProof.is_fraud());
+    assert!(AuditError::Rechallenged(3).is_fraud());
 }

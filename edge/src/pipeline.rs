@@ -258,17 +258,22 @@ impl ProxyHttp for EdgePipeline {
             .map_or(0, |d| d.as_secs());
         let delivery = &self.shared.delivery;
         let hub_issuers = delivery.hub_issuers.load();
+        let me = delivery.book.as_ref().map(|b| b.signer.node());
         match delivery
             .tokens
-            .gate(site.tokens.as_ref(), &hub_issuers, &path, now)
+            .gate(site.tokens.as_ref(), &hub_issuers, me.as_ref(), &path, now)
         {
             Gate::Open => {}
-            Gate::Token { token, path: rest } => {
+            Gate::Token {
+                token,
+                path: rest,
+                paid,
+            } => {
                 ctx.media_uri = Some(match &query {
                     Some(q) => format!("{rest}?{q}"),
                     None => rest.clone(),
                 });
-                ctx.paid = meshcast_control::receipt::is_paid_media(&rest);
+                ctx.paid = paid;
                 path = rest;
                 ctx.token = Some(token);
             }

@@ -24,10 +24,15 @@ pub fn routes() -> Router<Arc<Hub>> {
 }
 
 /// Checks a claim's listing, including that every token's issuer may sign
-/// for the token's prefix.
-fn check(hub: &Hub, claim: &Claim) -> Result<Checked, AuditError> {
+/// for the token's prefix and names `claimant` (or no edge).
+fn check(hub: &Hub, claim: &Claim, claimant: &[u8; 32]) -> Result<Checked, AuditError> {
     let issuers = hub.issuers();
-    let checked = audit::check_claim(claim, |k| issuer_known(&issuers, k), now_secs() * 1000)?;
+    let checked = audit::check_claim(
+        claim,
+        claimant,
+        |k| issuer_known(&issuers, k),
+        now_secs() * 1000,
+    )?;
     for (index, t) in checked.tokens.iter().enumerate() {
         if !issuer_allows(&issuers, &t.issuer, &t.prefix) {
             return Err(AuditError::Token {
@@ -62,10 +67,21 @@ fn published(hub: &Hub, path: &str) -> Option<audit::Published> {
     }
 }
 
-/// Records a refused claim (no credit) and answers with its reason.
-fn reject(hub: &Hub, node: &str, claim: &Claim, e: AuditError) -> Response {
+/// The node-signed envelopes a refusal rests on (kept as evidence when
+/// the refusal proves fraud).
+struct Signed<'a> {
+    claim: &'a [u8],
+    also: Option<&'a [u8]>,
+}
+
+/// Records a refused claim (no credit) and answers with its reason; a
+/// refusal that proves fraud also slashes the node.
+fn reject(hub: &Hub, node: &str, claim: &Claim, e: AuditError, signed: Signed) -> Response {
     hub.metrics.claims.with_label_values(&[e.label()]).inc();
-    tracing::warn!(node, epoch = claim.epoch, reason = %e, "refused a delivery claim");
+    tracing::warn!(node, epoch = claim.epoch, reason = %e, fraud = e.is_fraud(), "refused a delivery claim");
+    if e.is_fraud() {
+        hub.slash(node, claim.epoch, &e.to_string(), signed.claim, signed.also);
+    }
     let s = Settlement {
         node: node.to_string(),
         epoch: claim.epoch,
@@ -138,20 +154,40 @@ fn decide(
     }
 }
 
+/// Refuses (without settling: the edge keeps its acks and may claim once
+/// admitted) a node that is unknown or has too little stake.
+fn admitted(hub: &Hub, node: &str) -> Result<(), Box<Response>> {
+    match hub.registry.node(node) {
+        Ok(Some(n)) => {
+            let a = hub.admission(&n);
+            if a.admitted() {
+                Ok(())
+            } else {
+                hub.metrics
+                    .claims
+                    .with_label_values(&["not_admitted"])
+                    .inc();
+                Err(Box::new(refuse(
+                    StatusCode::FORBIDDEN,
+                    Hub::not_admitted(&n, a),
+                )))
+            }
+        }
+        Ok(None) => Err(Box::new(refuse(
+            StatusCode::NOT_FOUND,
+            format!("node {node} is not registered"),
+        ))),
+        Err(e) => Err(Box::new(refuse(StatusCode::INTERNAL_SERVER_ERROR, e))),
+    }
+}
+
 async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
-    let (env, _, node) = match open_envelope(&hub, messages::CLAIM, &body) {
+    let (env, key, node) = match open_envelope(&hub, messages::CLAIM, &body) {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    match hub.registry.node(&node) {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return refuse(
-                StatusCode::NOT_FOUND,
-                format!("node {node} is not registered"),
-            )
-        }
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    if let Err(r) = admitted(&hub, &node) {
+        return *r;
     }
     let claim: Claim = match serde_json::from_slice(&env.body) {
         Ok(c) => c,
@@ -174,14 +210,28 @@ async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
             })
             .into_response()
         }
-        Ok(Some(_)) => {
-            return reject(&hub, &node, &claim, AuditError::Rechallenged(claim.epoch));
+        Ok(Some(first)) => {
+            let signed = Signed {
+                claim: &body,
+                also: Some(&first.envelope),
+            };
+            return reject(
+                &hub,
+                &node,
+                &claim,
+                AuditError::Rechallenged(claim.epoch),
+                signed,
+            );
         }
         Ok(None) => {}
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
-    if let Err(e) = check(&hub, &claim) {
-        return reject(&hub, &node, &claim, e);
+    if let Err(e) = check(&hub, &claim, &key.to_bytes()) {
+        let signed = Signed {
+            claim: &body,
+            also: None,
+        };
+        return reject(&hub, &node, &claim, e, signed);
     }
     let mut nonce = [0u8; 32];
     if let Err(e) = getrandom::fill(&mut nonce) {
@@ -190,6 +240,7 @@ async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let indices = audit::challenge(&env.body, &nonce, &claim);
     let pending = Pending {
         body: env.body.clone(),
+        envelope: body.to_vec(),
         nonce,
         challenge: indices.clone(),
     };
@@ -216,6 +267,9 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(v) => v,
         Err(r) => return *r,
     };
+    if let Err(r) = admitted(&hub, &node) {
+        return *r;
+    }
     let opening: Opening = match serde_json::from_slice(&env.body) {
         Ok(o) => o,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("opening body: {e}")),
@@ -242,11 +296,15 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(c) => c,
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let checked = match check(&hub, &claim) {
-        Ok(c) => c,
-        Err(e) => return reject(&hub, &node, &claim, e),
+    let signed = Signed {
+        claim: &pending.envelope,
+        also: Some(&body),
     };
     let claimant = key.to_bytes();
+    let checked = match check(&hub, &claim, &claimant) {
+        Ok(c) => c,
+        Err(e) => return reject(&hub, &node, &claim, e, signed),
+    };
     let published = |path: &str| published(&hub, path);
     if let Err(e) = audit::check_proof(
         &claim,
@@ -256,7 +314,7 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         &opening,
         published,
     ) {
-        return reject(&hub, &node, &claim, e);
+        return reject(&hub, &node, &claim, e, signed);
     }
     let opened = pending.challenge.len() as u64;
     let decided = hub.registry.settle(&node, claim.epoch, |view| {

@@ -11,9 +11,10 @@ use ed25519_dalek::SigningKey;
 use meshcast_conf::HubConfig;
 use meshcast_consensus::{Running, Setup};
 use meshcast_control::identity::NodeKey;
+use meshcast_control::messages::Admission;
 use meshcast_ledger::state::{GenesisAccount, GenesisValidator};
 use meshcast_ledger::tx::TxBody;
-use meshcast_ledger::{Action, Genesis, Params};
+use meshcast_ledger::{Action, Evidence, Genesis, Params};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,28 +26,50 @@ pub struct HubLedger {
     signing: SigningKey,
 }
 
-fn one_validator_genesis(key: &NodeKey) -> Genesis {
+/// The hub's own chain: its key is the validator, the authority and the
+/// treasury; each of `bonded` starts with an edge's minimum stake bonded
+/// (and nothing to spend: what it earns is all its balance shows).
+fn one_validator_genesis(key: &NodeKey, bonded: &[[u8; 32]]) -> Genesis {
     let me = key.public().to_bytes();
+    let params = Params::default();
+    let stake = params.stake_needed(&["edge"]);
+    let mut accounts = vec![GenesisAccount {
+        address: me,
+        balance: TREASURY,
+        stake: 1_000_000,
+    }];
+    accounts.extend(bonded.iter().filter(|a| **a != me).map(|a| GenesisAccount {
+        address: *a,
+        balance: 0,
+        stake,
+    }));
     Genesis {
         chain_id: format!("meshcast-hub-{}", key.id()),
-        params: Params {
-            delivery_price_per_gb: 1_000_000,
-            storage_price_per_gb_hour: 10_000,
-            transcode_price_per_second: 1_000,
-            unbond_delay: 100,
-            slash_bps: 500,
-        },
-        accounts: vec![GenesisAccount {
-            address: me,
-            balance: TREASURY,
-            stake: 1_000_000,
-        }],
+        params,
+        accounts,
         authorities: vec![hex::encode(me)],
         validators: vec![GenesisValidator {
             address: me,
             power: 1,
         }],
     }
+}
+
+/// `[ledger] bonded_nodes` as keys, each at most once.
+fn bonded_nodes(config: &HubConfig) -> Result<Vec<[u8; 32]>, HubError> {
+    let mut out = Vec::new();
+    for text in &config.ledger.bonded_nodes {
+        let mut k = [0u8; 32];
+        hex::decode_to_slice(text, &mut k).map_err(|_| {
+            HubError::Ledger(format!(
+                "[ledger] bonded_nodes: {text:?} is not a node key (64 hex digits, as `meshcast keys` prints)"
+            ))
+        })?;
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    Ok(out)
 }
 
 fn ledger_err(e: impl std::fmt::Display) -> HubError {
@@ -64,7 +87,7 @@ impl HubLedger {
                 if path.exists() {
                     meshcast_consensus::validator::load_genesis(&path).map_err(ledger_err)?
                 } else {
-                    let g = one_validator_genesis(key);
+                    let g = one_validator_genesis(key, &bonded_nodes(config)?);
                     let text = serde_json::to_vec_pretty(&g).map_err(ledger_err)?;
                     std::fs::write(&path, text)?;
                     g
@@ -139,6 +162,49 @@ impl HubLedger {
             }
         }
         taken
+    }
+
+    /// `address`'s bonded stake against what `roles` need, as the chain
+    /// stands now.
+    pub fn admission(&self, address: &[u8; 32], roles: &[String]) -> Admission {
+        let n = self.running.node.lock().unwrap_or_else(|p| p.into_inner());
+        Admission {
+            stake: n.account(address).map_or(0, |a| a.stake),
+            needed: n.state().params.stake_needed(roles),
+        }
+    }
+
+    /// Queues a slash of `offender` for a fabricated delivery claim (whose
+    /// envelope hashes to `claim`), unless the chain already took it.
+    pub fn slash_delivery(&self, offender: [u8; 32], claim: [u8; 32], epoch: u64, reason: &str) {
+        let key = format!(
+            "slash-delivery/{}/{}",
+            hex::encode(offender),
+            hex::encode(claim)
+        );
+        let done = {
+            let n = self.running.node.lock().unwrap_or_else(|p| p.into_inner());
+            n.state().settled.contains(&key)
+        };
+        if !done {
+            let mut reason = reason.to_string();
+            if reason.len() > 512 {
+                let mut cut = 509;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+                reason.push_str("...");
+            }
+            self.submit(vec![Action::Slash {
+                offender,
+                evidence: Evidence::Delivery {
+                    claim,
+                    epoch,
+                    reason,
+                },
+            }]);
+        }
     }
 
     /// Rewards for a settled epoch that the chain has not paid yet.

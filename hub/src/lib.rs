@@ -6,6 +6,7 @@
 //! every protocol rule (tokens, envelopes, audits), keeping only storage
 //! and HTTP here. It must not serve viewers at scale itself: edges do that.
 
+mod admission;
 mod api;
 mod blobs;
 mod catalog;
@@ -106,6 +107,57 @@ impl Hub {
         }
     }
 
+    /// Slashes `node` for a claim its own signed envelopes prove
+    /// fabricated: keeps the envelopes as evidence (served at
+    /// `/v1/evidence/{hash}`), records it on the node, and queues the slash
+    /// on the ledger. Each claim is slashed once.
+    pub(crate) fn slash(
+        &self,
+        node: &str,
+        epoch: u64,
+        reason: &str,
+        claim: &[u8],
+        also: Option<&[u8]>,
+    ) {
+        let Some(record) = self.registry.node(node).ok().flatten() else {
+            tracing::error!(node, "cannot slash an unknown node");
+            return;
+        };
+        let Some(key) = admission::node_key(&record) else {
+            return;
+        };
+        let hash: [u8; 32] = blake3::hash(claim).into();
+        let hex_hash = hex::encode(hash);
+        let evidence = registry::Evidence {
+            node: node.to_string(),
+            epoch,
+            reason: reason.to_string(),
+            claim: hex::encode(claim),
+            also: also.map(hex::encode),
+        };
+        if let Err(e) = self.registry.put_evidence(&hex_hash, &evidence) {
+            tracing::error!(node, error = %e, "cannot keep slash evidence; not slashing");
+            return;
+        }
+        let recorded = self.registry.upsert_node(node, |cur| {
+            let mut n = cur.unwrap_or(record.clone());
+            if !n.slashes.iter().any(|s| s.evidence == hex_hash) {
+                n.slashes.push(registry::SlashRecord {
+                    epoch,
+                    reason: reason.to_string(),
+                    evidence: hex_hash.clone(),
+                });
+            }
+            n
+        });
+        if let Err(e) = recorded {
+            tracing::error!(node, error = %e, "cannot record a slash on the node");
+        }
+        self.metrics.slashes.inc();
+        tracing::warn!(node, epoch, evidence = %hex_hash, reason, "node slashed for a fabricated claim");
+        self.ledger.slash_delivery(key, hash, epoch, reason);
+    }
+
     /// Queues the ledger rewards for a settled epoch: each video's bytes
     /// paid from its owner's escrow (the hub's for videos without one) to
     /// the edge that delivered them.
@@ -159,6 +211,7 @@ struct Metrics {
     claims: prometheus::IntCounterVec,
     credited_bytes: prometheus::IntCounter,
     tokens: prometheus::IntCounterVec,
+    slashes: prometheus::IntCounter,
 }
 
 fn counter_vec(
@@ -234,6 +287,14 @@ impl Metrics {
         registry
             .register(Box::new(credited_bytes.clone()))
             .expect("unique");
+        let slashes = prometheus::IntCounter::new(
+            "meshcast_hub_slashes_total",
+            "Nodes slashed for fabricated delivery claims",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(slashes.clone()))
+            .expect("unique");
         Metrics {
             registry,
             upload_bytes,
@@ -243,6 +304,7 @@ impl Metrics {
             claims,
             credited_bytes,
             tokens,
+            slashes,
         }
     }
 }

@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
         .route("/v1/nodes", get(list))
+        .route("/v1/evidence/{hash}", get(evidence))
         .route("/v1/nodes/register", post(register))
         .route("/v1/nodes/heartbeat", post(heartbeat))
 }
@@ -30,7 +31,7 @@ pub fn now_secs() -> u64 {
 }
 
 /// A node is "up" if it was heard from within this many heartbeats.
-const MISSED_HEARTBEATS: u64 = 3;
+pub const MISSED_HEARTBEATS: u64 = 3;
 pub const HEARTBEAT_SECS: u64 = 10;
 
 pub fn refuse(status: StatusCode, reason: impl std::fmt::Display) -> Response {
@@ -74,11 +75,12 @@ pub fn open_envelope(
     }
 }
 
-fn info(hub: &Hub, node: &str) -> HubInfo {
+fn info(hub: &Hub, node: &NodeRecord) -> HubInfo {
     HubInfo {
         hub: hex::encode(hub.key.public().to_bytes()),
-        node: node.to_string(),
+        node: node.id.clone(),
         issuers: hub.issuers().as_ref().clone(),
+        admission: Some(hub.admission(node)),
     }
 }
 
@@ -117,6 +119,7 @@ async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
             claims_accepted: 0,
             claims_rejected: 0,
             last_rejection: None,
+            slashes: Vec::new(),
         });
         n.addr = reg.addr.clone();
         n.roles = reg.roles.clone();
@@ -126,8 +129,10 @@ async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     });
     match rec {
         Ok(n) => {
-            tracing::info!(node = %n.id, addr = %n.addr, roles = ?n.roles, "node registered");
-            Json(info(&hub, &id)).into_response()
+            let a = hub.admission(&n);
+            tracing::info!(node = %n.id, addr = %n.addr, roles = ?n.roles, stake = a.stake,
+                needed = a.needed, admitted = a.admitted(), "node registered");
+            Json(info(&hub, &n)).into_response()
         }
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
@@ -162,7 +167,20 @@ async fn heartbeat(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         n
     });
     match updated {
-        Ok(_) => Json(info(&hub, &id)).into_response(),
+        Ok(n) => Json(info(&hub, &n)).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// The node-signed envelopes a slash rests on (hex, wire form): decode
+/// them with any envelope reader and re-run the audit.
+async fn evidence(
+    State(hub): State<Arc<Hub>>,
+    axum::extract::Path(hash): axum::extract::Path<String>,
+) -> Response {
+    match hub.registry.evidence(&hash) {
+        Ok(Some(e)) => Json(e).into_response(),
+        Ok(None) => refuse(StatusCode::NOT_FOUND, format!("no slash evidence {hash:?}")),
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -174,9 +192,13 @@ async fn list(State(hub): State<Arc<Hub>>) -> Response {
             let rows: Vec<_> = nodes
                 .iter()
                 .map(|n| {
-                    let up = now.saturating_sub(n.last_seen) <= MISSED_HEARTBEATS * HEARTBEAT_SECS;
+                    let up = crate::admission::is_up(n, now);
+                    let a = hub.admission(n);
                     let mut v = serde_json::to_value(n).unwrap_or_default();
                     v["state"] = json!(if up { "up" } else { "down" });
+                    v["stake"] = json!(a.stake);
+                    v["stake_needed"] = json!(a.needed);
+                    v["admitted"] = json!(a.admitted());
                     v
                 })
                 .collect();

@@ -21,6 +21,8 @@ const SETTLED: TableDefinition<&str, &[u8]> = TableDefinition::new("settled_clai
 const SPENT: TableDefinition<&str, u64> = TableDefinition::new("token_spent");
 /// receipt id → the epoch key that paid it.
 const PAID: TableDefinition<&[u8; 16], &str> = TableDefinition::new("paid_receipts");
+/// claim envelope hash (hex) → JSON `Evidence`.
+const EVIDENCE: TableDefinition<&str, &[u8]> = TableDefinition::new("slash_evidence");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -38,12 +40,41 @@ pub struct NodeRecord {
     pub claims_accepted: u64,
     pub claims_rejected: u64,
     pub last_rejection: Option<String>,
+    /// Claims this HUB found fabricated and slashed the node for.
+    #[serde(default)]
+    pub slashes: Vec<SlashRecord>,
+}
+
+/// One slash for a fabricated claim; `evidence` names the claim envelope
+/// (BLAKE3, hex) served at `/v1/evidence/{evidence}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlashRecord {
+    pub epoch: u64,
+    pub reason: String,
+    pub evidence: String,
+}
+
+/// What a slash rests on: the node-signed claim and opening envelopes, as
+/// received, so anyone can re-run the audit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Evidence {
+    pub node: String,
+    pub epoch: u64,
+    pub reason: String,
+    /// Hex of the claim envelope (wire form, signature included).
+    pub claim: String,
+    /// Hex of the second envelope the verdict rests on: the opening that
+    /// failed, or the first claim for an epoch claimed twice.
+    pub also: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pending {
     /// The claim exactly as signed (the challenge is derived from it).
     pub body: Vec<u8>,
+    /// The whole claim envelope (kept as evidence should the opening fail).
+    #[serde(default)]
+    pub envelope: Vec<u8>,
     pub nonce: [u8; 32],
     pub challenge: Vec<usize>,
 }
@@ -116,8 +147,29 @@ impl Registry {
         txn.open_table(SETTLED).map_err(err)?;
         txn.open_table(SPENT).map_err(err)?;
         txn.open_table(PAID).map_err(err)?;
+        txn.open_table(EVIDENCE).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Registry { db })
+    }
+
+    /// Keeps the evidence for a slash under its claim hash (hex).
+    pub fn put_evidence(&self, hash: &str, e: &Evidence) -> Result<(), HubError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = txn.open_table(EVIDENCE).map_err(err)?;
+            t.insert(hash, serde_json::to_vec(e).map_err(err)?.as_slice())
+                .map_err(err)?;
+        }
+        txn.commit().map_err(err)
+    }
+
+    pub fn evidence(&self, hash: &str) -> Result<Option<Evidence>, HubError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let t = txn.open_table(EVIDENCE).map_err(err)?;
+        match t.get(hash).map_err(err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, HubError> {
@@ -343,6 +395,7 @@ mod tests {
             claims_accepted: 0,
             claims_rejected: 0,
             last_rejection: None,
+            slashes: Vec::new(),
         }
     }
 

@@ -64,6 +64,7 @@ mod tests {
                 transcode_price_per_second: 0,
                 unbond_delay: 1,
                 slash_bps: 0,
+                min_stake: Default::default(),
             },
             accounts: vec![
                 GenesisAccount {

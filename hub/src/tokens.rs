@@ -1,10 +1,11 @@
 //! `POST /v1/videos/{id}/tokens`: playback tokens for a viewer's session key.
 //!
 //! A `public` video gets a HUB-signed token for any session key that asks,
-//! rate-limited per client address (behind an edge: the address the edge
-//! forwards, trusted only from registered nodes and loopback). A `signed`
-//! video's tokens come from its owner's key (`meshcast token`), never from
-//! here.
+//! rate-limited per client address (behind a trusted proxy: the address it
+//! forwards). The token names the edges the HUB steered the viewer to
+//! (`admission::steer`): only they serve it and are paid for it, so minting
+//! tokens cannot route pay to an edge of one's own. A `signed` video's
+//! tokens come from its owner's key (`meshcast token`), never from here.
 
 use crate::catalog::{Policy, Status};
 use crate::nodes::{now_secs, refuse};
@@ -148,6 +149,19 @@ async fn issue(
         )
             .into_response();
     }
+    let edges = match hub.edge_candidates() {
+        Ok(c) => crate::admission::steer(c, ip, &id, crate::admission::STEERED_EDGES),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if edges.is_empty() {
+        hub.metrics.tokens.with_label_values(&["no_edge"]).inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "10")],
+            Json(json!({"error": "no admitted edge is up to serve this video: edges must register with the hub and have the stake their role needs bonded (GET /v1/nodes shows each one's)"})),
+        )
+            .into_response();
+    }
     let size = match hub.catalog.total_bytes(&id) {
         Ok(s) => s,
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -161,16 +175,15 @@ async fn issue(
         expires: now + req.ttl.unwrap_or(max_ttl).min(max_ttl),
         budget: req.budget.unwrap_or(default_budget).min(default_budget),
         session,
+        edges: edges.iter().map(|e| e.key).collect(),
     };
     match token::issue(&hub.key, &claims, now) {
         Ok(t) => {
             hub.metrics.tokens.with_label_values(&["issued"]).inc();
             let urls = |suffix: &str| -> Vec<String> {
-                hub.config
-                    .hub
-                    .edges
+                edges
                     .iter()
-                    .map(|e| format!("{}/t/{t}/v/{id}/{suffix}", e.trim_end_matches('/')))
+                    .map(|e| format!("{}/t/{t}/v/{id}/{suffix}", e.addr.trim_end_matches('/')))
                     .collect()
             };
             Json(json!({
@@ -178,6 +191,7 @@ async fn issue(
                 "expires": claims.expires,
                 "budget": claims.budget,
                 "prefix": claims.prefix,
+                "edges": edges.iter().map(|e| json!({"url": e.addr, "key": hex::encode(e.key)})).collect::<Vec<_>>(),
                 "path": format!("/t/{t}/v/{id}/master.m3u8"),
                 "hls": urls("master.m3u8"),
                 "dash": urls("manifest.mpd"),

@@ -51,6 +51,42 @@ pub struct Params {
     pub unbond_delay: u64,
     /// Share of stake burned per slash, in basis points.
     pub slash_bps: u32,
+    /// Stake (µMESH) a node must keep bonded to be admitted for a role
+    /// ("edge", "storage", "transcode"); a role not listed needs none.
+    /// HUBs read it from their chain: unbonding or a slash below it takes
+    /// the node out of steering and settlement.
+    #[serde(default)]
+    pub min_stake: BTreeMap<String, u64>,
+}
+
+/// Stake an edge needs on a network whose genesis does not say (µMESH).
+pub const DEFAULT_MIN_EDGE_STAKE: u64 = 10_000_000;
+
+impl Default for Params {
+    /// The one definition of a new network's economics: what `meshcast
+    /// ledger init` writes and what a HUB's own chain starts with.
+    fn default() -> Params {
+        Params {
+            delivery_price_per_gb: 1_000_000,
+            storage_price_per_gb_hour: 10_000,
+            transcode_price_per_second: 1_000,
+            unbond_delay: 100,
+            slash_bps: 500,
+            min_stake: [("edge".to_string(), DEFAULT_MIN_EDGE_STAKE)].into(),
+        }
+    }
+}
+
+impl Params {
+    /// What a node with `roles` must keep bonded: the most any role needs.
+    pub fn stake_needed<S: AsRef<str>>(&self, roles: &[S]) -> u64 {
+        roles
+            .iter()
+            .filter_map(|r| self.min_stake.get(r.as_ref()))
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -430,6 +466,21 @@ impl State {
                             a.height,
                             a.round
                         )
+                    }
+                    Evidence::Delivery { claim, reason, .. } => {
+                        // The chain cannot re-run an audit (it does not hold
+                        // the catalog): it takes an authority's word, as it
+                        // does for rewards; the HUB publishes the node-signed
+                        // claim whose hash this names, for anyone to re-check.
+                        if !self.authorities.contains(&from) {
+                            return Err(TxError::NotAuthority(short(&from)));
+                        }
+                        if reason.is_empty() || reason.len() > 512 {
+                            return Err(TxError::BadEvidence(
+                                "a delivery slash needs a reason of 1 to 512 bytes",
+                            ));
+                        }
+                        format!("slash-delivery/{}/{}", short(offender), short(claim))
                     }
                 };
                 if self.settled.contains(&key) {

@@ -154,6 +154,16 @@ pub enum Evidence {
         a: SignedProposal,
         b: SignedProposal,
     },
+    /// A delivery claim an authority (a HUB) audited and found fabricated:
+    /// `claim` is the BLAKE3 of the node-signed claim envelope, which the
+    /// HUB serves with the opening that failed, and `reason` what failed.
+    /// Only an authority may send it; each claim counts once.
+    Delivery {
+        #[serde(with = "hex32")]
+        claim: [u8; 32],
+        epoch: u64,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

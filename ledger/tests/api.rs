@@ -48,6 +48,7 @@ fn open_node(name: &str, chain: &str) -> (std::path::PathBuf, api::Shared) {
             transcode_price_per_second: 1,
             unbond_delay: 1,
             slash_bps: 0,
+            min_stake: Default::default(),
         },
         accounts: vec![GenesisAccount {
             address: addr(1),

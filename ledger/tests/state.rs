@@ -43,6 +43,7 @@ fn genesis() -> Genesis {
             transcode_price_per_second: 2,
             unbond_delay: 3,
             slash_bps: 1000,
+            min_stake: Default::default(),
         },
         accounts,
         authorities: vec![hex::encode(addr(9))],
@@ -482,4 +483,53 @@ fn double_proposals_are_slashed_once_and_only_when_they_hold() {
     assert_eq!(r.results, vec![None]);
     assert_eq!(s.account(&addr(4)).unwrap().stake, 450);
     assert!(refusal(&s, &slash(&s, signed_proposal(4, 5, 1, 3), a)).contains("already settled"));
+}
+
+#[test]
+fn only_an_authority_slashes_for_a_fabricated_delivery_claim_and_once() {
+    let mut s = State::from_genesis(&genesis()).unwrap();
+    let evidence = |reason: &str| Evidence::Delivery {
+        claim: [7; 32],
+        epoch: 42,
+        reason: reason.into(),
+    };
+    let slash = |e| Action::Slash {
+        offender: addr(4),
+        evidence: e,
+    };
+    // A node cannot slash a competitor on its own word.
+    assert!(refusal(&s, &tx(&s, 2, slash(evidence("made up")))).contains("not an authority"));
+    assert!(refusal(&s, &tx(&s, 9, slash(evidence("")))).contains("reason"));
+    let supply = s.supply;
+    let r = s.apply_block(&block(
+        &s,
+        vec![tx(&s, 9, slash(evidence("Merkle proof does not verify")))],
+    ));
+    assert_eq!(r.results, vec![None]);
+    // 10 % of 500 burned, and the supply shrinks by exactly that.
+    assert_eq!(s.account(&addr(4)).unwrap().stake, 450);
+    assert_eq!(s.supply, supply - 50);
+    // The same claim is evidence once, whatever the reason says.
+    assert!(refusal(&s, &tx(&s, 9, slash(evidence("again")))).contains("already settled"));
+}
+
+#[test]
+fn a_role_needs_the_most_stake_any_of_its_roles_needs() {
+    let p = Params::default();
+    assert_eq!(
+        p.stake_needed(&["edge"]),
+        meshcast_ledger::state::DEFAULT_MIN_EDGE_STAKE
+    );
+    assert_eq!(p.stake_needed(&["unknown-role"]), 0);
+    let mut p = p;
+    p.min_stake
+        .insert("storage".into(), 3 * p.min_stake["edge"]);
+    assert_eq!(
+        p.stake_needed(&["edge", "storage"]),
+        3 * p.min_stake["edge"]
+    );
+    // A genesis written before min_stake existed reads as "no stake needed".
+    let old = r#"{"delivery_price_per_gb":1,"storage_price_per_gb_hour":1,"transcode_price_per_second":1,"unbond_delay":1,"slash_bps":0}"#;
+    let old: Params = serde_json::from_str(old).unwrap();
+    assert_eq!(old.stake_needed(&["edge"]), 0);
 }

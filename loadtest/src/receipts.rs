@@ -69,6 +69,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         expires: now + 3600,
         budget: u64::MAX,
         session: NodeKey::generate()?.public().to_bytes(),
+        edges: Vec::new(),
     };
     let tok = token::issue(&issuer, &claims, now)?;
     let issuer_hex: String = issuer

@@ -55,10 +55,21 @@
     };
   }
 
+  // The edge to play from: this page's own if the token names it (or
+  // names none), else the first edge the HUB steered this viewer to — no
+  // other edge will serve the token.
+  function edgeBase(edges) {
+    if (!edges || edges.length === 0) return '';
+    const here = global.location && global.location.origin;
+    if (edges.some((e) => new URL(e.url).origin === here)) return '';
+    return new URL(edges[0].url).origin;
+  }
+
   class Session {
-    constructor(opts, keys, token) {
+    constructor(opts, keys, token, edges) {
       this.video = opts.video;
-      this.ackUrl = opts.ackUrl || '/v1/acks';
+      this.base = edgeBase(edges);
+      this.ackUrl = opts.ackUrl || this.base + '/v1/acks';
       this.batchSize = opts.batchSize || 8;
       this.keys = keys;
       this.token = token;
@@ -69,9 +80,9 @@
       global.addEventListener('pagehide', () => this.flush(true));
     }
 
-    // A path under the token: url('master.m3u8') → /t/{token}/v/{id}/master.m3u8
+    // A URL under the token: url('master.m3u8') → [edge]/t/{token}/v/{id}/master.m3u8
     url(rest) {
-      return '/t/' + this.token + '/v/' + this.video + '/' + rest;
+      return this.base + '/t/' + this.token + '/v/' + this.video + '/' + rest;
     }
 
     async nodeKey(raw) {
@@ -186,7 +197,7 @@
     });
     const v = await resp.json();
     if (!resp.ok || !v.token) throw new Error('no playback token: ' + (v.error || resp.status));
-    return new Session(opts, keys, v.token);
+    return new Session(opts, keys, v.token, v.edges);
   }
 
   global.MeshcastAcks = { start, parseReceipt };

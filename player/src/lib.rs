@@ -242,13 +242,31 @@ impl Client {
     }
 }
 
+/// A token from the HUB and the edges it steered this viewer to.
+struct Steered {
+    token: String,
+    edges: Vec<Url>,
+}
+
+impl Steered {
+    /// The edge to play from: `asked` if the token names it (or names no
+    /// edge), else the HUB's first choice (no other edge would serve it).
+    fn edge(&self, asked: &Url) -> Url {
+        if self.edges.is_empty() || self.edges.iter().any(|e| e.origin() == asked.origin()) {
+            asked.clone()
+        } else {
+            self.edges[0].clone()
+        }
+    }
+}
+
 /// Asks the HUB for a token for `key` to watch `video`.
 async fn fetch_token(
     http: &reqwest::Client,
     hub: &str,
     video: &str,
     key: &SigningKey,
-) -> Result<String, PlayError> {
+) -> Result<Steered, PlayError> {
     let url = format!("{}/v1/videos/{video}/tokens", hub.trim_end_matches('/'));
     let resp = http
         .post(&url)
@@ -258,8 +276,19 @@ async fn fetch_token(
         .map_err(|e| PlayError::Hub(format!("{url}: {e}")))?;
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    let edges = v["edges"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|e| Url::parse(e["url"].as_str()?).ok())
+                .collect()
+        })
+        .unwrap_or_default();
     match v["token"].as_str() {
-        Some(t) if status.is_success() => Ok(t.to_string()),
+        Some(t) if status.is_success() => Ok(Steered {
+            token: t.to_string(),
+            edges,
+        }),
         _ => Err(PlayError::Hub(format!("{url}: {status}: {}", v["error"]))),
     }
 }
@@ -329,7 +358,7 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| PlayError::Usage(e.to_string()))?;
-    let (base, video, rest) = split_url(&url).ok_or_else(|| {
+    let (mut base, video, rest) = split_url(&url).ok_or_else(|| {
         PlayError::Usage(format!(
             "{}: expected an edge URL like http://EDGE/v/ID/master.m3u8 or /t/TOKEN/v/ID/…",
             o.url
@@ -347,7 +376,9 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
             Some(h) => h.clone(),
             None => discover_hub(&http, &base).await?,
         };
-        let t = fetch_token(&http, &hub, &video, &k).await?;
+        let steered = fetch_token(&http, &hub, &video, &k).await?;
+        base = steered.edge(&base);
+        let t = steered.token;
         url = base
             .join(&format!("/t/{t}/v/{video}/{rest}"))
             .map_err(|e| PlayError::Usage(e.to_string()))?;

@@ -46,6 +46,15 @@ impl Hub {
         }
     }
 
+    /// Starts the hub's own chain with these node keys (hex) holding an
+    /// edge's minimum stake bonded: call before the first `launch`.
+    pub fn bond_at_genesis(&self, keys: &[String]) {
+        let list: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!("[ledger]\nbonded_nodes = [{}]\n", list.join(", ")));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         format!("127.0.0.1:{}", self.port).parse().unwrap()
     }

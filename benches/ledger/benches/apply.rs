@@ -24,6 +24,7 @@ fn bench(c: &mut Criterion) {
             transcode_price_per_second: 1,
             unbond_delay: 1,
             slash_bps: 0,
+            min_stake: Default::default(),
         },
         accounts: keys
             .iter()

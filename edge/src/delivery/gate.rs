@@ -22,10 +22,12 @@ pub struct VerifiedToken {
 pub enum Gate {
     /// No token needed and none given.
     Open,
-    /// A valid token; `path` is the request path without `/t/{token}`.
+    /// A valid token; `path` is the request path without `/t/{token}`,
+    /// `paid` whether it is media (receipts and budget) or a playlist.
     Token {
         token: Arc<VerifiedToken>,
         path: String,
+        paid: bool,
     },
     Denied {
         reason: String,
@@ -130,11 +132,14 @@ impl TokenBook {
         result
     }
 
-    /// The token step for one request.
+    /// The token step for one request. `me` is this edge's node key, if
+    /// it has one: a token steered to other edges is refused here, since
+    /// this edge would not be paid for it.
     pub fn gate(
         &self,
         site: Option<&SiteTokens>,
         hub_issuers: &[Issuer],
+        me: Option<&[u8; 32]>,
         path: &str,
         now: u64,
     ) -> Gate {
@@ -174,10 +179,14 @@ impl TokenBook {
         if let Err(e) = t.claims.covers(rest) {
             return denied(e, "token_prefix");
         }
+        if let Some(Err(e)) = me.map(|k| t.claims.allows_edge(k)) {
+            return denied(e, "token_edge");
+        }
         let served = self.served.lock().get(&t.id).map_or(0, |s| s.bytes);
         // Playlists are not paid bytes: a spent budget still lets the
         // player read them (and so learn why media is refused).
-        if served >= t.claims.budget && meshcast_control::receipt::is_paid_media(rest) {
+        let paid = meshcast_control::receipt::is_paid_media(rest);
+        if served >= t.claims.budget && paid {
             return Gate::Denied {
                 reason: format!(
                     "this session's byte budget ({} bytes) is spent; ask for a new token",
@@ -189,6 +198,7 @@ impl TokenBook {
         Gate::Token {
             path: rest.to_string(),
             token: t,
+            paid,
         }
     }
 
@@ -235,6 +245,7 @@ mod tests {
             expires: 1000,
             budget: 500,
             session: [4; 32],
+            edges: Vec::new(),
         };
         let t = token::issue(&hub, &claims, 0).unwrap();
         let site = SiteTokens {
@@ -243,7 +254,7 @@ mod tests {
         };
         let book = TokenBook::default();
         let p = format!("/t/{t}/v/abc/720p/1.m4s");
-        match book.gate(Some(&site), &issuers, &p, 10) {
+        match book.gate(Some(&site), &issuers, None, &p, 10) {
             Gate::Token { path, .. } => assert_eq!(path, "/v/abc/720p/1.m4s"),
             other => panic!("{other:?}"),
         }
@@ -252,40 +263,60 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            label(book.gate(Some(&site), &issuers, &p, 2000)),
+            label(book.gate(Some(&site), &issuers, None, &p, 2000)),
             "token_expired"
         );
-        assert_eq!(label(book.gate(Some(&site), &[], &p, 10)), "token_issuer");
+        assert_eq!(
+            label(book.gate(Some(&site), &[], None, &p, 10)),
+            "token_issuer"
+        );
         let other = format!("/t/{t}/v/xyz/1.m4s");
         assert_eq!(
-            label(book.gate(Some(&site), &issuers, &other, 10)),
+            label(book.gate(Some(&site), &issuers, None, &other, 10)),
             "token_prefix"
         );
         assert_eq!(
-            label(book.gate(Some(&site), &issuers, "/v/abc/1.m4s", 10)),
+            label(book.gate(Some(&site), &issuers, None, "/v/abc/1.m4s", 10)),
             "token_missing"
         );
         assert!(matches!(
-            book.gate(Some(&site), &issuers, "/play/abc", 10),
+            book.gate(Some(&site), &issuers, None, "/play/abc", 10),
             Gate::Open
         ));
         assert!(matches!(
-            book.gate(None, &issuers, "/v/abc/1.m4s", 10),
+            book.gate(None, &issuers, None, "/v/abc/1.m4s", 10),
             Gate::Open
         ));
         assert_eq!(
-            label(book.gate(Some(&site), &issuers, "/t/garbage/v/abc/1", 10)),
+            label(book.gate(Some(&site), &issuers, None, "/t/garbage/v/abc/1", 10)),
             "token_malformed"
         );
         let Gate::Token {
             token: verified, ..
-        } = book.gate(Some(&site), &issuers, &p, 10)
+        } = book.gate(Some(&site), &issuers, None, &p, 10)
         else {
             panic!("the token passes before it is spent");
         };
+        // Steered to edges [7] and [8]: edge [7] serves it, edge [9] may not.
+        let steered = TokenClaims {
+            edges: vec![[7; 32], [8; 32]],
+            ..claims.clone()
+        };
+        let steered = format!(
+            "/t/{}/v/abc/720p/1.m4s",
+            token::issue(&hub, &steered, 0).unwrap()
+        );
+        assert!(matches!(
+            book.gate(Some(&site), &issuers, Some(&[7; 32]), &steered, 10),
+            Gate::Token { paid: true, .. }
+        ));
+        assert_eq!(
+            label(book.gate(Some(&site), &issuers, Some(&[9; 32]), &steered, 10)),
+            "token_edge"
+        );
         book.add_served(&verified, 500, 10);
         assert_eq!(
-            label(book.gate(Some(&site), &issuers, &p, 10)),
+            label(book.gate(Some(&site), &issuers, None, &p, 10)),
             "token_budget"
         );
         // Playlists are not paid bytes: they still pass once it is spent.
@@ -293,7 +324,7 @@ mod tests {
             let path = format!("/t/{t}/v/abc/{playlist}");
             assert!(
                 matches!(
-                    book.gate(Some(&site), &issuers, &path, 10),
+                    book.gate(Some(&site), &issuers, None, &path, 10),
                     Gate::Token { .. }
                 ),
                 "{playlist}"
@@ -320,6 +351,7 @@ mod tests {
                 expires,
                 budget: 1000,
                 session: [4; 32],
+                edges: Vec::new(),
             },
         };
         let viewer = token(u64::MAX, 10_000);

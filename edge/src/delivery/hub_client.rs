@@ -35,6 +35,8 @@ pub struct HubClient {
     pub capacity_bytes: u64,
     pub cache_bytes: Box<dyn Fn() -> u64 + Send + Sync>,
     http: reqwest::Client,
+    /// The admission the HUB last reported, to log only changes.
+    admission: parking_lot::Mutex<Option<messages::Admission>>,
 }
 
 #[derive(Debug)]
@@ -120,7 +122,27 @@ impl HubClient {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("a plain HTTP client builds"),
+            admission: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Says in the log when the HUB starts or stops counting this node.
+    fn note_admission(&self, now: Option<messages::Admission>) {
+        let mut last = self.admission.lock();
+        if *last == now {
+            return;
+        }
+        match now {
+            Some(a) if !a.admitted() => tracing::warn!(
+                stake = a.stake,
+                needed = a.needed,
+                "the HUB does not admit this edge: it steers no viewers here and pays no claims \
+                 until the node key has the stake its role needs bonded (claims wait in the log)"
+            ),
+            Some(a) => tracing::info!(stake = a.stake, needed = a.needed, "admitted by the HUB"),
+            None => {}
+        }
+        *last = now;
     }
 
     async fn post(
@@ -150,6 +172,7 @@ impl HubClient {
         let Ok(info) = serde_json::from_slice::<HubInfo>(body) else {
             return;
         };
+        self.note_admission(info.admission);
         if **self.delivery.hub_issuers.load() == info.issuers {
             return;
         }
