@@ -108,6 +108,41 @@ async fn wait_admitted(
     bail!("the hub did not admit {n} edges within 20 s; its nodes: {last}")
 }
 
+/// Creates the demo account with the hub's admin key; returns its API key.
+async fn demo_account(
+    client: &reqwest::Client,
+    hub: &str,
+    admin_key: &Path,
+) -> anyhow::Result<String> {
+    let admin = std::fs::read_to_string(admin_key)
+        .with_context(|| format!("reading the hub's admin key {}", admin_key.display()))?;
+    let r = client
+        .post(format!("{hub}/v1/accounts"))
+        .bearer_auth(admin.trim())
+        .json(&json!({ "name": "demo" }))
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or_default();
+    match v["api_key"].as_str() {
+        Some(k) if status.is_success() => Ok(k.to_string()),
+        _ => bail!(
+            "the hub did not create the demo account ({status}): {}",
+            v["error"]
+        ),
+    }
+}
+
+/// An HTTP client that sends `key` as its bearer token.
+fn authorized(key: &str) -> anyhow::Result<reqwest::Client> {
+    let mut value: reqwest::header::HeaderValue = format!("Bearer {key}").parse()?;
+    value.set_sensitive(true);
+    let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
 fn make_demo_video(path: &Path) -> anyhow::Result<()> {
     eprintln!("making a 20 s 720p demo video with ffmpeg…");
     let status = Command::new("ffmpeg")
@@ -241,6 +276,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     )
     .await?;
     wait_admitted(&client, &hub_url, edges.len(), &mut children).await?;
+    let api_key = demo_account(&client, &hub_url, &dir.join("hub").join("admin.key")).await?;
+    let client = authorized(&api_key)?;
     eprintln!(
         "hub {hub_url}, edges {} and {} (registered, staked, admitted)",
         edges[0], edges[1]
@@ -313,6 +350,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let ready = json!({
         "hub": hub_url,
+        "api_key": api_key,
         "edges": edges,
         "ledger": format!("{hub_url}/v1/ledger/status"),
         "videos": [{ "id": id, "hls": tok["hls"], "dash": tok["dash"], "player": status["player"],
@@ -336,6 +374,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!(
         "Watch and acknowledge: meshcast play --ack {}",
         tok["hls"][0].as_str().unwrap_or("-")
+    );
+    println!("Demo account API key:  {api_key}");
+    println!(
+        "Upload another video:  curl -H 'Authorization: Bearer {api_key}' -H 'Tus-Resumable: 1.0.0' -H \"Upload-Length: $(stat -c %s my.mp4)\" -X POST -i {hub_url}/v1/videos   (then PATCH the file to the Location it returns; any tus client works)"
     );
     println!("Delivery credits:      {hub_url}/v1/nodes");
     println!("Ledger (rewards paid): {hub_url}/v1/ledger/status, /v1/ledger/accounts/<edge key>");

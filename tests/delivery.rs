@@ -60,7 +60,7 @@ async fn network() -> Net {
     let node = NodeKey::load(&edge.dir.join("node.key")).unwrap().id();
     let src = hub.dir.join("clip.mp4");
     make_video(&src, 4, "640x360");
-    let client = reqwest::Client::new();
+    let client = hub.client();
     let upload = meshcast_hub::tus_client::upload_file(
         &client,
         &hub.url("/v1/videos"),
@@ -618,7 +618,7 @@ async fn a_signed_video_plays_only_with_its_owners_tokens() {
     // tus metadata: policy signed, owner = the owner's public key.
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let len = std::fs::metadata(&src).unwrap().len();
-    let client = reqwest::Client::new();
+    let client = hub.client();
     let meta = format!(
         "filename {},policy {},owner {}",
         b64("s.mp4"),

@@ -26,7 +26,7 @@ async fn publish(sources: &[(&str, PathBuf)], hub: Hub) -> Published {
     edge.port = edge_port;
     edge.write_config(hub.addr(), "");
     let edge = edge.start().await;
-    let client = reqwest::Client::new();
+    let client = hub.client();
     let mut ids = Vec::new();
     for (name, file) in sources {
         let url =

@@ -165,7 +165,7 @@ async fn hls_js_plays_over_http3_in_chromium() {
     let _edge = edge.start().await;
     let src = hub.dir.join("clip.mp4");
     make_video(&src, 6, "640x360");
-    let client = reqwest::Client::new();
+    let client = hub.client();
     let url = meshcast_hub::tus_client::upload_file(
         &client,
         &hub.url("/v1/videos"),

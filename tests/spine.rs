@@ -11,13 +11,13 @@ use tokio::io::AsyncWriteExt;
 
 /// Sends a PATCH that promises `data.len()` bytes but delivers only half,
 /// then drops the connection, as a flaky mobile network would.
-async fn interrupted_patch(url: &str, at: u64, data: &[u8]) {
+async fn interrupted_patch(url: &str, key: &str, at: u64, data: &[u8]) {
     let u: reqwest::Url = url.parse().unwrap();
     let mut s = tokio::net::TcpStream::connect((u.host_str().unwrap(), u.port().unwrap()))
         .await
         .unwrap();
     let head = format!(
-        "PATCH {} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: {at}\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        "PATCH {} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {key}\r\nUpload-Offset: {at}\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
         u.path(),
         data.len()
     );
@@ -29,7 +29,7 @@ async fn interrupted_patch(url: &str, at: u64, data: &[u8]) {
 }
 
 async fn upload_resuming(hub: &Hub, file: &std::path::Path) -> String {
-    let client = reqwest::Client::new();
+    let client = hub.client();
     let bytes = std::fs::read(file).unwrap();
     let url = tus_client::create(
         &client,
@@ -44,7 +44,7 @@ async fn upload_resuming(hub: &Hub, file: &std::path::Path) -> String {
         .await
         .unwrap();
     assert_eq!(at, third as u64);
-    interrupted_patch(&url, at, &bytes[third..]).await;
+    interrupted_patch(&url, hub.api_key.as_deref().unwrap(), at, &bytes[third..]).await;
     let mut resumed_at = 0;
     for _ in 0..50 {
         resumed_at = tus_client::offset(&client, &url).await.unwrap();
@@ -144,7 +144,10 @@ async fn upload_transcode_and_play_through_the_edge() {
         assert_eq!(r["ended"], true, "{page}: {r}");
         assert_eq!(r["errors"], serde_json::json!([]), "{page}: {r}");
     }
-    let list: serde_json::Value = reqwest::get(hub.url("/v1/videos"))
+    let list: serde_json::Value = hub
+        .client()
+        .get(hub.url("/v1/videos"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -191,7 +194,7 @@ async fn bad_uploads_fail_with_reasons() {
         ("still.png", "still image"),
         ("audio.m4a", "no video stream"),
     ];
-    let client = reqwest::Client::new();
+    let client = hub.client();
     for (file, reason) in cases {
         let url = tus_client::upload_file(
             &client,
@@ -227,7 +230,7 @@ async fn bad_uploads_fail_with_reasons() {
 async fn tus_protocol_answers() {
     let mut hub = Hub::config("http://127.0.0.1:1");
     hub.launch().await;
-    let client = reqwest::Client::new();
+    let client = hub.client();
     let opts = client
         .request(reqwest::Method::OPTIONS, hub.url("/v1/videos"))
         .send()
@@ -301,7 +304,7 @@ async fn a_hub_crash_mid_transcode_requeues_the_video() {
     hub.launch().await;
     let src = hub.dir.join("long.mp4");
     make_video(&src, 12, "1280x720");
-    let client = reqwest::Client::new();
+    let client = hub.client();
     let url = tus_client::upload_file(&client, &hub.url("/v1/videos"), &src, 4 << 20, |_, _| {})
         .await
         .unwrap();
@@ -393,4 +396,202 @@ async fn meshcast_up_brings_up_a_playable_network() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Accounts, played by a stranger: no key, a bad key, another account's
+/// key — none can list, read, resume, terminate or create past a quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_touch_another_accounts_uploads() {
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    hub.launch().await;
+    let alice = hub.client();
+    let mallory_key = hub.create_account("mallory").await;
+    let mallory = client_with_key(&mallory_key);
+    let anonymous = reqwest::Client::new();
+    let endpoint = hub.url("/v1/videos");
+
+    // Without a key nothing is created or listed; the answer says what to send.
+    let err = tus_client::create(&anonymous, &endpoint, "x.mp4", 100)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("401") && err.to_string().contains("Bearer"),
+        "{err}"
+    );
+    let r = anonymous.get(&endpoint).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let forged = client_with_key(&format!("{}x", &mallory_key[..mallory_key.len() - 1]));
+    assert_eq!(forged.get(&endpoint).send().await.unwrap().status(), 401);
+
+    // Alice's upload in progress, seen by Mallory: not found, whatever the verb.
+    let upload = tus_client::create(&alice, &endpoint, "a.mp4", 100)
+        .await
+        .unwrap();
+    let id = tus_client::video_id(&upload).to_string();
+    let tus = |c: &reqwest::Client, m: reqwest::Method| {
+        c.request(m, &upload).header("tus-resumable", "1.0.0")
+    };
+    assert_eq!(
+        tus(&mallory, reqwest::Method::HEAD)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let patch = tus(&mallory, reqwest::Method::PATCH)
+        .header("upload-offset", 0)
+        .header("content-type", "application/offset+octet-stream")
+        .body(vec![1u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 404);
+    assert_eq!(
+        tus(&mallory, reqwest::Method::DELETE)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        tus(&anonymous, reqwest::Method::DELETE)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let video = hub.url(&format!("/v1/videos/{id}"));
+    assert_eq!(mallory.get(&video).send().await.unwrap().status(), 404);
+    assert_eq!(
+        anonymous.get(&video).send().await.unwrap().status(),
+        404,
+        "not ready: not public"
+    );
+    // Alice's upload is untouched: offset 0, still hers.
+    assert_eq!(tus_client::offset(&alice, &upload).await.unwrap(), 0);
+    assert_eq!(hub.video(&id).await["status"], "uploading");
+    let listed: serde_json::Value = mallory
+        .get(&endpoint)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["videos"], serde_json::json!([]), "{listed}");
+
+    // Pages: three uploads, two per page, oldest first.
+    for n in 0..2 {
+        tus_client::create(&alice, &endpoint, &format!("{n}.mp4"), 100)
+            .await
+            .unwrap();
+    }
+    let page = |after: Option<&str>| {
+        let mut url = format!("{endpoint}?limit=2");
+        if let Some(a) = after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let alice = alice.clone();
+        async move {
+            alice
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let first = page(None).await;
+    assert_eq!(first["videos"].as_array().unwrap().len(), 2, "{first}");
+    assert_eq!(first["videos"][0]["id"], id.as_str());
+    let second = page(first["next"].as_str()).await;
+    assert_eq!(second["videos"].as_array().unwrap().len(), 1, "{second}");
+    assert!(second["next"].is_null(), "{second}");
+    let admin = client_with_key(&hub.admin_key());
+    let all: serde_json::Value = admin
+        .get(&endpoint)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        all["videos"].as_array().unwrap().len(),
+        3,
+        "the operator sees all"
+    );
+
+    // Quotas, with reasons: 150 bytes stored at most, 120 per upload.
+    let r: serde_json::Value = admin
+        .post(hub.url("/v1/accounts"))
+        .json(
+            &serde_json::json!({"name": "small", "max_upload_bytes": 120, "max_stored_bytes": 150}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let small = client_with_key(r["api_key"].as_str().unwrap());
+    let err = tus_client::create(&small, &endpoint, "big.mp4", 121)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("413") && err.to_string().contains("at most 120"),
+        "{err}"
+    );
+    tus_client::create(&small, &endpoint, "one.mp4", 100)
+        .await
+        .unwrap();
+    let err = tus_client::create(&small, &endpoint, "two.mp4", 100)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("quota"), "{err}");
+    // Accounts are the operator's to make.
+    let r = small
+        .post(hub.url("/v1/accounts"))
+        .json(&serde_json::json!({"name": "more"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // A revoked key stops working at once; the account's other key works.
+    let keys: serde_json::Value = mallory
+        .get(hub.url("/v1/account/keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key_id = keys["keys"][0]["id"].as_str().unwrap().to_string();
+    let spare: serde_json::Value = mallory
+        .post(hub.url("/v1/account/keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = mallory
+        .delete(hub.url(&format!("/v1/account/keys/{key_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(mallory.get(&endpoint).send().await.unwrap().status(), 401);
+    let spare = client_with_key(spare["api_key"].as_str().unwrap());
+    assert_eq!(spare.get(&endpoint).send().await.unwrap().status(), 200);
+    // Keys are stored hashed: the key text is nowhere in the hub's files.
+    let db = std::fs::read(hub.dir.join("data/accounts.redb")).unwrap();
+    let secret = mallory_key.rsplit('_').next().unwrap();
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
 }

@@ -99,8 +99,16 @@ pub struct HubSection {
     /// Folder holding `hls.js/dist` and `dashjs/dist` (an npm
     /// `node_modules`), served under `/assets/` for the player page.
     pub assets_dir: Option<PathBuf>,
+    /// Largest upload; also a new account's per-upload limit by default.
     #[serde(default = "default_max_upload")]
     pub max_upload_size: ByteSize,
+    /// Source bytes a new account may hold at once (uploads and videos),
+    /// unless its creation says otherwise.
+    #[serde(default = "default_account_storage")]
+    pub account_storage: ByteSize,
+    /// The operator's API key (creates accounts, sees every video). Default
+    /// `data_dir/admin.key`, created on first start with mode 0600.
+    pub admin_key: Option<PathBuf>,
     /// The HUB's Ed25519 key (signs playback tokens). Default
     /// `data_dir/hub.key`, created on first start with mode 0600.
     pub key: Option<PathBuf>,
@@ -144,6 +152,10 @@ fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
 
 fn default_trusted_proxies() -> Vec<String> {
     vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+
+fn default_account_storage() -> ByteSize {
+    ByteSize(100 << 30)
 }
 
 fn default_token_ttl() -> Seconds {

@@ -1,12 +1,14 @@
 //! The JSON API: videos, their status and playback URLs; health; metrics.
 
+use crate::accounts::caller;
 use crate::catalog::{Status, VideoRecord};
 use crate::{tus, Hub};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, head};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -45,6 +47,7 @@ fn view(hub: &Hub, v: &VideoRecord) -> Value {
         "renditions": v.renditions,
         "policy": v.policy,
         "owner": v.owner,
+        "account": v.account,
         "upload": { "length": v.upload_length, "url": format!("/v1/uploads/{}", v.id) },
         "hls": urls(&format!("/v/{}/master.m3u8", v.id)),
         "dash": urls(&format!("/v/{}/manifest.mpd", v.id)),
@@ -61,26 +64,90 @@ fn internal(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-async fn list(State(hub): State<Arc<Hub>>) -> Response {
-    match hub.catalog.videos() {
-        Ok(videos) => {
-            Json(json!({ "videos": videos.iter().map(|v| view(&hub, v)).collect::<Vec<_>>() }))
-                .into_response()
-        }
-        Err(e) => internal(e),
-    }
+/// `?limit=N&after=ID`: a page of videos, oldest first.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    limit: Option<usize>,
+    after: Option<String>,
 }
 
-async fn show(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
-    match hub.catalog.video(&id) {
-        Ok(Some(v)) => Json(view(&hub, &v)).into_response(),
-        Ok(None) => (
+const MAX_PAGE: usize = 100;
+
+/// `GET /v1/videos`: the caller's videos (the admin's: all), in pages of
+/// at most 100, oldest first; `next` is the `after` for the next page.
+async fn list(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(page): Query<Page>,
+) -> Response {
+    let caller = match caller(&hub, &headers) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let mut videos = match hub.catalog.videos() {
+        Ok(v) => v,
+        Err(e) => return internal(e),
+    };
+    videos.retain(|v| caller.owns(v.account.as_deref()));
+    videos.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    let start = match &page.after {
+        Some(after) => match videos.iter().position(|v| &v.id == after) {
+            Some(i) => i + 1,
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": format!("after={after:?} is not one of this account's videos")})),
+                )
+                    .into_response()
+            }
+        },
+        None => 0,
+    };
+    let limit = page.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let chunk: Vec<&VideoRecord> = videos.iter().skip(start).take(limit).collect();
+    let next = (start + chunk.len() < videos.len())
+        .then(|| chunk.last().map(|v| v.id.clone()))
+        .flatten();
+    Json(json!({
+        "videos": chunk.iter().map(|v| view(&hub, v)).collect::<Vec<_>>(),
+        "next": next,
+    }))
+    .into_response()
+}
+
+/// `GET /v1/videos/{id}`: everything for its owner (and the admin); a
+/// ready video's public facts for anyone (its player page is public).
+async fn show(State(hub): State<Arc<Hub>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let not_found = || {
+        (
             StatusCode::NOT_FOUND,
             Json(json!({"error": format!("no video {id:?}")})),
         )
-            .into_response(),
-        Err(e) => internal(e),
+            .into_response()
+    };
+    let v = match hub.catalog.video(&id) {
+        Ok(Some(v)) => v,
+        Ok(None) => return not_found(),
+        Err(e) => return internal(e),
+    };
+    let owner = headers.contains_key("authorization")
+        && match caller(&hub, &headers) {
+            Ok(c) => c.owns(v.account.as_deref()),
+            Err(r) => return *r,
+        };
+    if owner {
+        return Json(view(&hub, &v)).into_response();
     }
+    if v.status != Status::Ready {
+        return not_found();
+    }
+    let mut public = view(&hub, &v);
+    if let Some(o) = public.as_object_mut() {
+        o.remove("upload");
+        o.remove("account");
+    }
+    Json(public).into_response()
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {

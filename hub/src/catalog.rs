@@ -35,6 +35,10 @@ pub struct VideoRecord {
     /// Hex Ed25519 key that may sign tokens for this video.
     #[serde(default)]
     pub owner: Option<String>,
+    /// The account it belongs to (`None`: made before accounts; the
+    /// operator's).
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 /// Who may get a playback token for a video.

@@ -6,6 +6,7 @@
 //! every protocol rule (tokens, envelopes, audits), keeping only storage
 //! and HTTP here. It must not serve viewers at scale itself: edges do that.
 
+mod accounts;
 mod admission;
 mod api;
 mod blobs;
@@ -66,6 +67,8 @@ pub struct Hub {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// The embedded ledger validator rewards are paid on.
     ledger: ledger::HubLedger,
+    /// Accounts and API keys.
+    accounts: accounts::Accounts,
 }
 
 /// The hub's own key for every path, and each signed video's owner for
@@ -324,6 +327,12 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         .unwrap_or_else(|| data.join("hub.key"));
     let key = load_or_create_key(&key_path)?;
     let registry = registry::Registry::open(&data.join("delivery.redb"))?;
+    let admin_key = config
+        .hub
+        .admin_key
+        .clone()
+        .unwrap_or_else(|| data.join("admin.key"));
+    let accounts = accounts::Accounts::open(&data.join("accounts.redb"), &admin_key)?;
     let ledger = ledger::HubLedger::start(&config, &key).await?;
     // A catalog that cannot list its videos stops the start: serving on
     // without the owners' keys would refuse their viewers.
@@ -342,6 +351,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         trusted_proxies: config.hub.trusted_proxy_nets(),
         issuers: arc_swap::ArcSwap::from_pointee(issuers),
         ledger,
+        accounts,
     });
     // Rewards for epochs settled before a crash or restart: the chain pays
     // each reference once, so what it already has is skipped.
@@ -369,6 +379,7 @@ fn router(hub: Arc<Hub>) -> Router {
     let ledger_api = meshcast_consensus::router(&hub.ledger.running);
     Router::new()
         .merge(api::routes())
+        .merge(accounts::routes())
         .merge(origin::routes())
         .merge(player::routes())
         .merge(nodes::routes())

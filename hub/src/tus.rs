@@ -4,6 +4,7 @@
 //! The partial file on disk is the truth for the offset, so an upload cut
 //! off mid-PATCH resumes from whatever bytes arrived.
 
+use crate::accounts::{caller, Caller};
 use crate::catalog::{Policy, Status, VideoRecord};
 use crate::Hub;
 use axum::body::Body;
@@ -135,11 +136,64 @@ pub(crate) fn part_path(hub: &Hub, id: &str) -> std::path::PathBuf {
         .join(format!("{id}.part"))
 }
 
-/// `POST /v1/videos`: creates the video and its upload.
+/// The caller, if it owns upload `id`; otherwise the answer (401, or 404
+/// so that another account's uploads cannot even be probed for).
+fn owned_upload(hub: &Hub, headers: &HeaderMap, id: &str) -> Result<VideoRecord, Box<Response>> {
+    let caller = caller(hub, headers)?;
+    match hub.catalog.video(id) {
+        Ok(Some(v)) if caller.owns(v.account.as_deref()) => Ok(v),
+        Ok(_) => Err(Box::new(tus_error(
+            StatusCode::NOT_FOUND,
+            "no such upload on this account",
+        ))),
+        Err(e) => {
+            tracing::error!(error = %e, "catalog read failed");
+            Err(Box::new(tus_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the catalog is unavailable",
+            )))
+        }
+    }
+}
+
+/// Refuses an upload of `length` bytes past the account's quotas.
+fn check_quota(hub: &Hub, caller: &Caller, length: u64) -> Result<(), Box<Response>> {
+    let Caller::Account(a) = caller else {
+        return Ok(());
+    };
+    let too_large = |msg: String| Box::new(tus_error(StatusCode::PAYLOAD_TOO_LARGE, &msg));
+    if length > a.max_upload_bytes {
+        return Err(too_large(format!(
+            "the file is {length} bytes; this account may upload at most {} at a time",
+            a.max_upload_bytes
+        )));
+    }
+    let stored = hub.stored_bytes(&a.id).map_err(|e| {
+        tracing::error!(error = %e, "catalog read failed");
+        Box::new(tus_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the catalog is unavailable",
+        ))
+    })?;
+    if stored.saturating_add(length) > a.max_stored_bytes {
+        return Err(too_large(format!(
+            "this account holds {stored} bytes of its {} byte quota; a {length} byte upload does not fit (delete videos, or ask the operator for more)",
+            a.max_stored_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /v1/videos`: creates the video and its upload, for the caller's
+/// account.
 pub async fn create(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     if let Err(r) = check_version(&headers) {
         return *r;
     }
+    let caller = match caller(&hub, &headers) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
     if headers.contains_key("upload-defer-length") {
         return tus_error(
             StatusCode::BAD_REQUEST,
@@ -158,6 +212,9 @@ pub async fn create(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("the file is {length} bytes; this hub accepts at most {max}"),
         );
+    }
+    if let Err(r) = check_quota(&hub, &caller, length) {
+        return *r;
     }
     let id = new_id();
     let (policy, owner) = match metadata_policy(&headers) {
@@ -187,6 +244,7 @@ pub async fn create(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response
         created,
         policy,
         owner,
+        account: caller.account_id().map(str::to_string),
     };
     if let Err(e) = hub.catalog.put_video(&record) {
         tracing::error!(error = %e, "catalog write failed");
@@ -220,9 +278,14 @@ async fn offset_of(hub: &Hub, id: &str) -> Option<u64> {
 }
 
 /// `HEAD /v1/uploads/{id}`: how much has arrived.
-pub async fn head(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
-    let Ok(Some(video)) = hub.catalog.video(&id) else {
-        return tus_error(StatusCode::NOT_FOUND, "no such upload");
+pub async fn head(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let video = match owned_upload(&hub, &headers, &id) {
+        Ok(v) => v,
+        Err(r) => return *r,
     };
     let offset = match video.status {
         Status::Uploading => offset_of(&hub, &id).await.unwrap_or(0),
@@ -258,8 +321,9 @@ pub async fn patch(
             "PATCH bodies must be Content-Type: application/offset+octet-stream",
         );
     }
-    let Ok(Some(video)) = hub.catalog.video(&id) else {
-        return tus_error(StatusCode::NOT_FOUND, "no such upload");
+    let video = match owned_upload(&hub, &headers, &id) {
+        Ok(v) => v,
+        Err(r) => return *r,
     };
     let Some(claimed) = header_u64(&headers, "upload-offset") else {
         return tus_error(
@@ -384,8 +448,8 @@ pub async fn terminate(
     if let Err(r) = check_version(&headers) {
         return *r;
     }
-    match hub.catalog.video(&id) {
-        Ok(Some(v)) if v.status == Status::Uploading => {
+    match owned_upload(&hub, &headers, &id).map_err(|r| *r) {
+        Ok(v) if v.status == Status::Uploading => {
             let _ = tokio::fs::remove_file(part_path(&hub, &id)).await;
             if hub.catalog.delete_video(&id).is_err() {
                 return tus_error(StatusCode::INTERNAL_SERVER_ERROR, "catalog write failed");
@@ -395,11 +459,11 @@ pub async fn terminate(
             }
             (StatusCode::NO_CONTENT, [("tus-resumable", TUS_VERSION)]).into_response()
         }
-        Ok(Some(_)) => tus_error(
+        Ok(_) => tus_error(
             StatusCode::CONFLICT,
             "the upload is complete; it can no longer be terminated",
         ),
-        _ => tus_error(StatusCode::NOT_FOUND, "no such upload"),
+        Err(r) => r,
     }
 }
 

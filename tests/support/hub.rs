@@ -13,6 +13,8 @@ pub struct Hub {
     pub port: u16,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// The test account's API key, made at the first launch.
+    pub api_key: Option<String>,
     child: Option<Child>,
 }
 
@@ -42,6 +44,7 @@ impl Hub {
             port,
             dir,
             config,
+            api_key: None,
             child: None,
         }
     }
@@ -78,11 +81,42 @@ impl Hub {
                 .await
                 .is_ok_and(|r| r.status() == 200)
             {
+                if self.api_key.is_none() {
+                    self.api_key = Some(self.create_account("test").await);
+                }
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("hub did not come up");
+    }
+
+    /// The operator's admin key (made by the hub on first start).
+    pub fn admin_key(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/admin.key"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A new account; returns its API key.
+    pub async fn create_account(&self, name: &str) -> String {
+        let r: Value = reqwest::Client::new()
+            .post(self.url("/v1/accounts"))
+            .bearer_auth(self.admin_key())
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["api_key"].as_str().expect("an API key").to_string()
+    }
+
+    /// An HTTP client that sends the test account's API key.
+    pub fn client(&self) -> reqwest::Client {
+        client_with_key(self.api_key.as_deref().expect("launched"))
     }
 
     pub fn kill(&mut self) {
@@ -93,7 +127,9 @@ impl Hub {
     }
 
     pub async fn video(&self, id: &str) -> Value {
-        reqwest::get(self.url(&format!("/v1/videos/{id}")))
+        self.client()
+            .get(self.url(&format!("/v1/videos/{id}")))
+            .send()
             .await
             .unwrap()
             .json()
@@ -129,6 +165,18 @@ impl Drop for Hub {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// An HTTP client that sends `key` as its bearer token.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value: reqwest::header::HeaderValue = format!("Bearer {key}").parse().unwrap();
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 pub fn ffmpeg(args: &[&str]) {
