@@ -202,6 +202,17 @@ pub struct Checked {
     /// Bytes claimed per token index.
     pub per_token: Vec<u64>,
     pub ids: Vec<[u8; 16]>,
+    /// Most each token may be credited in all, across edges: its budget,
+    /// unless the HUB lowers it (`limit`) from what it knows itself.
+    pub limits: Vec<u64>,
+}
+
+impl Checked {
+    /// Lowers token `index`'s total credit to at most `cap` (the HUB's own
+    /// bound: the video's ladder, real-time playback since issue).
+    pub fn limit(&mut self, index: usize, cap: u64) {
+        self.limits[index] = self.limits[index].min(cap);
+    }
 }
 
 /// Everything checkable without opening acks, including that every token
@@ -261,6 +272,7 @@ pub fn check_claim(
     }
     Ok(Checked {
         token_ids: claim.tokens.iter().map(|t| token_id(t)).collect(),
+        limits: tokens.iter().map(|t| t.budget).collect(),
         tokens,
         per_token,
         ids,
@@ -407,7 +419,7 @@ pub struct Credit {
 /// Credit for a claim that passed: claimed bytes per token, less every
 /// listed receipt already paid (`paid(receipt_id)`: so a re-sent log or a
 /// renumbered epoch earns nothing twice), capped by what is left of each
-/// token's budget across all edges (`spent(token_id)`). The caller reads
+/// token's limit (`Checked::limits`) across all edges (`spent(token_id)`). The caller reads
 /// both inside the transaction that records the result.
 pub fn settle(
     checked: &Checked,
@@ -431,7 +443,7 @@ pub fn settle(
     let mut over = Vec::new();
     for (i, claimed) in claimed.iter().enumerate() {
         let id = checked.token_ids[i];
-        let left = checked.tokens[i].budget.saturating_sub(spent(&id));
+        let left = checked.limits[i].saturating_sub(spent(&id));
         let credit = (*claimed).min(left);
         if credit < *claimed {
             over.push(format!(

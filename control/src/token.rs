@@ -175,6 +175,14 @@ pub fn verify(
     })
 }
 
+/// When a token was issued (its `iat`, Unix seconds). Reads the payload
+/// without checking the signature: call it only on a token that verified.
+pub fn issued_at(token: &str) -> Option<u64> {
+    let untrusted = UntrustedToken::<Public, V4>::try_from(token).ok()?;
+    let c = Claims::from_bytes(untrusted.untrusted_payload()).ok()?;
+    unix(c.get_claim("iat"), "iat").ok()
+}
+
 /// At most this many edges in one token (a steering decision, not a list
 /// of the network).
 pub const MAX_TOKEN_EDGES: usize = 8;
@@ -240,6 +248,7 @@ mod tests {
         assert!(t.starts_with("v4.public."));
         let ours = |k: &[u8; 32]| *k == hub.public().to_bytes();
         assert_eq!(verify(&t, ours, 1_900_000_000).unwrap(), c);
+        assert_eq!(issued_at(&t), Some(1_900_000_000));
         assert_eq!(
             verify(&t, ours, 2_000_000_010),
             Err(TokenError::Expired(10))

@@ -326,3 +326,18 @@ fn only_what_an_honest_edge_cannot_do_is_fraud() {
     assert!(AuditError::MerkleProof.is_fraud());
     assert!(AuditError::Rechallenged(3).is_fraud());
 }
+
+#[test]
+fn the_hubs_own_limit_caps_a_token_below_its_budget() {
+    // The token says 1 TB; the HUB knows its video justifies 3 000 bytes.
+    let w = world(1 << 40, 4_000_000_000);
+    let c = build_claim(EPOCH, EPOCH_SECS, acks(&w, 10, epoch_start_ms()));
+    let hub_pk = w.hub.public().to_bytes();
+    let mut checked =
+        audit::check_claim(&c.claim, &w.edge.node(), |k| *k == hub_pk, u64::MAX).unwrap();
+    checked.limit(0, 3000);
+    checked.limit(0, 1 << 50); // raising it again does nothing
+    let credit = audit::settle(&checked, &c.claim, |_| 1000, |_| false);
+    assert_eq!(credit.bytes, 2000, "3 000 in all, 1 000 already credited");
+    assert!(!credit.over_budget.is_empty());
+}

@@ -114,6 +114,59 @@ fn settled_already(hub: &Hub, node: &str, epoch: u64) -> Response {
     }
 }
 
+/// Fetching ahead and seeking may run this far ahead of real time.
+const PLAYBACK_BURST_SECS: u64 = 120;
+
+/// Lowers each token's credit limit to what the HUB knows its video can
+/// justify: `token_budget_factor` plays of the whole ladder, and no faster
+/// than the ladder's bytes per second (every rendition together, so at
+/// least the top rung's) since the token was issued, plus a burst. Tokens
+/// not for one video (`/v/{id}/`) keep their budget.
+fn limit_by_catalog(
+    hub: &Hub,
+    checked: &mut Checked,
+    tokens: &[String],
+    now: u64,
+) -> Result<(), crate::HubError> {
+    let factor = hub.config.hub.token_budget_factor as u64;
+    for (i, token) in tokens.iter().enumerate() {
+        let prefix = checked.tokens[i].prefix.clone();
+        let Some(id) = prefix
+            .strip_prefix("/v/")
+            .and_then(|r| r.strip_suffix('/'))
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+        else {
+            continue;
+        };
+        let total = hub.catalog.total_bytes(id)?;
+        let duration = hub.catalog.video(id)?.and_then(|v| v.duration);
+        let issued = meshcast_control::token::issued_at(token);
+        checked.limit(i, catalog_cap(total, duration, issued, now, factor));
+    }
+    Ok(())
+}
+
+/// The most one token for a video of `total` ladder bytes and `duration`
+/// seconds may be credited by `now`: `factor` plays of the ladder, and
+/// the ladder's bytes per second since `issued` plus a burst.
+fn catalog_cap(
+    total: u64,
+    duration: Option<f64>,
+    issued: Option<u64>,
+    now: u64,
+    factor: u64,
+) -> u64 {
+    let plays = total.saturating_mul(factor);
+    match (duration.filter(|d| *d > 0.0), issued) {
+        (Some(d), Some(issued)) => {
+            let per_sec = (total as f64 / d).ceil() as u64;
+            let elapsed = now.saturating_sub(issued) + PLAYBACK_BURST_SECS;
+            plays.min(per_sec.saturating_mul(elapsed))
+        }
+        _ => plays,
+    }
+}
+
 /// What an opened, audited claim earns, decided from the spend and paid
 /// receipts `view` reads inside the settling transaction.
 fn decide(
@@ -301,7 +354,7 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         also: Some(&body),
     };
     let claimant = key.to_bytes();
-    let checked = match check(&hub, &claim, &claimant) {
+    let mut checked = match check(&hub, &claim, &claimant) {
         Ok(c) => c,
         Err(e) => return reject(&hub, &node, &claim, e, signed),
     };
@@ -315,6 +368,9 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         published,
     ) {
         return reject(&hub, &node, &claim, e, signed);
+    }
+    if let Err(e) = limit_by_catalog(&hub, &mut checked, &claim.tokens, now_secs()) {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, e);
     }
     let opened = pending.challenge.len() as u64;
     let decided = hub.registry.settle(&node, claim.epoch, |view| {
@@ -337,5 +393,25 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         }
         Ok(None) => settled_already(&hub, &node, claim.epoch),
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_earns_no_faster_than_playback_nor_more_than_its_plays() {
+        // A 600 s video whose ladder is 600 MB in all: 1 MB a second.
+        let (total, d) = (600_000_000, Some(600.0));
+        // Just issued: the burst (120 s) of playback.
+        assert_eq!(catalog_cap(total, d, Some(1000), 1000, 4), 120_000_000);
+        // Ten minutes on: ten minutes more.
+        assert_eq!(catalog_cap(total, d, Some(1000), 1600, 4), 720_000_000);
+        // Never more than 4 plays of the ladder, however long it is held.
+        assert_eq!(catalog_cap(total, d, Some(0), 1_000_000, 4), 2_400_000_000);
+        // Unknown duration or issue time: the plays alone.
+        assert_eq!(catalog_cap(total, None, Some(1000), 1000, 4), 2_400_000_000);
+        assert_eq!(catalog_cap(total, d, None, 1000, 4), 2_400_000_000);
     }
 }
