@@ -901,3 +901,70 @@ async fn an_unstaked_node_is_refused_and_a_cheater_is_slashed() {
         "{account}"
     );
 }
+
+/// Probes, played against a lying edge: two admitted edges, one honest,
+/// one whose origin serves made-up bytes under the hub's paths. The hub's
+/// probes (every second here) find the honest one right and the liar out,
+/// with the reason, in `GET /v1/nodes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_catch_an_edge_that_serves_other_bytes() {
+    let junk = Origin::start().await;
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    hub.hub_setting("probe_interval = \"1s\"");
+    let (mut honest, mut liar) = (Edge::config(hub.addr(), ""), Edge::config(junk.addr, ""));
+    hub.bond_at_genesis(&[edge_key(&honest), edge_key(&liar)]);
+    hub.launch().await;
+    honest.write_config(hub.addr(), &node_extra(&honest, &hub));
+    liar.write_config(junk.addr, &node_extra(&liar, &hub));
+    honest.launch().await;
+    liar.launch().await;
+    let id_of = |e: &Edge| NodeKey::load(&e.dir.join("node.key")).unwrap().id();
+    let (honest_id, liar_id) = (id_of(&honest), id_of(&liar));
+    let src = hub.dir.join("clip.mp4");
+    make_video(&src, 2, "320x240");
+    let upload = meshcast_hub::tus_client::upload_file(
+        &hub.client(),
+        &hub.url("/v1/videos"),
+        &src,
+        1 << 20,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    let id = meshcast_hub::tus_client::video_id(&upload).to_string();
+    let (video, _) = hub.wait_done(&id, Duration::from_secs(120)).await;
+    assert_eq!(video["status"], "ready", "{video}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = node_record(&hub, &honest_id).await.unwrap_or_default();
+        let l = node_record(&hub, &liar_id).await.unwrap_or_default();
+        assert_eq!(h["probes"]["failed"].as_u64().unwrap_or(0), 0, "{h}");
+        assert_eq!(l["probes"]["ok"].as_u64().unwrap_or(0), 0, "{l}");
+        if h["probes"]["ok"].as_u64().unwrap_or(0) >= 2
+            && l["probes"]["failed"].as_u64().unwrap_or(0) >= 2
+        {
+            let why = l["probes"]["last_failure"][2].as_str().unwrap_or_default();
+            assert!(why.contains("bytes"), "{l}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "probes never told them apart: {h} {l}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(hub_metric(&hub, "meshcast_hub_probes_total{outcome=\"failed\"}").await >= 2.0);
+}
+
+async fn hub_metric(hub: &Hub, prefix: &str) -> f64 {
+    let text = reqwest::get(hub.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

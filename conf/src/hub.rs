@@ -106,6 +106,12 @@ pub struct HubSection {
     /// unless its creation says otherwise.
     #[serde(default = "default_account_storage")]
     pub account_storage: ByteSize,
+    /// How often the hub probes each admitted edge (fetches a random media
+    /// object with a token of its own and checks bytes and receipt); each
+    /// round starts at a random moment between half and one and a half
+    /// intervals. "0s" turns probes off.
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval: Seconds,
     /// The operator's API key (creates accounts, sees every video). Default
     /// `data_dir/admin.key`, created on first start with mode 0600.
     pub admin_key: Option<PathBuf>,
@@ -152,6 +158,10 @@ fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
 
 fn default_trusted_proxies() -> Vec<String> {
     vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+
+fn default_probe_interval() -> Seconds {
+    Seconds(Duration::from_secs(300))
 }
 
 fn default_account_storage() -> ByteSize {

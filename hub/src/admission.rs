@@ -19,6 +19,7 @@ pub const STEERED_EDGES: usize = 2;
 /// An admitted edge a viewer may be steered to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    pub id: String,
     pub key: [u8; 32],
     pub addr: String,
 }
@@ -89,6 +90,7 @@ impl Hub {
             .filter_map(|n| {
                 Some(Candidate {
                     key: node_key(&n)?,
+                    id: n.id,
                     addr: n.addr,
                 })
             })
@@ -103,6 +105,7 @@ mod tests {
     fn edges(n: u8) -> Vec<Candidate> {
         (0..n)
             .map(|i| Candidate {
+                id: format!("node{i}"),
                 key: [i; 32],
                 addr: format!("http://edge{i}"),
             })

@@ -52,7 +52,7 @@ pub enum Policy {
     Signed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRef {
     pub hash: String,
     pub size: u64,
@@ -187,6 +187,20 @@ impl Catalog {
             Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
             None => Ok(None),
         }
+    }
+
+    /// A video's published files: (path, reference), by path.
+    pub fn files(&self, id: &str) -> Result<Vec<(String, FileRef)>, HubError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(FILES).map_err(err)?;
+        let (lo, hi) = (format!("{id}/"), format!("{id}0"));
+        let mut out = Vec::new();
+        for row in table.range(lo.as_str()..hi.as_str()).map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let path = k.value()[lo.len()..].to_string();
+            out.push((path, serde_json::from_slice(v.value()).map_err(err)?));
+        }
+        Ok(out)
     }
 
     /// Total size of a video's published files.

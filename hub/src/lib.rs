@@ -17,6 +17,7 @@ mod ledger;
 mod nodes;
 mod origin;
 mod player;
+mod probes;
 mod registry;
 pub mod rewards;
 mod tokens;
@@ -215,6 +216,7 @@ struct Metrics {
     credited_bytes: prometheus::IntCounter,
     tokens: prometheus::IntCounterVec,
     slashes: prometheus::IntCounter,
+    probes: prometheus::IntCounterVec,
 }
 
 fn counter_vec(
@@ -282,6 +284,12 @@ impl Metrics {
             "Playback token requests by outcome",
             "outcome",
         );
+        let probes = counter_vec(
+            &registry,
+            "meshcast_hub_probes_total",
+            "Probes of edges by outcome (ok, failed)",
+            "outcome",
+        );
         let credited_bytes = prometheus::IntCounter::new(
             "meshcast_hub_credited_bytes_total",
             "Delivery bytes credited to nodes",
@@ -308,6 +316,7 @@ impl Metrics {
             credited_bytes,
             tokens,
             slashes,
+            probes,
         }
     }
 }
@@ -364,6 +373,10 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         hub.jobs.enqueue(id.clone());
     }
     tokio::spawn(jobs::worker(hub.clone(), queue));
+    let probe_every = config.hub.probe_interval.0;
+    if !probe_every.is_zero() {
+        tokio::spawn(probes::run(hub.clone(), probe_every));
+    }
     let app = router(hub.clone());
     let listener = tokio::net::TcpListener::bind(config.hub.listen).await?;
     tracing::info!(listen = %config.hub.listen, data = %data.display(), "meshcast hub serving");

@@ -120,6 +120,7 @@ async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
             claims_rejected: 0,
             last_rejection: None,
             slashes: Vec::new(),
+            probes: Default::default(),
         });
         n.addr = reg.addr.clone();
         n.roles = reg.roles.clone();

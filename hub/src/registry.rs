@@ -43,6 +43,9 @@ pub struct NodeRecord {
     /// Claims this HUB found fabricated and slashed the node for.
     #[serde(default)]
     pub slashes: Vec<SlashRecord>,
+    /// What the HUB's probes found on it.
+    #[serde(default)]
+    pub probes: crate::probes::ProbeStats,
 }
 
 /// One slash for a fabricated claim; `evidence` names the claim envelope
@@ -396,6 +399,7 @@ mod tests {
             claims_rejected: 0,
             last_rejection: None,
             slashes: Vec::new(),
+            probes: Default::default(),
         }
     }
 

@@ -49,6 +49,13 @@ impl Hub {
         }
     }
 
+    /// Appends `text` to the `[hub]` section (call before the first launch).
+    pub fn hub_setting(&self, text: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let config = config.replacen("[hub]\n", &format!("[hub]\n{text}\n"), 1);
+        std::fs::write(&self.config, config).unwrap();
+    }
+
     /// Starts the hub's own chain with these node keys (hex) holding an
     /// edge's minimum stake bonded: call before the first `launch`.
     pub fn bond_at_genesis(&self, keys: &[String]) {

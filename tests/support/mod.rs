@@ -41,6 +41,7 @@ pub struct OriginState {
 /// - `/pl/NAME.m3u8`: a playlist without freshness headers
 /// - `/swr/NAME.m4s`: max-age=1, stale-while-revalidate=30
 /// - `/vary/NAME.m4s`: `Vary: Accept-Language`, body names the language
+/// - `/v/…`: made-up bytes under a HUB's media paths (a dishonest origin)
 pub struct Origin {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<OriginState>>,
@@ -209,6 +210,7 @@ async fn serve(
         } else if path.starts_with("/seg/")
             || path.starts_with("/pl/")
             || path.starts_with("/slow/")
+            || path.starts_with("/v/")
         {
             ("200 OK", String::new(), body)
         } else {
