@@ -146,8 +146,11 @@ pub enum AuditError {
     MerkleProof,
     #[error("entry {index}: {reason}")]
     Entry { index: usize, reason: String },
-    /// The receipt names an object the catalog does not hold now: made up,
-    /// or of a video deleted since. Refused, but not proof of fraud.
+    /// The receipt names an object the catalog does not hold, or other
+    /// content than it holds there. Published objects never change and
+    /// published videos are never deleted (only unfinished uploads are), so
+    /// this is made up. (Deleting published videos will need tombstones to
+    /// keep it so.)
     #[error("entry {index}: {reason}")]
     Unpublished { index: usize, reason: String },
     #[error(
@@ -173,12 +176,13 @@ impl AuditError {
 
     /// Whether the refusal proves the claimant fabricated its claim, so it
     /// is slashed: nothing an honest edge does produces these (it lists
-    /// only acks it verified, for tokens naming it, from its own receipts,
-    /// and opens each epoch once). Clock skew, an issuer withdrawn since,
-    /// or a video deleted since are refused without a slash.
+    /// only acks it verified, for tokens naming it, from its own receipts
+    /// for what its origin served, and opens each epoch once). Clock skew
+    /// or an issuer withdrawn since are refused without a slash.
     pub fn is_fraud(&self) -> bool {
         match self {
-            AuditError::FutureEpoch(_) | AuditError::Unpublished { .. } => false,
+            AuditError::FutureEpoch(_) => false,
+            AuditError::Unpublished { .. } => true,
             AuditError::Token { error, .. } => matches!(
                 error,
                 token::TokenError::OtherEdges(_)

@@ -50,9 +50,10 @@ fn check(hub: &Hub, claim: &Claim, claimant: &[u8; 32]) -> Result<Checked, Audit
 
 /// What the catalog says about a receipt's path (`/v/{id}/{file}`): the
 /// object's size and the content id its ETag gives, as the edge computed
-/// it when it served the object. A catalog error counts as "not found" —
-/// the claim is then refused, not paid on faith.
-fn published(hub: &Hub, path: &str) -> Option<audit::Published> {
+/// it when it served the object. A catalog error counts as "not found" and
+/// sets `failed`: the opening is then answered 500 (the edge tries again),
+/// neither paid on faith nor refused for the HUB's own fault.
+fn published(hub: &Hub, path: &str, failed: &std::cell::Cell<bool>) -> Option<audit::Published> {
     let (id, file) = path.strip_prefix("/v/")?.split_once('/')?;
     match hub.catalog.file(id, file) {
         Ok(Some(f)) => Some(audit::Published {
@@ -62,6 +63,7 @@ fn published(hub: &Hub, path: &str) -> Option<audit::Published> {
         Ok(None) => None,
         Err(e) => {
             tracing::error!(error = %e, path, "catalog unreadable during an audit");
+            failed.set(true);
             None
         }
     }
@@ -358,7 +360,8 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(c) => c,
         Err(e) => return reject(&hub, &node, &claim, e, signed),
     };
-    let published = |path: &str| published(&hub, path);
+    let catalog_failed = std::cell::Cell::new(false);
+    let published = |path: &str| published(&hub, path, &catalog_failed);
     if let Err(e) = audit::check_proof(
         &claim,
         &checked,
@@ -367,6 +370,12 @@ async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         &opening,
         published,
     ) {
+        if catalog_failed.get() {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the catalog is unavailable; send the opening again",
+            );
+        }
         return reject(&hub, &node, &claim, e, signed);
     }
     if let Err(e) = limit_by_catalog(&hub, &mut checked, &claim.tokens, now_secs()) {
