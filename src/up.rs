@@ -214,7 +214,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let hub_toml =
         format!(
-        "[hub]\nlisten = \"127.0.0.1:{hub_port}\"\ndata_dir = \"{}\"\nedges = [\"{}\", \"{}\"]\n{}[ledger]\nbonded_nodes = [{}]\n",
+        "[hub]\nlisten = \"127.0.0.1:{hub_port}\"\ndata_dir = \"{}\"\nedges = [\"{}\", \"{}\"]\n{}[ledger]\nbonded_nodes = [{}]\ndelivery_epoch = \"10s\"\n",
         dir.join("hub").display(),
         edges[0],
         edges[1],
@@ -225,9 +225,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for (i, (port, admin)) in [(e1, a1), (e2, a2)].into_iter().enumerate() {
         let key = dir.join(format!("edge{}.key", i + 1));
         // Media under /v/ needs a playback token; the player page and its
-        // scripts do not. Short epochs so credits show up within seconds.
+        // scripts do not. The epoch length is the network's (10 s, set in
+        // the hub's genesis, so credits show up within seconds).
         let edge_toml = format!(
-            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\n[cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"256MiB\"\n[log]\naccess = \"{}\"\n[node]\nkey = \"{}\"\nhub = \"{hub_url}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nepoch = \"10s\"\nack_grace = \"3s\"\n[[site]]\nhosts = [\"*\"]\norigin = \"{hub_url}\"\n[site.tokens]\npaths = [\"/v/\"]\n",
+            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\n[cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"256MiB\"\n[log]\naccess = \"{}\"\n[node]\nkey = \"{}\"\nhub = \"{hub_url}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nack_grace = \"3s\"\n[[site]]\nhosts = [\"*\"]\norigin = \"{hub_url}\"\n[site.tokens]\npaths = [\"/v/\"]\n",
             dir.join(format!("edge{}-cache", i + 1)).display(),
             dir.join(format!("edge{}-access.log", i + 1)).display(),
             key.display(),

@@ -34,13 +34,14 @@ fn edge_key(edge: &Edge) -> String {
     hex::encode(NodeKey::load(&key).unwrap().public().to_bytes())
 }
 
-/// The `[node]` section and token rule an edge of `hub` gets: 2 s epochs,
-/// and a grace longer than the plugin's 2 s ack interval.
+/// The `[node]` section and token rule an edge of `hub` gets: a grace
+/// longer than the plugin's 2 s ack interval. No epoch length: the edge
+/// takes the network's (2 s on the test hub's chain) from the hub.
 fn node_extra(edge: &Edge, hub: &Hub) -> String {
     edge_key(edge);
     let key = edge.dir.join("node.key");
     format!(
-        "[site.tokens]\npaths = [\"/v/\"]\n[node]\nkey = \"{}\"\nhub = \"{}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nepoch = \"2s\"\nack_grace = \"3s\"\nheartbeat = \"1s\"\n",
+        "[site.tokens]\npaths = [\"/v/\"]\n[node]\nkey = \"{}\"\nhub = \"{}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nack_grace = \"3s\"\nheartbeat = \"1s\"\n",
         key.display(),
         hub.url(""),
         edge.url(""),
@@ -168,6 +169,12 @@ async fn meshcast_play_acks_are_credited_exactly_across_crashes() {
     // Kill both mid-epoch: the acks are only in the edge's fsync'd log.
     net.hub.kill();
     net.edge.kill();
+    // The network's epoch length, learned from the hub, is kept: the log
+    // on disk is numbered by it, and the hub is away at the restart.
+    let network: Value =
+        serde_json::from_slice(&std::fs::read(net.edge.dir.join("state/network.json")).unwrap())
+            .unwrap();
+    assert_eq!(network["epoch_secs"], 2, "{network}");
     net.edge.launch().await;
     // The hub is away: the edge serves on, with the issuers it saved.
     let token_path = report["url"].as_str().unwrap().to_string();
@@ -773,7 +780,9 @@ async fn an_unstaked_node_is_refused_and_a_cheater_is_slashed() {
     // More acks than the audit samples, so the challenge depends on the nonce.
     let hub_key = NodeKey::load(&hub.dir.join("data/hub.key")).unwrap();
     let session = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let epoch_secs = 60;
+    // The network's epoch length (the test hub's genesis), told at registration.
+    let epoch_secs = 2;
+    assert_eq!(info["epoch_secs"], epoch_secs, "{info}");
     let epoch = now() / epoch_secs - 2;
     let start_ms = epoch * epoch_secs * 1000;
     let claims = TokenClaims {
@@ -844,6 +853,26 @@ async fn an_unstaked_node_is_refused_and_a_cheater_is_slashed() {
     let admitted = wait_admitted(&hub, &node, true).await;
     assert_eq!(admitted["stake"], needed, "{admitted}");
 
+    // Epochs of its own length are refused (not slashed: an honest edge
+    // upgraded with acks from before may send them once).
+    let own_length = build_claim(now() / 60 - 2, 60, acks[..10].to_vec()).claim;
+    let r = send(serde_json::to_vec(&own_length).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let refused: Value = r.json().await.unwrap();
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("this network's are 2 s"),
+        "{refused}"
+    );
+    assert_eq!(
+        node_record(&hub, &node).await.unwrap()["slashes"],
+        json!([])
+    );
+
     let first = send(body.clone()).await.unwrap();
     assert_eq!(first.status(), 200);
     let first: Value = first.json().await.unwrap();
@@ -867,7 +896,7 @@ async fn an_unstaked_node_is_refused_and_a_cheater_is_slashed() {
     // Slashed on the chain (5 % of its stake burned), out of admission,
     // and the evidence is the node's own two signed claims.
     let slashed = wait_admitted(&hub, &node, false).await;
-    assert_eq!(slashed["claims_rejected"], 1, "{slashed}");
+    assert_eq!(slashed["claims_rejected"], 2, "{slashed}");
     assert_eq!(slashed["credited_bytes"], 0, "{slashed}");
     assert_eq!(slashed["stake"], needed - needed / 20, "{slashed}");
     let record = &slashed["slashes"][0];

@@ -35,7 +35,9 @@ pub struct NodeSection {
     pub advertise: String,
     /// Where acknowledged deliveries are logged (fsync'd) until settled.
     pub state_dir: PathBuf,
-    /// Length of a delivery epoch: acks are claimed at the HUB once per epoch.
+    /// Length of a delivery epoch, used only until the HUB tells the
+    /// network's (kept in `state_dir/network.json`) and for networks whose
+    /// genesis sets none: acks are claimed at the HUB once per epoch.
     #[serde(default = "default_epoch")]
     pub epoch: Seconds,
     /// How long after an epoch ends acks for it are still taken; keep it

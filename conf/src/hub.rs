@@ -34,6 +34,11 @@ pub struct HubLedger {
     /// `genesis` (a shared chain's genesis says who holds what).
     #[serde(default)]
     pub bonded_nodes: Vec<String>,
+    /// On the hub's own chain: the network's delivery epoch (edges claim
+    /// once per epoch), written into the genesis on first start. Ignored
+    /// with `genesis`.
+    #[serde(default = "default_delivery_epoch")]
+    pub delivery_epoch: Seconds,
     /// Consensus traffic with the other validators (port 0: any).
     #[serde(default = "default_ledger_p2p")]
     pub p2p: SocketAddr,
@@ -67,6 +72,10 @@ impl HubLedger {
     }
 }
 
+fn default_delivery_epoch() -> Seconds {
+    Seconds(std::time::Duration::from_secs(60))
+}
+
 fn default_ledger_p2p() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
@@ -76,6 +85,7 @@ impl Default for HubLedger {
         HubLedger {
             genesis: None,
             bonded_nodes: Vec::new(),
+            delivery_epoch: default_delivery_epoch(),
             p2p: default_ledger_p2p(),
             peers: Vec::new(),
             peer_apis: Vec::new(),

@@ -43,6 +43,7 @@ fn genesis(n: u8) -> Genesis {
             unbond_delay: 1,
             slash_bps: 500,
             min_stake: Default::default(),
+            epoch_secs: 0,
         },
         accounts: keys
             .iter()

@@ -157,6 +157,8 @@ pub enum AuditError {
         "epoch {0} was already claimed and challenged with a different claim; one claim per epoch"
     )]
     Rechallenged(u64),
+    #[error("the claim's epochs are {claimed} s long; this network's are {network} s")]
+    EpochLength { claimed: u64, network: u64 },
 }
 
 impl AuditError {
@@ -171,6 +173,7 @@ impl AuditError {
             AuditError::Entry { .. } => "entry",
             AuditError::Unpublished { .. } => "unpublished",
             AuditError::Rechallenged(_) => "rechallenged",
+            AuditError::EpochLength { .. } => "epoch_length",
         }
     }
 
@@ -181,7 +184,9 @@ impl AuditError {
     /// or an issuer withdrawn since are refused without a slash.
     pub fn is_fraud(&self) -> bool {
         match self {
-            AuditError::FutureEpoch(_) => false,
+            // An edge that kept acks from before it learned the network's
+            // epoch length (an upgrade) claims them under its old one.
+            AuditError::FutureEpoch(_) | AuditError::EpochLength { .. } => false,
             AuditError::Unpublished { .. } => true,
             AuditError::Token { error, .. } => matches!(
                 error,

@@ -58,6 +58,9 @@ pub struct HubInfo {
     /// Whether the node is admitted (absent from HUBs before admission).
     #[serde(default)]
     pub admission: Option<Admission>,
+    /// The network's delivery epoch in seconds, if its genesis sets one.
+    #[serde(default)]
+    pub epoch_secs: Option<u64>,
 }
 
 /// The HUB's answer to a claim: which entries to open.

@@ -72,9 +72,13 @@ fn build_delivery(
     };
     let key = NodeKey::load(&n.key)?;
     let dir = n.state_dir.join("acks");
+    // The network's epoch length once the HUB has told it; until then the
+    // configured one (and for networks whose genesis sets none).
+    let epoch_ms = crate::delivery::hub_client::saved_epoch_secs(&dir)
+        .map_or(n.epoch.0.as_millis() as u64, |s| s * 1000);
     let book = Book::open(
         ReceiptSigner::new(key),
-        n.epoch.0.as_millis() as u64,
+        epoch_ms,
         n.ack_grace.0.as_millis() as u64,
         n.settled_keep.0.as_millis() as u64,
         &dir,

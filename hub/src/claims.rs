@@ -23,9 +23,18 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/v1/claims/open", post(open))
 }
 
-/// Checks a claim's listing, including that every token's issuer may sign
-/// for the token's prefix and names `claimant` (or no edge).
+/// Checks a claim's listing: epochs of the network's length (so epoch n
+/// is the same absolute window for every edge, and settlement by (node,
+/// n) is by time), every token's issuer allowed its prefix, and every
+/// token naming `claimant` (or no edge).
 fn check(hub: &Hub, claim: &Claim, claimant: &[u8; 32]) -> Result<Checked, AuditError> {
+    let network = hub.ledger.epoch_secs();
+    if network != 0 && claim.epoch_secs != network {
+        return Err(AuditError::EpochLength {
+            claimed: claim.epoch_secs,
+            network,
+        });
+    }
     let issuers = hub.issuers();
     let checked = audit::check_claim(
         claim,

@@ -29,9 +29,12 @@ pub struct HubLedger {
 /// The hub's own chain: its key is the validator, the authority and the
 /// treasury; each of `bonded` starts with an edge's minimum stake bonded
 /// (and nothing to spend: what it earns is all its balance shows).
-fn one_validator_genesis(key: &NodeKey, bonded: &[[u8; 32]]) -> Genesis {
+fn one_validator_genesis(key: &NodeKey, bonded: &[[u8; 32]], epoch_secs: u64) -> Genesis {
     let me = key.public().to_bytes();
-    let params = Params::default();
+    let params = Params {
+        epoch_secs,
+        ..Params::default()
+    };
     let stake = params.stake_needed(&["edge"]);
     let mut accounts = vec![GenesisAccount {
         address: me,
@@ -87,7 +90,13 @@ impl HubLedger {
                 if path.exists() {
                     meshcast_consensus::validator::load_genesis(&path).map_err(ledger_err)?
                 } else {
-                    let g = one_validator_genesis(key, &bonded_nodes(config)?);
+                    let epoch = config.ledger.delivery_epoch.0.as_secs();
+                    if !(1..=86_400).contains(&epoch) {
+                        return Err(HubError::Ledger(
+                            "[ledger] delivery_epoch must be 1s to 24h".into(),
+                        ));
+                    }
+                    let g = one_validator_genesis(key, &bonded_nodes(config)?, epoch);
                     let text = serde_json::to_vec_pretty(&g).map_err(ledger_err)?;
                     std::fs::write(&path, text)?;
                     g
@@ -172,6 +181,13 @@ impl HubLedger {
             stake: n.account(address).map_or(0, |a| a.stake),
             needed: n.state().params.stake_needed(roles),
         }
+    }
+
+    /// The network's delivery epoch in seconds (0: edges choose; a genesis
+    /// from before the parameter).
+    pub fn epoch_secs(&self) -> u64 {
+        let n = self.running.node.lock().unwrap_or_else(|p| p.into_inner());
+        n.state().params.epoch_secs
     }
 
     /// Queues a slash of `offender` for a fabricated delivery claim (whose

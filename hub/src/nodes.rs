@@ -81,6 +81,7 @@ fn info(hub: &Hub, node: &NodeRecord) -> HubInfo {
         node: node.id.clone(),
         issuers: hub.issuers().as_ref().clone(),
         admission: Some(hub.admission(node)),
+        epoch_secs: Some(hub.ledger.epoch_secs()).filter(|s| *s > 0),
     }
 }
 

@@ -65,6 +65,7 @@ mod tests {
                 unbond_delay: 1,
                 slash_bps: 0,
                 min_stake: Default::default(),
+                epoch_secs: 0,
             },
             accounts: vec![
                 GenesisAccount {

@@ -57,6 +57,12 @@ pub struct Params {
     /// the node out of steering and settlement.
     #[serde(default)]
     pub min_stake: BTreeMap<String, u64>,
+    /// Length of a delivery epoch in seconds: edges claim once per epoch,
+    /// and settlement numbers epochs by it (epoch n is the absolute window
+    /// [n·len, (n+1)·len)). 0 (a genesis from before it existed): each
+    /// edge's own `[node] epoch`.
+    #[serde(default)]
+    pub epoch_secs: u64,
 }
 
 /// Stake an edge needs on a network whose genesis does not say (µMESH).
@@ -73,6 +79,7 @@ impl Default for Params {
             unbond_delay: 100,
             slash_bps: 500,
             min_stake: [("edge".to_string(), DEFAULT_MIN_EDGE_STAKE)].into(),
+            epoch_secs: 60,
         }
     }
 }
@@ -284,6 +291,9 @@ impl State {
             hex::decode_to_slice(k, &mut a)
                 .map_err(|_| format!("authority {k:?} is not 64 hex digits"))?;
             authorities.insert(a);
+        }
+        if g.params.epoch_secs > 86_400 {
+            return Err("params.epoch_secs is at most 86400 (a day)".into());
         }
         if g.params.slash_bps > 10_000 {
             return Err("params.slash_bps is at most 10000 (100 %)".into());

@@ -49,6 +49,7 @@ fn open_node(name: &str, chain: &str) -> (std::path::PathBuf, api::Shared) {
             unbond_delay: 1,
             slash_bps: 0,
             min_stake: Default::default(),
+            epoch_secs: 0,
         },
         accounts: vec![GenesisAccount {
             address: addr(1),

@@ -44,6 +44,7 @@ fn genesis() -> Genesis {
             unbond_delay: 3,
             slash_bps: 1000,
             min_stake: Default::default(),
+            epoch_secs: 0,
         },
         accounts,
         authorities: vec![hex::encode(addr(9))],

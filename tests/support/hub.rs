@@ -35,7 +35,8 @@ impl Hub {
         let config = dir.join("hub.toml");
         let text = format!(
             "[hub]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nedges = [\"{edge_base}\"]\nassets_dir = \"{}\"\n\
-             [transcode]\nsegment_duration = \"2s\"\npreset = \"ultrafast\"\n",
+             [transcode]\nsegment_duration = \"2s\"\npreset = \"ultrafast\"\n\
+             [ledger]\ndelivery_epoch = \"2s\"\n",
             dir.join("data").display(),
             repo_root().join("node_modules").display()
         );
@@ -56,12 +57,17 @@ impl Hub {
         std::fs::write(&self.config, config).unwrap();
     }
 
-    /// Starts the hub's own chain with these node keys (hex) holding an
-    /// edge's minimum stake bonded: call before the first `launch`.
+    /// Starts the hub's own chain (2 s delivery epochs) with these node
+    /// keys (hex) holding an edge's minimum stake bonded: call before the
+    /// first `launch`.
     pub fn bond_at_genesis(&self, keys: &[String]) {
         let list: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
-        let mut text = std::fs::read_to_string(&self.config).unwrap();
-        text.push_str(&format!("[ledger]\nbonded_nodes = [{}]\n", list.join(", ")));
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen(
+            "[ledger]\n",
+            &format!("[ledger]\nbonded_nodes = [{}]\n", list.join(", ")),
+            1,
+        );
         std::fs::write(&self.config, text).unwrap();
     }
 

@@ -25,6 +25,7 @@ fn bench(c: &mut Criterion) {
             unbond_delay: 1,
             slash_bps: 0,
             min_stake: Default::default(),
+            epoch_secs: 0,
         },
         accounts: keys
             .iter()

@@ -126,7 +126,8 @@ pub struct Epochs {
 pub struct Book {
     pub signer: ReceiptSigner,
     serial: AtomicU64,
-    pub epoch_ms: u64,
+    /// The network's epoch length (see `adopt_epoch_ms`).
+    epoch_ms: AtomicU64,
     pub grace_ms: u64,
     /// How long settled epochs' outcomes are kept.
     pub settled_keep_ms: u64,
@@ -177,7 +178,7 @@ impl Book {
         let book = Book {
             signer,
             serial: AtomicU64::new(u64::from_le_bytes(seed) >> 1),
-            epoch_ms,
+            epoch_ms: AtomicU64::new(epoch_ms.max(1)),
             grace_ms,
             settled_keep_ms,
             dir: dir.to_path_buf(),
@@ -192,8 +193,41 @@ impl Book {
         self.serial.fetch_add(1, Ordering::Relaxed)
     }
 
+    pub fn epoch_ms(&self) -> u64 {
+        self.epoch_ms.load(Ordering::Relaxed)
+    }
+
     pub fn epoch_of(&self, time_ms: u64) -> u64 {
-        time_ms / self.epoch_ms
+        time_ms / self.epoch_ms()
+    }
+
+    /// Takes the network's epoch length (from the HUB). Only while no acks
+    /// are held: acks grouped under one length are claimed under it, so an
+    /// edge with acks from before (an upgrade) keeps its length until they
+    /// settle and adopts the network's at a later call. Returns whether the
+    /// book now uses `ms`.
+    pub async fn adopt_epoch_ms(&self, ms: u64, now_ms: u64) -> bool {
+        if ms == 0 || ms == self.epoch_ms() {
+            return ms != 0;
+        }
+        let mut epochs = self.epochs.write().await;
+        let holding =
+            !epochs.sealed.is_empty() || epochs.open.lock().values().any(|e| !e.acks.is_empty());
+        if holding {
+            return false;
+        }
+        epochs.open.lock().clear();
+        self.epoch_ms.store(ms, Ordering::Relaxed);
+        epochs.sealed_below = now_ms.saturating_sub(self.grace_ms) / ms;
+        // Outcomes numbered under the old length mean nothing under the new.
+        if let Ok(n) = acklog::prune_settled(&self.dir, u64::MAX) {
+            tracing::info!(
+                epoch_ms = ms,
+                pruned = n,
+                "adopted the network's epoch length"
+            );
+        }
+        true
     }
 
     /// Deletes settled epochs' outcomes older than `settled_keep`.
@@ -353,8 +387,8 @@ impl Book {
 
     /// Closes every epoch whose grace has passed; returns how many.
     pub async fn seal_due(&self, now_ms: u64) -> usize {
-        let below = now_ms.saturating_sub(self.grace_ms) / self.epoch_ms;
         let mut epochs = self.epochs.write().await;
+        let below = now_ms.saturating_sub(self.grace_ms) / self.epoch_ms();
         if below <= epochs.sealed_below {
             return 0;
         }
@@ -369,5 +403,43 @@ impl Book {
             epochs.sealed.insert(epoch, e.acks);
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+    use meshcast_control::identity::NodeKey;
+
+    #[tokio::test]
+    async fn the_networks_epoch_length_is_taken_only_while_no_acks_are_held() {
+        let dir = std::env::temp_dir().join(format!("meshcast-book-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let metrics = Box::leak(Box::new(Metrics::new()));
+        let signer = ReceiptSigner::new(NodeKey::from_seed([3; 32]));
+        let book = Book::open(signer, 60_000, 3_000, 3_600_000, &dir, metrics).unwrap();
+        let now = 1_000_000_000_000;
+        // Empty: the network's 2 s applies at once, and sealing follows it.
+        assert!(book.adopt_epoch_ms(2_000, now).await);
+        assert_eq!(book.epoch_of(now), now / 2_000);
+        assert_eq!(book.epochs.read().await.sealed_below, (now - 3_000) / 2_000);
+        // Holding acks grouped by 2 s epochs: a new length waits.
+        let receipt = book
+            .signer
+            .sign([1; 16], [2; 32], "/v/a/1.m4s", 0, 10, now, 1);
+        let ack = Ack::sign(&ed25519_dalek::SigningKey::from_bytes(&[4; 32]), receipt);
+        {
+            let epochs = book.epochs.read().await;
+            let mut open = epochs.open.lock();
+            open.entry(book.epoch_of(now))
+                .or_default()
+                .acks
+                .push(("t".into(), ack));
+        }
+        assert!(!book.adopt_epoch_ms(10_000, now).await);
+        assert_eq!(book.epoch_ms(), 2_000);
+        assert!(book.adopt_epoch_ms(2_000, now).await, "the length in use");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -17,6 +17,17 @@ fn issuers_path(acks_dir: &std::path::Path) -> std::path::PathBuf {
     acks_dir.with_file_name("issuers.json")
 }
 
+fn network_path(acks_dir: &std::path::Path) -> std::path::PathBuf {
+    acks_dir.with_file_name("network.json")
+}
+
+/// The network's epoch length last heard from the HUB, if one was saved.
+pub fn saved_epoch_secs(acks_dir: &std::path::Path) -> Option<u64> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(network_path(acks_dir)).ok()?).ok()?;
+    v["epoch_secs"].as_u64().filter(|s| *s > 0)
+}
+
 /// The issuer list last heard from the HUB, if one was saved.
 pub fn saved_issuers(acks_dir: &std::path::Path) -> Vec<messages::Issuer> {
     std::fs::read(issuers_path(acks_dir))
@@ -166,13 +177,42 @@ impl HubClient {
         Ok((status, bytes.to_vec()))
     }
 
-    /// Takes the issuer list from a HUB answer, and keeps a copy on disk so
-    /// a restart while the HUB is away still accepts its tokens.
-    fn learn(&self, body: &[u8]) {
+    /// Takes what a HUB answer says about the network: the epoch length
+    /// (kept in `network.json`, used from the next start on), admission,
+    /// and the issuer list.
+    async fn learn(&self, body: &[u8]) {
         let Ok(info) = serde_json::from_slice::<HubInfo>(body) else {
             return;
         };
         self.note_admission(info.admission);
+        if let Some(secs) = info.epoch_secs {
+            self.adopt_epoch(secs).await;
+        }
+        self.learn_issuers(info);
+    }
+
+    /// Switches the ack book to the network's epoch length and records it
+    /// (only once the book uses it: the log on disk is numbered by it).
+    async fn adopt_epoch(&self, secs: u64) {
+        if !self.book.adopt_epoch_ms(secs * 1000, now_ms()).await {
+            tracing::warn!(
+                network_secs = secs,
+                edge_secs = self.book.epoch_ms() / 1000,
+                "acks held under this edge's own epoch length are claimed under it first; the network's applies once they settle"
+            );
+            return;
+        }
+        if saved_epoch_secs(&self.book.dir) != Some(secs) {
+            let body = serde_json::json!({ "epoch_secs": secs }).to_string();
+            if let Err(e) = write_durably(&network_path(&self.book.dir), body.as_bytes()) {
+                tracing::warn!(error = %e, "cannot save the network's epoch length");
+            }
+        }
+    }
+
+    /// Keeps the HUB's issuer list, and a copy on disk so a restart while
+    /// the HUB is away still accepts its tokens.
+    fn learn_issuers(&self, info: HubInfo) {
         if **self.delivery.hub_issuers.load() == info.issuers {
             return;
         }
@@ -201,7 +241,7 @@ impl HubClient {
             .await?
         {
             (200, b) => {
-                self.learn(&b);
+                self.learn(&b).await;
                 Ok(())
             }
             (s, b) => Err(format!(
@@ -228,7 +268,7 @@ impl HubClient {
             .await?
         {
             (200, b) => {
-                self.learn(&b);
+                self.learn(&b).await;
                 Ok(true)
             }
             (404, _) => Ok(false),
@@ -244,7 +284,7 @@ impl HubClient {
         epoch: u64,
         acks: Vec<(String, meshcast_control::receipt::Ack)>,
     ) -> Outcome {
-        let committed = build_claim(epoch, self.book.epoch_ms / 1000, acks);
+        let committed = build_claim(epoch, self.book.epoch_ms() / 1000, acks);
         let body = match serde_json::to_vec(&committed.claim) {
             Ok(b) => b,
             Err(e) => return Outcome::Retry(e.to_string()),
