@@ -383,19 +383,26 @@ async fn two_hubs_replicate_one_ledger() {
     for k in 0..2 {
         let mine = cfg(k + 1);
         let other_hub = hubs[1 - k].addr();
-        let text = std::fs::read_to_string(&hubs[k].config).unwrap().replacen(
-            "[hub]\n",
-            &format!(
-                "[hub]\nkey = \"{}\"\n",
-                dir.join(format!("node{}/validator.key", k + 1)).display()
-            ),
-            1,
-        ) + &format!(
-            "[ledger]\ngenesis = \"{}\"\np2p = \"{}\"\npeers = [\"{}\"]\npeer_apis = [\"{other_hub}\"]\n",
-            dir.join("genesis.json").display(),
-            mine.p2p,
-            mine.peers[0],
-        );
+        let text = std::fs::read_to_string(&hubs[k].config)
+            .unwrap()
+            .replacen(
+                "[hub]\n",
+                &format!(
+                    "[hub]\nkey = \"{}\"\n",
+                    dir.join(format!("node{}/validator.key", k + 1)).display()
+                ),
+                1,
+            )
+            .replacen(
+                "[ledger]\n",
+                &format!(
+                    "[ledger]\ngenesis = \"{}\"\np2p = \"{}\"\npeers = [\"{}\"]\npeer_apis = [\"{other_hub}\"]\n",
+                    dir.join("genesis.json").display(),
+                    mine.p2p,
+                    mine.peers[0],
+                ),
+                1,
+            );
         std::fs::write(&hubs[k].config, text).unwrap();
     }
     for h in hubs.iter_mut() {

@@ -61,19 +61,7 @@ async fn network() -> Net {
     let node = NodeKey::load(&edge.dir.join("node.key")).unwrap().id();
     let src = hub.dir.join("clip.mp4");
     make_video(&src, 4, "640x360");
-    let client = hub.client();
-    let upload = meshcast_hub::tus_client::upload_file(
-        &client,
-        &hub.url("/v1/videos"),
-        &src,
-        1 << 20,
-        |_, _| {},
-    )
-    .await
-    .unwrap();
-    let id = meshcast_hub::tus_client::video_id(&upload).to_string();
-    let (video, _) = hub.wait_done(&id, Duration::from_secs(120)).await;
-    assert_eq!(video["status"], "ready", "{video}");
+    let id = hub.publish(&src).await;
     Net {
         hub,
         edge,
@@ -951,18 +939,7 @@ async fn probes_catch_an_edge_that_serves_other_bytes() {
     let (honest_id, liar_id) = (id_of(&honest), id_of(&liar));
     let src = hub.dir.join("clip.mp4");
     make_video(&src, 2, "320x240");
-    let upload = meshcast_hub::tus_client::upload_file(
-        &hub.client(),
-        &hub.url("/v1/videos"),
-        &src,
-        1 << 20,
-        |_, _| {},
-    )
-    .await
-    .unwrap();
-    let id = meshcast_hub::tus_client::video_id(&upload).to_string();
-    let (video, _) = hub.wait_done(&id, Duration::from_secs(120)).await;
-    assert_eq!(video["status"], "ready", "{video}");
+    hub.publish(&src).await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

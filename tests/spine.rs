@@ -144,15 +144,7 @@ async fn upload_transcode_and_play_through_the_edge() {
         assert_eq!(r["ended"], true, "{page}: {r}");
         assert_eq!(r["errors"], serde_json::json!([]), "{page}: {r}");
     }
-    let list: serde_json::Value = hub
-        .client()
-        .get(hub.url("/v1/videos"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(&hub.client(), &hub.url("/v1/videos")).await;
     assert_eq!(list["videos"][0]["id"], id.as_str());
 }
 
@@ -473,14 +465,7 @@ async fn a_stranger_cannot_touch_another_accounts_uploads() {
     // Alice's upload is untouched: offset 0, still hers.
     assert_eq!(tus_client::offset(&alice, &upload).await.unwrap(), 0);
     assert_eq!(hub.video(&id).await["status"], "uploading");
-    let listed: serde_json::Value = mallory
-        .get(&endpoint)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(&mallory, &endpoint).await;
     assert_eq!(listed["videos"], serde_json::json!([]), "{listed}");
 
     // Pages: three uploads, two per page, oldest first.
@@ -495,16 +480,7 @@ async fn a_stranger_cannot_touch_another_accounts_uploads() {
             url.push_str(&format!("&after={a}"));
         }
         let alice = alice.clone();
-        async move {
-            alice
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        }
+        async move { get_json(&alice, &url).await }
     };
     let first = page(None).await;
     assert_eq!(first["videos"].as_array().unwrap().len(), 2, "{first}");
@@ -513,14 +489,7 @@ async fn a_stranger_cannot_touch_another_accounts_uploads() {
     assert_eq!(second["videos"].as_array().unwrap().len(), 1, "{second}");
     assert!(second["next"].is_null(), "{second}");
     let admin = client_with_key(&hub.admin_key());
-    let all: serde_json::Value = admin
-        .get(&endpoint)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = get_json(&admin, &endpoint).await;
     assert_eq!(
         all["videos"].as_array().unwrap().len(),
         3,
@@ -564,14 +533,7 @@ async fn a_stranger_cannot_touch_another_accounts_uploads() {
     assert_eq!(r.status(), 403);
 
     // A revoked key stops working at once; the account's other key works.
-    let keys: serde_json::Value = mallory
-        .get(hub.url("/v1/account/keys"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = get_json(&mallory, &hub.url("/v1/account/keys")).await;
     let key_id = keys["keys"][0]["id"].as_str().unwrap().to_string();
     let spare: serde_json::Value = mallory
         .post(hub.url("/v1/account/keys"))

@@ -150,6 +150,24 @@ impl Hub {
             .unwrap()
     }
 
+    /// Uploads `src` with the test account's key and waits until it is
+    /// ready; returns its id.
+    pub async fn publish(&self, src: &Path) -> String {
+        let upload = meshcast_hub::tus_client::upload_file(
+            &self.client(),
+            &self.url("/v1/videos"),
+            src,
+            1 << 20,
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+        let id = meshcast_hub::tus_client::video_id(&upload).to_string();
+        let (video, _) = self.wait_done(&id, Duration::from_secs(120)).await;
+        assert_eq!(video["status"], "ready", "{video}");
+        id
+    }
+
     /// Polls until the video is ready or failed; returns its last status and
     /// every status seen on the way.
     pub async fn wait_done(&self, id: &str, limit: Duration) -> (Value, Vec<String>) {
@@ -178,6 +196,11 @@ impl Drop for Hub {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// GET `url` with `client`, as JSON.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// An HTTP client that sends `key` as its bearer token.
