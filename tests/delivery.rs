@@ -974,3 +974,45 @@ async fn hub_metric(hub: &Hub, prefix: &str) -> f64 {
         .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// An edge whose `[node] hub` is https: the hub sits behind a TLS front
+/// (here another edge with a self-signed certificate, trusted through
+/// `[node] hub_ca`); registration, heartbeats and admission work over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_reaches_an_https_hub() {
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    let mut front = Edge::config(hub.addr(), "");
+    let edge = Edge::config(hub.addr(), "");
+    hub.bond_at_genesis(&[edge_key(&edge)]);
+    hub.launch().await;
+    let tls_port = free_port();
+    let (cert, key, _) = make_cert(front.path());
+    let text = std::fs::read_to_string(&front.config).unwrap().replace(
+        "[edge]\n",
+        &format!(
+            "[edge]\nlisten_tls = [\"127.0.0.1:{tls_port}\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    std::fs::write(&front.config, text).unwrap();
+    front.launch().await;
+    let https_hub = format!("https://localhost:{tls_port}");
+    let node_section = node_extra(&edge, &hub).replace(
+        &format!("hub = \"{}\"", hub.url("")),
+        &format!("hub = \"{https_hub}\"\nhub_ca = \"{}\"", cert.display()),
+    );
+    assert!(node_section.contains(&https_hub), "{node_section}");
+    edge.write_config(hub.addr(), &node_section);
+    let edge = edge.start().await;
+    let node = NodeKey::load(&edge.dir.join("node.key")).unwrap().id();
+    let n = wait_admitted(&hub, &node, true).await;
+    assert_eq!(n["state"], "up", "{n}");
+    // It learned the network's epoch length over TLS too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !edge.dir.join("state/network.json").exists() {
+        assert!(Instant::now() < deadline, "network.json never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(edge.metric("meshcast_hub_reachable").await >= 1.0);
+}

@@ -5,39 +5,6 @@ mod support;
 use std::time::Duration;
 use support::*;
 
-/// Makes a certificate with `meshcast keys cert` and returns (cert, key, spki).
-pub fn make_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
-        .args([
-            "keys",
-            "cert",
-            "--host",
-            "localhost",
-            "--host",
-            "127.0.0.1",
-            "--out",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let spki = text.rsplit(": ").next().unwrap().trim().to_string();
-    assert_eq!(spki.len(), 44, "base64 of a SHA-256: {text}");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.join("key.pem"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600, "key.pem must be private");
-    (dir.join("cert.pem"), dir.join("key.pem"), spki)
-}
-
 async fn quic_edge(origin: std::net::SocketAddr) -> (Edge, u16, std::path::PathBuf) {
     let edge = Edge::config(origin, "");
     let (cert, key, _) = make_cert(edge.path());

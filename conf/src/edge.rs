@@ -29,8 +29,12 @@ pub struct EdgeConfig {
 pub struct NodeSection {
     /// Ed25519 node key (`meshcast keys gen --out FILE`), mode 0600.
     pub key: PathBuf,
-    /// The HUB's base URL, e.g. "http://hub.example:7000".
+    /// The HUB's base URL, e.g. "https://hub.example" (TLS with rustls,
+    /// trusting the system's CA store).
     pub hub: String,
+    /// PEM certificate(s) to trust for an https `hub` besides the system's
+    /// CAs: a private CA, or the HUB's own self-signed certificate.
+    pub hub_ca: Option<PathBuf>,
     /// Base URL viewers reach this edge at (registered with the HUB).
     pub advertise: String,
     /// Where acknowledged deliveries are logged (fsync'd) until settled.

@@ -41,6 +41,8 @@ pub enum EdgeError {
     Key(#[from] meshcast_control::identity::KeyError),
     #[error("ack log {0}: {1}")]
     AckLog(String, std::io::Error),
+    #[error("[node] hub_ca: {0}")]
+    HubCa(String),
 }
 
 /// Issuer keys the sites' configs trust for every path.
@@ -93,6 +95,8 @@ fn build_delivery(
     delivery
         .hub_issuers
         .store(Arc::new(crate::delivery::hub_client::saved_issuers(&dir)));
+    let http =
+        crate::delivery::hub_client::http_client(n.hub_ca.as_deref()).map_err(EdgeError::HubCa)?;
     let client = HubClient::new(
         delivery.clone(),
         book,
@@ -113,6 +117,7 @@ fn build_delivery(
                     .get()
                     .max(0) as u64
         }),
+        http,
     );
     Ok((delivery, Some(client)))
 }

@@ -108,6 +108,24 @@ fn retry_delays(seed: Option<u64>) -> impl Iterator<Item = Duration> {
 /// Past its last delay (never, as built): wait the longest.
 const LONGEST_RETRY: Duration = Duration::from_secs(20);
 
+/// The client the edge talks to its HUB with: rustls, the system's CAs
+/// plus the PEM certificates in `extra_ca`, a 30 s limit per call.
+pub fn http_client(extra_ca: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(path) = extra_ca {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: holds no PEM certificate", path.display()));
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 impl HubClient {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -119,6 +137,7 @@ impl HubClient {
         heartbeat: Duration,
         capacity_bytes: u64,
         cache_bytes: Box<dyn Fn() -> u64 + Send + Sync>,
+        http: reqwest::Client,
     ) -> Self {
         HubClient {
             delivery,
@@ -129,10 +148,7 @@ impl HubClient {
             heartbeat,
             capacity_bytes,
             cache_bytes,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("a plain HTTP client builds"),
+            http,
             admission: parking_lot::Mutex::new(None),
         }
     }
