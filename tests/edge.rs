@@ -148,6 +148,11 @@ async fn ranges_come_from_the_cached_object() {
     )
     .await;
     assert_eq!(bad.status, 416);
+    // RFC 9110 §14.1.2: a suffix of length 0 selects nothing: 416.
+    let empty = get(&edge.url("/seg/r.m4s?len=100000"), &[("range", "bytes=-0")]).await;
+    assert_eq!(empty.status, 416);
+    assert_eq!(empty.headers["content-range"], "bytes */100000");
+    assert!(empty.body.is_empty());
     assert_eq!(origin.hits("/seg/r.m4s"), 1);
     // HEAD from cache: headers, no body.
     let head = reqwest::Client::new()
@@ -598,4 +603,65 @@ async fn tls_listener_speaks_http2_by_alpn() {
         1,
         "TLS and plain share the cache"
     );
+}
+
+/// A signed URL for /v/A/ never reaches /v/B/, however the path is
+/// spelled, in front of an origin (nginx) that normalises paths the way
+/// common web servers do: dot segments and escaped dots are resolved
+/// before the prefix check, encoded separators are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spelling_of_a_path_escapes_a_signed_prefix() {
+    let dir = std::env::temp_dir().join(format!("meshcast-paths-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (path, body) in [
+        ("www/v/A/ok.m4s", "A's segment"),
+        ("www/v/B/secret.m4s", "B's secret"),
+    ] {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    let nginx = Nginx::serve(&dir.join("www"), &dir).await;
+    // The origin itself resolves every one of these spellings to B's file.
+    let (code, body) = raw_get(nginx.addr.port(), "/v/A/%2e%2e/B/secret.m4s").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "B's secret"),
+        "nginx normalises"
+    );
+    let extra = format!("[site.signed_urls]\nsecret = \"{URL_SECRET}\"\n");
+    let edge = Edge::config(nginx.addr, &extra).start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let q = meshcast_edge::access::SignedUrls::new(URL_SECRET).sign("/v/A/", now + 600);
+    let (code, body) = raw_get(edge.port, &format!("/v/A/ok.m4s?{q}")).await;
+    assert_eq!((code, body.as_str()), (200, "A's segment"));
+    for escape in [
+        "/v/A/../B/secret.m4s",
+        "/v/A/%2e%2e/B/secret.m4s",
+        "/v/A/.%2E/B/secret.m4s",
+        "/v/A/%2E./B/secret.m4s",
+        "/v/A/./../B/secret.m4s",
+    ] {
+        let (code, body) = raw_get(edge.port, &format!("{escape}?{q}")).await;
+        assert_eq!(code, 403, "{escape}: {body}");
+        assert!(!body.contains("B's secret"), "{escape}");
+    }
+    for refused in [
+        "/v/A/..%2fB/secret.m4s",
+        "/v/A/..%2FB/secret.m4s",
+        "/v/A/..%5cB/secret.m4s",
+        "/v/A/%00",
+        "/../v/A/ok.m4s",
+    ] {
+        let (code, body) = raw_get(edge.port, &format!("{refused}?{q}")).await;
+        assert_eq!(code, 400, "{refused}: {body}");
+        assert!(!body.contains("B's secret"), "{refused}");
+    }
+    // A normal form the prefix covers is served, from the normal form.
+    let (code, body) = raw_get(edge.port, &format!("/v/A/%6fk.m4s?{q}")).await;
+    assert_eq!((code, body.as_str()), (200, "A's segment"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

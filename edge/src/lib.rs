@@ -12,6 +12,7 @@ mod cache_status;
 pub mod delivery;
 pub mod freshness;
 pub mod metrics;
+pub mod path;
 pub mod pipeline;
 pub mod quic;
 pub mod server;

@@ -23,7 +23,7 @@ use pingora_cache::{CacheMeta, RespCacheable, VarianceBuilder};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, RangeType, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +58,8 @@ pub struct RequestCtx {
     state: Arc<EdgeState>,
     site: Option<Arc<Site>>,
     host: String,
+    /// The request path in normal form, without `/t/{token}`.
+    path: String,
     key_url: String,
     stored: bool,
     origin_status: Option<u16>,
@@ -190,6 +192,22 @@ async fn send_error(session: &mut Session, status: u16, reason: &str) -> Result<
     session.write_error_response(resp, body).await
 }
 
+/// Turns `resp` into a 416 for a body of `total` bytes (as Pingora does
+/// for ranges it finds unsatisfiable).
+fn unsatisfiable(resp: &mut ResponseHeader, total: u64) {
+    let _ = resp.set_status(416);
+    let _ = resp.insert_header(header::CONTENT_LENGTH, "0");
+    let _ = resp.insert_header(header::CONTENT_RANGE, format!("bytes */{total}"));
+    for h in [
+        header::ACCEPT_RANGES,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::TRANSFER_ENCODING,
+    ] {
+        resp.remove_header(&h);
+    }
+}
+
 async fn refuse(session: &mut Session, status: u16, reason: &str) -> Result<bool> {
     send_error(session, status, reason).await?;
     Ok(true)
@@ -205,6 +223,7 @@ impl ProxyHttp for EdgePipeline {
             state: self.shared.state.load_full(),
             site: None,
             host: String::new(),
+            path: String::new(),
             key_url: String::new(),
             stored: false,
             origin_status: None,
@@ -251,8 +270,27 @@ impl ProxyHttp for EdgePipeline {
             let why = format!("no site is configured for host {host:?} on this edge");
             return refuse(session, 421, &why).await;
         };
-        let mut path = req.uri.path().to_string();
+        // One normal form before anything reads the path: prefix checks
+        // here and the origin's own normalisation cannot disagree.
+        let mut path = match crate::path::normalize(req.uri.path()) {
+            Ok(p) => p.into_owned(),
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .access_denied
+                    .with_label_values(&["bad_path"])
+                    .inc();
+                return refuse(session, 400, &e.to_string()).await;
+            }
+        };
         let query = req.uri.query().map(str::to_string);
+        if path != req.uri.path() {
+            // The origin is asked for the normal form too.
+            ctx.media_uri = Some(match &query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            });
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -297,6 +335,7 @@ impl ProxyHttp for EdgePipeline {
             }
         }
         ctx.key_url = cache_key_url(&host, &path, query.as_deref());
+        ctx.path = path;
         ctx.host = host;
         ctx.site = Some(site);
         Ok(false)
@@ -345,6 +384,30 @@ impl ProxyHttp for EdgePipeline {
         variance.finalize()
     }
 
+    /// Pingora's range handling, except that a range selecting no byte
+    /// (`bytes=-0`, RFC 9110 §14.1.2: a suffix length of 0 is
+    /// unsatisfiable) is a 416, not a 206 with an inverted Content-Range.
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> RangeType {
+        let total = resp
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let range = pingora_proxy::range_header_filter(session.req_header(), resp, Some(200));
+        match (range, total) {
+            (RangeType::Single(r), Some(total)) if r.is_empty() => {
+                unsatisfiable(resp, total);
+                RangeType::Invalid
+            }
+            (range, _) => range,
+        }
+    }
+
     fn response_cache_filter(
         &self,
         session: &Session,
@@ -358,7 +421,7 @@ impl ProxyHttp for EdgePipeline {
         };
         let req = session.req_header();
         let authorization = req.headers.contains_key(header::AUTHORIZATION);
-        let decision = freshness::response_cacheable(site, req.uri.path(), resp, authorization);
+        let decision = freshness::response_cacheable(site, &ctx.path, resp, authorization);
         ctx.stored = matches!(decision, RespCacheable::Cacheable(_));
         Ok(decision)
     }

@@ -466,3 +466,79 @@ pub fn make_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathB
     assert_eq!(mode, 0o600, "key.pem must be private");
     (dir.join("cert.pem"), dir.join("key.pem"), spki)
 }
+
+/// Sends `GET {target}` as written (no client-side normalisation, unlike
+/// reqwest's URL parser) and returns the status line's code and the body.
+pub async fn raw_get(port: u16, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (code, body)
+}
+
+/// nginx serving `root` as static files (it normalises paths, as common
+/// origins do); one process (no workers left behind), killed on drop.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    pub async fn serve(root: &std::path::Path, dir: &std::path::Path) -> Nginx {
+        let port = free_port();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+                 events {{ worker_connections 64; }}\nhttp {{ access_log off;\n  client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n  fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n  server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+                d = dir.display(),
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx installed (apt-get install nginx)");
+        let nginx = Nginx {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            child,
+        };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(nginx.addr).await.is_ok() {
+                return nginx;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("nginx did not start (its Drop stops it)");
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
