@@ -665,3 +665,59 @@ async fn no_spelling_of_a_path_escapes_a_signed_prefix() {
     assert_eq!((code, body.as_str()), (200, "A's segment"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// RFC 9110 §7.6.1, RFC 9213, RFC 9111 §5.2.1.7, and the edge's own
+/// `Server`, each on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_targeted_cache_control_only_if_cached_and_server() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    // §7.6.1: what Connection names, and Keep-Alive, are neither forwarded
+    // nor stored; other fields are.
+    for expect in ["miss", "hit"] {
+        let r = get(&edge.url("/hop/h.m4s"), &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.cache.contains(expect), "{expect}: {}", r.cache);
+        assert!(
+            !r.headers.contains_key("x-hop"),
+            "{expect}: {:?}",
+            r.headers
+        );
+        assert!(!r.headers.contains_key("keep-alive"), "{expect}");
+        assert_eq!(r.headers["x-end"], "kept");
+    }
+    // RFC 9213: CDN-Cache-Control wins over Cache-Control for the edge
+    // (stored for 60 s though the client is told no-store), and is not
+    // forwarded; Meshcast-Cache-Control wins over both.
+    for expect in ["miss", "hit"] {
+        let r = get(&edge.url("/cdncc/c.m4s"), &[]).await;
+        assert!(r.cache.contains(expect), "{expect}: {}", r.cache);
+        assert_eq!(r.headers["cache-control"], "no-store");
+        assert!(!r.headers.contains_key("cdn-cache-control"));
+    }
+    assert_eq!(origin.hits("/cdncc/c.m4s"), 1);
+    for _ in 0..2 {
+        let r = get(&edge.url("/mcc/m.m4s"), &[]).await;
+        assert!(r.cache.contains("fwd=bypass"), "not stored: {}", r.cache);
+        assert_eq!(r.headers["cache-control"], "max-age=60");
+        assert!(!r.headers.contains_key("meshcast-cache-control"));
+    }
+    assert_eq!(origin.hits("/mcc/m.m4s"), 2);
+    // §5.2.1.7: only-if-cached answers from the cache or with a 504, and
+    // never asks the origin.
+    let cached = get(
+        &edge.url("/hop/h.m4s"),
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(cached.status, 200);
+    let missing = get(
+        &edge.url("/seg/never.m4s"),
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(missing.status, 504);
+    assert_eq!(origin.hits("/seg/never.m4s"), 0);
+    // The edge's own responses say who answered.
+    assert_eq!(missing.headers["server"], "meshcast");
+}

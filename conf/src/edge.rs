@@ -126,6 +126,14 @@ pub struct EdgeSection {
     /// Requests whose header block is larger get 431.
     #[serde(default = "default_max_header")]
     pub max_request_header_size: ByteSize,
+    /// `Server` on the edge's own responses (errors, its endpoints); the
+    /// origin's is passed through on proxied ones. Read at start.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+}
+
+fn default_server_name() -> String {
+    "meshcast".into()
 }
 
 /// `[cache]`: the two tiers.
@@ -406,6 +414,18 @@ impl EdgeConfig {
     /// Checks that span several keys. Returns the key to blame and why.
     fn validate(&self) -> Result<(), (String, String)> {
         let e = &self.edge;
+        if e.server_name.is_empty()
+            || e.server_name.len() > 100
+            || !e
+                .server_name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() || b == b' ')
+        {
+            return Err((
+                "edge.server_name".into(),
+                "1 to 100 visible ASCII characters, e.g. \"meshcast\"".into(),
+            ));
+        }
         if e.listen.is_empty() && e.listen_tls.is_empty() {
             return Err((
                 "edge".into(),

@@ -59,7 +59,15 @@ pub fn response_cacheable(
     if vary_star {
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    // RFC 9213: a targeted field, if present and valid, is what this edge
+    // obeys instead of Cache-Control.
+    let targeted = crate::http_rules::targeted_cache_control(resp).map(|v| {
+        let mut view = resp.clone();
+        let _ = view.insert_header(http::header::CACHE_CONTROL, v);
+        view
+    });
+    let resp_for_edge = targeted.as_ref().unwrap_or(resp);
+    let cc = CacheControl::from_resp_headers(resp_for_edge);
     if cc
         .as_ref()
         .is_some_and(|c| c.is_cacheable() == CcCacheable::No)
@@ -67,18 +75,24 @@ pub fn response_cacheable(
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     }
     let now = SystemTime::now();
-    let fresh_until = calculate_fresh_until(now, cc.as_ref(), resp, authorization, &NO_DEFAULT_TTL)
-        .or_else(|| {
-            if authorization || !default_ttl_applies(resp.status.as_u16()) {
-                return None;
-            }
-            let ttl = match classify(path) {
-                ContentKind::Playlist => site.playlist_ttl,
-                ContentKind::Segment => site.segment_ttl,
-                ContentKind::Other => site.default_ttl,
-            };
-            (!ttl.is_zero()).then(|| now + ttl)
-        });
+    let fresh_until = calculate_fresh_until(
+        now,
+        cc.as_ref(),
+        resp_for_edge,
+        authorization,
+        &NO_DEFAULT_TTL,
+    )
+    .or_else(|| {
+        if authorization || !default_ttl_applies(resp.status.as_u16()) {
+            return None;
+        }
+        let ttl = match classify(path) {
+            ContentKind::Playlist => site.playlist_ttl,
+            ContentKind::Segment => site.segment_ttl,
+            ContentKind::Other => site.default_ttl,
+        };
+        (!ttl.is_zero()).then(|| now + ttl)
+    });
     let Some(fresh_until) = fresh_until else {
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     };
@@ -92,6 +106,7 @@ pub fn response_cacheable(
     if let Some(cc) = &cc {
         cc.strip_private_headers(&mut header);
     }
+    crate::http_rules::strip_targeted(&mut header);
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
 }
 

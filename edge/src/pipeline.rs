@@ -6,15 +6,15 @@
 use crate::access_log::{self, AccessLog, Entry};
 use crate::cache::TieredStorage;
 use crate::cache_status;
-use crate::delivery::book::{now_ms, AckBatch};
+use crate::delivery::book::now_ms;
 use crate::delivery::gate::{Gate, VerifiedToken};
 use crate::delivery::Delivery;
 use crate::freshness;
 use crate::metrics::Metrics;
+use crate::replies::{edge_endpoint, header_bytes, refuse, send_error, unsatisfiable};
 use crate::sites::{cache_key_url, normalize_host, Site, Sites};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::Bytes;
 use http::header;
 use meshcast_control::receipt::content_id;
 use pingora_cache::key::{CacheKey, HashBinary};
@@ -76,141 +76,6 @@ pub struct RequestCtx {
     /// A tokened request for media (not a playlist): charged to the budget
     /// and given a receipt. Playlists are not the paid bytes.
     paid: bool,
-}
-
-/// Largest ack batch body accepted.
-const MAX_ACK_BODY: usize = 1 << 20;
-
-/// Sends a small JSON answer (edge endpoints, not proxied).
-async fn respond_json(
-    session: &mut Session,
-    status: u16,
-    body: &serde_json::Value,
-) -> Result<bool> {
-    let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(true)
-}
-
-/// `POST /v1/acks` (and its CORS preflight), `GET /v1/edge`.
-async fn edge_endpoint(
-    delivery: &Delivery,
-    metrics: &Metrics,
-    session: &mut Session,
-) -> Result<bool> {
-    let req = session.req_header();
-    let path = req.uri.path().to_string();
-    let method = req.method.clone();
-    if path == "/v1/edge" {
-        return respond_json(session, 200, &delivery.describe()).await;
-    }
-    if method == http::Method::OPTIONS {
-        let mut resp = ResponseHeader::build(204, Some(4))?;
-        resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
-        resp.insert_header(header::ACCESS_CONTROL_ALLOW_METHODS, "POST, OPTIONS")?;
-        resp.insert_header(header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type")?;
-        resp.insert_header(header::ACCESS_CONTROL_MAX_AGE, "86400")?;
-        session.write_response_header(Box::new(resp), true).await?;
-        return Ok(true);
-    }
-    let err = |m: String| serde_json::json!({ "error": m });
-    if method != http::Method::POST {
-        return respond_json(session, 405, &err("POST a batch of acks here".into())).await;
-    }
-    let Some(book) = &delivery.book else {
-        return respond_json(
-            session,
-            404,
-            &err("this edge has no [node] identity and takes no acks".into()),
-        )
-        .await;
-    };
-    let mut body = Vec::new();
-    while let Some(chunk) = session.read_request_body().await? {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_ACK_BODY {
-            return respond_json(
-                session,
-                413,
-                &err(format!("ack batches are at most {MAX_ACK_BODY} bytes")),
-            )
-            .await;
-        }
-    }
-    let batch: AckBatch = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            let why = format!("ack batch: {e}; send {{\"token\": \"…\", \"acks\": [{{\"receipt\": \"…\", \"sig\": \"…\"}}]}}");
-            return respond_json(session, 400, &err(why)).await;
-        }
-    };
-    let mut issuers = delivery.hub_issuers.load().as_ref().clone();
-    issuers.extend(delivery.static_issuers.load().iter().cloned());
-    match book
-        .accept(batch, &delivery.tokens, &issuers, metrics)
-        .await
-    {
-        Ok(reply) => {
-            respond_json(
-                session,
-                200,
-                &serde_json::to_value(reply).unwrap_or_default(),
-            )
-            .await
-        }
-        Err((status, why)) => respond_json(session, status, &err(why)).await,
-    }
-}
-
-/// Size of the request head as received (request line and header fields).
-fn header_bytes(req: &RequestHeader) -> usize {
-    let line =
-        req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
-    line + req
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-}
-
-/// An error the edge makes itself: a one-line reason, never cached, and
-/// the CORS header a player's successful responses carry, so a browser
-/// player can read why (without it the page sees only a CORS failure).
-async fn send_error(session: &mut Session, status: u16, reason: &str) -> Result<()> {
-    let body = Bytes::from(format!("meshcast: {reason}\n"));
-    let mut resp = ResponseHeader::build(status, Some(5))?;
-    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
-    session.write_error_response(resp, body).await
-}
-
-/// Turns `resp` into a 416 for a body of `total` bytes (as Pingora does
-/// for ranges it finds unsatisfiable).
-fn unsatisfiable(resp: &mut ResponseHeader, total: u64) {
-    let _ = resp.set_status(416);
-    let _ = resp.insert_header(header::CONTENT_LENGTH, "0");
-    let _ = resp.insert_header(header::CONTENT_RANGE, format!("bytes */{total}"));
-    for h in [
-        header::ACCEPT_RANGES,
-        header::CONTENT_TYPE,
-        header::CONTENT_ENCODING,
-        header::TRANSFER_ENCODING,
-    ] {
-        resp.remove_header(&h);
-    }
-}
-
-async fn refuse(session: &mut Session, status: u16, reason: &str) -> Result<bool> {
-    send_error(session, status, reason).await?;
-    Ok(true)
 }
 
 #[async_trait]
@@ -435,6 +300,10 @@ impl ProxyHttp for EdgePipeline {
             .site
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no site routed"))?;
+        if crate::http_rules::only_if_cached(_session.req_header()) {
+            // RFC 9111 §5.2.1.7: nothing stored, and the client forbids a fetch.
+            return Err(Error::explain(ErrorType::HTTPStatus(504), "only-if-cached"));
+        }
         let mut peer = HttpPeer::new(site.origin_addr, site.origin_tls, site.origin_sni.clone());
         peer.options.connection_timeout = Some(ctx.state.connect_timeout);
         peer.options.total_connection_timeout = Some(ctx.state.connect_timeout);
@@ -453,6 +322,7 @@ impl ProxyHttp for EdgePipeline {
             .as_ref()
             .and_then(|s| s.origin_host.clone())
             .unwrap_or_else(|| ctx.host.clone());
+        crate::http_rules::strip_hop_by_hop_request(upstream);
         upstream.insert_header(header::HOST, host)?;
         if let Some(uri) = &ctx.media_uri {
             let uri = uri
@@ -488,6 +358,9 @@ impl ProxyHttp for EdgePipeline {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.origin_status = Some(resp.status.as_u16());
+        // Before the cache sees it: hop-by-hop fields are neither stored
+        // nor forwarded.
+        crate::http_rules::strip_hop_by_hop_response(resp);
         Ok(())
     }
 
@@ -497,6 +370,7 @@ impl ProxyHttp for EdgePipeline {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        crate::http_rules::strip_targeted(resp);
         let (status, age) = cache_status::describe(session, ctx.stored, ctx.origin_status);
         ctx.cache_label = cache_status::short(&status);
         if let Some(age) = age {
@@ -577,6 +451,10 @@ impl ProxyHttp for EdgePipeline {
     ) -> FailToProxy {
         use ErrorType::*;
         let (code, reason) = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(504)) => (
+                504,
+                "only-if-cached, and nothing is stored for this request",
+            ),
             (_, HTTPStatus(code)) => (*code, "request failed"),
             (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
                 (504, "the origin timed out")

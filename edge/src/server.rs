@@ -151,6 +151,7 @@ pub fn check(path: &Path) -> Result<EdgeConfig, EdgeError> {
 /// Runs the edge until it is told to stop. Never returns.
 pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     let state = build_state(&config)?;
+    crate::replies::set_server_name(&config.edge.server_name);
     let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
     let c = &config.cache;
     let storage: &'static TieredStorage = Box::leak(Box::new(TieredStorage::new(

@@ -42,6 +42,10 @@ pub struct OriginState {
 /// - `/swr/NAME.m4s`: max-age=1, stale-while-revalidate=30
 /// - `/vary/NAME.m4s`: `Vary: Accept-Language`, body names the language
 /// - `/v/…`: made-up bytes under a HUB's media paths (a dishonest origin)
+/// - `/hop/NAME`: max-age=60 with hop-by-hop headers (`Connection: x-hop`,
+///   `X-Hop`, `Keep-Alive`) that must not be stored or forwarded
+/// - `/cdncc/NAME`: `Cache-Control: no-store`, `CDN-Cache-Control: max-age=60`
+/// - `/mcc/NAME`: max-age=60 for everyone, `Meshcast-Cache-Control: no-store`
 pub struct Origin {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<OriginState>>,
@@ -205,6 +209,24 @@ async fn serve(
             (
                 "200 OK",
                 "Cache-Control: max-age=1, stale-if-error=60\r\n".into(),
+                body,
+            )
+        } else if path.starts_with("/hop/") {
+            (
+                "200 OK",
+                "Cache-Control: max-age=60\r\nConnection: x-hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nX-End: kept\r\n".into(),
+                body,
+            )
+        } else if path.starts_with("/cdncc/") {
+            (
+                "200 OK",
+                "Cache-Control: no-store\r\nCDN-Cache-Control: max-age=60\r\n".into(),
+                body,
+            )
+        } else if path.starts_with("/mcc/") {
+            (
+                "200 OK",
+                "Cache-Control: max-age=60\r\nCDN-Cache-Control: max-age=60\r\nMeshcast-Cache-Control: no-store\r\n".into(),
                 body,
             )
         } else if path.starts_with("/seg/")

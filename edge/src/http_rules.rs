@@ -1,0 +1,168 @@
+//! Header rules of RFC 9110 and RFC 9213 the pipeline applies to what it
+//! forwards and stores, each small and pure:
+//!
+//! - hop-by-hop fields (RFC 9110 §7.6.1): the ones a `Connection` header
+//!   names, and `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
+//!   `Upgrade`, are removed from what the edge forwards and stores;
+//! - targeted cache control (RFC 9213): `Meshcast-Cache-Control` (this
+//!   CDN's own field), then `CDN-Cache-Control`, take precedence over
+//!   `Cache-Control` for the edge's own caching, and are not forwarded to
+//!   clients; a targeted field that does not parse is ignored (§2.1);
+//! - request directives (RFC 9111 §5.2.1): `only-if-cached`.
+
+use http::header::{self, HeaderName};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// This CDN's targeted field (RFC 9213 §2: `{cdn}-Cache-Control`).
+pub const MESHCAST_CACHE_CONTROL: &str = "meshcast-cache-control";
+/// The field every CDN obeys (RFC 9213 §3).
+pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
+
+/// Hop-by-hop names besides those `Connection` lists. (Transfer-Encoding
+/// is framing, which Pingora rewrites for each side itself.)
+const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+/// Names `Connection` lists (lower case), minus the framing ones.
+fn connection_names(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty() && n != "close" && n != "keep-alive" && n != "transfer-encoding")
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect()
+}
+
+/// Removes hop-by-hop fields from a response before it is stored or
+/// forwarded.
+pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
+    for name in connection_names(&resp.headers) {
+        resp.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        resp.remove_header(name);
+    }
+}
+
+/// Removes hop-by-hop fields from a request before it goes to the origin.
+pub fn strip_hop_by_hop_request(req: &mut RequestHeader) {
+    for name in connection_names(&req.headers) {
+        req.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        req.remove_header(name);
+    }
+}
+
+/// The cache-control value the edge obeys for `resp`: the most specific
+/// targeted field that parses, else `None` (use `Cache-Control`).
+pub fn targeted_cache_control(resp: &ResponseHeader) -> Option<String> {
+    [MESHCAST_CACHE_CONTROL, CDN_CACHE_CONTROL]
+        .into_iter()
+        .filter_map(|name| {
+            let values: Vec<&str> = resp
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.join(", "))
+        })
+        .find(|v| parses(v))
+}
+
+/// Whether a cache-control value is a list of `token[=value]` directives.
+fn parses(value: &str) -> bool {
+    value.split(',').all(|d| {
+        let d = d.trim();
+        let (name, arg) = d.split_once('=').unwrap_or((d, "x"));
+        !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !arg.is_empty()
+    })
+}
+
+/// Removes the targeted fields (for what clients see or what is stored).
+pub fn strip_targeted(resp: &mut ResponseHeader) {
+    resp.remove_header(MESHCAST_CACHE_CONTROL);
+    resp.remove_header(CDN_CACHE_CONTROL);
+}
+
+/// `Cache-Control: only-if-cached` on the request (RFC 9111 §5.2.1.7).
+pub fn only_if_cached(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("only-if-cached"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn hop_by_hop_fields_named_by_connection_go() {
+        let mut r = resp(&[
+            ("connection", "x-hop, close"),
+            ("x-hop", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-end", "kept"),
+        ]);
+        strip_hop_by_hop_response(&mut r);
+        assert!(r.headers.get("x-hop").is_none());
+        assert!(r.headers.get("keep-alive").is_none());
+        assert_eq!(r.headers["x-end"], "kept");
+        let mut q = RequestHeader::build("GET", b"/", None).unwrap();
+        q.append_header("connection", "x-client-hop").unwrap();
+        q.append_header("x-client-hop", "1").unwrap();
+        q.append_header("te", "trailers").unwrap();
+        strip_hop_by_hop_request(&mut q);
+        assert!(q.headers.get("x-client-hop").is_none());
+        assert!(q.headers.get("te").is_none());
+    }
+
+    #[test]
+    fn the_most_specific_targeted_field_that_parses_wins() {
+        let r = resp(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+        ]);
+        assert_eq!(targeted_cache_control(&r).as_deref(), Some("max-age=60"));
+        let r = resp(&[
+            ("cdn-cache-control", "max-age=60"),
+            ("meshcast-cache-control", "no-store"),
+        ]);
+        assert_eq!(targeted_cache_control(&r).as_deref(), Some("no-store"));
+        // RFC 9213 §2.1: one that does not parse is ignored.
+        let r = resp(&[
+            ("cdn-cache-control", "max-age=60"),
+            ("meshcast-cache-control", "max-age=\"6\"0=, ,"),
+        ]);
+        assert_eq!(targeted_cache_control(&r).as_deref(), Some("max-age=60"));
+        assert_eq!(
+            targeted_cache_control(&resp(&[("cache-control", "max-age=1")])),
+            None
+        );
+    }
+
+    #[test]
+    fn only_if_cached_is_found_among_directives() {
+        let mut q = RequestHeader::build("GET", b"/", None).unwrap();
+        assert!(!only_if_cached(&q));
+        q.append_header("cache-control", "max-stale=5, Only-If-Cached")
+            .unwrap();
+        assert!(only_if_cached(&q));
+    }
+}
