@@ -232,6 +232,14 @@ async fn revalidation_uses_304_and_clients_get_304() {
         "the edge revalidated with If-None-Match"
     );
     assert!(again.cache.contains("revalidated"), "{}", again.cache);
+    // RFC 9111 §4.3.4: every field of the 304 replaces the stored one (not
+    // only a fixed list), including ones the 200 did not have.
+    assert_eq!(again.headers["x-version"], "2");
+    assert_eq!(again.headers["x-revalidated"], "yes");
+    assert_eq!(
+        again.headers["content-length"],
+        first.body.len().to_string().as_str()
+    );
     let cond = get(&edge.url("/etag/p.m3u8"), &[("if-none-match", &etag)]).await;
     assert_eq!(cond.status, 304);
     assert!(cond.body.is_empty());

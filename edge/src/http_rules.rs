@@ -8,7 +8,8 @@
 //!   CDN's own field), then `CDN-Cache-Control`, take precedence over
 //!   `Cache-Control` for the edge's own caching, and are not forwarded to
 //!   clients; a targeted field that does not parse is ignored (§2.1);
-//! - request directives (RFC 9111 §5.2.1): `only-if-cached`.
+//! - request directives (RFC 9111 §5.2.1): `only-if-cached`;
+//! - freshening a stored response with a 304 (RFC 9111 §3.2, §4.3.4).
 
 use http::header::{self, HeaderName};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -90,6 +91,27 @@ pub fn strip_targeted(resp: &mut ResponseHeader) {
     resp.remove_header(CDN_CACHE_CONTROL);
 }
 
+/// RFC 9111 §4.3.4 / §3.2: the stored header updated with a 304's — every
+/// field the 304 carries replaces the stored field of that name, except
+/// Content-Length (the 304 describes no body) and the framing fields.
+pub fn freshen(stored: &ResponseHeader, not_modified: &http::HeaderMap) -> ResponseHeader {
+    let mut out = stored.clone();
+    let skip = [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+    ];
+    let mut names: Vec<&HeaderName> = not_modified.keys().filter(|n| !skip.contains(n)).collect();
+    names.dedup();
+    for name in names {
+        out.remove_header(name);
+        for value in not_modified.get_all(name) {
+            let _ = out.append_header(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// `Cache-Control: only-if-cached` on the request (RFC 9111 §5.2.1.7).
 pub fn only_if_cached(req: &RequestHeader) -> bool {
     req.headers
@@ -155,6 +177,33 @@ mod tests {
             targeted_cache_control(&resp(&[("cache-control", "max-age=1")])),
             None
         );
+    }
+
+    #[test]
+    fn a_304_replaces_every_field_it_carries_but_content_length() {
+        let stored = resp(&[
+            ("content-length", "1000"),
+            ("x-version", "1"),
+            ("cache-control", "max-age=1"),
+            ("x-kept", "k"),
+            ("link", "<a>"),
+            ("link", "<b>"),
+        ]);
+        let fresh = resp(&[
+            ("content-length", "0"),
+            ("x-version", "2"),
+            ("cache-control", "max-age=60"),
+            ("x-new", "n"),
+            ("link", "<c>"),
+        ]);
+        let out = freshen(&stored, &fresh.headers);
+        assert_eq!(out.headers["content-length"], "1000");
+        assert_eq!(out.headers["x-version"], "2");
+        assert_eq!(out.headers["cache-control"], "max-age=60");
+        assert_eq!(out.headers["x-new"], "n");
+        assert_eq!(out.headers["x-kept"], "k");
+        let links: Vec<_> = out.headers.get_all("link").iter().collect();
+        assert_eq!(links, ["<c>"]);
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct RequestCtx {
     /// A tokened request for media (not a playlist): charged to the budget
     /// and given a receipt. Playlists are not the paid bytes.
     paid: bool,
+    /// The origin's 304 to a revalidation, whose every field freshens the
+    /// stored response (pingora merges only a fixed few).
+    not_modified: Option<http::HeaderMap>,
 }
 
 #[async_trait]
@@ -98,6 +101,7 @@ impl ProxyHttp for EdgePipeline {
             media_uri: None,
             budget_charged: false,
             paid: false,
+            not_modified: None,
         }
     }
 
@@ -286,6 +290,11 @@ impl ProxyHttp for EdgePipeline {
         };
         let req = session.req_header();
         let authorization = req.headers.contains_key(header::AUTHORIZATION);
+        let freshened = ctx
+            .not_modified
+            .take()
+            .map(|fresh| crate::http_rules::freshen(resp, &fresh));
+        let resp = freshened.as_ref().unwrap_or(resp);
         let decision = freshness::response_cacheable(site, &ctx.path, resp, authorization);
         ctx.stored = matches!(decision, RespCacheable::Cacheable(_));
         Ok(decision)
@@ -358,6 +367,9 @@ impl ProxyHttp for EdgePipeline {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.origin_status = Some(resp.status.as_u16());
+        if resp.status.as_u16() == 304 {
+            ctx.not_modified = Some(resp.headers.clone());
+        }
         // Before the cache sees it: hop-by-hop fields are neither stored
         // nor forwarded.
         crate::http_rules::strip_hop_by_hop_response(resp);

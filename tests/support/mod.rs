@@ -35,7 +35,8 @@ pub struct OriginState {
 /// An HTTP/1.1 origin. Paths choose behaviour:
 /// - `/seg/NAME.m4s?len=N`: N bytes (default 1000), no freshness headers
 /// - `/slow/NAME.m4s?len=N`: sends half, waits for `release`, sends the rest
-/// - `/etag/NAME.m3u8`: max-age=1 with an ETag; answers If-None-Match with 304
+/// - `/etag/NAME.m3u8`: max-age=1 with an ETag and `X-Version: 1`; answers
+///   If-None-Match with a 304 carrying `X-Version: 2` and `X-Revalidated`
 /// - `/nostore/NAME`: Cache-Control: no-store
 /// - `/sie/NAME.m4s`: max-age=1, stale-if-error=60
 /// - `/pl/NAME.m3u8`: a playlist without freshness headers
@@ -173,13 +174,13 @@ async fn serve(
                     .or_default() += 1;
                 (
                     "304 Not Modified",
-                    format!("ETag: {etag}\r\nCache-Control: max-age=1\r\n"),
+                    format!("ETag: {etag}\r\nCache-Control: max-age=1\r\nX-Version: 2\r\nX-Revalidated: yes\r\n"),
                     Vec::new(),
                 )
             } else {
                 (
                     "200 OK",
-                    format!("ETag: {etag}\r\nCache-Control: max-age=1\r\n"),
+                    format!("ETag: {etag}\r\nCache-Control: max-age=1\r\nX-Version: 1\r\n"),
                     body,
                 )
             }
