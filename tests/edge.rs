@@ -729,3 +729,43 @@ async fn hop_by_hop_targeted_cache_control_only_if_cached_and_server() {
     // The edge's own responses say who answered.
     assert_eq!(missing.headers["server"], "meshcast");
 }
+
+/// RFC 9111 §4.4: a successful unsafe request invalidates what is stored
+/// for its target, and for the same-host Location its answer names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_methods_invalidate_stored_responses() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    for path in ["/seg/inv.m4s", "/seg/target.m4s"] {
+        get(&edge.url(path), &[]).await;
+        assert!(get(&edge.url(path), &[]).await.cache.contains("hit"));
+    }
+    let client = reqwest::Client::new();
+    // DELETE of the segment itself (the test origin answers 200).
+    let r = client
+        .delete(edge.url("/seg/inv.m4s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(get(&edge.url("/seg/inv.m4s"), &[])
+        .await
+        .cache
+        .contains("miss"));
+    assert_eq!(
+        origin.hits("/seg/inv.m4s"),
+        3,
+        "fetched again after the DELETE"
+    );
+    // A POST elsewhere whose 201 names /seg/target.m4s in Location.
+    let r = client
+        .post(edge.url("/post/target.m4s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(get(&edge.url("/seg/target.m4s"), &[])
+        .await
+        .cache
+        .contains("miss"));
+}

@@ -9,7 +9,8 @@
 //!   `Cache-Control` for the edge's own caching, and are not forwarded to
 //!   clients; a targeted field that does not parse is ignored (§2.1);
 //! - request directives (RFC 9111 §5.2.1): `only-if-cached`;
-//! - freshening a stored response with a 304 (RFC 9111 §3.2, §4.3.4).
+//! - freshening a stored response with a 304 (RFC 9111 §3.2, §4.3.4);
+//! - invalidation after unsafe methods (RFC 9111 §4.4).
 
 use http::header::{self, HeaderName};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -112,6 +113,41 @@ pub fn freshen(stored: &ResponseHeader, not_modified: &http::HeaderMap) -> Respo
     out
 }
 
+/// RFC 9111 §4.4: the paths (with query) whose stored responses an unsafe
+/// request's non-error answer invalidates: its own target, and the
+/// `Location` / `Content-Location` it names on the same host.
+pub fn invalidated(
+    method: &http::Method,
+    status: u16,
+    host: &str,
+    target: &str,
+    resp: &ResponseHeader,
+) -> Vec<String> {
+    let safe = matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+    );
+    if safe || !(200..400).contains(&status) {
+        return Vec::new();
+    }
+    let mut out = vec![target.to_string()];
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(v) = resp.headers.get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let same_host = match v.parse::<http::Uri>() {
+            Ok(u) if u.host().is_some() => u
+                .host()
+                .is_some_and(|h| crate::sites::normalize_host(h) == host)
+                .then(|| u.path_and_query().map_or("/".into(), |p| p.to_string())),
+            Ok(_) if v.starts_with('/') => Some(v.to_string()),
+            _ => None,
+        };
+        out.extend(same_host);
+    }
+    out
+}
+
 /// `Cache-Control: only-if-cached` on the request (RFC 9111 §5.2.1.7).
 pub fn only_if_cached(req: &RequestHeader) -> bool {
     req.headers
@@ -204,6 +240,31 @@ mod tests {
         assert_eq!(out.headers["x-kept"], "k");
         let links: Vec<_> = out.headers.get_all("link").iter().collect();
         assert_eq!(links, ["<c>"]);
+    }
+
+    #[test]
+    fn unsafe_methods_invalidate_their_target_and_same_host_locations() {
+        let r = resp(&[
+            ("location", "/v/a/new.m4s"),
+            ("content-location", "http://other.example/v/a/x.m4s"),
+        ]);
+        let post = http::Method::POST;
+        assert_eq!(
+            invalidated(&post, 201, "cdn.example", "/v/a/up", &r),
+            ["/v/a/up", "/v/a/new.m4s"]
+        );
+        let same = resp(&[("content-location", "http://CDN.example/v/a/x.m4s?q=1")]);
+        assert_eq!(
+            invalidated(&http::Method::DELETE, 204, "cdn.example", "/v/a/x", &same),
+            ["/v/a/x", "/v/a/x.m4s?q=1"]
+        );
+        let unknown = http::Method::from_bytes(b"PURGEX").unwrap();
+        assert_eq!(invalidated(&unknown, 200, "h", "/p", &resp(&[])), ["/p"]);
+        assert!(
+            invalidated(&post, 500, "h", "/p", &r).is_empty(),
+            "errors invalidate nothing"
+        );
+        assert!(invalidated(&http::Method::GET, 200, "h", "/p", &r).is_empty());
     }
 
     #[test]

@@ -81,6 +81,38 @@ pub struct RequestCtx {
     not_modified: Option<http::HeaderMap>,
 }
 
+impl EdgePipeline {
+    /// RFC 9111 §4.4: an unsafe method's success drops what is stored for
+    /// its target and the same-host URIs its answer names.
+    async fn invalidate_after_unsafe(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &RequestCtx,
+    ) {
+        let Some(status) = ctx.origin_status else {
+            return;
+        };
+        let method = &session.req_header().method;
+        let query = session.req_header().uri.query();
+        let target = match query {
+            Some(q) => format!("{}?{q}", ctx.path),
+            None => ctx.path.clone(),
+        };
+        for path in crate::http_rules::invalidated(method, status, &ctx.host, &target, resp) {
+            let (p, q) = path
+                .split_once('?')
+                .map_or((path.as_str(), None), |(p, q)| (p, Some(q)));
+            let Ok(p) = crate::path::normalize(p) else {
+                continue;
+            };
+            let key = cache_key_url(&ctx.host, &p, q);
+            let purged = self.shared.storage.purge_matching(|k| k == key).await;
+            tracing::debug!(%key, purged, "invalidated by an unsafe method");
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for EdgePipeline {
     type CTX = RequestCtx;
@@ -383,6 +415,7 @@ impl ProxyHttp for EdgePipeline {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         crate::http_rules::strip_targeted(resp);
+        self.invalidate_after_unsafe(session, resp, ctx).await;
         let (status, age) = cache_status::describe(session, ctx.stored, ctx.origin_status);
         ctx.cache_label = cache_status::short(&status);
         if let Some(age) = age {

@@ -43,6 +43,8 @@ pub struct OriginState {
 /// - `/swr/NAME.m4s`: max-age=1, stale-while-revalidate=30
 /// - `/vary/NAME.m4s`: `Vary: Accept-Language`, body names the language
 /// - `/v/…`: made-up bytes under a HUB's media paths (a dishonest origin)
+/// - `/post/NAME`: 201 with `Location: /seg/NAME` (and a Content-Location
+///   on another host)
 /// - `/hop/NAME`: max-age=60 with hop-by-hop headers (`Connection: x-hop`,
 ///   `X-Hop`, `Keep-Alive`) that must not be stored or forwarded
 /// - `/cdncc/NAME`: `Cache-Control: no-store`, `CDN-Cache-Control: max-age=60`
@@ -211,6 +213,12 @@ async fn serve(
                 "200 OK",
                 "Cache-Control: max-age=1, stale-if-error=60\r\n".into(),
                 body,
+            )
+        } else if path.starts_with("/post/") {
+            (
+                "201 Created",
+                format!("Location: /seg/{name}\r\nContent-Location: http://other.example/seg/{name}\r\n"),
+                Vec::new(),
             )
         } else if path.starts_with("/hop/") {
             (
