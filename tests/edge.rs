@@ -769,3 +769,35 @@ async fn unsafe_methods_invalidate_stored_responses() {
         .cache
         .contains("miss"));
 }
+
+/// RFC 9111 §5.2.1: what a request's own Cache-Control asks of the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_directives_are_obeyed() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    let url = edge.url("/etag/rq.m3u8"); // max-age=1 with an ETag
+    get(&url, &[]).await;
+    assert!(get(&url, &[]).await.cache.contains("hit"));
+    // §5.2.1.4 no-cache, §5.2.1.3 min-fresh beyond what is left: each
+    // revalidates with the origin first. (§5.2.1.1 max-age is unit-tested:
+    // a just-revalidated response is 0 s old, which max-age=0 accepts.)
+    for (n, cc) in ["no-cache", "min-fresh=30"].iter().enumerate() {
+        let r = get(&url, &[("cache-control", cc)]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.cache.contains("revalidated"), "{cc}: {}", r.cache);
+        assert_eq!(origin.conditional("/etag/rq.m3u8"), n + 1, "{cc}");
+    }
+    // §5.2.1.2 max-stale: once stale, served as it is, without the origin.
+    tokio::time::sleep(Duration::from_millis(2100)).await; // max-age=1 runs out
+    let stale = get(&url, &[("cache-control", "max-stale=60")]).await;
+    assert!(stale.cache.contains("hit"), "{}", stale.cache);
+    assert_eq!(origin.conditional("/etag/rq.m3u8"), 2);
+    // §5.2.1.5 no-store: nothing of this answer is stored.
+    let seg = edge.url("/seg/ns.m4s");
+    assert!(!get(&seg, &[("cache-control", "no-store")])
+        .await
+        .cache
+        .contains("stored"));
+    assert!(get(&seg, &[]).await.cache.contains("miss"));
+    assert_eq!(origin.hits("/seg/ns.m4s"), 2);
+}

@@ -8,7 +8,8 @@
 //!   CDN's own field), then `CDN-Cache-Control`, take precedence over
 //!   `Cache-Control` for the edge's own caching, and are not forwarded to
 //!   clients; a targeted field that does not parse is ignored (§2.1);
-//! - request directives (RFC 9111 §5.2.1): `only-if-cached`;
+//! - request directives (RFC 9111 §5.2.1): `max-age`, `max-stale`,
+//!   `min-fresh`, `no-cache`, `no-store`, `only-if-cached`;
 //! - freshening a stored response with a 304 (RFC 9111 §3.2, §4.3.4);
 //! - invalidation after unsafe methods (RFC 9111 §4.4).
 
@@ -148,6 +149,60 @@ pub fn invalidated(
     out
 }
 
+/// A request's cache-control directives (RFC 9111 §5.2.1), parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestDirectives {
+    pub max_age: Option<u64>,
+    /// `Some(None)`: any staleness; `Some(Some(n))`: at most n seconds.
+    pub max_stale: Option<Option<u64>>,
+    pub min_fresh: Option<u64>,
+    pub no_cache: bool,
+    pub no_store: bool,
+}
+
+impl RequestDirectives {
+    pub fn parse(req: &RequestHeader) -> RequestDirectives {
+        let mut d = RequestDirectives::default();
+        let values = req.headers.get_all(header::CACHE_CONTROL);
+        for item in values
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+        {
+            let (name, arg) = item.trim().split_once('=').unwrap_or((item.trim(), ""));
+            let secs = arg.trim_matches('"').parse::<u64>().ok();
+            match name.to_ascii_lowercase().as_str() {
+                "max-age" => d.max_age = secs.or(d.max_age),
+                "max-stale" => d.max_stale = Some(secs),
+                "min-fresh" => d.min_fresh = secs.or(d.min_fresh),
+                "no-cache" => d.no_cache = true,
+                "no-store" => d.no_store = true,
+                _ => {}
+            }
+        }
+        d
+    }
+
+    /// What the request asks of a stored response `age` old with
+    /// `fresh_left` seconds of freshness (negative: stale that long), whose
+    /// own directives may forbid serving it stale:
+    /// `Some(false)` revalidate first, `Some(true)` serve it even if stale,
+    /// `None` the cache's own rules.
+    pub fn verdict(&self, age: u64, fresh_left: i64, stale_forbidden: bool) -> Option<bool> {
+        let too_old = self.max_age.is_some_and(|m| age > m);
+        let not_fresh_enough = self.min_fresh.is_some_and(|m| fresh_left < m as i64);
+        if self.no_cache || too_old || not_fresh_enough {
+            return Some(false);
+        }
+        let stale_ok = match self.max_stale {
+            Some(None) => true,
+            Some(Some(n)) => -fresh_left <= n as i64,
+            None => false,
+        };
+        (fresh_left < 0 && stale_ok && !stale_forbidden).then_some(true)
+    }
+}
+
 /// `Cache-Control: only-if-cached` on the request (RFC 9111 §5.2.1.7).
 pub fn only_if_cached(req: &RequestHeader) -> bool {
     req.headers
@@ -265,6 +320,33 @@ mod tests {
             "errors invalidate nothing"
         );
         assert!(invalidated(&http::Method::GET, 200, "h", "/p", &r).is_empty());
+    }
+
+    #[test]
+    fn request_directives_as_rfc_9111_5_2_1_reads_them() {
+        let d = |v: &str| {
+            let mut q = RequestHeader::build("GET", b"/", None).unwrap();
+            q.append_header("cache-control", v).unwrap();
+            RequestDirectives::parse(&q)
+        };
+        // §5.2.1.1 max-age: older than that is not acceptable.
+        assert_eq!(d("max-age=10").verdict(11, 50, false), Some(false));
+        assert_eq!(d("max-age=10").verdict(10, 50, false), None);
+        // §5.2.1.3 min-fresh: fresh for at least that much longer.
+        assert_eq!(d("min-fresh=30").verdict(0, 20, false), Some(false));
+        assert_eq!(d("min-fresh=30").verdict(0, 40, false), None);
+        // §5.2.1.4 no-cache: validate first.
+        assert_eq!(d("no-cache").verdict(0, 1000, false), Some(false));
+        // §5.2.1.2 max-stale: stale accepted, within the bound, unless the
+        // response forbids it (must-revalidate, no-cache).
+        assert_eq!(d("max-stale").verdict(100, -90, false), Some(true));
+        assert_eq!(d("max-stale=60").verdict(100, -90, false), None);
+        assert_eq!(d("max-stale=60").verdict(100, -30, false), Some(true));
+        assert_eq!(d("max-stale").verdict(100, -30, true), None);
+        assert_eq!(d("max-stale").verdict(1, 30, false), None, "fresh anyway");
+        // §5.2.1.5 no-store is parsed for the response side.
+        assert!(d("no-store").no_store);
+        assert_eq!(d("").verdict(5, 5, false), None);
     }
 
     #[test]

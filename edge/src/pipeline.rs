@@ -19,7 +19,7 @@ use http::header;
 use meshcast_control::receipt::content_id;
 use pingora_cache::key::{CacheKey, HashBinary};
 use pingora_cache::lock::CacheKeyLockImpl;
-use pingora_cache::{CacheMeta, RespCacheable, VarianceBuilder};
+use pingora_cache::{CacheMeta, ForcedFreshness, RespCacheable, VarianceBuilder};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -309,6 +309,34 @@ impl ProxyHttp for EdgePipeline {
         }
     }
 
+    /// RFC 9111 §5.2.1: the request's own max-age, min-fresh, no-cache and
+    /// max-stale decide about a stored response before the cache's rules.
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut pingora_cache::HitHandler,
+        _is_fresh: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let wants = crate::http_rules::RequestDirectives::parse(session.req_header());
+        let now = SystemTime::now();
+        let fresh_left = match meta.fresh_until().duration_since(now) {
+            Ok(left) => left.as_secs() as i64,
+            Err(past) => -(past.duration().as_secs() as i64) - 1,
+        };
+        let stale_forbidden =
+            pingora_cache::cache_control::CacheControl::from_resp_headers(meta.response_header())
+                .is_some_and(|cc| cc.must_revalidate() || cc.no_cache() || cc.proxy_revalidate());
+        Ok(
+            match wants.verdict(meta.age().as_secs(), fresh_left, stale_forbidden) {
+                Some(false) => Some(ForcedFreshness::ForceExpired),
+                Some(true) => Some(ForcedFreshness::ForceFresh),
+                None => None,
+            },
+        )
+    }
+
     fn response_cache_filter(
         &self,
         session: &Session,
@@ -327,6 +355,12 @@ impl ProxyHttp for EdgePipeline {
             .take()
             .map(|fresh| crate::http_rules::freshen(resp, &fresh));
         let resp = freshened.as_ref().unwrap_or(resp);
+        // §5.2.1.5: a request with no-store stores nothing of its answer.
+        if crate::http_rules::RequestDirectives::parse(req).no_store {
+            return Ok(RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::Custom("request no-store"),
+            ));
+        }
         let decision = freshness::response_cacheable(site, &ctx.path, resp, authorization);
         ctx.stored = matches!(decision, RespCacheable::Cacheable(_));
         Ok(decision)
