@@ -801,3 +801,52 @@ async fn request_directives_are_obeyed() {
     assert!(get(&seg, &[]).await.cache.contains("miss"));
     assert_eq!(origin.hits("/seg/ns.m4s"), 2);
 }
+
+/// A keep-alive connection left idle is closed after
+/// `[edge] keepalive_timeout` (pingora alone keeps it forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_are_closed_on_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "");
+    let text = std::fs::read_to_string(&edge.config)
+        .unwrap()
+        .replace("[edge]\n", "[edge]\nkeepalive_timeout = \"1s\"\n");
+    std::fs::write(&edge.config, text).unwrap();
+    let edge = edge.start().await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", edge.port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /seg/k.m4s?len=10 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let body_len = |got: &[u8]| {
+        got.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| got.len() - i - 4)
+    };
+    while body_len(&got).is_none_or(|n| n < 10) {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // Then silence: the edge hangs up within a couple of seconds.
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the edge closed the idle connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "EOF, not more bytes");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -126,10 +126,26 @@ pub struct EdgeSection {
     /// Requests whose header block is larger get 431.
     #[serde(default = "default_max_header")]
     pub max_request_header_size: ByteSize,
+    /// A client connection idle this long between requests is closed
+    /// (HTTP/1.1 keep-alive; nginx's `keepalive_timeout`).
+    #[serde(default = "default_keepalive")]
+    pub keepalive_timeout: Seconds,
+    /// A client that sends no byte of its request body for this long is
+    /// cut off.
+    #[serde(default = "default_client_read")]
+    pub client_read_timeout: Seconds,
     /// `Server` on the edge's own responses (errors, its endpoints); the
     /// origin's is passed through on proxied ones. Read at start.
     #[serde(default = "default_server_name")]
     pub server_name: String,
+}
+
+fn default_keepalive() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+
+fn default_client_read() -> Seconds {
+    Seconds(Duration::from_secs(30))
 }
 
 fn default_server_name() -> String {
@@ -425,6 +441,14 @@ impl EdgeConfig {
                 "edge.server_name".into(),
                 "1 to 100 visible ASCII characters, e.g. \"meshcast\"".into(),
             ));
+        }
+        for (key, t) in [
+            ("edge.keepalive_timeout", e.keepalive_timeout.0),
+            ("edge.client_read_timeout", e.client_read_timeout.0),
+        ] {
+            if t < Duration::from_secs(1) || t > Duration::from_secs(3600) {
+                return Err((key.into(), "1s to 1h".into()));
+            }
         }
         if e.listen.is_empty() && e.listen_tls.is_empty() {
             return Err((

@@ -33,6 +33,9 @@ pub struct EdgeState {
     pub max_header_bytes: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Client side: idle time between requests, and per body read.
+    pub keepalive_timeout: Duration,
+    pub client_read_timeout: Duration,
     pub admin_key: Option<String>,
     /// `Alt-Svc` advertising the QUIC door, when there is one.
     pub alt_svc: Option<String>,
@@ -240,6 +243,18 @@ impl ProxyHttp for EdgePipeline {
         ctx.host = host;
         ctx.site = Some(site);
         Ok(false)
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Idle keep-alive connections are closed on time (pingora keeps
+        // them forever otherwise), and a stalled body is cut off.
+        session.set_keepalive(Some(ctx.state.keepalive_timeout.as_secs()));
+        session.set_read_timeout(Some(ctx.state.client_read_timeout));
+        Ok(())
     }
 
     fn request_cache_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {

@@ -122,6 +122,33 @@ fn build_delivery(
     Ok((delivery, Some(client)))
 }
 
+/// Raises the open-files limit to its hard limit (every client connection,
+/// origin connection and cache file is a descriptor) and says what it is.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            tracing::warn!("cannot read the open-files limit");
+            return;
+        }
+        let before = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            tracing::warn!(limit = before, "cannot raise the open-files limit");
+            return;
+        }
+        tracing::info!(
+            was = before,
+            now = lim.rlim_cur,
+            "open-files limit raised to the hard limit"
+        );
+    }
+}
+
 /// Everything a reload may change, built (and so validated) up front.
 fn build_state(config: &EdgeConfig) -> Result<EdgeState, EdgeError> {
     Ok(EdgeState {
@@ -129,6 +156,8 @@ fn build_state(config: &EdgeConfig) -> Result<EdgeState, EdgeError> {
         max_header_bytes: config.edge.max_request_header_size.0 as usize,
         connect_timeout: config.edge.origin_connect_timeout.0,
         read_timeout: config.edge.origin_read_timeout.0,
+        keepalive_timeout: config.edge.keepalive_timeout.0,
+        client_read_timeout: config.edge.client_read_timeout.0,
         admin_key: config.edge.admin_key.as_ref().map(|k| k.0.clone()),
         alt_svc: config
             .edge
@@ -152,6 +181,7 @@ pub fn check(path: &Path) -> Result<EdgeConfig, EdgeError> {
 pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     let state = build_state(&config)?;
     crate::replies::set_server_name(&config.edge.server_name);
+    raise_open_files_limit();
     let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
     let c = &config.cache;
     let storage: &'static TieredStorage = Box::leak(Box::new(TieredStorage::new(
