@@ -93,10 +93,13 @@ impl EdgePipeline {
         resp: &ResponseHeader,
         ctx: &RequestCtx,
     ) {
+        let method = &session.req_header().method;
+        if method.is_safe() {
+            return;
+        }
         let Some(status) = ctx.origin_status else {
             return;
         };
-        let method = &session.req_header().method;
         let query = session.req_header().uri.query();
         let target = match query {
             Some(q) => format!("{}?{q}", ctx.path),
@@ -334,6 +337,14 @@ impl ProxyHttp for EdgePipeline {
         _is_fresh: bool,
         _ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
+        // Most requests carry no Cache-Control: nothing to decide.
+        if !session
+            .req_header()
+            .headers
+            .contains_key(header::CACHE_CONTROL)
+        {
+            return Ok(None);
+        }
         let wants = crate::http_rules::RequestDirectives::parse(session.req_header());
         let now = SystemTime::now();
         let fresh_left = match meta.fresh_until().duration_since(now) {
