@@ -7,7 +7,8 @@ use meshcast_conf::AccessLogFormat;
 use pingora_http::RequestHeader;
 use serde::Serialize;
 use std::io::Write;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 /// CMCD keys that appear as their own fields; others stay in `cmcd`.
 pub const CMCD_KEYS: [&str; 4] = ["sid", "br", "bl", "ot"];
@@ -62,7 +63,7 @@ fn split_item(s: &str) -> (&str, &str) {
     (s, "")
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 pub struct Entry {
     pub time: String,
     pub client: String,
@@ -123,47 +124,90 @@ impl Entry {
     }
 }
 
+/// Lines waiting for the writer thread; past this, lines are dropped and
+/// counted (`meshcast_access_log_dropped_total`) rather than held in memory
+/// without bound when the disk is slower than the traffic.
+pub const QUEUE_LINES: usize = 65_536;
+
 pub struct AccessLog {
-    tx: Option<mpsc::Sender<String>>,
+    tx: Option<mpsc::SyncSender<String>>,
     format: AccessLogFormat,
+    dropped: prometheus::IntCounter,
+    /// Set by SIGHUP/SIGUSR1: the writer reopens the file (after rotation).
+    reopen: Arc<AtomicBool>,
+}
+
+fn open_target(target: &str) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        "stdout" => Box::new(std::io::stdout()),
+        path => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+    })
+}
+
+/// The writer thread: batches what is queued, reopens on request.
+fn write_lines(
+    target: String,
+    mut out: Box<dyn Write + Send>,
+    rx: mpsc::Receiver<String>,
+    reopen: Arc<AtomicBool>,
+) {
+    while let Ok(line) = rx.recv() {
+        if reopen.swap(false, Ordering::AcqRel) {
+            match open_target(&target) {
+                Ok(fresh) => out = fresh,
+                Err(e) => eprintln!("meshcast: cannot reopen the access log {target}: {e}"),
+            }
+        }
+        let mut batch = line;
+        batch.push('\n');
+        while let Ok(more) = rx.try_recv() {
+            batch.push_str(&more);
+            batch.push('\n');
+        }
+        if out
+            .write_all(batch.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            eprintln!("meshcast: cannot write the access log");
+        }
+    }
 }
 
 impl AccessLog {
-    /// `target` is "stdout", "off" or a file path (appended to).
-    pub fn open(target: &str, format: AccessLogFormat) -> std::io::Result<AccessLog> {
-        let mut out: Box<dyn Write + Send> = match target {
-            "off" => return Ok(AccessLog { tx: None, format }),
-            "stdout" => Box::new(std::io::stdout()),
-            path => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
-        };
-        let (tx, rx) = mpsc::channel::<String>();
+    /// `target` is "stdout", "off" or a file path (appended to); at most
+    /// `queue` lines wait for the writer.
+    pub fn open(
+        target: &str,
+        format: AccessLogFormat,
+        queue: usize,
+        dropped: prometheus::IntCounter,
+    ) -> std::io::Result<AccessLog> {
+        let reopen = Arc::new(AtomicBool::new(false));
+        if target == "off" {
+            return Ok(AccessLog {
+                tx: None,
+                format,
+                dropped,
+                reopen,
+            });
+        }
+        let out = open_target(target)?;
+        let (tx, rx) = mpsc::sync_channel::<String>(queue);
+        let (t, r) = (target.to_string(), reopen.clone());
         std::thread::Builder::new()
             .name("meshcast-access-log".into())
-            .spawn(move || {
-                while let Ok(line) = rx.recv() {
-                    let mut batch = line;
-                    batch.push('\n');
-                    while let Ok(more) = rx.try_recv() {
-                        batch.push_str(&more);
-                        batch.push('\n');
-                    }
-                    if out
-                        .write_all(batch.as_bytes())
-                        .and_then(|_| out.flush())
-                        .is_err()
-                    {
-                        eprintln!("meshcast: cannot write the access log");
-                    }
-                }
-            })?;
+            .spawn(move || write_lines(t, out, rx, r))?;
         Ok(AccessLog {
             tx: Some(tx),
             format,
+            dropped,
+            reopen,
         })
     }
 
@@ -172,13 +216,21 @@ impl AccessLog {
         self.tx.is_some()
     }
 
+    /// Asks the writer to reopen its file before the next line (after a
+    /// logrotate move).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
     pub fn write(&self, entry: &Entry) {
         if let Some(tx) = &self.tx {
             let line = match self.format {
                 AccessLogFormat::Text => entry.text(),
                 AccessLogFormat::Json => entry.json(),
             };
-            let _ = tx.send(line);
+            if let Err(mpsc::TrySendError::Full(_)) = tx.try_send(line) {
+                self.dropped.inc();
+            }
         }
     }
 }
@@ -186,6 +238,60 @@ impl AccessLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(uri: &str) -> Entry {
+        Entry {
+            uri: uri.into(),
+            ..Entry::default()
+        }
+    }
+
+    /// Writes `uri`'s line until it shows in `path` (a line may be dropped
+    /// while the writer is busy: that is the point of the bound).
+    fn write_until_seen(log: &AccessLog, path: &std::path::Path, uri: &str) -> String {
+        for _ in 0..500 {
+            log.write(&entry(uri));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            let got = std::fs::read_to_string(path).unwrap_or_default();
+            if got.contains(uri) {
+                return got;
+            }
+        }
+        panic!("{uri} never reached {}", path.display());
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_a_rotated_file_is_reopened() {
+        let dir = std::env::temp_dir().join(format!("meshcast-alog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+        // A queue of 1 behind a writer that cannot keep up with 100 000
+        // lines written at once: some are dropped, and counted.
+        let log = AccessLog::open(
+            path.to_str().unwrap(),
+            AccessLogFormat::Text,
+            1,
+            dropped.clone(),
+        )
+        .unwrap();
+        for i in 0..100_000 {
+            log.write(&entry(&format!("/burst/{i}")));
+        }
+        assert!(dropped.get() > 0, "nothing dropped");
+        write_until_seen(&log, &path, "/after-burst");
+        // logrotate moves the file; after reopen, lines go to a new one.
+        let rotated = dir.join("access.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        log.reopen();
+        let fresh = write_until_seen(&log, &path, "/after-rotation");
+        assert!(!fresh.contains("/burst/"), "the new file starts empty");
+        assert!(!std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("/after-rotation"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn cmcd_from_query_and_headers() {

@@ -192,8 +192,13 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     )));
     let lock: Box<CacheKeyLockImpl> = CacheLock::new_boxed(c.lock_timeout.0);
     let lock: &'static CacheKeyLockImpl = Box::leak(lock);
-    let access_log =
-        AccessLog::open(&config.log.access, config.log.format).map_err(EdgeError::AccessLog)?;
+    let access_log = AccessLog::open(
+        &config.log.access,
+        config.log.format,
+        crate::access_log::QUEUE_LINES,
+        metrics.access_log_dropped.clone(),
+    )
+    .map_err(EdgeError::AccessLog)?;
     let (delivery, hub_client) = build_delivery(&config, metrics)?;
     let shared = Arc::new(Shared {
         delivery,
@@ -306,11 +311,12 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     server.run_forever();
 }
 
-/// Reloads the config on SIGHUP. A bad file is refused with its error and
-/// the running config keeps serving; connections are never dropped.
+/// Reloads the config on SIGHUP (and reopens the access log); SIGUSR1 only
+/// reopens the access log. A bad file is refused with its error and the
+/// running config keeps serving; connections are never dropped.
 fn spawn_reloader(path: PathBuf, shared: Arc<Shared>) {
-    use signal_hook::consts::SIGHUP;
-    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP]) {
+    use signal_hook::consts::{SIGHUP, SIGUSR1};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1]) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGHUP; config reload disabled");
@@ -318,7 +324,13 @@ fn spawn_reloader(path: PathBuf, shared: Arc<Shared>) {
         }
     };
     let spawned = std::thread::Builder::new().name("meshcast-reload".into()).spawn(move || {
-        for _ in signals.forever() {
+        for signal in signals.forever() {
+            // Both reopen the access log (after logrotate moved it).
+            shared.access_log.reopen();
+            if signal == SIGUSR1 {
+                tracing::info!("access log reopened");
+                continue;
+            }
             match EdgeConfig::load(&path).map_err(EdgeError::from).and_then(|c| Ok((build_state(&c)?, static_issuers(&c)))) {
                 Ok((state, issuers)) => {
                     shared.state.store(Arc::new(state));
