@@ -239,6 +239,18 @@ async fn browser_players_with_the_plugin_are_credited_exactly() {
 
 /// A token from the hub's own key, with the claims a test wants.
 fn hub_token(net: &Net, session: [u8; 32], prefix: &str, expires: u64, budget: u64) -> String {
+    steered_hub_token(net, session, prefix, expires, budget, Vec::new())
+}
+
+/// `hub_token` naming `edges` (empty: any edge).
+fn steered_hub_token(
+    net: &Net,
+    session: [u8; 32],
+    prefix: &str,
+    expires: u64,
+    budget: u64,
+    edges: Vec<[u8; 32]>,
+) -> String {
     let key = NodeKey::load(&net.hub.dir.join("data/hub.key")).unwrap();
     let claims = TokenClaims {
         issuer: key.public().to_bytes(),
@@ -246,7 +258,7 @@ fn hub_token(net: &Net, session: [u8; 32], prefix: &str, expires: u64, budget: u
         expires,
         budget,
         session,
-        edges: Vec::new(),
+        edges,
     };
     token::issue(&key, &claims, now()).unwrap()
 }
@@ -334,15 +346,12 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let issued: Value = reqwest::Client::new()
-        .post(net.hub.url(&format!("/v1/videos/{}/tokens", net.id)))
-        .json(&json!({"session": hex::encode(spk)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let issued = send_json(
+        reqwest::Client::new()
+            .post(net.hub.url(&format!("/v1/videos/{}/tokens", net.id)))
+            .json(&json!({"session": hex::encode(spk)})),
+    )
+    .await;
     let edge_hex = edge_key(&net.edge);
     assert_eq!(issued["edges"].as_array().unwrap().len(), 1, "{issued}");
     assert_eq!(issued["edges"][0]["key"], edge_hex.as_str(), "{issued}");
@@ -351,20 +360,14 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
     assert_eq!(hex::encode(steered.edges[0]), edge_hex);
     // A hub token steered to the stranger's edge: this edge will neither
     // serve it nor be paid for it.
-    let hub_key = NodeKey::load(&net.hub.dir.join("data/hub.key")).unwrap();
-    let elsewhere = token::issue(
-        &hub_key,
-        &TokenClaims {
-            issuer: hub_key.public().to_bytes(),
-            prefix: prefix.clone(),
-            expires: now() + 600,
-            budget: 1 << 30,
-            session: spk,
-            edges: vec![stranger.public().to_bytes()],
-        },
-        now(),
-    )
-    .unwrap();
+    let elsewhere = steered_hub_token(
+        &net,
+        spk,
+        &prefix,
+        now() + 600,
+        1 << 30,
+        vec![stranger.public().to_bytes()],
+    );
     let r = get(&net.edge.url(&format!("/t/{elsewhere}{seg}")), &[]).await;
     assert_eq!(r.status, 403);
     assert!(reason(&r).contains("other edges"), "{}", reason(&r));
@@ -705,16 +708,11 @@ async fn a_signed_video_plays_only_with_its_owners_tokens() {
 
 /// Runs `meshcast ledger tx --api HUB --key KEY --wait ACTION...`.
 fn ledger_tx(hub: &Hub, key: &std::path::Path, action: &[&str]) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
-        .args(["ledger", "tx", "--api", &hub.url(""), "--wait", "--key"])
-        .arg(key)
-        .args(action)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+            .args(["ledger", "tx", "--api", &hub.url(""), "--wait", "--key"])
+            .arg(key)
+            .args(action),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }

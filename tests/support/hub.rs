@@ -114,16 +114,13 @@ impl Hub {
 
     /// A new account; returns its API key.
     pub async fn create_account(&self, name: &str) -> String {
-        let r: Value = reqwest::Client::new()
-            .post(self.url("/v1/accounts"))
-            .bearer_auth(self.admin_key())
-            .json(&serde_json::json!({ "name": name }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = send_json(
+            reqwest::Client::new()
+                .post(self.url("/v1/accounts"))
+                .bearer_auth(self.admin_key())
+                .json(&serde_json::json!({ "name": name })),
+        )
+        .await;
         r["api_key"].as_str().expect("an API key").to_string()
     }
 
@@ -200,7 +197,12 @@ impl Drop for Hub {
 
 /// GET `url` with `client`, as JSON.
 pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
-    client.get(url).send().await.unwrap().json().await.unwrap()
+    send_json(client.get(url)).await
+}
+
+/// Sends a request and reads its answer as JSON.
+pub async fn send_json(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 /// An HTTP client that sends `key` as its bearer token.

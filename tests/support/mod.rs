@@ -465,25 +465,32 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
 pub mod h3;
 pub mod hub;
 
-/// Makes a certificate with `meshcast keys cert` and returns (cert, key, spki).
-pub fn make_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
-        .args([
-            "keys",
-            "cert",
-            "--host",
-            "localhost",
-            "--host",
-            "127.0.0.1",
-            "--out",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
+/// Runs `cmd` to the end and asserts it succeeded (showing its stderr if
+/// not); returns its output.
+pub fn succeed(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Makes a certificate with `meshcast keys cert` and returns (cert, key, spki).
+pub fn make_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let out = succeed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+            .args([
+                "keys",
+                "cert",
+                "--host",
+                "localhost",
+                "--host",
+                "127.0.0.1",
+                "--out",
+            ])
+            .arg(dir),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let spki = text.rsplit(": ").next().unwrap().trim().to_string();
