@@ -214,6 +214,9 @@ pub struct Checked {
     /// Most each token may be credited in all, across edges: its budget,
     /// unless the HUB lowers it (`limit`) from what it knows itself.
     pub limits: Vec<u64>,
+    /// Why a token earns nothing (`void`), by token index: its entries
+    /// cost only themselves, the rest of the claim is paid.
+    pub unpaid: Vec<Option<String>>,
 }
 
 impl Checked {
@@ -222,11 +225,22 @@ impl Checked {
     pub fn limit(&mut self, index: usize, cap: u64) {
         self.limits[index] = self.limits[index].min(cap);
     }
+
+    /// Token `index` earns nothing, for `reason` (its issuer is not trusted
+    /// for its prefix): a fault of the token, not of the claim, so the
+    /// other tokens' entries are still paid.
+    pub fn void(&mut self, index: usize, reason: String) {
+        self.limits[index] = 0;
+        self.unpaid[index] = Some(reason);
+    }
 }
 
 /// Everything checkable without opening acks, including that every token
 /// lets `claimant` be paid for it (a token steered to other edges earns
-/// the claimant nothing, and no honest edge serves one).
+/// the claimant nothing, and no honest edge serves one). A token whose
+/// issuer the HUB does not trust is void: its entries earn nothing and the
+/// rest of the claim stands (one viewer's token cannot cost an honest edge
+/// its epoch).
 pub fn check_claim(
     claim: &Claim,
     claimant: &[u8; 32],
@@ -272,19 +286,36 @@ pub fn check_claim(
     }
     let (start, _) = claim.window_ms();
     let mut tokens = Vec::with_capacity(claim.tokens.len());
+    let mut unpaid = Vec::with_capacity(claim.tokens.len());
     for (index, t) in claim.tokens.iter().enumerate() {
+        let token_err = |error| AuditError::Token { index, error };
         // Valid when the epoch began; each receipt's time is checked on opening.
-        let c = token::verify(t, &trusted, start / 1000)
-            .and_then(|c| c.allows_edge(claimant).map(|()| c))
-            .map_err(|error| AuditError::Token { index, error })?;
+        let (c, void) = match token::verify(t, &trusted, start / 1000) {
+            Ok(c) => (c, None),
+            // Not the claim's fault: its entries earn nothing, and are
+            // still opened and checked like any other.
+            Err(e) if e.costs_only_its_entries() => (
+                token::read_unverified(t).map_err(token_err)?,
+                Some(e.to_string()),
+            ),
+            Err(e) => return Err(token_err(e)),
+        };
+        c.allows_edge(claimant).map_err(token_err)?;
         tokens.push(c);
+        unpaid.push(void);
     }
+    let limits = tokens
+        .iter()
+        .zip(&unpaid)
+        .map(|(t, void)| if void.is_some() { 0 } else { t.budget })
+        .collect();
     Ok(Checked {
         token_ids: claim.tokens.iter().map(|t| token_id(t)).collect(),
-        limits: tokens.iter().map(|t| t.budget).collect(),
+        limits,
         tokens,
         per_token,
         ids,
+        unpaid,
     })
 }
 
@@ -416,7 +447,7 @@ pub struct Credit {
     pub bytes: u64,
     /// Bytes credited per token id.
     pub per_token: Vec<([u8; 16], u64)>,
-    /// Tokens that ran over their budget, as reasons.
+    /// Tokens credited less than claimed (over budget, or void), as reasons.
     pub over_budget: Vec<String>,
     /// Listed receipts that were already paid (in any epoch, by any
     /// numbering): they earn nothing again.
@@ -454,7 +485,9 @@ pub fn settle(
         let id = checked.token_ids[i];
         let left = checked.limits[i].saturating_sub(spent(&id));
         let credit = (*claimed).min(left);
-        if credit < *claimed {
+        if let Some(reason) = &checked.unpaid[i] {
+            over.push(format!("token {}: not paid: {reason}", hex::encode(id)));
+        } else if credit < *claimed {
             over.push(format!(
                 "token {}: {} bytes claimed, {} left of its budget",
                 hex::encode(id),

@@ -60,6 +60,17 @@ pub enum TokenError {
     OtherEdges(String),
 }
 
+impl TokenError {
+    /// Refusals that are the token's fault, not the fault of an edge that
+    /// served it in good faith (an issuer the HUB does not trust, or no
+    /// longer does): in a claim they cost only the token's own entries.
+    /// (An expired token is not among them: an honest edge serves a token
+    /// only before its expiry, and its receipts then fall before it too.)
+    pub fn costs_only_its_entries(&self) -> bool {
+        matches!(self, TokenError::UnknownIssuer(_))
+    }
+}
+
 /// A short stable id for a token (receipts and budgets name tokens by it).
 pub fn token_id(token: &str) -> [u8; 16] {
     let h = blake3::derive_key("meshcast token id v1", token.as_bytes());
@@ -131,16 +142,7 @@ pub fn verify(
     trusted: impl Fn(&[u8; 32]) -> bool,
     now: u64,
 ) -> Result<TokenClaims, TokenError> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(TokenError::Malformed(format!(
-            "{} bytes long (at most {MAX_TOKEN_LEN})",
-            token.len()
-        )));
-    }
-    let untrusted = UntrustedToken::<Public, V4>::try_from(token)
-        .map_err(|_| TokenError::Malformed("not a PASETO v4.public token".into()))?;
-    let unverified = Claims::from_bytes(untrusted.untrusted_payload())
-        .map_err(|_| TokenError::Malformed("payload is not a claims object".into()))?;
+    let (untrusted, unverified) = parse_untrusted(token)?;
     let issuer = hex32(unverified.get_claim("iss"), "iss")?;
     if !trusted(&issuer) {
         return Err(TokenError::UnknownIssuer(hex::encode(issuer)));
@@ -151,10 +153,39 @@ pub fn verify(
         .map_err(|_| TokenError::BadSignature)?;
     let c = Claims::from_bytes(trusted_token.payload().as_bytes())
         .map_err(|_| TokenError::Malformed("payload is not a claims object".into()))?;
-    let expires = unix(c.get_claim("exp"), "exp")?;
-    if expires < now {
-        return Err(TokenError::Expired(now - expires));
+    let claims = claims_of(&c, issuer)?;
+    if claims.expires < now {
+        return Err(TokenError::Expired(now - claims.expires));
     }
+    Ok(claims)
+}
+
+/// A token's claims read *without* checking its signature or expiry: only
+/// for entries the caller pays nothing for (a token whose issuer the HUB
+/// does not trust), so that they can still be checked for consistency.
+pub fn read_unverified(token: &str) -> Result<TokenClaims, TokenError> {
+    let (_, c) = parse_untrusted(token)?;
+    let issuer = hex32(c.get_claim("iss"), "iss")?;
+    claims_of(&c, issuer)
+}
+
+/// The token and its payload's claims, neither checked yet.
+fn parse_untrusted(token: &str) -> Result<(UntrustedToken<Public, V4>, Claims), TokenError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Malformed(format!(
+            "{} bytes long (at most {MAX_TOKEN_LEN})",
+            token.len()
+        )));
+    }
+    let untrusted = UntrustedToken::<Public, V4>::try_from(token)
+        .map_err(|_| TokenError::Malformed("not a PASETO v4.public token".into()))?;
+    let claims = Claims::from_bytes(untrusted.untrusted_payload())
+        .map_err(|_| TokenError::Malformed("payload is not a claims object".into()))?;
+    Ok((untrusted, claims))
+}
+
+fn claims_of(c: &Claims, issuer: [u8; 32]) -> Result<TokenClaims, TokenError> {
+    let expires = unix(c.get_claim("exp"), "exp")?;
     let prefix = c
         .get_claim("pfx")
         .and_then(|v| v.as_str())

@@ -82,6 +82,18 @@ fn audit_claim(
     claim: &Claim,
     open: impl Fn(&[usize]) -> audit::Opening,
 ) -> Result<u64, AuditError> {
+    let (bytes, unpaid) = audit_with_reasons(w, claim, open)?;
+    assert!(unpaid.is_empty(), "{unpaid:?}");
+    Ok(bytes)
+}
+
+/// The whole audit with the HUB trusting only `w.hub`: bytes credited and
+/// the reasons some were not.
+fn audit_with_reasons(
+    w: &World,
+    claim: &Claim,
+    open: impl Fn(&[usize]) -> audit::Opening,
+) -> Result<(u64, Vec<String>), AuditError> {
     let hub_pk = w.hub.public().to_bytes();
     let now_ms = epoch_start_ms() + 2 * EPOCH_SECS * 1000;
     let checked = audit::check_claim(claim, &w.edge.node(), |k| *k == hub_pk, now_ms)?;
@@ -89,8 +101,7 @@ fn audit_claim(
     let idx = audit::challenge(&bytes, &NONCE, claim);
     audit::check_proof(claim, &checked, &w.edge.node(), &idx, &open(&idx), catalog)?;
     let credit = audit::settle(&checked, claim, |_| 0, |_| false);
-    assert!(credit.over_budget.is_empty(), "{:?}", credit.over_budget);
-    Ok(credit.bytes)
+    Ok((credit.bytes, credit.over_budget))
 }
 
 #[test]
@@ -339,4 +350,54 @@ fn the_hubs_own_limit_caps_a_token_below_its_budget() {
     let credit = audit::settle(&checked, &c.claim, |_| 1000, |_| false);
     assert_eq!(credit.bytes, 2000, "3 000 in all, 1 000 already credited");
     assert!(!credit.over_budget.is_empty());
+}
+
+#[test]
+fn a_token_the_hub_does_not_trust_costs_only_its_own_entries() {
+    // An edge trusting an issuer the HUB does not (its own static issuer,
+    // or an owner key withdrawn since) serves and lists that token's acks
+    // beside honest viewers': the honest bytes are paid exactly, the
+    // stranger's earn nothing, and the claim is neither refused nor fraud.
+    let w = world(u64::MAX, 4_000_000_000);
+    let honest = acks(&w, 300, epoch_start_ms());
+    let honest_bytes: u64 = honest.iter().map(|(_, a)| a.receipt.receipt.len).sum();
+    let stranger = NodeKey::from_seed([77; 32]);
+    let viewer = SigningKey::from_bytes(&[78; 32]);
+    let claims = TokenClaims {
+        issuer: stranger.public().to_bytes(),
+        prefix: "/v/abc/".into(),
+        expires: 4_000_000_000,
+        budget: u64::MAX,
+        session: viewer.verifying_key().to_bytes(),
+        edges: Vec::new(),
+    };
+    let minted = token::issue(&stranger, &claims, 0).unwrap();
+    let with_minted = |signer: &SigningKey| {
+        let mut all = honest.clone();
+        for i in 0..200u64 {
+            let r = w.edge.sign(
+                token_id(&minted),
+                [3; 32],
+                &format!("/v/abc/720p/{i}.m4s"),
+                0,
+                1000 + i,
+                epoch_start_ms() + 500 + i,
+                1000 + i,
+            );
+            all.push((minted.clone(), Ack::sign(signer, r)));
+        }
+        build_claim(EPOCH, EPOCH_SECS, all)
+    };
+    let c = with_minted(&viewer);
+    let (bytes, unpaid) = audit_with_reasons(&w, &c.claim, |i| c.open(i).unwrap()).unwrap();
+    assert_eq!(bytes, honest_bytes, "exactly the honest viewers' bytes");
+    assert_eq!(unpaid.len(), 1, "{unpaid:?}");
+    assert!(unpaid[0].contains("not trusted"), "{unpaid:?}");
+
+    // Its entries are still opened and checked: acks its session key did
+    // not sign are refused, and as fraud.
+    let c = with_minted(&SigningKey::from_bytes(&[79; 32]));
+    let err = audit_with_reasons(&w, &c.claim, |i| c.open(i).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("session key"), "{err}");
+    assert!(err.is_fraud(), "{err}");
 }

@@ -36,22 +36,21 @@ fn check(hub: &Hub, claim: &Claim, claimant: &[u8; 32]) -> Result<Checked, Audit
         });
     }
     let issuers = hub.issuers();
-    let checked = audit::check_claim(
+    let mut checked = audit::check_claim(
         claim,
         claimant,
         |k| issuer_known(&issuers, k),
         now_secs() * 1000,
     )?;
-    for (index, t) in checked.tokens.iter().enumerate() {
-        if !issuer_allows(&issuers, &t.issuer, &t.prefix) {
-            return Err(AuditError::Token {
-                index,
-                error: meshcast_control::token::TokenError::UnknownIssuer(format!(
-                    "{} for {}",
-                    hex::encode(t.issuer),
-                    t.prefix
-                )),
-            });
+    for index in 0..checked.tokens.len() {
+        let t = &checked.tokens[index];
+        if checked.unpaid[index].is_none() && !issuer_allows(&issuers, &t.issuer, &t.prefix) {
+            let reason = format!(
+                "issuer {} may not issue tokens for {}",
+                hex::encode(t.issuer),
+                t.prefix
+            );
+            checked.void(index, reason);
         }
     }
     Ok(checked)
