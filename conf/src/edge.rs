@@ -134,6 +134,24 @@ pub struct EdgeSection {
     /// cut off.
     #[serde(default = "default_client_read")]
     pub client_read_timeout: Seconds,
+    /// A request head (request line and header fields) must arrive whole
+    /// within this of its first byte, and a new connection's first byte
+    /// within this of the connect (408 and close otherwise; nginx's
+    /// `client_header_timeout`), however slowly the bytes trickle in.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Seconds,
+    /// A client that takes no byte of the response for this long is cut
+    /// off (nginx's `send_timeout`).
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: Seconds,
+    /// Client connections (TCP and TLS) open at once; more are answered 503
+    /// and closed. Lowered at start to what the open-files limit allows.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Client connections from one address at once (one /64 for IPv6);
+    /// more are answered 503 and closed. QUIC counts here too.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
     /// `Server` on the edge's own responses (errors, its endpoints); the
     /// origin's is passed through on proxied ones. Read at start.
     #[serde(default = "default_server_name")]
@@ -146,6 +164,22 @@ fn default_keepalive() -> Seconds {
 
 fn default_client_read() -> Seconds {
     Seconds(Duration::from_secs(30))
+}
+
+fn default_header_timeout() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+
+fn default_send_timeout() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+
+fn default_max_connections() -> usize {
+    100_000
+}
+
+fn default_max_connections_per_ip() -> usize {
+    1_000
 }
 
 fn default_server_name() -> String {
@@ -445,10 +479,27 @@ impl EdgeConfig {
         for (key, t) in [
             ("edge.keepalive_timeout", e.keepalive_timeout.0),
             ("edge.client_read_timeout", e.client_read_timeout.0),
+            ("edge.header_timeout", e.header_timeout.0),
+            ("edge.send_timeout", e.send_timeout.0),
         ] {
             if t < Duration::from_secs(1) || t > Duration::from_secs(3600) {
                 return Err((key.into(), "1s to 1h".into()));
             }
+        }
+        if e.max_connections == 0 || e.max_connections_per_ip == 0 {
+            return Err((
+                "edge.max_connections".into(),
+                "max_connections and max_connections_per_ip must be at least 1".into(),
+            ));
+        }
+        if e.max_connections_per_ip > e.max_connections {
+            return Err((
+                "edge.max_connections_per_ip".into(),
+                format!(
+                    "{} is more than max_connections ({})",
+                    e.max_connections_per_ip, e.max_connections
+                ),
+            ));
         }
         if e.listen.is_empty() && e.listen_tls.is_empty() {
             return Err((

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub ack_fsyncs: IntCounter,
     pub claims: IntCounterVec,
     pub hub_up: prometheus::IntGauge,
+    pub client_connections: prometheus::IntGauge,
+    pub connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -69,6 +71,12 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            client_connections: {
+                let g = prometheus::IntGauge::new("meshcast_client_connections", "Client TCP/TLS connections open now").expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            connections_refused: counter_vec("meshcast_connections_refused_total", "Client connections closed by the TCP door before the pipeline, by reason (limit: full or per_address; header_timeout, head_too_large, bad_preface)", &["reason"]),
             registry,
         }
     }

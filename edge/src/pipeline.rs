@@ -36,6 +36,7 @@ pub struct EdgeState {
     /// Client side: idle time between requests, and per body read.
     pub keepalive_timeout: Duration,
     pub client_read_timeout: Duration,
+    pub send_timeout: Duration,
     pub admin_key: Option<String>,
     /// `Alt-Svc` advertising the QUIC door, when there is one.
     pub alt_svc: Option<String>,
@@ -117,6 +118,32 @@ impl EdgePipeline {
             tracing::debug!(%key, purged, "invalidated by an unsafe method");
         }
     }
+}
+
+/// Sends an interim (1xx) response to an HTTP/1.1 client at once, as RFC
+/// 9110 §15.2 asks. Pingora would queue it with the final response and,
+/// when both came in one read from the origin and the final one is served
+/// from the cache fill, drop it; so the edge writes it here and has
+/// Pingora ignore its own copy. Never stored (the cache skips 1xx).
+/// HTTP/2 and HTTP/3 clients do not get interim responses: Pingora's h2
+/// server cannot send them (hyperium/h2#167), and the QUIC door neither.
+async fn forward_interim(session: &mut Session, resp: &ResponseHeader) -> Result<()> {
+    let down = session.as_downstream_mut();
+    let expects_continue = resp.status == http::StatusCode::CONTINUE
+        && down
+            .req_header()
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if down.is_http2() || down.is_custom() || expects_continue {
+        // Pingora's own handling (a 100 it answers Expect with goes out
+        // through it; h2 and h3 ignore 1xx).
+        return Ok(());
+    }
+    down.set_ignore_info_resp(false);
+    let sent = down.write_response_header(Box::new(resp.clone())).await;
+    down.set_ignore_info_resp(true);
+    sent
 }
 
 #[async_trait]
@@ -257,6 +284,8 @@ impl ProxyHttp for EdgePipeline {
         // them forever otherwise), and a stalled body is cut off.
         session.set_keepalive(Some(ctx.state.keepalive_timeout.as_secs()));
         session.set_read_timeout(Some(ctx.state.client_read_timeout));
+        // A client that stops reading its response is cut off too.
+        session.set_write_timeout(Some(ctx.state.send_timeout));
         Ok(())
     }
 
@@ -474,6 +503,9 @@ impl ProxyHttp for EdgePipeline {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            return forward_interim(session, resp).await;
+        }
         crate::http_rules::strip_targeted(resp);
         self.invalidate_after_unsafe(session, resp, ctx).await;
         let (status, age) = cache_status::describe(session, ctx.stored, ctx.origin_status);

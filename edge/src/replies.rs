@@ -123,6 +123,11 @@ pub(crate) async fn send_error(session: &mut Session, status: u16, reason: &str)
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
     resp.insert_header(header::SERVER, server_name())?;
+    if matches!(status, 400 | 408 | 431) {
+        // A malformed request leaves the framing of whatever follows in
+        // doubt (RFC 9112 §2.2): answer and close.
+        session.set_keepalive(None);
+    }
     session.write_error_response(resp, body).await
 }
 

@@ -4,6 +4,7 @@
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::cache::TieredStorage;
+use crate::connections::Connections;
 use crate::delivery::book::Book;
 use crate::delivery::hub_client::{HubClient, HubService};
 use crate::delivery::Delivery;
@@ -11,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{EdgePipeline, EdgeState, Shared};
 use crate::quic::{QuicDoor, QuicLimits};
 use crate::sites::Sites;
+use crate::tcp::{TcpDoor, TcpLimits};
 use arc_swap::ArcSwap;
 use meshcast_conf::{ConfError, EdgeConfig};
 use meshcast_control::identity::NodeKey;
@@ -20,6 +22,7 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -123,8 +126,9 @@ fn build_delivery(
 }
 
 /// Raises the open-files limit to its hard limit (every client connection,
-/// origin connection and cache file is a descriptor) and says what it is.
-fn raise_open_files_limit() {
+/// origin connection and cache file is a descriptor), says what it is and
+/// returns it.
+fn raise_open_files_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -133,20 +137,29 @@ fn raise_open_files_limit() {
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             tracing::warn!("cannot read the open-files limit");
-            return;
+            return 1024;
         }
         let before = lim.rlim_cur;
         lim.rlim_cur = lim.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
             tracing::warn!(limit = before, "cannot raise the open-files limit");
-            return;
+            return before;
         }
         tracing::info!(
             was = before,
             now = lim.rlim_cur,
             "open-files limit raised to the hard limit"
         );
+        lim.rlim_cur
     }
+}
+
+/// Client connections the open-files limit leaves room for: a tenth of
+/// it (at least 256) is kept for origin connections, cache files, the ack
+/// log and listeners, so a flood of clients cannot starve those.
+fn connection_cap(open_files: u64) -> usize {
+    let reserve = (open_files / 10).max(256);
+    open_files.saturating_sub(reserve).max(1) as usize
 }
 
 /// Everything a reload may change, built (and so validated) up front.
@@ -158,6 +171,7 @@ fn build_state(config: &EdgeConfig) -> Result<EdgeState, EdgeError> {
         read_timeout: config.edge.origin_read_timeout.0,
         keepalive_timeout: config.edge.keepalive_timeout.0,
         client_read_timeout: config.edge.client_read_timeout.0,
+        send_timeout: config.edge.send_timeout.0,
         admin_key: config.edge.admin_key.as_ref().map(|k| k.0.clone()),
         alt_svc: config
             .edge
@@ -181,7 +195,7 @@ pub fn check(path: &Path) -> Result<EdgeConfig, EdgeError> {
 pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     let state = build_state(&config)?;
     crate::replies::set_server_name(&config.edge.server_name);
-    raise_open_files_limit();
+    let open_files = raise_open_files_limit();
     let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
     let c = &config.cache;
     let storage: &'static TieredStorage = Box::leak(Box::new(TieredStorage::new(
@@ -227,20 +241,41 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    // One pipeline behind every door.
+    let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
         EdgePipeline {
             shared: shared.clone(),
         },
-        "meshcast edge",
     );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    // An HTTP/2 connection with no stream open is closed like an idle
+    // HTTP/1.1 one.
+    options.h2_idle_timeout = Some(config.edge.keepalive_timeout.0);
+    proxy.server_options = Some(options);
+    let proxy = Arc::new(proxy);
+    let connections = Connections::new(
+        config.edge.max_connections.min(connection_cap(open_files)),
+        config.edge.max_connections_per_ip,
+    );
+    let door = TcpDoor::new(
+        proxy.clone(),
+        connections.clone(),
+        TcpLimits {
+            header_timeout: config.edge.header_timeout.0,
+            keepalive_timeout: config.edge.keepalive_timeout.0,
+            max_header_bytes: config.edge.max_request_header_size.0 as usize,
+        },
+        metrics,
+    );
+    let mut tcp = Service::new("meshcast edge".into(), door);
+    // The door reads request heads itself; Pingora's 64 KiB read buffer
+    // per connection would only sit idle (it was most of an idle
+    // connection's memory).
+    let buffers = L4BufferSettings::new(0, pingora_core::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &config.edge.listen {
-        proxy.add_tcp(&addr.to_string());
+        tcp.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     if !config.edge.listen_tls.is_empty() {
         let (Some(cert), Some(key)) = (&config.edge.tls_cert, &config.edge.tls_key) else {
@@ -253,10 +288,14 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
                 TlsSettings::intermediate(&cert.to_string_lossy(), &key.to_string_lossy())
                     .map_err(|e| EdgeError::Tls(e.to_string()))?;
             tls.enable_h2();
-            proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+            tcp.add_listener(
+                ListenerConfig::tcp(addr.to_string())
+                    .tls(tls)
+                    .l4_buffer(buffers),
+            );
         }
     }
-    server.add_service(proxy);
+    server.add_service(tcp);
 
     if !config.edge.listen_quic.is_empty() {
         let (Some(cert), Some(key)) = (&config.edge.tls_cert, &config.edge.tls_key) else {
@@ -266,19 +305,20 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
         };
         // The same pipeline and shared state as the TCP door, driven by
         // QUIC request streams instead of Pingora's own listeners.
-        let pipeline = Arc::new(pingora_proxy::http_proxy(
-            &server.configuration,
-            EdgePipeline {
-                shared: shared.clone(),
-            },
-        ));
         let limits = QuicLimits {
             max_streams: config.edge.quic_max_streams,
             max_connections: config.edge.quic_max_connections,
             idle_timeout: config.edge.quic_idle_timeout.0,
         };
-        let door = QuicDoor::new(&config.edge.listen_quic, cert, key, &limits, pipeline)
-            .map_err(|e| EdgeError::Tls(e.to_string()))?;
+        let door = QuicDoor::new(
+            &config.edge.listen_quic,
+            cert,
+            key,
+            &limits,
+            proxy.clone(),
+            connections.clone(),
+        )
+        .map_err(|e| EdgeError::Tls(e.to_string()))?;
         server.add_service(background_service("meshcast quic door", door));
     }
 

@@ -5,6 +5,7 @@
 
 mod coalesce;
 mod compare;
+mod connections;
 mod http3;
 mod ledger;
 mod openloop;
@@ -101,6 +102,26 @@ enum Command {
         #[arg(long)]
         samples: Option<usize>,
     },
+    /// Memory per idle connection (meshcast vs nginx), and normal clients' latency during a flood of silent and slowloris connections.
+    Connections {
+        #[command(flatten)]
+        common: Common,
+        /// Idle connections in the memory test (default 5000; 500 with --quick).
+        #[arg(long)]
+        idle: Option<usize>,
+        /// Silent connections in the flood (default 20000; 500 with --quick).
+        #[arg(long)]
+        flood_idle: Option<usize>,
+        /// Slowloris connections in the flood (default 3000; 100 with --quick).
+        #[arg(long)]
+        flood_slow: Option<usize>,
+        /// Normal clients' requests per second.
+        #[arg(long, default_value_t = 2000.0)]
+        rps: f64,
+        /// Seconds of normal load, quiet and flooded (default 10; 2 with --quick).
+        #[arg(long)]
+        secs: Option<f64>,
+    },
     /// Simulated HLS players, ramped until more than 1 % of viewing time is rebuffering.
     Viewers {
         #[command(flatten)]
@@ -178,6 +199,25 @@ fn main() -> anyhow::Result<()> {
                 common,
             };
             rt.block_on(ledger::run(opts))
+        }
+        Command::Connections {
+            common,
+            idle,
+            flood_idle,
+            flood_slow,
+            rps,
+            secs,
+        } => {
+            let q = common.quick;
+            let opts = connections::Options {
+                idle: idle.unwrap_or(if q { 500 } else { 5_000 }),
+                flood_idle: flood_idle.unwrap_or(if q { 500 } else { 20_000 }),
+                flood_slow: flood_slow.unwrap_or(if q { 100 } else { 3_000 }),
+                secs: secs.unwrap_or(if q { 2.0 } else { 10.0 }),
+                rps,
+                common,
+            };
+            rt.block_on(connections::run(opts))
         }
         Command::Viewers { common, start, max } => {
             let opts = viewers::Options {

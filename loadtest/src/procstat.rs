@@ -34,11 +34,20 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
 
 /// Sum of the processes' peak resident set sizes (VmHWM), in bytes.
 pub fn peak_rss(pids: &[u32]) -> u64 {
+    status_bytes(pids, "VmHWM:")
+}
+
+/// Sum of the processes' resident set sizes now (VmRSS), in bytes.
+pub fn rss(pids: &[u32]) -> u64 {
+    status_bytes(pids, "VmRSS:")
+}
+
+fn status_bytes(pids: &[u32], field: &str) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
         .filter_map(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
@@ -80,5 +89,6 @@ mod tests {
         assert!(x > 0);
         assert!(super::cpu_seconds(&[me]) > 0.0);
         assert!(super::peak_rss(&[me]) > 1 << 20);
+        assert!(super::rss(&[me]) > 1 << 20);
     }
 }

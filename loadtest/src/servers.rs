@@ -11,6 +11,9 @@ use std::time::Duration;
 pub struct Server {
     pub name: &'static str,
     pub base: String,
+    /// Where the server says how many client connections it has open
+    /// (the edge's admin /metrics, nginx's stub_status).
+    pub status_url: String,
     child: Child,
 }
 
@@ -86,12 +89,23 @@ pub async fn start_edge_with(
     dir: &Path,
     site_extra: &str,
 ) -> anyhow::Result<Server> {
+    start_edge_custom(common, origin, dir, "", site_extra).await
+}
+
+/// An edge with `edge_extra` in `[edge]` and `site_extra` after its site.
+pub async fn start_edge_custom(
+    common: &Common,
+    origin: SocketAddr,
+    dir: &Path,
+    edge_extra: &str,
+    site_extra: &str,
+) -> anyhow::Result<Server> {
     let (port, admin) = (free_port()?, free_port()?);
     let config = dir.join("edge.toml");
     std::fs::write(
         &config,
         format!(
-            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\nthreads = {}\n\
+            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\nthreads = {}\n{edge_extra}\n\
              [cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"512MiB\"\nlock_timeout = \"30s\"\n\
              [log]\naccess = \"off\"\nlevel = \"warn\"\n\
              [[site]]\nhosts = [\"*\"]\norigin = \"http://{origin}\"\nstale_if_error = \"0s\"\n{site_extra}",
@@ -133,6 +147,7 @@ async fn spawn_edge(
     Ok(Server {
         name: "meshcast",
         base,
+        status_url: format!("http://127.0.0.1:{admin}/metrics"),
         child,
     })
 }
@@ -198,12 +213,12 @@ pub async fn start_nginx(
         &conf,
         format!(
             "worker_processes {threads};\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
-             events {{ worker_connections 8192; }}\n\
+             worker_rlimit_nofile 65536;\nevents {{ worker_connections 30000; }}\n\
              http {{\n  access_log off;\n  sendfile on;\n  keepalive_requests 100000;\n\
                client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
                proxy_cache_path {cache} levels=1:2 keys_zone=edge:64m max_size=2g inactive=1d use_temp_path=off;\n\
                upstream origin {{ server {origin}; keepalive 64; }}\n\
-               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location = /nginx_status {{ stub_status; }}\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
                  proxy_cache edge;\n      proxy_cache_lock on;\n      proxy_cache_lock_timeout 30s;\n      proxy_cache_valid 200 1d;\n      add_header X-Cache $upstream_cache_status;\n    }}\n  }}\n}}\n",
             threads = common.threads,
             dir = dir.display(),
@@ -223,6 +238,7 @@ pub async fn start_nginx(
     Ok(Server {
         name: "nginx",
         base: format!("http://127.0.0.1:{port}"),
+        status_url: format!("http://127.0.0.1:{port}/nginx_status"),
         child,
     })
 }

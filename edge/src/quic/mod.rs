@@ -6,6 +6,7 @@
 
 mod session;
 
+use crate::connections::Connections;
 use crate::pipeline::EdgePipeline;
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerApp;
@@ -16,7 +17,6 @@ use pingora_proxy::HttpProxy;
 use session::H3Session;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +30,10 @@ pub struct QuicDoor {
     addrs: Vec<SocketAddr>,
     config: quinn::ServerConfig,
     proxy: Arc<HttpProxy<EdgePipeline>>,
-    max_connections: usize,
-    active: Arc<AtomicUsize>,
+    /// This door's own `quic_max_connections`.
+    quic: Arc<Connections>,
+    /// The edge's table, shared with the TCP door (per-address limits).
+    shared: Arc<Connections>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,7 @@ impl QuicDoor {
         key: &Path,
         limits: &QuicLimits,
         proxy: Arc<HttpProxy<EdgePipeline>>,
+        shared: Arc<Connections>,
     ) -> Result<Self, QuicError> {
         let mut all = addrs.to_vec();
         for a in addrs {
@@ -105,8 +108,8 @@ impl QuicDoor {
             addrs: all,
             config: server_config(cert, key, limits)?,
             proxy,
-            max_connections: limits.max_connections,
-            active: Arc::new(AtomicUsize::new(0)),
+            quic: Connections::new(limits.max_connections, limits.max_connections),
+            shared,
         })
     }
 }
@@ -125,16 +128,20 @@ impl BackgroundService for QuicDoor {
             }
         }
         for ep in &endpoints {
-            let (ep, proxy, active, max, shutdown) = (
+            let (ep, proxy, quic, shared, shutdown) = (
                 ep.clone(),
                 self.proxy.clone(),
-                self.active.clone(),
-                self.max_connections,
+                self.quic.clone(),
+                self.shared.clone(),
                 shutdown.clone(),
             );
             tokio::spawn(async move {
                 while let Some(incoming) = ep.accept().await {
-                    let Some(slot) = Slot::take(&active, max) else {
+                    let peer = Some(incoming.remote_address().ip());
+                    let Ok(slot) = quic
+                        .admit(None)
+                        .and_then(|q| shared.admit(peer).map(|s| (q, s)))
+                    else {
                         incoming.refuse();
                         continue;
                     };
@@ -154,28 +161,6 @@ impl BackgroundService for QuicDoor {
         for ep in endpoints {
             ep.close(0u32.into(), b"shutting down");
         }
-    }
-}
-
-/// One of the door's `max_connections` places, given back on drop.
-struct Slot(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Slot {
-    /// Takes a place if one is free (checked and taken in one step).
-    fn take(active: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Slot> {
-        active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(active.clone()))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let before = self.0.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(before > 0, "a connection slot was given back twice");
     }
 }
 
@@ -216,28 +201,5 @@ async fn serve_connection(
             Ok(None) => return Ok(()),
             Err(e) => return Err(Box::new(e)),
         }
-    }
-}
-
-#[cfg(test)]
-mod slot_tests {
-    use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    #[tokio::test]
-    async fn a_panicking_connection_gives_its_slot_back() {
-        let active = Arc::new(AtomicUsize::new(0));
-        let a = Slot::take(&active, 2).unwrap();
-        let b = Slot::take(&active, 2).unwrap();
-        assert!(Slot::take(&active, 2).is_none(), "the door is full");
-        let task = tokio::spawn(async move {
-            let _slot = b;
-            panic!("a connection task dies");
-        });
-        assert!(task.await.is_err());
-        assert_eq!(active.load(Ordering::Acquire), 1);
-        drop(a);
-        assert_eq!(active.load(Ordering::Acquire), 0);
-        assert!(Slot::take(&active, 2).is_some());
     }
 }

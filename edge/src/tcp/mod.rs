@@ -1,0 +1,305 @@
+//! The TCP door: HTTP/1.1, h2c and TLS (HTTP/1.1 or HTTP/2 by ALPN) from
+//! Pingora's listeners, guarded before the pipeline sees a byte.
+//!
+//! Pingora would hand a new connection straight to its HTTP code, which
+//! (with h2c on) first waits, with no deadline, for 24 bytes to tell
+//! HTTP/2 from HTTP/1: a silent client, a short request line or 14 bytes
+//! of garbage held a connection forever. This door instead
+//! - admits the connection against `max_connections` and
+//!   `max_connections_per_ip` ([`Connections`]; 503 and close past them);
+//! - reads each HTTP/1 request head itself (`head.rs`): its first byte
+//!   within `header_timeout` of the connect (or `keepalive_timeout` of the
+//!   last response), the whole head within `header_timeout` of its first
+//!   byte, at most `max_request_header_size` (408 / 431 and close);
+//! - tells HTTP/2 by the whole preface, and answers a broken one with
+//!   GOAWAY(PROTOCOL_ERROR);
+//! - then gives the bytes back (`replay.rs`) and lets Pingora's HTTP code
+//!   and the one `ProxyHttp` pipeline do the rest, connection reuse
+//!   included.
+
+mod head;
+mod replay;
+
+pub use head::{Head, HeadScan, H2_PREFACE};
+
+use crate::connections::Connections;
+use crate::metrics::Metrics;
+use crate::pipeline::EdgePipeline;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use replay::Replay;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tokio::time::Instant;
+
+/// The door's limits, read at start.
+#[derive(Debug, Clone)]
+pub struct TcpLimits {
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+pub struct TcpDoor {
+    proxy: Arc<HttpProxy<EdgePipeline>>,
+    connections: Arc<Connections>,
+    limits: TcpLimits,
+    metrics: &'static Metrics,
+}
+
+/// What reading a head came to.
+enum Read {
+    Http1,
+    Http2,
+    /// Closed, or silent past its deadline before any byte: nothing to say.
+    Gone,
+    /// Answered and to be closed: the status and its reason.
+    Refuse(u16, &'static str),
+    /// A broken HTTP/2 preface.
+    BadPreface,
+}
+
+/// Bytes read for a head at a time, at first; idle connections hold no
+/// more than this (Pingora's own read buffer, 64 KiB, is turned off).
+const FIRST_READ: usize = 1024;
+
+impl TcpDoor {
+    pub fn new(
+        proxy: Arc<HttpProxy<EdgePipeline>>,
+        connections: Arc<Connections>,
+        limits: TcpLimits,
+        metrics: &'static Metrics,
+    ) -> Self {
+        TcpDoor {
+            proxy,
+            connections,
+            limits,
+            metrics,
+        }
+    }
+
+    /// Serves HTTP/1 requests on `stream` until the connection ends; each
+    /// head is read here, then replayed to Pingora.
+    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch, cleartext: bool) {
+        let mut conn = Replay::new(stream);
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            let idle = if first {
+                self.limits.header_timeout
+            } else {
+                self.limits.keepalive_timeout
+            };
+            let mut buf = BytesMut::new();
+            let read = tokio::select! {
+                biased;
+                r = self.read_head(conn.inner(), &mut buf, idle, first && cleartext) => r,
+                _ = wait_shutdown(shutdown.clone()) => Read::Gone,
+            };
+            match read {
+                Read::Http1 => {}
+                Read::Http2 => {
+                    conn.replay(buf.freeze());
+                    // Pingora peeks the replayed preface and serves h2.
+                    let _ = ServerApp::process_new(&self.proxy, Box::new(conn), shutdown).await;
+                    return;
+                }
+                Read::Gone => return,
+                Read::Refuse(status, reason) => {
+                    self.refused(label(status));
+                    refuse_http1(conn.inner(), status, reason).await;
+                    return;
+                }
+                Read::BadPreface => {
+                    self.refused("bad_preface");
+                    goaway_protocol_error(conn.inner()).await;
+                    return;
+                }
+            }
+            conn.replay(buf.freeze());
+            let mut session = ServerSession::new_http1(Box::new(conn));
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None => session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs())),
+            }
+            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (stream, persisted) = reused.consume();
+            let Ok(replay) = stream.into_any().downcast::<Replay>() else {
+                unreachable!("the door hands Pingora only Replay streams");
+            };
+            conn = *replay;
+            settings = persisted;
+            first = false;
+        }
+    }
+
+    fn refused(&self, reason: &str) {
+        self.metrics
+            .connections_refused
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Reads one head into `buf`: its first byte within `idle`, all of it
+    /// within `header_timeout` of that byte, at most `max_header_bytes`.
+    async fn read_head(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        idle: Duration,
+        h2c: bool,
+    ) -> Read {
+        let max = self.limits.max_header_bytes;
+        let mut scan = HeadScan::new(max, h2c);
+        let mut deadline = Instant::now() + idle;
+        loop {
+            // The scan refuses a head at `max`, so the buffer never grows
+            // past it.
+            debug_assert!(buf.len() < max);
+            if buf.capacity() == buf.len() {
+                buf.reserve(buf.len().max(FIRST_READ).min(max - buf.len()));
+            }
+            let started = buf.is_empty();
+            let n = match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+                Err(_) if started => return Read::Gone,
+                Err(_) => return Read::Refuse(408, "the request head did not arrive in time"),
+                Ok(Err(_)) | Ok(Ok(0)) => return Read::Gone,
+                Ok(Ok(n)) => n,
+            };
+            debug_assert!(n > 0);
+            if started {
+                deadline = Instant::now() + self.limits.header_timeout;
+            }
+            match scan.scan(buf) {
+                Head::Partial => continue,
+                Head::Http1 => return Read::Http1,
+                Head::Http2 => return Read::Http2,
+                Head::BadPreface => return Read::BadPreface,
+                Head::TooLarge => return Read::Refuse(431, "the request head is too large"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for TcpDoor {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let peer: Option<IpAddr> = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let h2_by_alpn = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let _slot = match self.connections.admit(peer) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                self.refused(refusal.label());
+                if !h2_by_alpn {
+                    refuse_http1(&mut stream, 503, refusal.reason()).await;
+                }
+                return None;
+            }
+        };
+        self.metrics.client_connections.inc();
+        let _open = scopeguard(|| self.metrics.client_connections.dec());
+        if h2_by_alpn {
+            let _ = ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        } else {
+            let cleartext = stream.get_ssl_digest().is_none();
+            self.serve_http1(stream, shutdown, cleartext).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+/// Runs `f` when dropped (the connection task ends, however it ends).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// Resolves once the server is shutting down.
+async fn wait_shutdown(mut shutdown: ShutdownWatch) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn label(status: u16) -> &'static str {
+    match status {
+        408 => "header_timeout",
+        431 => "head_too_large",
+        503 => "limit",
+        _ => "other",
+    }
+}
+
+/// How long the door spends telling a client why it closes.
+const FAREWELL: Duration = Duration::from_secs(5);
+
+/// Answers `status` with `reason` in plain HTTP/1.1, and closes.
+async fn refuse_http1(stream: &mut Stream, status: u16, reason: &str) {
+    let text = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let body = format!("{reason}\n");
+    let reply = format!(
+        "HTTP/1.1 {status} {text}\r\nServer: {}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n\
+         Connection: close\r\n\r\n{body}",
+        crate::replies::server_name(),
+        body.len()
+    );
+    farewell(stream, reply.as_bytes()).await;
+}
+
+/// The server's preface (an empty SETTINGS) and GOAWAY(PROTOCOL_ERROR),
+/// as RFC 9113 §3.4 asks for an invalid client preface; then close.
+async fn goaway_protocol_error(stream: &mut Stream) {
+    const DEBUG: &[u8] = b"invalid connection preface";
+    let mut frames = Vec::with_capacity(9 + 9 + 8 + DEBUG.len());
+    frames.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS, stream 0
+    let len = (8 + DEBUG.len()) as u32;
+    frames.extend_from_slice(&len.to_be_bytes()[1..]);
+    frames.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]); // GOAWAY, no flags, stream 0
+    frames.extend_from_slice(&0u32.to_be_bytes()); // last stream id
+    frames.extend_from_slice(&1u32.to_be_bytes()); // PROTOCOL_ERROR
+    frames.extend_from_slice(DEBUG);
+    farewell(stream, &frames).await;
+}
+
+async fn farewell(stream: &mut Stream, bytes: &[u8]) {
+    let _ = tokio::time::timeout(FAREWELL, async {
+        stream.write_all(bytes).await?;
+        stream.flush().await?;
+        std::io::Result::Ok(())
+    })
+    .await;
+    let _ = tokio::time::timeout(FAREWELL, stream.shutdown()).await;
+}

@@ -1,0 +1,299 @@
+//! `connections`: what idle and slow clients cost, meshcast beside nginx.
+//!
+//! 1. Memory per idle connection: N plain TCP connects that send nothing,
+//!    spread over many loopback addresses; resident memory of the server's
+//!    processes before, with them open (once the server reports them all
+//!    open), and after they close.
+//! 2. A flood on the edge: `idle` silent connections and `slow` slowloris
+//!    ones (a header byte a second), each reconnecting whenever the edge
+//!    closes it, while normal clients fetch a cached object at a fixed rate;
+//!    their p99 and errors against a quiet run, and the edge's memory.
+
+use crate::openloop::{self, OpenLoop};
+use crate::origin::Origin;
+use crate::procstat;
+use crate::servers::{self, Server};
+use crate::Common;
+use serde_json::json;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub struct Options {
+    pub common: Common,
+    /// Idle connections in the memory test.
+    pub idle: usize,
+    /// Silent and slowloris connections in the flood.
+    pub flood_idle: usize,
+    pub flood_slow: usize,
+    /// Seconds of normal load in each of the quiet and flood runs.
+    pub secs: f64,
+    /// Normal clients' request rate.
+    pub rps: f64,
+}
+
+/// Loopback source addresses the attackers spread over (each stays far
+/// below the edge's per-address limit).
+const SOURCES: usize = 200;
+
+fn source(i: usize) -> Ipv4Addr {
+    let n = (i % SOURCES) as u8;
+    Ipv4Addr::new(127, 0, 1, n + 1)
+}
+
+/// Lets this process (and the servers it starts) hold tens of thousands of
+/// sockets: the soft limit to the hard one, and both higher when root.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit read and write only the struct given.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: 200_000,
+            rlim_max: 200_000,
+        };
+        if lim.rlim_max < wanted.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+            return;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+/// Client connections the server says it has open.
+async fn open_connections(server: &Server) -> anyhow::Result<u64> {
+    let text = reqwest::get(&server.status_url).await?.text().await?;
+    let value = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    // nginx counts the status request itself.
+    value("meshcast_client_connections ")
+        .or_else(|| value("Active connections:").map(|n| n.saturating_sub(1)))
+        .ok_or_else(|| anyhow::anyhow!("{} reports no connection count", server.name))
+}
+
+/// Waits until the server reports `want` open connections (at most 30 s).
+async fn wait_open(server: &Server, want: impl Fn(u64) -> bool) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = open_connections(server).await?;
+        if want(n) || Instant::now() > deadline {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn connect(i: usize, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source(i).into(), 0))?;
+    socket.connect(to).await
+}
+
+/// Memory of `server` with `n` idle connections: (before, with, after) in
+/// bytes of resident memory.
+async fn idle_memory(server: &Server, n: usize) -> anyhow::Result<(u64, u64, u64, u64)> {
+    let addr: SocketAddr = server.base.trim_start_matches("http://").parse()?;
+    let pids = server.pids();
+    let before = procstat::rss(&pids);
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        held.push(connect(i, addr).await?);
+    }
+    let seen = wait_open(server, |open| open >= n as u64).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with = procstat::rss(&pids);
+    drop(held);
+    wait_open(server, |open| open == 0).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = procstat::rss(&pids);
+    Ok((before, with, after, seen))
+}
+
+/// One attacker: connects, then says nothing (`slow: false`) or trickles
+/// a header that never ends, a byte a second; reconnects whenever the
+/// edge hangs up, until `stop`.
+async fn attacker(
+    i: usize,
+    to: SocketAddr,
+    slow: bool,
+    stop: Arc<AtomicBool>,
+    closes: Arc<AtomicU64>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut s) = connect(i, to).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        if slow {
+            let _ = s
+                .write_all(b"GET /obj/1k.bin HTTP/1.1\r\nHost: x\r\nX-a: ")
+                .await;
+        }
+        let mut buf = [0u8; 256];
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let tick = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await;
+            match tick {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {} // a 408 on its way out
+                Err(_) if slow => {
+                    if s.write_all(b"a").await.is_err() {
+                        break;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        closes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn load_json(o: &OpenLoop) -> serde_json::Value {
+    json!({"offered_rps": o.offered_rps, "achieved_rps": o.achieved_rps,
+           "p50_ms": o.p50_us as f64 / 1000.0, "p99_ms": o.p99_us as f64 / 1000.0, "errors": o.errors})
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let dir = std::env::temp_dir().join(format!("meshcast-loadtest-conn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let origin = Origin::start(4.0, 10).await?;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let per_conn = |(b, w, _, _): (u64, u64, u64, u64), n: usize| {
+        w.saturating_sub(b) as f64 / n as f64 / 1024.0
+    };
+
+    // 1. Idle connections, side by side. Neither server may time them out
+    // while they are counted.
+    let edge =
+        servers::start_edge_custom(&o.common, origin.addr, &dir, "header_timeout = \"60s\"", "")
+            .await?;
+    let nginx = servers::start_nginx(&o.common, origin.addr, &dir).await?;
+    eprintln!("{} idle connections to each server…", o.idle);
+    let m = idle_memory(&edge, o.idle).await?;
+    let n = idle_memory(&nginx, o.idle).await?;
+    drop(nginx);
+    drop(edge);
+
+    // 2. The flood, on an edge with its default timeouts and limits.
+    let edge_dir = dir.join("flood");
+    std::fs::create_dir_all(&edge_dir)?;
+    let edge = servers::start_edge_custom(&o.common, origin.addr, &edge_dir, "", "").await?;
+    let url = edge.url("/obj/1k.bin");
+    reqwest::get(&url).await?.bytes().await?;
+    eprintln!("quiet run: {} req/s for {} s…", o.rps, o.secs);
+    let quiet = openloop::run(&url, o.rps, o.secs, 16).await;
+    let addr: SocketAddr = edge.base.trim_start_matches("http://").parse()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let closes = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..o.flood_idle + o.flood_slow {
+        let slow = i >= o.flood_idle;
+        tasks.push(tokio::spawn(attacker(
+            i,
+            addr,
+            slow,
+            stop.clone(),
+            closes.clone(),
+        )));
+    }
+    let total = (o.flood_idle + o.flood_slow) as u64;
+    let reached = wait_open(&edge, |open| open >= total * 9 / 10).await?;
+    eprintln!("flood: {reached} attacker connections open; normal load again…");
+    let flooded = openloop::run(&url, o.rps, o.secs, 16).await;
+    let open_at_end = open_connections(&edge).await?;
+    let rss_flood = procstat::rss(&edge.pids());
+    let peak = procstat::peak_rss(&edge.pids());
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    wait_open(&edge, |open| open == 0).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = procstat::rss(&edge.pids());
+
+    let report = json!({
+        "idle": {
+            "connections": o.idle,
+            "meshcast": {"rss_before_mib": mib(m.0), "rss_open_mib": mib(m.1), "rss_after_mib": mib(m.2),
+                         "seen_open": m.3, "kib_per_connection": per_conn(m, o.idle)},
+            "nginx": {"rss_before_mib": mib(n.0), "rss_open_mib": mib(n.1), "rss_after_mib": mib(n.2),
+                      "seen_open": n.3, "kib_per_connection": per_conn(n, o.idle)},
+            "ratio": per_conn(m, o.idle) / per_conn(n, o.idle).max(1e-9),
+        },
+        "flood": {
+            "idle": o.flood_idle, "slow": o.flood_slow, "reached_open": reached,
+            "open_at_end": open_at_end, "attacker_reconnects": closes.load(Ordering::Relaxed),
+            "quiet": load_json(&quiet), "flooded": load_json(&flooded),
+            "p99_ratio": flooded.p99_us as f64 / quiet.p99_us.max(1) as f64,
+            "edge_rss_flood_mib": mib(rss_flood), "edge_peak_rss_mib": mib(peak), "edge_rss_after_mib": mib(rss_after),
+        },
+        "settings": {"threads": o.common.threads, "secs": o.secs, "rps": o.rps, "quick": o.common.quick},
+    });
+    if o.common.json {
+        println!("{report}");
+    } else {
+        println!("{}", markdown(&report));
+    }
+    drop(edge);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn markdown(r: &serde_json::Value) -> String {
+    let i = &r["idle"];
+    let f = &r["flood"];
+    let row = |name: &str, v: &serde_json::Value| {
+        format!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            v["rss_before_mib"].as_f64().unwrap_or(0.0),
+            v["rss_open_mib"].as_f64().unwrap_or(0.0),
+            v["rss_after_mib"].as_f64().unwrap_or(0.0),
+            v["kib_per_connection"].as_f64().unwrap_or(0.0)
+        )
+    };
+    let load = |name: &str, v: &serde_json::Value| {
+        format!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} |\n",
+            v["achieved_rps"].as_f64().unwrap_or(0.0),
+            v["p50_ms"].as_f64().unwrap_or(0.0),
+            v["p99_ms"].as_f64().unwrap_or(0.0),
+            v["errors"]
+        )
+    };
+    format!(
+        "### {} idle connections\n\n| server | RSS before MiB | with them MiB | after close MiB | KiB / connection |\n|---|---|---|---|---|\n{}{}\nmeshcast ÷ nginx per connection: {:.2}\n\n\
+         ### Flood: {} silent + {} slowloris connections (reconnecting), normal clients at a fixed rate\n\n\
+         | run | achieved req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|\n{}{}\n\
+         p99 flood ÷ quiet: {:.2}; attacker connections open when the load began {}, at its end {}; reconnects {}; \
+         edge RSS in the flood {:.1} MiB (peak {:.1}), after {:.1} MiB\n",
+        i["connections"],
+        row("meshcast", &i["meshcast"]),
+        row("nginx", &i["nginx"]),
+        i["ratio"].as_f64().unwrap_or(0.0),
+        f["idle"],
+        f["slow"],
+        load("quiet", &f["quiet"]),
+        load("flood", &f["flooded"]),
+        f["p99_ratio"].as_f64().unwrap_or(0.0),
+        f["reached_open"],
+        f["open_at_end"],
+        f["attacker_reconnects"],
+        f["edge_rss_flood_mib"].as_f64().unwrap_or(0.0),
+        f["edge_peak_rss_mib"].as_f64().unwrap_or(0.0),
+        f["edge_rss_after_mib"].as_f64().unwrap_or(0.0),
+    )
+}
