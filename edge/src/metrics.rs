@@ -76,7 +76,7 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
-            connections_refused: counter_vec("meshcast_connections_refused_total", "Client connections closed by the TCP door before the pipeline, by reason (limit: full or per_address; header_timeout, head_too_large, bad_preface)", &["reason"]),
+            connections_refused: counter_vec("meshcast_connections_refused_total", "Client connections closed by the TCP door before the pipeline, by reason (full, per_address, evicted to make room, header_timeout, head_too_large, bad_preface)", &["reason"]),
             registry,
         }
     }

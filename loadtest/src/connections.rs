@@ -147,7 +147,7 @@ async fn attacker(
             let tick = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await;
             match tick {
                 Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(_)) => {} // a 408 on its way out
+                Ok(Ok(_)) => {} // a 408 or 503 on its way out
                 Err(_) if slow => {
                     if s.write_all(b"a").await.is_err() {
                         break;
@@ -158,6 +158,73 @@ async fn attacker(
         }
         closes.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Sockets one attacker process holds at most.
+const PER_PROCESS: usize = 12_000;
+
+/// The hidden `flood-client` subcommand: `idle` silent and `slow`
+/// slowloris attackers (source addresses from index `first`) for `secs`
+/// or until SIGTERM; prints how many times the edge closed one.
+pub async fn flood_client(to: SocketAddr, idle: usize, slow: usize, first: usize, secs: f64) {
+    raise_fd_limit();
+    let stop = Arc::new(AtomicBool::new(false));
+    let closes = Arc::new(AtomicU64::new(0));
+    for i in 0..idle + slow {
+        let is_slow = i >= idle;
+        tokio::spawn(attacker(
+            first + i,
+            to,
+            is_slow,
+            stop.clone(),
+            closes.clone(),
+        ));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
+        _ = term.recv() => {}
+    }
+    stop.store(true, Ordering::Relaxed);
+    println!("{}", closes.load(Ordering::Relaxed));
+}
+
+/// The most client connections this edge will hold (its open-files limit
+/// less a tenth), to know when a flood has filled it.
+fn cap(edge: &Server) -> u64 {
+    let limit = edge
+        .pids()
+        .first()
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/limits")).ok())
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(3)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+        })
+        .unwrap_or(u64::MAX);
+    limit.saturating_sub((limit / 10).max(256))
+}
+
+/// The door's refusals so far, by reason.
+async fn refused_connections(edge: &Server) -> anyhow::Result<serde_json::Value> {
+    let text = reqwest::get(&edge.status_url).await?.text().await?;
+    let mut out = serde_json::Map::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("meshcast_connections_refused_total{reason=\"") {
+            if let Some((reason, n)) = rest.split_once("\"} ") {
+                out.insert(
+                    reason.to_string(),
+                    json!(n.trim().parse::<u64>().unwrap_or(0)),
+                );
+            }
+        }
+    }
+    Ok(serde_json::Value::Object(out))
 }
 
 fn load_json(o: &OpenLoop) -> serde_json::Value {
@@ -195,31 +262,57 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let url = edge.url("/obj/1k.bin");
     reqwest::get(&url).await?.bytes().await?;
     eprintln!("quiet run: {} req/s for {} s…", o.rps, o.secs);
+    let cpu0 = procstat::cpu_seconds(&edge.pids());
     let quiet = openloop::run(&url, o.rps, o.secs, 16).await;
+    let quiet_cpu = procstat::cpu_seconds(&edge.pids()) - cpu0;
     let addr: SocketAddr = edge.base.trim_start_matches("http://").parse()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let closes = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for i in 0..o.flood_idle + o.flood_slow {
-        let slow = i >= o.flood_idle;
-        tasks.push(tokio::spawn(attacker(
-            i,
-            addr,
-            slow,
-            stop.clone(),
-            closes.clone(),
-        )));
+    // Attackers in child processes, at most PER_PROCESS sockets each: one
+    // process may not hold more descriptors than its limit (20 000 here).
+    let total = o.flood_idle + o.flood_slow;
+    let hold = o.secs + 40.0;
+    let mut children = Vec::new();
+    let mut first = 0;
+    while first < total {
+        let n = PER_PROCESS.min(total - first);
+        let slow = (first + n).saturating_sub(o.flood_idle).min(n);
+        children.push(
+            std::process::Command::new(std::env::current_exe()?)
+                .args(["flood-client", "--to", &addr.to_string()])
+                .args([
+                    "--idle",
+                    &(n - slow).to_string(),
+                    "--slow",
+                    &slow.to_string(),
+                ])
+                .args(["--first", &first.to_string(), "--secs", &hold.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()?,
+        );
+        first += n;
     }
-    let total = (o.flood_idle + o.flood_slow) as u64;
-    let reached = wait_open(&edge, |open| open >= total * 9 / 10).await?;
+    let reached = wait_open(&edge, |open| {
+        open >= (total as u64 * 9 / 10).min(cap(&edge))
+    })
+    .await?;
     eprintln!("flood: {reached} attacker connections open; normal load again…");
+    let cpu0 = procstat::cpu_seconds(&edge.pids());
     let flooded = openloop::run(&url, o.rps, o.secs, 16).await;
+    let flood_cpu = procstat::cpu_seconds(&edge.pids()) - cpu0;
     let open_at_end = open_connections(&edge).await?;
+    let refused = refused_connections(&edge).await.unwrap_or_default();
     let rss_flood = procstat::rss(&edge.pids());
     let peak = procstat::peak_rss(&edge.pids());
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
+    let mut reconnects = 0u64;
+    for c in &mut children {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    for c in children {
+        let out = c.wait_with_output()?;
+        reconnects += String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0);
     }
     wait_open(&edge, |open| open == 0).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -236,9 +329,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         },
         "flood": {
             "idle": o.flood_idle, "slow": o.flood_slow, "reached_open": reached,
-            "open_at_end": open_at_end, "attacker_reconnects": closes.load(Ordering::Relaxed),
+            "open_at_end": open_at_end, "attacker_reconnects": reconnects, "refused": refused,
             "quiet": load_json(&quiet), "flooded": load_json(&flooded),
             "p99_ratio": flooded.p99_us as f64 / quiet.p99_us.max(1) as f64,
+            "edge_cpu_quiet": quiet_cpu / o.secs, "edge_cpu_flood": flood_cpu / o.secs,
             "edge_rss_flood_mib": mib(rss_flood), "edge_peak_rss_mib": mib(peak), "edge_rss_after_mib": mib(rss_after),
         },
         "settings": {"threads": o.common.threads, "secs": o.secs, "rps": o.rps, "quick": o.common.quick},
@@ -279,7 +373,8 @@ fn markdown(r: &serde_json::Value) -> String {
          ### Flood: {} silent + {} slowloris connections (reconnecting), normal clients at a fixed rate\n\n\
          | run | achieved req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|\n{}{}\n\
          p99 flood ÷ quiet: {:.2}; attacker connections open when the load began {}, at its end {}; reconnects {}; \
-         edge RSS in the flood {:.1} MiB (peak {:.1}), after {:.1} MiB\n",
+         closed by the door {}; edge RSS in the flood {:.1} MiB (peak {:.1}), after {:.1} MiB; \
+         edge CPU (cores busy) quiet {:.2}, flood {:.2}\n",
         i["connections"],
         row("meshcast", &i["meshcast"]),
         row("nginx", &i["nginx"]),
@@ -292,8 +387,11 @@ fn markdown(r: &serde_json::Value) -> String {
         f["reached_open"],
         f["open_at_end"],
         f["attacker_reconnects"],
+        f["refused"],
         f["edge_rss_flood_mib"].as_f64().unwrap_or(0.0),
         f["edge_peak_rss_mib"].as_f64().unwrap_or(0.0),
         f["edge_rss_after_mib"].as_f64().unwrap_or(0.0),
+        f["edge_cpu_quiet"].as_f64().unwrap_or(0.0),
+        f["edge_cpu_flood"].as_f64().unwrap_or(0.0),
     )
 }

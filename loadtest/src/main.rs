@@ -122,6 +122,20 @@ enum Command {
         #[arg(long)]
         secs: Option<f64>,
     },
+    /// (Used by `connections`: one process of flood attackers.)
+    #[command(hide = true)]
+    FloodClient {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        #[arg(long)]
+        idle: usize,
+        #[arg(long)]
+        slow: usize,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        secs: f64,
+    },
     /// Simulated HLS players, ramped until more than 1 % of viewing time is rebuffering.
     Viewers {
         #[command(flatten)]
@@ -218,6 +232,16 @@ fn main() -> anyhow::Result<()> {
                 common,
             };
             rt.block_on(connections::run(opts))
+        }
+        Command::FloodClient {
+            to,
+            idle,
+            slow,
+            first,
+            secs,
+        } => {
+            rt.block_on(connections::flood_client(to, idle, slow, first, secs));
+            Ok(())
         }
         Command::Viewers { common, start, max } => {
             let opts = viewers::Options {

@@ -40,8 +40,10 @@ pub async fn run(url: &str, rps: f64, secs: f64, connections: usize) -> OpenLoop
                 for k in 0..per_conn {
                     let due = start + interval.mul_f64((k * connections + c) as f64);
                     tokio::time::sleep_until(due.into()).await;
+                    // An error answer (a 503 from a full server) is an
+                    // error, not a fast success.
                     let ok = match client.get(&url).send().await {
-                        Ok(r) => r.bytes().await.is_ok(),
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                         Err(_) => false,
                     };
                     if ok {

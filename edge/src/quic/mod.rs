@@ -138,9 +138,11 @@ impl BackgroundService for QuicDoor {
             tokio::spawn(async move {
                 while let Some(incoming) = ep.accept().await {
                     let peer = Some(incoming.remote_address().ip());
+                    // QUIC connections are never evicted for TCP ones
+                    // (busy from the start); they have their idle timeout.
                     let Ok(slot) = quic
-                        .admit(None)
-                        .and_then(|q| shared.admit(peer).map(|s| (q, s)))
+                        .admit(None, true)
+                        .and_then(|q| shared.admit(peer, true).map(|s| (q, s)))
                     else {
                         incoming.refuse();
                         continue;

@@ -6,7 +6,9 @@
 //! HTTP/2 from HTTP/1: a silent client, a short request line or 14 bytes
 //! of garbage held a connection forever. This door instead
 //! - admits the connection against `max_connections` and
-//!   `max_connections_per_ip` ([`Connections`]; 503 and close past them);
+//!   `max_connections_per_ip` ([`Connections`]; when full, the oldest
+//!   connection waiting for a request is closed to make room; 503 and close
+//!   when none is waiting or the address has its share);
 //! - reads each HTTP/1 request head itself (`head.rs`): its first byte
 //!   within `header_timeout` of the connect (or `keepalive_timeout` of the
 //!   last response), the whole head within `header_timeout` of its first
@@ -22,7 +24,7 @@ mod replay;
 
 pub use head::{Head, HeadScan, H2_PREFACE};
 
-use crate::connections::Connections;
+use crate::connections::{Connections, Slot};
 use crate::metrics::Metrics;
 use crate::pipeline::EdgePipeline;
 use async_trait::async_trait;
@@ -61,6 +63,8 @@ enum Read {
     Http2,
     /// Closed, or silent past its deadline before any byte: nothing to say.
     Gone,
+    /// Waiting when a newcomer needed its place: closed without a word.
+    Evicted,
     /// Answered and to be closed: the status and its reason.
     Refuse(u16, &'static str),
     /// A broken HTTP/2 preface.
@@ -88,7 +92,13 @@ impl TcpDoor {
 
     /// Serves HTTP/1 requests on `stream` until the connection ends; each
     /// head is read here, then replayed to Pingora.
-    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch, cleartext: bool) {
+    async fn serve_http1(
+        &self,
+        stream: Stream,
+        slot: &Slot,
+        shutdown: &ShutdownWatch,
+        cleartext: bool,
+    ) {
         let mut conn = Replay::new(stream);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
@@ -99,13 +109,22 @@ impl TcpDoor {
                 self.limits.keepalive_timeout
             };
             let mut buf = BytesMut::new();
+            // Waiting for a request: the oldest such connection makes room
+            // when the edge is full.
+            slot.set_busy(false);
             let read = tokio::select! {
                 biased;
                 r = self.read_head(conn.inner(), &mut buf, idle, first && cleartext) => r,
+                _ = slot.evicted() => Read::Evicted,
                 _ = wait_shutdown(shutdown.clone()) => Read::Gone,
             };
+            slot.set_busy(true);
             match read {
                 Read::Http1 => {}
+                Read::Evicted => {
+                    self.refused("evicted");
+                    return;
+                }
                 Read::Http2 => {
                     conn.replay(buf.freeze());
                     // Pingora peeks the replayed preface and serves h2.
@@ -202,7 +221,7 @@ impl ServerApp for TcpDoor {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let h2_by_alpn = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let _slot = match self.connections.admit(peer) {
+        let slot = match self.connections.admit(peer, h2_by_alpn) {
             Ok(slot) => slot,
             Err(refusal) => {
                 self.refused(refusal.label());
@@ -218,7 +237,7 @@ impl ServerApp for TcpDoor {
             let _ = ServerApp::process_new(&self.proxy, stream, shutdown).await;
         } else {
             let cleartext = stream.get_ssl_digest().is_none();
-            self.serve_http1(stream, shutdown, cleartext).await;
+            self.serve_http1(stream, &slot, shutdown, cleartext).await;
         }
         None
     }
