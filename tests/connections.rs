@@ -51,12 +51,7 @@ async fn wait_open(edge: &Edge, n: u64) {
     let want = format!("meshcast_client_connections {n}\n");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", edge.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = edge.metrics().await;
         if metrics.contains(&want) {
             return;
         }
@@ -129,12 +124,7 @@ async fn silent_and_slow_clients_are_closed_on_time() {
     // A client that sends its request promptly is served as ever.
     let ok = get(&edge.url("/seg/ok.m4s?len=5"), &[]).await;
     assert_eq!((ok.status, ok.body.len()), (200, 5));
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", edge.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = edge.metrics().await;
     assert!(
         metrics.contains("meshcast_connections_refused_total{reason=\"header_timeout\"} 2"),
         "{metrics}"
@@ -234,12 +224,7 @@ async fn an_idle_flood_makes_room_for_viewers_and_one_address_gets_its_share() {
     );
     let evicted = read_until_closed(&mut held[0], Duration::from_secs(10)).await;
     assert!(evicted.is_empty(), "{}", String::from_utf8_lossy(&evicted));
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", edge.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = edge.metrics().await;
     assert!(
         metrics.contains("meshcast_connections_refused_total{reason=\"evicted\"} 1"),
         "{metrics}"
