@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{EdgePipeline, EdgeState, Shared};
 use crate::quic::{QuicDoor, QuicLimits};
 use crate::sites::Sites;
-use crate::tcp::{CleartextListeners, TcpDoor, TcpLimits};
+use crate::tcp::{TcpDoor, TcpLimits};
 use arc_swap::ArcSwap;
 use meshcast_conf::{ConfError, EdgeConfig};
 use meshcast_control::identity::NodeKey;
@@ -40,8 +40,6 @@ pub enum EdgeError {
     AccessLog(std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("cannot listen on {0}: {1}")]
-    Listen(std::net::SocketAddr, std::io::Error),
     #[error("node key: {0}")]
     Key(#[from] meshcast_control::identity::KeyError),
     #[error("ack log {0}: {1}")]
@@ -271,21 +269,14 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
         },
         metrics,
     );
-    // Cleartext listeners run the door's own accept loop (a silent
-    // connection waits as a bare socket); bound here so that an address in
-    // use stops the start with its name.
-    let mut bound = Vec::new();
-    for addr in &config.edge.listen {
-        bound.push(crate::tcp::bind(*addr).map_err(|e| EdgeError::Listen(*addr, e))?);
-    }
-    if !bound.is_empty() {
-        server.add_service(CleartextListeners::new(bound, Arc::new(door.clone())));
-    }
-    // TLS listeners stay on Pingora's (its acceptor does the handshake).
+    let mut tcp = Service::new("meshcast edge".into(), door);
     // The door reads request heads itself; Pingora's 64 KiB read buffer
-    // per connection would only sit idle.
-    let mut tcp = Service::new("meshcast edge tls".into(), door);
+    // per connection would only sit idle (it was most of an idle
+    // connection's memory).
     let buffers = L4BufferSettings::new(0, pingora_core::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE);
+    for addr in &config.edge.listen {
+        tcp.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+    }
     if !config.edge.listen_tls.is_empty() {
         let (Some(cert), Some(key)) = (&config.edge.tls_cert, &config.edge.tls_key) else {
             return Err(EdgeError::Tls(
@@ -303,8 +294,8 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
                     .l4_buffer(buffers),
             );
         }
-        server.add_service(tcp);
     }
+    server.add_service(tcp);
 
     if !config.edge.listen_quic.is_empty() {
         let (Some(cert), Some(key)) = (&config.edge.tls_cert, &config.edge.tls_key) else {

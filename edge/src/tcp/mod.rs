@@ -20,10 +20,7 @@
 //!   included.
 
 mod head;
-mod listener;
 mod replay;
-
-pub use listener::{bind, CleartextListeners};
 
 pub use head::{Head, HeadScan, H2_PREFACE};
 
@@ -53,7 +50,6 @@ pub struct TcpLimits {
     pub max_header_bytes: usize,
 }
 
-#[derive(Clone)]
 pub struct TcpDoor {
     proxy: Arc<HttpProxy<EdgePipeline>>,
     connections: Arc<Connections>,
@@ -96,14 +92,6 @@ impl TcpDoor {
 
     /// Serves HTTP/1 requests on `stream` until the connection ends; each
     /// head is read here, then replayed to Pingora.
-    /// `serve_http1` for a stream of ours with no write buffer: the
-    /// replay wrapper gathers small writes (a response head and a small
-    /// body go out in one send, as Pingora's own write buffer did).
-    async fn serve_http1_coalesced(&self, stream: Stream, slot: &Slot, shutdown: &ShutdownWatch) {
-        self.serve_conn(Replay::coalescing(stream), slot, shutdown, true)
-            .await
-    }
-
     async fn serve_http1(
         &self,
         stream: Stream,
@@ -111,17 +99,7 @@ impl TcpDoor {
         shutdown: &ShutdownWatch,
         cleartext: bool,
     ) {
-        self.serve_conn(Replay::new(stream), slot, shutdown, cleartext)
-            .await
-    }
-
-    async fn serve_conn(
-        &self,
-        mut conn: Replay,
-        slot: &Slot,
-        shutdown: &ShutdownWatch,
-        cleartext: bool,
-    ) {
+        let mut conn = Replay::new(stream);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
@@ -232,60 +210,6 @@ impl TcpDoor {
     }
 }
 
-impl TcpDoor {
-    /// Admits a connection from the cleartext accept loop, in accept
-    /// order (so "waiting longest" is true to when connections came).
-    pub fn admit_cleartext(&self, peer: std::net::SocketAddr) -> Result<Slot, &'static str> {
-        self.connections
-            .admit(Some(peer.ip()), false)
-            .map_err(|refusal| {
-                self.refused(refusal.label());
-                refusal.reason()
-            })
-    }
-
-    /// A refused cleartext connection: 503 with the reason, and close.
-    pub async fn refuse_cleartext(tcp: tokio::net::TcpStream, reason: &'static str) {
-        refuse_http1_raw(tcp, reason).await;
-    }
-
-    /// An admitted connection from the cleartext accept loop: nothing but
-    /// the socket until its first byte (or `header_timeout`, or
-    /// eviction); then the door's buffers and futures, boxed so that a
-    /// parked connection's task stays small.
-    pub async fn serve_cleartext(
-        &self,
-        tcp: tokio::net::TcpStream,
-        slot: Slot,
-        shutdown: &ShutdownWatch,
-    ) {
-        self.metrics.client_connections.inc();
-        let _open = scopeguard(|| self.metrics.client_connections.dec());
-        let mut one = [0u8; 1];
-        let first_byte = tokio::select! {
-            biased;
-            // A one-byte peek, not `readable()`: tokio may report a fresh
-            // socket readable before any byte (seen here), and the door
-            // would allocate for nothing.
-            r = tokio::time::timeout(self.limits.header_timeout, tcp.peek(&mut one)) => matches!(r, Ok(Ok(1))),
-            _ = slot.evicted() => {
-                self.refused("evicted");
-                false
-            }
-            _ = wait_shutdown(shutdown.clone()) => false,
-        };
-        if !first_byte {
-            return;
-        }
-        use pingora_core::protocols::GetSocketDigest;
-        use std::os::fd::AsRawFd;
-        let digest = pingora_core::protocols::SocketDigest::from_raw_fd(tcp.as_raw_fd());
-        let mut l4 = pingora_core::protocols::l4::stream::Stream::from(tcp);
-        l4.set_socket_digest(digest);
-        Box::pin(self.serve_http1_coalesced(Box::new(l4), &slot, shutdown)).await;
-    }
-}
-
 #[async_trait]
 impl ServerApp for TcpDoor {
     async fn process_new(
@@ -356,12 +280,6 @@ fn label(status: u16) -> &'static str {
 
 /// How long the door spends telling a client why it closes.
 const FAREWELL: Duration = Duration::from_secs(5);
-
-/// `refuse_http1`'s 503 on a bare socket (no stream built for it yet).
-async fn refuse_http1_raw(tcp: tokio::net::TcpStream, reason: &str) {
-    let mut stream: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(tcp));
-    refuse_http1(&mut stream, 503, reason).await;
-}
 
 /// Answers `status` with `reason` in plain HTTP/1.1, and closes.
 async fn refuse_http1(stream: &mut Stream, status: u16, reason: &str) {
