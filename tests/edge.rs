@@ -3,6 +3,8 @@
 mod support;
 
 use futures::future::join_all;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
@@ -91,10 +93,30 @@ async fn concurrent_cold_requests_make_one_origin_request_and_stream() {
         .unwrap()
         .unwrap();
     assert!(waiter_got >= 1_000_000);
+    // 200 more, each counted once its response head is in: the origin
+    // holds the second half until every one of them has it, so none can
+    // be a plain hit on a finished object — they all joined the one fill.
+    let heads = Arc::new(AtomicUsize::new(0));
     let many: Vec<_> = (0..200)
-        .map(|_| tokio::spawn(reqwest::get(url.clone())))
+        .map(|_| {
+            let (url, heads) = (url.clone(), heads.clone());
+            tokio::spawn(async move {
+                let r = reqwest::get(url).await;
+                heads.fetch_add(1, Ordering::SeqCst);
+                r
+            })
+        })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while heads.load(Ordering::SeqCst) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 200 waiters got a response head while the origin held the body",
+            heads.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(origin.hits("/slow/big.m4s"), 1, "still one origin request");
     origin.release.notify_waiters();
     while let Some(c) = waiter_resp.chunk().await.unwrap() {
         waiter_got += c.len();
