@@ -102,13 +102,17 @@ impl TcpDoor {
         let mut conn = Replay::new(stream);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
+        // One head buffer for the connection: each head is split off and
+        // replayed, and once Pingora has read it the allocation is free to
+        // take the next (no allocation per keep-alive request).
+        let mut buf = BytesMut::new();
+        let mut watch = shutdown.clone();
         loop {
             let idle = if first {
                 self.limits.header_timeout
             } else {
                 self.limits.keepalive_timeout
             };
-            let mut buf = BytesMut::new();
             // Waiting for a request: the oldest such connection makes room
             // when the edge is full.
             slot.set_busy(false);
@@ -116,7 +120,7 @@ impl TcpDoor {
                 biased;
                 r = self.read_head(conn.inner(), &mut buf, idle, first && cleartext) => r,
                 _ = slot.evicted() => Read::Evicted,
-                _ = wait_shutdown(shutdown.clone()) => Read::Gone,
+                _ = wait_shutdown(&mut watch) => Read::Gone,
             };
             slot.set_busy(true);
             match read {
@@ -126,7 +130,7 @@ impl TcpDoor {
                     return;
                 }
                 Read::Http2 => {
-                    conn.replay(buf.freeze());
+                    conn.replay(buf.split().freeze());
                     // Pingora peeks the replayed preface and serves h2.
                     let _ = ServerApp::process_new(&self.proxy, Box::new(conn), shutdown).await;
                     return;
@@ -143,7 +147,7 @@ impl TcpDoor {
                     return;
                 }
             }
-            conn.replay(buf.freeze());
+            conn.replay(buf.split().freeze());
             let mut session = ServerSession::new_http1(Box::new(conn));
             match settings.take() {
                 Some(s) => s.apply_to_session(&mut session),
@@ -261,7 +265,7 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 }
 
 /// Resolves once the server is shutting down.
-async fn wait_shutdown(mut shutdown: ShutdownWatch) {
+async fn wait_shutdown(shutdown: &mut ShutdownWatch) {
     while !*shutdown.borrow() {
         if shutdown.changed().await.is_err() {
             std::future::pending::<()>().await;
@@ -273,7 +277,6 @@ fn label(status: u16) -> &'static str {
     match status {
         408 => "header_timeout",
         431 => "head_too_large",
-        503 => "limit",
         _ => "other",
     }
 }

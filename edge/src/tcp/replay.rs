@@ -53,6 +53,10 @@ impl AsyncRead for Replay {
         let n = self.replay.len().min(buf.remaining());
         buf.put_slice(&self.replay[..n]);
         self.replay.advance(n);
+        if self.replay.is_empty() {
+            // Let go of the door's head buffer so it can be reused.
+            self.replay = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
