@@ -60,6 +60,8 @@ pub struct Connections {
     total: AtomicUsize,
     clock: AtomicU64,
     inner: Mutex<Inner>,
+    /// Shows `total` (the edge's shared table; a door's own has none).
+    gauge: Option<prometheus::IntGauge>,
 }
 
 #[derive(Debug, Default)]
@@ -126,7 +128,13 @@ fn counted_as(ip: IpAddr) -> IpAddr {
 }
 
 impl Connections {
-    pub fn new(max_total: usize, max_per_address: usize) -> Arc<Self> {
+    /// A table of `max_total` connections, `max_per_address` per address;
+    /// `gauge`, if given, follows how many are open.
+    pub fn new(
+        max_total: usize,
+        max_per_address: usize,
+        gauge: Option<prometheus::IntGauge>,
+    ) -> Arc<Self> {
         assert!(
             max_total >= 1 && max_per_address >= 1,
             "limits are validated"
@@ -136,6 +144,7 @@ impl Connections {
             max_per_address,
             total: AtomicUsize::new(0),
             clock: AtomicU64::new(0),
+            gauge,
             inner: Mutex::new(Inner {
                 probe: 0x9E37_79B9_7F4A_7C15,
                 ..Inner::default()
@@ -160,6 +169,9 @@ impl Connections {
             return Err(Refusal::Full);
         }
         self.total.fetch_add(1, Ordering::AcqRel);
+        if let Some(g) = &self.gauge {
+            g.inc();
+        }
         if let Some(ip) = address {
             *inner.per_address.entry(ip).or_insert(0) += 1;
         }
@@ -180,11 +192,6 @@ impl Connections {
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
-    }
-
-    /// Addresses with a connection open now.
-    pub fn addresses(&self) -> usize {
-        self.inner.lock().per_address.len()
     }
 }
 
@@ -250,6 +257,9 @@ impl Drop for Slot {
             }
         }
         drop(inner);
+        if let Some(g) = &self.table.gauge {
+            g.dec();
+        }
         let before = self.table.total.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(before > 0, "a slot is counted in the total");
     }
@@ -260,6 +270,10 @@ mod tests {
     use super::*;
 
     impl Connections {
+        fn addresses(&self) -> usize {
+            self.inner.lock().per_address.len()
+        }
+
         fn admit_waiting(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<Slot, Refusal> {
             self.admit(peer, false)
         }
@@ -271,7 +285,7 @@ mod tests {
 
     #[test]
     fn limits_in_all_and_per_address_and_places_come_back() {
-        let t = Connections::new(3, 2);
+        let t = Connections::new(3, 2, None);
         let a1 = t.admit_waiting(ip("10.0.0.1")).unwrap();
         let a2 = t.admit_waiting(ip("10.0.0.1")).unwrap();
         assert_eq!(
@@ -296,7 +310,7 @@ mod tests {
 
     #[test]
     fn ipv6_counts_by_its_64_and_mapped_v4_as_v4() {
-        let t = Connections::new(10, 1);
+        let t = Connections::new(10, 1, None);
         let _a = t.admit_waiting(ip("2001:db8:1:2::1")).unwrap();
         assert_eq!(
             t.admit_waiting(ip("2001:db8:1:2:ffff::9")).unwrap_err(),
@@ -314,7 +328,7 @@ mod tests {
     #[tokio::test]
     async fn when_full_the_longest_waiting_connection_makes_room() {
         let within = std::time::Duration::from_secs(1);
-        let t = Connections::new(3, 3);
+        let t = Connections::new(3, 3, None);
         // `viewer` connected first but has just had a response; `idle`
         // connected later and has sent nothing since.
         let viewer = t.admit_waiting(ip("10.0.0.1")).unwrap();
@@ -348,7 +362,7 @@ mod tests {
     fn a_large_table_evicts_a_long_waiter_by_sampling() {
         // 1 000 connections, every tenth busy; a full table evicts one that
         // is waiting, and (sampling 32 of them) among the longer waiters.
-        let t = Connections::new(1000, 1000);
+        let t = Connections::new(1000, 1000, None);
         let slots: Vec<Slot> = (0..1000)
             .map(|_| t.admit_waiting(ip("10.0.0.1")).unwrap())
             .collect();
@@ -378,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_panicking_task_gives_its_place_back() {
-        let t = Connections::new(1, 1);
+        let t = Connections::new(1, 1, None);
         let slot = t.admit_waiting(ip("10.0.0.1")).unwrap();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let _held = slot;

@@ -72,7 +72,7 @@ impl Metrics {
                 g
             },
             client_connections: {
-                let g = prometheus::IntGauge::new("meshcast_client_connections", "Client TCP/TLS connections open now").expect("valid metric");
+                let g = prometheus::IntGauge::new("meshcast_client_connections", "Client connections open now (TCP, TLS and QUIC)").expect("valid metric");
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },

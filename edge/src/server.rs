@@ -258,6 +258,7 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     let connections = Connections::new(
         config.edge.max_connections.min(connection_cap(open_files)),
         config.edge.max_connections_per_ip,
+        Some(metrics.client_connections.clone()),
     );
     let door = TcpDoor::new(
         proxy.clone(),

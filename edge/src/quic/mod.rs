@@ -108,7 +108,7 @@ impl QuicDoor {
             addrs: all,
             config: server_config(cert, key, limits)?,
             proxy,
-            quic: Connections::new(limits.max_connections, limits.max_connections),
+            quic: Connections::new(limits.max_connections, limits.max_connections, None),
             shared,
         })
     }

@@ -235,8 +235,6 @@ impl ServerApp for TcpDoor {
                 return None;
             }
         };
-        self.metrics.client_connections.inc();
-        let _open = scopeguard(|| self.metrics.client_connections.dec());
         if h2_by_alpn {
             let _ = ServerApp::process_new(&self.proxy, stream, shutdown).await;
         } else {
@@ -249,19 +247,6 @@ impl ServerApp for TcpDoor {
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
     }
-}
-
-/// Runs `f` when dropped (the connection task ends, however it ends).
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 /// Resolves once the server is shutting down.
