@@ -233,6 +233,23 @@ impl Checked {
         self.limits[index] = 0;
         self.unpaid[index] = Some(reason);
     }
+
+    /// Voids every token whose (known) issuer may not issue tokens for its
+    /// prefix (`allowed(issuer, prefix)`: an owner's key is good for its own
+    /// video only), as `check_claim` voids tokens of unknown issuers.
+    pub fn void_unless_allowed(&mut self, allowed: impl Fn(&[u8; 32], &str) -> bool) {
+        for index in 0..self.tokens.len() {
+            let t = &self.tokens[index];
+            if self.unpaid[index].is_none() && !allowed(&t.issuer, &t.prefix) {
+                let reason = format!(
+                    "issuer {} may not issue tokens for {}",
+                    hex::encode(t.issuer),
+                    t.prefix
+                );
+                self.void(index, reason);
+            }
+        }
+    }
 }
 
 /// Everything checkable without opening acks, including that every token

@@ -401,3 +401,59 @@ fn a_token_the_hub_does_not_trust_costs_only_its_own_entries() {
     assert!(err.to_string().contains("session key"), "{err}");
     assert!(err.is_fraud(), "{err}");
 }
+
+#[test]
+fn an_owner_key_earns_nothing_outside_its_own_video() {
+    // The HUB knows the owner's key, but only for /v/other/: the owner and
+    // an edge colluding to bill /v/abc/ (another owner's video) with it
+    // earn nothing, and the honest hub-token viewers beside them are paid.
+    let w = world(u64::MAX, 4_000_000_000);
+    let honest = acks(&w, 300, epoch_start_ms());
+    let honest_bytes: u64 = honest.iter().map(|(_, a)| a.receipt.receipt.len).sum();
+    let owner = NodeKey::from_seed([88; 32]);
+    let viewer = SigningKey::from_bytes(&[89; 32]);
+    let claims = TokenClaims {
+        issuer: owner.public().to_bytes(),
+        prefix: "/v/abc/".into(),
+        expires: 4_000_000_000,
+        budget: u64::MAX,
+        session: viewer.verifying_key().to_bytes(),
+        edges: Vec::new(),
+    };
+    let foreign = token::issue(&owner, &claims, 0).unwrap();
+    let mut all = honest;
+    for i in 0..100u64 {
+        let r = w.edge.sign(
+            token_id(&foreign),
+            [3; 32],
+            &format!("/v/abc/720p/{i}.m4s"),
+            0,
+            1000 + i,
+            epoch_start_ms() + 700 + i,
+            5000 + i,
+        );
+        all.push((foreign.clone(), Ack::sign(&viewer, r)));
+    }
+    let c = build_claim(EPOCH, EPOCH_SECS, all);
+    let (hub_pk, owner_pk) = (w.hub.public().to_bytes(), owner.public().to_bytes());
+    let now_ms = epoch_start_ms() + 2 * EPOCH_SECS * 1000;
+    let known = |k: &[u8; 32]| *k == hub_pk || *k == owner_pk;
+    let mut checked = audit::check_claim(&c.claim, &w.edge.node(), known, now_ms).unwrap();
+    checked
+        .void_unless_allowed(|issuer, prefix| *issuer == hub_pk || prefix.starts_with("/v/other/"));
+    let bytes = serde_json::to_vec(&c.claim).unwrap();
+    let idx = audit::challenge(&bytes, &NONCE, &c.claim);
+    audit::check_proof(
+        &c.claim,
+        &checked,
+        &w.edge.node(),
+        &idx,
+        &c.open(&idx).unwrap(),
+        catalog,
+    )
+    .unwrap();
+    let credit = audit::settle(&checked, &c.claim, |_| 0, |_| false);
+    assert_eq!(credit.bytes, honest_bytes);
+    assert_eq!(credit.over_budget.len(), 1, "{:?}", credit.over_budget);
+    assert!(credit.over_budget[0].contains("may not issue tokens for /v/abc/"));
+}

@@ -42,17 +42,7 @@ fn check(hub: &Hub, claim: &Claim, claimant: &[u8; 32]) -> Result<Checked, Audit
         |k| issuer_known(&issuers, k),
         now_secs() * 1000,
     )?;
-    for index in 0..checked.tokens.len() {
-        let t = &checked.tokens[index];
-        if checked.unpaid[index].is_none() && !issuer_allows(&issuers, &t.issuer, &t.prefix) {
-            let reason = format!(
-                "issuer {} may not issue tokens for {}",
-                hex::encode(t.issuer),
-                t.prefix
-            );
-            checked.void(index, reason);
-        }
-    }
+    checked.void_unless_allowed(|issuer, prefix| issuer_allows(&issuers, issuer, prefix));
     Ok(checked)
 }
 
