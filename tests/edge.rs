@@ -3,8 +3,6 @@
 mod support;
 
 use futures::future::join_all;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
@@ -96,25 +94,25 @@ async fn concurrent_cold_requests_make_one_origin_request_and_stream() {
     // 200 more, each counted once its response head is in: the origin
     // holds the second half until every one of them has it, so none can
     // be a plain hit on a finished object — they all joined the one fill.
-    let heads = Arc::new(AtomicUsize::new(0));
+    let (head_in, mut heads) = tokio::sync::mpsc::unbounded_channel();
     let many: Vec<_> = (0..200)
         .map(|_| {
-            let (url, heads) = (url.clone(), heads.clone());
+            let (url, head_in) = (url.clone(), head_in.clone());
             tokio::spawn(async move {
                 let r = reqwest::get(url).await;
-                heads.fetch_add(1, Ordering::SeqCst);
+                let _ = head_in.send(());
                 r
             })
         })
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while heads.load(Ordering::SeqCst) < 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} of 200 waiters got a response head while the origin held the body",
-            heads.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    for got in 0..200 {
+        tokio::time::timeout(Duration::from_secs(30), heads.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {got} of 200 waiters got a response head while the origin held the body"
+                )
+            });
     }
     assert_eq!(origin.hits("/slow/big.m4s"), 1, "still one origin request");
     origin.release.notify_waiters();
