@@ -32,6 +32,8 @@ pub struct Options {
     pub secs: f64,
     /// Normal clients' request rate.
     pub rps: f64,
+    /// Niceness the attacker processes run at.
+    pub attacker_nice: i32,
 }
 
 /// Loopback source addresses the attackers spread over (each stays far
@@ -166,8 +168,20 @@ const PER_PROCESS: usize = 12_000;
 /// The hidden `flood-client` subcommand: `idle` silent and `slow`
 /// slowloris attackers (source addresses from index `first`) for `secs`
 /// or until SIGTERM; prints how many times the edge closed one.
-pub async fn flood_client(to: SocketAddr, idle: usize, slow: usize, first: usize, secs: f64) {
+pub async fn flood_client(
+    to: SocketAddr,
+    idle: usize,
+    slow: usize,
+    first: usize,
+    secs: f64,
+    nice: i32,
+) {
     raise_fd_limit();
+    // SAFETY: setpriority on this process only. Failing leaves it at its
+    // niceness, which the report's setting would then overstate.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        eprintln!("flood-client: cannot set niceness {nice}");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let closes = Arc::new(AtomicU64::new(0));
     for i in 0..idle + slow {
@@ -285,6 +299,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                     &slow.to_string(),
                 ])
                 .args(["--first", &first.to_string(), "--secs", &hold.to_string()])
+                .args(["--nice", &o.attacker_nice.to_string()])
                 .stdout(std::process::Stdio::piped())
                 .spawn()?,
         );
@@ -335,7 +350,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             "edge_cpu_quiet": quiet_cpu / o.secs, "edge_cpu_flood": flood_cpu / o.secs,
             "edge_rss_flood_mib": mib(rss_flood), "edge_peak_rss_mib": mib(peak), "edge_rss_after_mib": mib(rss_after),
         },
-        "settings": {"threads": o.common.threads, "secs": o.secs, "rps": o.rps, "quick": o.common.quick},
+        "settings": {"attacker_nice": o.attacker_nice, "threads": o.common.threads, "secs": o.secs, "rps": o.rps, "quick": o.common.quick},
     });
     if o.common.json {
         println!("{report}");

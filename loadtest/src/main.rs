@@ -121,6 +121,11 @@ enum Command {
         /// Seconds of normal load, quiet and flooded (default 10; 2 with --quick).
         #[arg(long)]
         secs: Option<f64>,
+        /// Scheduling niceness of the attacker processes (0–19). On one
+        /// machine they share the cores with the edge and the normal
+        /// clients; 19 lets them stand in for machines elsewhere.
+        #[arg(long, default_value_t = 19)]
+        attacker_nice: i32,
     },
     /// (Used by `connections`: one process of flood attackers.)
     #[command(hide = true)]
@@ -135,6 +140,8 @@ enum Command {
         first: usize,
         #[arg(long)]
         secs: f64,
+        #[arg(long, default_value_t = 0)]
+        nice: i32,
     },
     /// Simulated HLS players, ramped until more than 1 % of viewing time is rebuffering.
     Viewers {
@@ -221,9 +228,11 @@ fn main() -> anyhow::Result<()> {
             flood_slow,
             rps,
             secs,
+            attacker_nice,
         } => {
             let q = common.quick;
             let opts = connections::Options {
+                attacker_nice: attacker_nice.clamp(0, 19),
                 idle: idle.unwrap_or(if q { 500 } else { 5_000 }),
                 flood_idle: flood_idle.unwrap_or(if q { 500 } else { 20_000 }),
                 flood_slow: flood_slow.unwrap_or(if q { 100 } else { 3_000 }),
@@ -239,8 +248,9 @@ fn main() -> anyhow::Result<()> {
             slow,
             first,
             secs,
+            nice,
         } => {
-            rt.block_on(connections::flood_client(to, idle, slow, first, secs));
+            rt.block_on(connections::flood_client(to, idle, slow, first, secs, nice));
             Ok(())
         }
         Command::Viewers { common, start, max } => {
