@@ -76,7 +76,26 @@ pub fn parse_progress_line(line: &str) -> Option<Progress> {
     }
 }
 
-fn hls_output(args: &mut Vec<String>, dir: &Path, segment: f64) {
+/// Which part of the input an encode covers and how its segments are
+/// numbered: all of it from segment 1 for a whole-file transcode; for a
+/// chunk, `skip` seconds from the chunk file's start for `length` seconds,
+/// numbered from the chunk's first segment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Span {
+    pub skip: f64,
+    pub length: Option<f64>,
+    pub first_segment: u32,
+}
+
+impl Span {
+    pub const WHOLE: Span = Span {
+        skip: 0.0,
+        length: None,
+        first_segment: 1,
+    };
+}
+
+fn hls_output(args: &mut Vec<String>, dir: &Path, segment: f64, first_segment: u32) {
     let seg = dir.join("seg_%05d.m4s");
     for a in [
         "-f",
@@ -90,10 +109,10 @@ fn hls_output(args: &mut Vec<String>, dir: &Path, segment: f64) {
         "-hls_fmp4_init_filename",
         "init.mp4",
         "-start_number",
-        "1",
     ] {
         args.push(a.into());
     }
+    args.push(first_segment.to_string());
     args.push("-avoid_negative_ts".into());
     args.push("disabled".into());
     args.push("-hls_time".into());
@@ -108,8 +127,8 @@ pub fn build_args(
     input: &Path,
     out: &Path,
     source: &SourceInfo,
-    rungs: &[Rung],
-    audio: &[AudioRung],
+    (rungs, audio): (&[Rung], &[AudioRung]),
+    span: Span,
     config: &TranscodeSection,
 ) -> Vec<String> {
     let segment = config.segment_duration.0.as_secs_f64();
@@ -123,12 +142,38 @@ pub fn build_args(
         "-progress",
         "pipe:1",
         "-xerror",
-        "-i",
     ]
     .into_iter()
     .map(String::from)
     .collect();
+    // An input seek decodes from the keyframe before `skip` and drops the
+    // frames before it; timestamps then start at 0, so forced keyframes
+    // fall every `segment` seconds from the span's start.
+    if span.skip > 0.0 {
+        args.extend(["-ss".to_string(), format!("{:.6}", span.skip)]);
+    }
+    if let Some(length) = span.length {
+        args.extend(["-t".to_string(), format!("{length:.6}")]);
+    }
+    args.push("-i".into());
     args.push(input.to_string_lossy().into_owned());
+    if !rungs.is_empty() {
+        args.push("-filter_complex".into());
+        args.push(video_graph(source, rungs));
+    }
+    for (i, r) in rungs.iter().enumerate() {
+        video_output(&mut args, i, r, config);
+        hls_output(&mut args, &out.join(&r.name), segment, span.first_segment);
+    }
+    for a in audio {
+        audio_output(&mut args, a);
+        hls_output(&mut args, &out.join(&a.name), segment, span.first_segment);
+    }
+    args
+}
+
+/// One decode split into every rung, each scaled (and its rate changed).
+fn video_graph(source: &SourceInfo, rungs: &[Rung]) -> String {
     let mut graph = format!("[0:v:0]split={}", rungs.len());
     for i in 0..rungs.len() {
         graph.push_str(&format!("[s{i}]"));
@@ -144,66 +189,64 @@ pub fn build_args(
             r.width, r.height
         ));
     }
-    args.push("-filter_complex".into());
-    args.push(graph);
-    for (i, r) in rungs.iter().enumerate() {
-        let dir = out.join(&r.name);
-        args.extend([
-            "-map".to_string(),
-            format!("[v{i}]"),
-            "-an".into(),
-            "-c:v".into(),
-            "libx264".into(),
-            "-preset".into(),
-            config.preset.clone(),
-            "-profile:v".into(),
-            "high".into(),
-            "-level:v".into(),
-            r.level.into(),
-            "-b:v".into(),
-            format!("{}k", r.video_kbps),
-            "-maxrate".into(),
-            format!("{}k", r.video_kbps * 107 / 100),
-            "-bufsize".into(),
-            format!("{}k", r.video_kbps * 3 / 2),
-            "-g".into(),
-            r.gop.to_string(),
-            "-keyint_min".into(),
-            r.gop.to_string(),
-            "-sc_threshold".into(),
-            "0".into(),
-            "-force_key_frames".into(),
-            format!("expr:gte(t,n_forced*{segment})"),
-        ]);
-        hls_output(&mut args, &dir, segment);
-    }
-    for a in audio {
-        args.extend([
-            "-map".to_string(),
-            format!("0:a:{}", a.source_index),
-            "-vn".into(),
-            "-c:a".into(),
-            "aac".into(),
-            "-profile:a".into(),
-            "aac_low".into(),
-            "-ac".into(),
-            a.channels.to_string(),
-            "-ar".into(),
-            a.sample_rate.to_string(),
-            "-b:a".into(),
-            format!("{}k", a.kbps),
-        ]);
-        hls_output(&mut args, &out.join(&a.name), segment);
-    }
-    args
+    graph
+}
+
+fn video_output(args: &mut Vec<String>, i: usize, r: &Rung, config: &TranscodeSection) {
+    let segment = config.segment_duration.0.as_secs_f64();
+    args.extend([
+        "-map".to_string(),
+        format!("[v{i}]"),
+        "-an".into(),
+        "-c:v".into(),
+        "libx264".into(),
+        "-preset".into(),
+        config.preset.clone(),
+        "-profile:v".into(),
+        "high".into(),
+        "-level:v".into(),
+        r.level.into(),
+        "-b:v".into(),
+        format!("{}k", r.video_kbps),
+        "-maxrate".into(),
+        format!("{}k", r.video_kbps * 107 / 100),
+        "-bufsize".into(),
+        format!("{}k", r.video_kbps * 3 / 2),
+        "-g".into(),
+        r.gop.to_string(),
+        "-keyint_min".into(),
+        r.gop.to_string(),
+        "-sc_threshold".into(),
+        "0".into(),
+        "-force_key_frames".into(),
+        format!("expr:gte(t,n_forced*{segment})"),
+    ]);
+}
+
+fn audio_output(args: &mut Vec<String>, a: &AudioRung) {
+    args.extend([
+        "-map".to_string(),
+        format!("0:a:{}", a.source_index),
+        "-vn".into(),
+        "-c:a".into(),
+        "aac".into(),
+        "-profile:a".into(),
+        "aac_low".into(),
+        "-ac".into(),
+        a.channels.to_string(),
+        "-ar".into(),
+        a.sample_rate.to_string(),
+        "-b:a".into(),
+        format!("{}k", a.kbps),
+    ]);
 }
 
 pub async fn run(
     input: &Path,
     out: &Path,
     source: &SourceInfo,
-    rungs: &[Rung],
-    audio: &[AudioRung],
+    (rungs, audio): (&[Rung], &[AudioRung]),
+    span: Span,
     config: &TranscodeSection,
     mut on_progress: impl FnMut(f64) + Send,
 ) -> Result<(), TranscodeError> {
@@ -214,7 +257,8 @@ pub async fn run(
     {
         std::fs::create_dir_all(out.join(name))?;
     }
-    let args = build_args(input, out, source, rungs, audio, config);
+    let args = build_args(input, out, source, (rungs, audio), span, config);
+    let length = span.length.unwrap_or(source.duration - span.skip);
     tracing::debug!(?args, "ffmpeg");
     let mut child = Command::new("ffmpeg")
         .args(&args)
@@ -253,8 +297,8 @@ pub async fn run(
         match parse_progress_line(&line) {
             Some(Progress::At(t)) => {
                 watch.on_progress(tokio::time::Instant::now(), t);
-                if source.duration > 0.0 {
-                    on_progress((t / source.duration).clamp(0.0, 1.0))
+                if length > 0.0 {
+                    on_progress((t / length).clamp(0.0, 1.0))
                 }
             }
             Some(Progress::End) => on_progress(1.0),
@@ -373,8 +417,8 @@ mod tests {
             &PathBuf::from("in.mp4"),
             &PathBuf::from("/out"),
             &source,
-            &rungs,
-            &audio,
+            (&rungs, &audio),
+            Span::WHOLE,
             &config,
         );
         let joined = args.join(" ");

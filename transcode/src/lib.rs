@@ -7,6 +7,7 @@
 //! It works on local files and folders only: storing, serving and the job
 //! queue belong to the hub.
 
+mod chunks;
 mod ffmpeg;
 mod hls;
 mod ladder;
@@ -14,9 +15,11 @@ mod lang;
 mod mpd;
 mod package;
 mod probe;
+mod tfdt;
 mod verify;
 
-pub use ffmpeg::{parse_progress_line, Progress};
+pub use chunks::{cut, encode_chunk, join, keyframes, plan_chunks, Chunk};
+pub use ffmpeg::{parse_progress_line, Progress, Span};
 pub use ladder::{h264_level, plan, plan_audio, AudioRung, Rung};
 pub use package::{Manifest, Rendition, RenditionKind, Subtitle, TrackLabel, SUBTITLE_FILE};
 pub use probe::{probe, AudioTrack, ProbeError, SourceInfo, SubtitleTrack};
@@ -62,7 +65,7 @@ fn inspect_merging_tail(
     kind: RenditionKind,
     target: f64,
 ) -> Result<Rendition, TranscodeError> {
-    let r = inspect_rendition(dir, name, kind, target)?;
+    let r = inspect_rendition(dir, name, kind, target, 0.0)?;
     let n = r.segments.len();
     if n < 2 || r.segments[n - 1].duration >= target * SHORT_TAIL {
         return Ok(r);
@@ -76,7 +79,7 @@ fn inspect_merging_tail(
     f.sync_all()?;
     std::fs::remove_file(dir.join(last))?;
     tracing::debug!(rendition = name, merged = %last, into = %prev, "folded a short last segment into the one before");
-    Ok(inspect_rendition(dir, name, kind, target)?)
+    Ok(inspect_rendition(dir, name, kind, target, 0.0)?)
 }
 
 /// Probes `input`, encodes the ladder into `out_dir`, verifies every
@@ -92,10 +95,76 @@ pub async fn transcode(
     let rungs = plan(&source, config);
     let audio = plan_audio(&source, config);
     std::fs::create_dir_all(out_dir)?;
-    ffmpeg::run(input, out_dir, &source, &rungs, &audio, config, on_progress).await?;
+    ffmpeg::run(
+        input,
+        out_dir,
+        &source,
+        (&rungs, &audio),
+        ffmpeg::Span::WHOLE,
+        config,
+        on_progress,
+    )
+    .await?;
+    finish(input, out_dir, source, (&rungs, &audio), config).await
+}
+
+/// Transcodes `input` as distributed transcoding does, here in one
+/// process: cut into chunks of `segments_per_chunk` segments, each chunk
+/// encoded on its own (up to `parallel` at once), audio in one piece,
+/// joined into one ladder. The output is the same as `transcode`'s.
+pub async fn transcode_in_chunks(
+    input: &Path,
+    out_dir: &Path,
+    config: &TranscodeSection,
+    segments_per_chunk: u32,
+    parallel: usize,
+) -> Result<Output, TranscodeError> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let source = probe(input, config).await?;
+    let rungs = plan(&source, config);
+    let audio = plan_audio(&source, config);
+    let segment = config.segment_duration.0.as_secs_f64();
+    let keys = keyframes(input, config).await?;
+    let chunks = plan_chunks(&keys, source.duration, segment, segments_per_chunk);
+    let parts = out_dir.join("chunks");
+    std::fs::create_dir_all(&parts)?;
+    let encoded: Vec<std::path::PathBuf> = futures_util::stream::iter(chunks.iter())
+        .map(|chunk| {
+            let (source, rungs, parts) = (&source, &rungs, &parts);
+            async move {
+                let dir = parts.join(chunk.index.to_string());
+                std::fs::create_dir_all(&dir)?;
+                let cut_file = dir.join("cut.mp4");
+                cut(input, chunk, source.fps, &cut_file).await?;
+                encode_chunk(&cut_file, chunk, source, rungs, config, &dir, |_| {}).await?;
+                std::fs::remove_file(&cut_file)?;
+                Ok::<_, TranscodeError>(dir)
+            }
+        })
+        .buffered(parallel.max(1))
+        .try_collect()
+        .await?;
+    if !audio.is_empty() {
+        ffmpeg::run(input, out_dir, &source, (&[], &audio), ffmpeg::Span::WHOLE, config, |_| {}).await?;
+    }
+    let dirs: Vec<&Path> = encoded.iter().map(|p| p.as_path()).collect();
+    join(&dirs, &rungs, out_dir)?;
+    std::fs::remove_dir_all(&parts)?;
+    finish(input, out_dir, source, (&rungs, &audio), config).await
+}
+
+/// Checks every rendition in `out_dir`, extracts subtitles and writes the
+/// playlists.
+async fn finish(
+    input: &Path,
+    out_dir: &Path,
+    source: SourceInfo,
+    (rungs, audio): (&[Rung], &[AudioRung]),
+    config: &TranscodeSection,
+) -> Result<Output, TranscodeError> {
     let segment = config.segment_duration.0.as_secs_f64();
     let mut renditions = Vec::new();
-    for rung in &rungs {
+    for rung in rungs {
         renditions.push(inspect_merging_tail(
             &out_dir.join(&rung.name),
             &rung.name,
@@ -103,7 +172,7 @@ pub async fn transcode(
             segment,
         )?);
     }
-    for a in &audio {
+    for a in audio {
         let mut r = inspect_merging_tail(
             &out_dir.join(&a.name),
             &a.name,

@@ -27,12 +27,16 @@ fn bad(what: impl Into<String>, why: impl Into<String>) -> VerifyError {
 /// Sample flag bit 16: sample_is_non_sync_sample.
 const NON_SYNC: u32 = 1 << 16;
 
-/// Inspects `dir/init.mp4` and `dir/seg_*.m4s`.
+/// Inspects `dir/init.mp4` and `dir/seg_*.m4s`. Segments must follow each
+/// other without a gap or an overlap in decode time, and a video
+/// rendition's first picture must present at `presents_at` seconds (0 for
+/// a whole video; a chunk's start for a chunk).
 pub fn inspect_rendition(
     dir: &Path,
     name: &str,
     kind: RenditionKind,
     target: f64,
+    presents_at: f64,
 ) -> Result<Rendition, VerifyError> {
     let init_path = dir.join("init.mp4");
     let init =
@@ -169,6 +173,19 @@ pub fn inspect_rendition(
                 }
             }
         }
+        let start = start.unwrap_or(0);
+        if let Some(prev) = segments.last() {
+            let Segment { start: s0, ticks: t0, .. } = prev;
+            if s0 + t0 != start {
+                return Err(bad(
+                    &what,
+                    format!(
+                        "starts at decode time {start} but the segment before it ends at {}: a gap or an overlap",
+                        s0 + t0
+                    ),
+                ));
+            }
+        }
         let duration = ticks as f64 / timescale.max(1) as f64;
         let last = i + 1 == files.len();
         let tolerance = (target * 0.1).max(0.1);
@@ -185,7 +202,7 @@ pub fn inspect_rendition(
             file: file.clone(),
             duration,
             bytes: seg.len() as u64,
-            start: start.unwrap_or(0),
+            start,
             ticks,
         });
     }
@@ -196,12 +213,13 @@ pub fn inspect_rendition(
         .map(|s| s.bytes as f64 * 8.0 / s.duration.max(0.001))
         .fold(0.0, f64::max);
     let first_start = segments.first().map_or(0, |s| s.start);
-    if kind == RenditionKind::Video && first_start + first_composition != edit_offset {
+    let expected = (presents_at * timescale as f64).round() as u64 + edit_offset;
+    if kind == RenditionKind::Video && first_start + first_composition != expected {
         let at = (first_start + first_composition) as f64 - edit_offset as f64;
         return Err(bad(
             format!("{name}/init.mp4"),
             format!(
-                "the first picture presents at {:.3} s, not 0: audio and video would be out of sync",
+                "the first picture presents at {:.3} s, not {presents_at:.3}: audio and video would be out of sync",
                 at / timescale.max(1) as f64
             ),
         ));

@@ -1,0 +1,118 @@
+//! Transcoding in chunks against real ffmpeg: a source whose keyframes do
+//! not fall on segment boundaries, cut and encoded chunk by chunk, joins
+//! into a ladder with every frame once and continuous timestamps.
+
+use meshcast_conf::TranscodeSection;
+use meshcast_transcode::{transcode, transcode_in_chunks};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("meshcast-chunks-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// 23 s at 25 fps, 854x480, keyframes every 2.4 s (never on a 2 s
+/// segment boundary but at 0 and 12), a tone.
+fn make_source(dir: &Path, rate: &str) -> PathBuf {
+    let out = dir.join("src.mp4");
+    let ok = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size=854x480:rate={rate}"))
+        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t", "23"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-keyint_min", "60"])
+        .args(["-sc_threshold", "0", "-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .arg(&out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    out
+}
+
+fn config() -> TranscodeSection {
+    TranscodeSection {
+        segment_duration: meshcast_conf::Seconds(std::time::Duration::from_secs(2)),
+        preset: "ultrafast".into(),
+        ..Default::default()
+    }
+}
+
+/// Every video packet's presentation time in a rendition, sorted.
+fn presentation_times(playlist: &Path) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["packet=pts_time", "-of", "csv=p=0"])
+        .arg(playlist)
+        .output()
+        .unwrap();
+    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_end_matches(',').parse().ok())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t
+}
+
+#[tokio::test]
+async fn chunks_join_into_the_same_ladder_with_every_frame_once() {
+    join_at("25", 25.0).await;
+}
+
+#[tokio::test]
+async fn chunk_boundaries_between_frames_lose_and_repeat_none() {
+    // At 29.97 fps a 2 s boundary falls between two frames.
+    join_at("30000/1001", 30000.0 / 1001.0).await;
+}
+
+async fn join_at(rate: &str, fps: f64) {
+    let dir = scratch(&rate.replace('/', "_"));
+    let src = make_source(&dir, rate);
+    let source_frames = presentation_times(&src).len();
+    assert!(source_frames >= 575, "{source_frames}");
+    let chunked = transcode_in_chunks(&src, &dir.join("chunked"), &config(), 2, 2)
+        .await
+        .unwrap();
+    let whole = transcode(&src, &dir.join("whole"), &config(), |_| {})
+        .await
+        .unwrap();
+    let names = |o: &meshcast_transcode::Output| -> Vec<String> {
+        o.manifest.renditions.iter().map(|r| r.name.clone()).collect()
+    };
+    assert_eq!(names(&chunked), names(&whole));
+    assert!(chunked.manifest.videos().count() >= 2, "a ladder, not one rung");
+    assert!(!dir.join("chunked/chunks").exists(), "the chunks' scratch is gone");
+    for (c, w) in chunked.manifest.renditions.iter().zip(&whole.manifest.renditions) {
+        let starts = |r: &meshcast_transcode::Rendition| -> Vec<(u64, u64)> {
+            r.segments.iter().map(|s| (s.start, s.ticks)).collect()
+        };
+        assert_eq!(starts(c), starts(w), "{}: the same segment timeline", c.name);
+        assert_eq!((c.edit_offset, c.composition_offset), (w.edit_offset, w.composition_offset));
+    }
+    for r in chunked.manifest.videos() {
+        let playlist = dir.join("chunked").join(&r.name).join("index.m3u8");
+        let t = presentation_times(&playlist);
+        assert_eq!(t.len(), source_frames, "{}: every source frame once", r.name);
+        assert!(t[0].abs() < 1e-3, "{}: the first picture at 0 ({})", r.name, t[0]);
+        for w in t.windows(2) {
+            assert!(
+                (w[1] - w[0] - 1.0 / fps).abs() < 1e-3,
+                "{}: a gap or an overlap between {} and {}",
+                r.name,
+                w[0],
+                w[1]
+            );
+        }
+        let decode = Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(&playlist)
+            .args(["-f", "null", "-"])
+            .output()
+            .unwrap();
+        assert!(decode.status.success());
+        assert_eq!(String::from_utf8_lossy(&decode.stderr).trim(), "", "{}: decodes cleanly", r.name);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
