@@ -14,3 +14,4 @@ pub mod messages;
 pub mod receipt;
 pub mod sample;
 pub mod token;
+pub mod transcoding;
