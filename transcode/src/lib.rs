@@ -9,6 +9,7 @@
 
 mod chunks;
 mod ffmpeg;
+mod fidelity;
 mod hls;
 mod ladder;
 mod lang;
@@ -20,6 +21,7 @@ mod verify;
 
 pub use chunks::{cut, encode_chunk, join, keyframes, plan_chunks, Chunk};
 pub use ffmpeg::{parse_progress_line, Progress, Span};
+pub use fidelity::{check_segment, reference_size, Fidelity, SegmentRange, LOSSLESS};
 pub use ladder::{h264_level, plan, plan_audio, AudioRung, Rung};
 pub use package::{Manifest, Rendition, RenditionKind, Subtitle, TrackLabel, SUBTITLE_FILE};
 pub use probe::{probe, AudioTrack, ProbeError, SourceInfo, SubtitleTrack};

@@ -116,3 +116,65 @@ async fn join_at(rate: &str, fps: f64) {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn encode(args: &[&str], out: &Path) {
+    let ok = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y"])
+        .args(args)
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-an"])
+        .arg(out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{args:?}");
+}
+
+#[tokio::test]
+async fn the_fidelity_check_passes_honest_segments_and_catches_substitutes() {
+    use meshcast_transcode::{check_segment, plan, probe, SegmentRange};
+    let dir = scratch("fidelity");
+    let src = make_source(&dir, "25");
+    let config = config();
+    let out = transcode(&src, &dir.join("out"), &config, |_| {}).await.unwrap();
+    let source = probe(&src, &config).await.unwrap();
+    let ladder = plan(&source, &config);
+    let top = &ladder[0];
+    let rendition = out.manifest.videos().next().unwrap();
+    assert_eq!(rendition.name, top.name);
+    let rung_dir = dir.join("out").join(&top.name);
+    let init = std::fs::read(rung_dir.join("init.mp4")).unwrap();
+    let range = |n: usize| SegmentRange {
+        rung: top,
+        start: rendition.segments[n].start as f64 / rendition.timescale as f64,
+        duration: rendition.segments[n].duration,
+    };
+    let seg = |n: usize| std::fs::read(rung_dir.join(&rendition.segments[n].file)).unwrap();
+    for n in [0, 3, rendition.segments.len() - 1] {
+        let f = check_segment(&init, &seg(n), &src, &range(n), &dir).await.unwrap();
+        eprintln!("honest segment {n}: {f:?}");
+        assert!(f.passes(), "honest segment {n}: {f:?}");
+    }
+    // Another segment of the same video, in the wrong place.
+    let f = check_segment(&init, &seg(5), &src, &range(2), &dir).await.unwrap();
+    assert!(!f.passes(), "a segment from elsewhere: {f:?}");
+    // Other valid video of the right size and length.
+    let (w, h) = (top.width.to_string(), top.height.to_string());
+    let other = dir.join("other.mp4");
+    encode(&["-f", "lavfi", "-i", &format!("mandelbrot=size={w}x{h}:rate=25"), "-t", "2"], &other);
+    let f = check_segment(&[], &std::fs::read(&other).unwrap(), &src, &range(2), &dir).await.unwrap();
+    assert!(!f.passes(), "other video: {f:?}");
+    // A rendition at half the size, scaled up to pass as this one.
+    let (lw, lh) = (top.width / 4 * 2, top.height / 4 * 2);
+    let up = dir.join("up.mp4");
+    encode(
+        &["-ss", "4", "-t", "2", "-i", src.to_str().unwrap(), "-vf",
+          &format!("scale={lw}:{lh},scale={w}:{h}"), "-b:v", "3000k"],
+        &up,
+    );
+    let f = check_segment(&[], &std::fs::read(&up).unwrap(), &src, &range(2), &dir).await.unwrap();
+    eprintln!("half size scaled up: {f:?}");
+    assert!(!f.passes(), "a lower rung scaled up: {f:?}");
+    // Junk does not decode.
+    assert!(check_segment(&init, &[0u8; 4096], &src, &range(2), &dir).await.is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
