@@ -77,6 +77,23 @@ impl Envelope {
         })
     }
 
+    /// Whether the sender signed this envelope (signature only: no clock,
+    /// no replay check). For evidence, read long after it was sent.
+    pub fn verify_signature(&self) -> Result<VerifyingKey, EnvelopeError> {
+        let key = VerifyingKey::from_bytes(&self.sender)
+            .map_err(|_| EnvelopeError::Malformed("sender is not an Ed25519 key"))?;
+        let message = signed_bytes(
+            &self.domain,
+            &self.sender,
+            self.timestamp,
+            &self.nonce,
+            &self.body,
+        );
+        key.verify_strict(&message, &Signature::from_bytes(&self.signature))
+            .map_err(|_| EnvelopeError::BadSignature)?;
+        Ok(key)
+    }
+
     /// Wire form: the signed bytes followed by the signature.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = signed_bytes(
@@ -152,17 +169,7 @@ impl Verifier {
                 got: env.domain.clone(),
             });
         }
-        let key = VerifyingKey::from_bytes(&env.sender)
-            .map_err(|_| EnvelopeError::Malformed("sender is not an Ed25519 key"))?;
-        let message = signed_bytes(
-            &env.domain,
-            &env.sender,
-            env.timestamp,
-            &env.nonce,
-            &env.body,
-        );
-        key.verify_strict(&message, &Signature::from_bytes(&env.signature))
-            .map_err(|_| EnvelopeError::BadSignature)?;
+        let key = env.verify_signature()?;
         let skew = now.abs_diff(env.timestamp);
         if skew > self.max_skew {
             return Err(EnvelopeError::Stale(skew, self.max_skew));

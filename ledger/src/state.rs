@@ -67,6 +67,10 @@ pub struct Params {
 
 /// Stake an edge needs on a network whose genesis does not say (µMESH).
 pub const DEFAULT_MIN_EDGE_STAKE: u64 = 10_000_000;
+/// Stake a transcoding worker needs on a new network (µMESH): enough that
+/// a 5 % slash outweighs what a cheater could take before its first audit
+/// (one chunk's pay).
+pub const DEFAULT_MIN_TRANSCODE_STAKE: u64 = 10_000_000;
 
 impl Default for Params {
     /// The one definition of a new network's economics: what `meshcast
@@ -78,7 +82,11 @@ impl Default for Params {
             transcode_price_per_second: 1_000,
             unbond_delay: 100,
             slash_bps: 500,
-            min_stake: [("edge".to_string(), DEFAULT_MIN_EDGE_STAKE)].into(),
+            min_stake: [
+                ("edge".to_string(), DEFAULT_MIN_EDGE_STAKE),
+                ("transcode".to_string(), DEFAULT_MIN_TRANSCODE_STAKE),
+            ]
+            .into(),
             epoch_secs: 60,
         }
     }
@@ -492,6 +500,23 @@ impl State {
                         }
                         format!("slash-delivery/{}/{}", short(offender), short(claim))
                     }
+                    Evidence::Transcode {
+                        commitment,
+                        nonce,
+                        index,
+                        reason,
+                    } => {
+                        if !self.authorities.contains(&from) {
+                            return Err(TxError::NotAuthority(short(&from)));
+                        }
+                        if reason.is_empty() || reason.len() > 512 {
+                            return Err(TxError::BadEvidence(
+                                "a transcode slash needs a reason of 1 to 512 bytes",
+                            ));
+                        }
+                        let hash = check_transcode_evidence(offender, commitment, nonce, *index)?;
+                        format!("slash-transcode/{}/{}", short(offender), short(&hash))
+                    }
                 };
                 if self.settled.contains(&key) {
                     return Err(TxError::AlreadySettled(key));
@@ -583,4 +608,38 @@ impl State {
     pub fn total_holdings(&self) -> u128 {
         self.accounts.values().map(Account::holdings).sum()
     }
+}
+
+/// The checks on transcode evidence the chain can make; the BLAKE3 of the
+/// commitment envelope on success.
+fn check_transcode_evidence(
+    offender: &Address,
+    commitment: &str,
+    nonce: &[u8; 32],
+    index: u32,
+) -> Result<[u8; 32], TxError> {
+    use meshcast_control::envelope::Envelope;
+    use meshcast_control::transcoding::{self, Commitment};
+    let bytes =
+        hex::decode(commitment).map_err(|_| TxError::BadEvidence("the commitment is not hex"))?;
+    let env = Envelope::decode(&bytes)
+        .map_err(|_| TxError::BadEvidence("the commitment is not an envelope"))?;
+    if env.domain != transcoding::COMMIT || env.sender != *offender {
+        return Err(TxError::BadEvidence(
+            "the commitment is not a transcode commitment by the offender",
+        ));
+    }
+    env.verify_signature()
+        .map_err(|_| TxError::BadEvidence("the commitment's signature does not verify"))?;
+    let c: Commitment = serde_json::from_slice(&env.body)
+        .map_err(|_| TxError::BadEvidence("the commitment's body does not parse"))?;
+    if !c.is_consistent() {
+        return Err(TxError::BadEvidence(
+            "the commitment's root does not match its segments",
+        ));
+    }
+    if !transcoding::challenge(&c.root, nonce, c.segments.len()).contains(&(index as usize)) {
+        return Err(TxError::BadEvidence("the challenge does not pick that segment"));
+    }
+    Ok(blake3::hash(&bytes).into())
 }

@@ -164,6 +164,19 @@ pub enum Evidence {
         epoch: u64,
         reason: String,
     },
+    /// A transcode whose sampled segment an authority checked and found
+    /// false. The chain checks what it can without the media: the
+    /// commitment (hex wire form of the worker's signed envelope) is the
+    /// offender's, consistent, and `index` is one of the segments its
+    /// challenge (root and the HUB's `nonce`) picks; the verdict on the
+    /// pixels is the authority's word, with `reason` saying what failed.
+    Transcode {
+        commitment: String,
+        #[serde(with = "hex32")]
+        nonce: [u8; 32],
+        index: u32,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -534,3 +534,57 @@ fn a_role_needs_the_most_stake_any_of_its_roles_needs() {
     let old: Params = serde_json::from_str(old).unwrap();
     assert_eq!(old.stake_needed(&["edge"]), 0);
 }
+
+#[test]
+fn transcode_evidence_must_be_the_offenders_commitment_and_a_challenged_segment() {
+    use meshcast_control::envelope::Envelope;
+    use meshcast_control::identity::NodeKey;
+    use meshcast_control::transcoding::{self, Commitment, SegmentEntry};
+    let mut s = State::from_genesis(&genesis()).unwrap();
+    let worker = NodeKey::from_seed([4; 32]);
+    assert_eq!(worker.public().to_bytes(), addr(4));
+    let segments: Vec<SegmentEntry> = (1..=40)
+        .map(|n| SegmentEntry {
+            rung: "720p".into(),
+            number: n,
+            ticks: 51_200,
+            hash: [n as u8; 32],
+        })
+        .collect();
+    let c = Commitment::new("v1".into(), 0, 1, vec![], segments);
+    let body = serde_json::to_vec(&c).unwrap();
+    let sealed = |key: &NodeKey, domain: &str, body: Vec<u8>| {
+        hex::encode(Envelope::seal(key, domain, body, 1_000).unwrap().encode())
+    };
+    let envelope = sealed(&worker, transcoding::COMMIT, body.clone());
+    let nonce = [3u8; 32];
+    let picked = transcoding::challenge(&c.root, &nonce, 40);
+    let unpicked = (0..40).find(|i| !picked.contains(i)).expect("40 segments: some unpicked");
+    let evidence = |commitment: String, index: usize| Action::Slash {
+        offender: addr(4),
+        evidence: Evidence::Transcode {
+            commitment,
+            nonce,
+            index: index as u32,
+            reason: "SSIM 0.60 against the source; the reference scored 0.97".into(),
+        },
+    };
+    let refused = |s: &State, a: Action| refusal(s, &tx(s, 9, a));
+    assert!(refusal(&s, &tx(&s, 2, evidence(envelope.clone(), picked[0]))).contains("not an authority"));
+    assert!(refused(&s, evidence(envelope.clone(), unpicked)).contains("does not pick"));
+    let someone_else = sealed(&NodeKey::from_seed([2; 32]), transcoding::COMMIT, body.clone());
+    assert!(refused(&s, evidence(someone_else, picked[0])).contains("by the offender"));
+    let other_domain = sealed(&worker, "meshcast-claim-v1", body);
+    assert!(refused(&s, evidence(other_domain, picked[0])).contains("by the offender"));
+    let mut forged = Envelope::decode(&hex::decode(&envelope).unwrap()).unwrap();
+    forged.body[10] ^= 1;
+    assert!(refused(&s, evidence(hex::encode(forged.encode()), picked[0])).contains("signature"));
+    let r = s.apply_block(&block(&s, vec![tx(&s, 9, evidence(envelope.clone(), picked[0]))]));
+    assert_eq!(r.results, vec![None]);
+    assert_eq!(s.account(&addr(4)).unwrap().stake, 450);
+    let again = picked.get(1).copied().unwrap_or(picked[0]);
+    assert!(
+        refused(&s, evidence(envelope, again)).contains("already settled"),
+        "one commitment, one slash"
+    );
+}
