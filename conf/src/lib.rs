@@ -11,6 +11,7 @@ mod ledger;
 mod load;
 mod spans;
 mod units;
+mod worker;
 
 pub use edge::{
     AccessLogFormat, CacheSection, EdgeConfig, EdgeSection, HostPattern, LogSection, NodeSection,
@@ -22,3 +23,4 @@ pub use hub::{
 };
 pub use ledger::{LedgerConfig, LedgerSection};
 pub use units::{parse_byte_size, parse_duration, ByteSize, Seconds};
+pub use worker::{WorkerConfig, WorkerNode, WorkerSection, WORKER_ROLES};

@@ -12,6 +12,7 @@ mod api;
 mod blobs;
 mod catalog;
 mod claims;
+mod dispatch;
 mod jobs;
 mod ledger;
 mod nodes;

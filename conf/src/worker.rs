@@ -1,0 +1,119 @@
+//! `meshcast worker` configuration: the node's key and HUB, and what work
+//! it takes. A worker opens no port: it pulls jobs from its HUB.
+
+use crate::error::ConfError;
+use crate::units::Seconds;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub node: WorkerNode,
+    pub worker: WorkerSection,
+}
+
+/// `[node]`: who the worker is and which HUB it works for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerNode {
+    /// Ed25519 node key (`meshcast keys gen --out FILE`), mode 0600; its
+    /// stake (bonded on the HUB's ledger) admits the worker.
+    pub key: PathBuf,
+    /// The HUB's base URL, e.g. "https://hub.example".
+    pub hub: String,
+    /// PEM certificate(s) to trust for an https `hub` besides the system's.
+    pub hub_ca: Option<PathBuf>,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: Seconds,
+}
+
+/// `[worker]`: the work it takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// Work this node does: "transcode".
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
+    /// Jobs worked on at once (each runs one ffmpeg, which uses every core).
+    #[serde(default = "default_parallel")]
+    pub parallel_jobs: usize,
+    /// Where sources and outputs of jobs in progress are kept.
+    pub scratch_dir: PathBuf,
+}
+
+fn default_heartbeat() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+fn default_roles() -> Vec<String> {
+    vec!["transcode".into()]
+}
+fn default_parallel() -> usize {
+    1
+}
+
+/// Roles a worker may take.
+pub const WORKER_ROLES: [&str; 1] = ["transcode"];
+
+impl WorkerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfError> {
+        crate::load::load(path, Self::validate)
+    }
+
+    pub fn parse(path: &Path, src: &str) -> Result<Self, ConfError> {
+        crate::load::parse(path, src, Self::validate)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let hub = &self.node.hub;
+        if !(hub.starts_with("http://") || hub.starts_with("https://")) {
+            return Err((
+                "node.hub".into(),
+                format!("{hub:?} is not a base URL like \"https://hub.example\""),
+            ));
+        }
+        if self.worker.roles.is_empty() {
+            return Err((
+                "worker.roles".into(),
+                "name at least one role: roles = [\"transcode\"]".into(),
+            ));
+        }
+        if let Some((i, r)) = self
+            .worker
+            .roles
+            .iter()
+            .enumerate()
+            .find(|(_, r)| !WORKER_ROLES.contains(&r.as_str()))
+        {
+            return Err((
+                format!("worker.roles[{i}]"),
+                format!("unknown role {r:?}; a worker takes {WORKER_ROLES:?}"),
+            ));
+        }
+        if !(1..=64).contains(&self.worker.parallel_jobs) {
+            return Err(("worker.parallel_jobs".into(), "1 to 64".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = "[node]\nkey = \"worker.key\"\nhub = \"http://127.0.0.1:8000\"\n\n[worker]\nscratch_dir = \"scratch\"\n";
+
+    #[test]
+    fn defaults_and_errors_that_say_where() {
+        let c = WorkerConfig::parse(Path::new("worker.toml"), OK).unwrap();
+        assert_eq!(c.worker.roles, ["transcode"]);
+        assert_eq!(c.worker.parallel_jobs, 1);
+        let bad = OK.replace("scratch\"\n", "scratch\"\nroles = [\"transcode\", \"mining\"]\n");
+        let e = WorkerConfig::parse(Path::new("worker.toml"), &bad).unwrap_err().to_string();
+        assert!(e.contains("worker.roles[1]") && e.contains("mining"), "{e}");
+        let bad = OK.replace("http://127.0.0.1:8000", "127.0.0.1:8000");
+        let e = WorkerConfig::parse(Path::new("worker.toml"), &bad).unwrap_err().to_string();
+        assert!(e.starts_with("worker.toml:3:") && e.contains("node.hub"), "{e}");
+    }
+}
