@@ -167,34 +167,75 @@ pub async fn cut(input: &Path, chunk: &Chunk, fps: f64, dest: &Path) -> Result<(
     Ok(())
 }
 
+/// Everything a worker needs to encode a chunk's cut, as the HUB sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkJob {
+    pub chunk: Chunk,
+    pub rungs: Vec<Rung>,
+    /// The source's frame rate and length in seconds.
+    pub fps: f64,
+    pub duration: f64,
+    pub segment_secs: f64,
+    /// x264 preset.
+    pub preset: String,
+}
+
+impl ChunkJob {
+    pub fn config(&self) -> TranscodeSection {
+        TranscodeSection {
+            segment_duration: meshcast_conf::Seconds(std::time::Duration::from_secs_f64(
+                self.segment_secs,
+            )),
+            preset: self.preset.clone(),
+            ..TranscodeSection::default()
+        }
+    }
+
+    /// What the encode needs to know of the cut: its rate and length.
+    fn cut_info(&self) -> SourceInfo {
+        SourceInfo {
+            width: 0,
+            height: 0,
+            fps: self.fps,
+            duration: self.duration - self.chunk.cut_from,
+            video_codec: String::new(),
+            audio: vec![],
+            subtitles: vec![],
+        }
+    }
+}
+
 /// Encodes a chunk's cut to every rung into `out_dir/{rung}/`, segments on
 /// the whole video's timeline, each checked (keyframe start, duration, no
 /// gap, first picture at the chunk's start).
 pub async fn encode_chunk(
     cut: &Path,
-    chunk: &Chunk,
-    source: &SourceInfo,
-    rungs: &[Rung],
-    config: &TranscodeSection,
+    job: &ChunkJob,
     out_dir: &Path,
     on_progress: impl FnMut(f64) + Send,
 ) -> Result<(), TranscodeError> {
-    let span = chunk.span(source.fps);
-    ffmpeg::run(cut, out_dir, source, (rungs, &[]), span, config, on_progress).await?;
-    let segment = config.segment_duration.0.as_secs_f64();
+    let (chunk, rungs, config) = (&job.chunk, &job.rungs, job.config());
+    let span = chunk.span(job.fps);
+    ffmpeg::run(cut, out_dir, &job.cut_info(), (rungs, &[]), span, &config, on_progress).await?;
+    let segment = job.segment_secs;
     for rung in rungs {
         let dir = out_dir.join(&rung.name);
-        let first = first_frame_at(chunk.start, rung.fps);
+        let first = chunk_first_frame(chunk, rung);
         crate::tfdt::shift_rendition(&dir, first)?;
         inspect_rendition(&dir, &rung.name, RenditionKind::Video, segment, first)?;
     }
     Ok(())
 }
 
+/// When the chunk's first frame of `rung` shows on the video's timeline.
+pub fn chunk_first_frame(chunk: &Chunk, rung: &Rung) -> f64 {
+    first_frame_at(chunk.start, rung.fps)
+}
+
 /// When the first frame at or after `t` shows, at `fps`: a chunk boundary
 /// may fall between two frames (2 s at 29.97 fps), and the chunk's encode
 /// starts with the frame after it.
-fn first_frame_at(t: f64, fps: f64) -> f64 {
+pub fn first_frame_at(t: f64, fps: f64) -> f64 {
     if fps <= 0.0 {
         return t;
     }

@@ -205,7 +205,7 @@ fn video_output(args: &mut Vec<String>, i: usize, r: &Rung, config: &TranscodeSe
         "-profile:v".into(),
         "high".into(),
         "-level:v".into(),
-        r.level.into(),
+        r.level.clone(),
         "-b:v".into(),
         format!("{}k", r.video_kbps),
         "-maxrate".into(),

@@ -5,7 +5,7 @@ use crate::lang;
 use crate::probe::{AudioTrack, SourceInfo};
 use meshcast_conf::TranscodeSection;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rung {
     pub name: String,
     pub width: u32,
@@ -14,8 +14,10 @@ pub struct Rung {
     /// Frames per GOP: one keyframe at every segment start, on every rung.
     pub gop: u32,
     pub fps: f64,
-    /// H.264 level for `-level:v`, e.g. "3.1".
-    pub level: &'static str,
+    /// H.264 level for `-level:v`, e.g. "3.1" (one of `LEVELS`: a job
+    /// naming another is refused when read).
+    #[serde(deserialize_with = "known_level")]
+    pub level: String,
 }
 
 /// One audio rendition: a source track re-encoded as AAC-LC.
@@ -55,6 +57,16 @@ const LEVELS: [(&str, u64, u64, u64); 9] = [
     ("5.1", 983_040, 36_864, 300_000),
     ("5.2", 2_073_600, 36_864, 300_000),
 ];
+
+fn known_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::Deserialize;
+    let s = String::deserialize(d)?;
+    if LEVELS.iter().any(|l| l.0 == s) {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!("unknown H.264 level {s:?}")))
+    }
+}
 
 /// The lowest level (at least 3.0) whose limits hold this picture size,
 /// frame rate and peak bitrate.
@@ -98,7 +110,7 @@ pub fn plan(source: &SourceInfo, config: &TranscodeSection) -> Vec<Rung> {
             video_kbps: kbps,
             gop,
             fps,
-            level: h264_level(width, height, fps, kbps * 107 / 100),
+            level: h264_level(width, height, fps, kbps * 107 / 100).to_string(),
         }
     };
     let mut rungs: Vec<Rung> = config

@@ -19,7 +19,10 @@ mod probe;
 mod tfdt;
 mod verify;
 
-pub use chunks::{cut, encode_chunk, join, keyframes, plan_chunks, Chunk};
+pub use chunks::{
+    chunk_first_frame, cut, encode_chunk, first_frame_at, join, keyframes, plan_chunks, Chunk,
+    ChunkJob,
+};
 pub use ffmpeg::{parse_progress_line, Progress, Span};
 pub use fidelity::{check_segment, reference_size, Fidelity, SegmentRange, LOSSLESS};
 pub use ladder::{h264_level, plan, plan_audio, AudioRung, Rung};
@@ -132,13 +135,21 @@ pub async fn transcode_in_chunks(
     std::fs::create_dir_all(&parts)?;
     let encoded: Vec<std::path::PathBuf> = futures_util::stream::iter(chunks.iter())
         .map(|chunk| {
-            let (source, rungs, parts) = (&source, &rungs, &parts);
+            let job = ChunkJob {
+                chunk: chunk.clone(),
+                rungs: rungs.clone(),
+                fps: source.fps,
+                duration: source.duration,
+                segment_secs: segment,
+                preset: config.preset.clone(),
+            };
+            let (source, parts) = (&source, &parts);
             async move {
                 let dir = parts.join(chunk.index.to_string());
                 std::fs::create_dir_all(&dir)?;
                 let cut_file = dir.join("cut.mp4");
                 cut(input, chunk, source.fps, &cut_file).await?;
-                encode_chunk(&cut_file, chunk, source, rungs, config, &dir, |_| {}).await?;
+                encode_chunk(&cut_file, &job, &dir, |_| {}).await?;
                 std::fs::remove_file(&cut_file)?;
                 Ok::<_, TranscodeError>(dir)
             }
@@ -156,8 +167,8 @@ pub async fn transcode_in_chunks(
 }
 
 /// Checks every rendition in `out_dir`, extracts subtitles and writes the
-/// playlists.
-async fn finish(
+/// playlists: the last step of every transcode, whole or in chunks.
+pub async fn finish(
     input: &Path,
     out_dir: &Path,
     source: SourceInfo,
