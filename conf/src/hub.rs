@@ -232,6 +232,13 @@ pub struct TranscodeSection {
     /// long, so one hostile file cannot hold the queue.
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout: Seconds,
+    /// Distributed transcoding: segments per chunk a worker encodes.
+    #[serde(default = "default_chunk_segments")]
+    pub chunk_segments: u32,
+    /// How long a worker holds a chunk without reporting progress before
+    /// it is given to another.
+    #[serde(default = "default_lease")]
+    pub lease: Seconds,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -253,8 +260,17 @@ impl Default for TranscodeSection {
             max_side: default_max_side(),
             probe_timeout: default_probe_timeout(),
             stall_timeout: default_stall_timeout(),
+            chunk_segments: default_chunk_segments(),
+            lease: default_lease(),
         }
     }
+}
+
+fn default_chunk_segments() -> u32 {
+    8
+}
+fn default_lease() -> Seconds {
+    Seconds(Duration::from_secs(60))
 }
 
 fn default_max_duration() -> Seconds {
@@ -388,6 +404,12 @@ impl HubConfig {
                 "audio bitrate must be 32 to 512 kbps".into(),
             ));
         }
+        if !(1..=1000).contains(&t.chunk_segments) {
+            return Err((
+                "transcode.chunk_segments".into(),
+                "segments per chunk: 1 to 1000".into(),
+            ));
+        }
         if !(16..=16384).contains(&t.max_side) {
             return Err((
                 "transcode.max_side".into(),
@@ -398,6 +420,7 @@ impl HubConfig {
             ("transcode.max_duration", t.max_duration.0),
             ("transcode.probe_timeout", t.probe_timeout.0),
             ("transcode.stall_timeout", t.stall_timeout.0),
+            ("transcode.lease", t.lease.0),
         ] {
             if value < Duration::from_secs(1) {
                 return Err((key.into(), "must be at least 1s".into()));

@@ -52,6 +52,7 @@ fn view(hub: &Hub, v: &VideoRecord) -> Value {
         "hls": urls(&format!("/v/{}/master.m3u8", v.id)),
         "dash": urls(&format!("/v/{}/manifest.mpd", v.id)),
         "player": urls(&format!("/play/{}", v.id)),
+        "chunks": crate::work::chunk_view(hub, &v.id).or_else(|| v.chunks.clone()),
     })
 }
 

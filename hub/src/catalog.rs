@@ -39,6 +39,10 @@ pub struct VideoRecord {
     /// operator's).
     #[serde(default)]
     pub account: Option<String>,
+    /// Distributed transcoding: each chunk, who encoded it and every
+    /// attempt's outcome (absent when the HUB transcoded it whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<serde_json::Value>,
 }
 
 /// Who may get a playback token for a video.

@@ -152,8 +152,23 @@ impl Board {
         lease_secs: u64,
         capability: impl FnOnce() -> String,
     ) -> Option<Lease> {
+        self.lease_in(None, worker, now, lease_secs, capability)
+    }
+
+    /// `lease`, of `only`'s chunks when given.
+    pub fn lease_in(
+        &mut self,
+        only: Option<&str>,
+        worker: &str,
+        now: u64,
+        lease_secs: u64,
+        capability: impl FnOnce() -> String,
+    ) -> Option<Lease> {
         self.expire(now);
         for ((_, video), chunks) in self.videos.iter_mut() {
+            if only.is_some_and(|o| o != video) {
+                continue;
+            }
             let Some(c) = chunks
                 .iter_mut()
                 .find(|c| c.state == ChunkState::Waiting && !c.excluded.contains(worker))
@@ -376,9 +391,12 @@ mod tests {
     fn older_videos_go_first() {
         let mut b = Board::default();
         b.add("first", &[4.0]);
-        b.add("second", &[4.0]);
+        b.add("second", &[4.0, 4.0]);
+        let only = b.lease_in(Some("second"), "A", 0, 30, cap("s")).unwrap();
+        assert_eq!((only.video.as_str(), only.chunk), ("second", 0));
         assert_eq!(b.lease("A", 0, 30, cap("a")).unwrap().video, "first");
-        assert_eq!(b.lease("A", 0, 30, cap("b")).unwrap().video, "second");
+        let next = b.lease("A", 0, 30, cap("b")).unwrap();
+        assert_eq!((next.video.as_str(), next.chunk), ("second", 1));
         assert!(b.remove("first").is_some() && b.chunks("first").is_none());
     }
 }

@@ -86,28 +86,28 @@ async fn process(hub: &Arc<Hub>, id: &str) -> Result<(), String> {
             v.percent = 0.0;
         })
         .map_err(|e| e.to_string())?;
-    tracing::info!(video = %id, name = %video.name, "transcoding");
-    let progress_hub = hub.clone();
-    let progress_id = id.to_string();
-    let mut reported = 0.0;
-    let result =
-        meshcast_transcode::transcode(&input, &work, &hub.config.transcode, move |fraction| {
-            let percent = (fraction * 99.0).floor();
-            if percent >= reported + 1.0 {
-                reported = percent;
-                let _ = progress_hub
-                    .catalog
-                    .update(&progress_id, |v| v.percent = percent);
-            }
-        })
-        .await;
-    let output = match result {
+    let result = if crate::work::workers_available(hub) {
+        tracing::info!(video = %id, name = %video.name, "transcoding with workers");
+        let payer = hub.payer_of(&video);
+        crate::work::transcode_distributed(hub, id, &input, &work, payer)
+            .await
+            .map(|(output, chunks)| (output, Some(chunks)))
+    } else {
+        tracing::info!(video = %id, name = %video.name, "transcoding");
+        transcode_here(hub, id, &input, &work)
+            .await
+            .map(|output| (output, None))
+    };
+    let (output, chunks) = match result {
         Ok(o) => o,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&work);
-            return Err(e.to_string());
+            return Err(e);
         }
     };
+    // The packaged ladder (the work folder itself, or its `out/` when
+    // workers made it).
+    let work = output.dir.clone();
     let hub2 = hub.clone();
     let work2 = work.clone();
     let stored = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(String, FileRef)>> {
@@ -142,7 +142,33 @@ async fn process(hub: &Arc<Hub>, id: &str) -> Result<(), String> {
     hub.catalog
         .publish(id, &stored, output.source.duration, renditions)
         .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&work);
+    if chunks.is_some() {
+        let _ = hub.catalog.update(id, |v| v.chunks = chunks);
+    }
+    let _ = std::fs::remove_dir_all(data.join("work").join(id));
     let _ = std::fs::remove_file(&input);
     Ok(())
+}
+
+/// The whole-file transcode on this HUB, with progress in the catalog.
+async fn transcode_here(
+    hub: &Arc<Hub>,
+    id: &str,
+    input: &Path,
+    work: &Path,
+) -> Result<meshcast_transcode::Output, String> {
+    let progress_hub = hub.clone();
+    let progress_id = id.to_string();
+    let mut reported = 0.0;
+    meshcast_transcode::transcode(input, work, &hub.config.transcode, move |fraction| {
+        let percent = (fraction * 99.0).floor();
+        if percent >= reported + 1.0 {
+            reported = percent;
+            let _ = progress_hub
+                .catalog
+                .update(&progress_id, |v| v.percent = percent);
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())
 }

@@ -23,6 +23,7 @@ mod registry;
 pub mod rewards;
 mod tokens;
 mod tus;
+mod work;
 pub mod tus_client;
 
 use axum::Router;
@@ -69,6 +70,8 @@ pub struct Hub {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// The embedded ledger validator rewards are paid on.
     ledger: ledger::HubLedger,
+    /// Distributed transcoding: the job board and the videos on it.
+    work: work::Work,
     /// Accounts and API keys.
     accounts: accounts::Accounts,
 }
@@ -179,20 +182,20 @@ impl Hub {
             tracing::warn!(node = %s.node, "node key is not hex; no reward");
             return;
         }
-        let hub_key = self.key.public().to_bytes();
-        self.ledger.reward(s, edge_key, |video| {
-            let owner = self
-                .catalog
-                .video(video)
-                .ok()
-                .flatten()
-                .and_then(|v| v.owner);
-            let mut k = [0u8; 32];
-            match owner {
-                Some(o) if hex::decode_to_slice(&o, &mut k).is_ok() => k,
-                _ => hub_key,
-            }
+        self.ledger.reward(s, edge_key, |video| match self.catalog.video(video) {
+            Ok(Some(v)) => self.payer_of(&v),
+            _ => self.key.public().to_bytes(),
         });
+    }
+
+    /// Whose escrow pays for a video's work: its owner's key, else the
+    /// HUB's (videos made before owners).
+    pub(crate) fn payer_of(&self, v: &VideoRecord) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        match &v.owner {
+            Some(o) if hex::decode_to_slice(o, &mut k).is_ok() => k,
+            _ => self.key.public().to_bytes(),
+        }
     }
 }
 
@@ -362,6 +365,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         issuers: arc_swap::ArcSwap::from_pointee(issuers),
         ledger,
         accounts,
+        work: Default::default(),
     });
     // Rewards for epochs settled before a crash or restart: the chain pays
     // each reference once, so what it already has is skipped.
@@ -397,6 +401,7 @@ fn router(hub: Arc<Hub>) -> Router {
         .merge(origin::routes())
         .merge(player::routes())
         .merge(nodes::routes())
+        .merge(work::routes())
         .merge(claims::routes())
         .merge(tokens::routes())
         .layer(axum::middleware::from_fn(tus::cors))

@@ -94,7 +94,12 @@ async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("registration body: {e}")),
     };
-    if !(reg.addr.starts_with("http://") || reg.addr.starts_with("https://")) {
+    // Workers pull their jobs and open no port: only an edge needs an
+    // address viewers reach.
+    let needs_addr = reg.roles.iter().any(|r| r == "edge");
+    if (needs_addr || !reg.addr.is_empty())
+        && !(reg.addr.starts_with("http://") || reg.addr.starts_with("https://"))
+    {
         return refuse(
             StatusCode::BAD_REQUEST,
             format!(

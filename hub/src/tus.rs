@@ -245,6 +245,7 @@ pub async fn create(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response
         policy,
         owner,
         account: caller.account_id().map(str::to_string),
+        chunks: None,
     };
     if let Err(e) = hub.catalog.put_video(&record) {
         tracing::error!(error = %e, "catalog write failed");

@@ -157,13 +157,26 @@ pub async fn transcode_in_chunks(
         .buffered(parallel.max(1))
         .try_collect()
         .await?;
-    if !audio.is_empty() {
-        ffmpeg::run(input, out_dir, &source, (&[], &audio), ffmpeg::Span::WHOLE, config, |_| {}).await?;
-    }
+    encode_audio(input, out_dir, &source, &audio, config).await?;
     let dirs: Vec<&Path> = encoded.iter().map(|p| p.as_path()).collect();
     join(&dirs, &rungs, out_dir)?;
     std::fs::remove_dir_all(&parts)?;
     finish(input, out_dir, source, (&rungs, &audio), config).await
+}
+
+/// Encodes every audio rendition of `input` whole into `out_dir` (the
+/// part of a chunked transcode that stays in one piece).
+pub async fn encode_audio(
+    input: &Path,
+    out_dir: &Path,
+    source: &SourceInfo,
+    audio: &[AudioRung],
+    config: &TranscodeSection,
+) -> Result<(), TranscodeError> {
+    if audio.is_empty() {
+        return Ok(());
+    }
+    ffmpeg::run(input, out_dir, source, (&[], audio), ffmpeg::Span::WHOLE, config, |_| {}).await
 }
 
 /// Checks every rendition in `out_dir`, extracts subtitles and writes the

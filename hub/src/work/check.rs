@@ -1,0 +1,255 @@
+//! Checking a worker's result before it is paid: the uploaded files are
+//! exactly what it committed to; every segment passes the structural
+//! check (keyframe start, duration, no gap, first picture at the chunk's
+//! start); a sample drawn from the commitment and a fresh nonce passes the
+//! fidelity check against the original upload. A false sampled segment is
+//! slashed with evidence the ledger re-checks (the signed commitment, the
+//! nonce, the index); a false segment outside the sample, or files that do
+//! not match the commitment, only lose the worker the chunk.
+
+use super::VideoContext;
+use crate::registry;
+use crate::Hub;
+use meshcast_control::transcoding::{self, Commitment, SegmentEntry};
+use meshcast_ledger::{Action, Evidence, Work};
+use meshcast_transcode::{
+    check_segment, chunk_first_frame, inspect_rendition, Rendition, RenditionKind, SegmentRange,
+    VerifyError,
+};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+pub struct Verdict {
+    pub passed: bool,
+    pub outcome: String,
+    /// Indices (into the commitment's segments) the fidelity check ran on.
+    pub checked: Vec<usize>,
+    pub slashed: bool,
+}
+
+impl Verdict {
+    fn refused(outcome: String) -> Verdict {
+        Verdict {
+            passed: false,
+            outcome,
+            checked: vec![],
+            slashed: false,
+        }
+    }
+}
+
+/// The files uploaded for the attempt are exactly the committed ones.
+fn matches_upload(ctx: &VideoContext, c: &Commitment, dir: &Path) -> Result<(), String> {
+    let hash = |p: &Path| -> Result<String, String> {
+        std::fs::read(p)
+            .map(|b| blake3::hash(&b).to_hex().to_string())
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    for rung in &ctx.rungs {
+        let committed = c
+            .inits
+            .iter()
+            .find(|(r, _)| *r == rung.name)
+            .ok_or_else(|| format!("no init segment committed for {}", rung.name))?;
+        if hash(&dir.join(&rung.name).join("init.mp4"))? != committed.1 {
+            return Err(format!("{}/init.mp4 is not the one committed", rung.name));
+        }
+        let uploaded: BTreeSet<String> = std::fs::read_dir(dir.join(&rung.name))
+            .map_err(|e| format!("{}: {e}", rung.name))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with("seg_") && f.ends_with(".m4s"))
+            .collect();
+        let listed: BTreeSet<String> = c
+            .segments
+            .iter()
+            .filter(|s| s.rung == rung.name)
+            .map(|s| format!("seg_{:05}.m4s", s.number))
+            .collect();
+        if uploaded != listed {
+            return Err(format!("{}: the uploaded segments are not the committed ones", rung.name));
+        }
+    }
+    for s in &c.segments {
+        if !ctx.rungs.iter().any(|r| r.name == s.rung) {
+            return Err(format!("segment for unknown rung {:?}", s.rung));
+        }
+        let file = dir.join(&s.rung).join(format!("seg_{:05}.m4s", s.number));
+        if hash(&file)? != hex::encode(s.hash) {
+            return Err(format!("{}/seg_{:05}.m4s is not the one committed", s.rung, s.number));
+        }
+    }
+    Ok(())
+}
+
+/// The commitment index of the segment a structural error names.
+fn index_named(c: &Commitment, e: &VerifyError) -> Option<usize> {
+    let VerifyError::Bad(what, _) = e else { return None };
+    let (rung, file) = what.split_once('/')?;
+    let number: u32 = file.strip_prefix("seg_")?.strip_suffix(".m4s")?.parse().ok()?;
+    c.segments
+        .iter()
+        .position(|s| s.rung == rung && s.number == number)
+}
+
+enum Finding {
+    /// False, at this commitment index, for this reason.
+    False(usize, String),
+    /// False, but not provably so on the ledger (outside the sample).
+    Unproven(String),
+}
+
+/// Structural check of every rung; the inspected renditions.
+fn structure(ctx: &VideoContext, c: &Commitment, dir: &Path, picked: &[usize]) -> Result<Vec<Rendition>, Finding> {
+    let chunk = &ctx.chunks[c.chunk as usize];
+    let mut out = Vec::new();
+    for rung in &ctx.rungs {
+        let first = chunk_first_frame(chunk, rung);
+        match inspect_rendition(&dir.join(&rung.name), &rung.name, RenditionKind::Video, ctx.segment_secs, first) {
+            Ok(r) => out.push(r),
+            Err(e) => {
+                return Err(match index_named(c, &e) {
+                    Some(i) if picked.contains(&i) => Finding::False(i, e.to_string()),
+                    _ => Finding::Unproven(e.to_string()),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fidelity of each picked segment against the original upload.
+async fn fidelity(ctx: &VideoContext, c: &Commitment, dir: &Path, renditions: &[Rendition], picked: &[usize]) -> Result<(), Finding> {
+    for &i in picked {
+        let SegmentEntry { rung, number, .. } = &c.segments[i];
+        let file = format!("seg_{number:05}.m4s");
+        let (Some(r), Some(spec)) = (
+            renditions.iter().find(|r| r.name == *rung),
+            ctx.rungs.iter().find(|r| r.name == *rung),
+        ) else {
+            return Err(Finding::False(i, format!("segment of unknown rung {rung}")));
+        };
+        let Some(seg) = r.segments.iter().find(|s| s.file == file) else {
+            return Err(Finding::False(i, format!("{rung}/{file} is missing")));
+        };
+        let at = (seg.start + r.composition_offset).saturating_sub(r.edit_offset) as f64 / r.timescale.max(1) as f64;
+        let range = SegmentRange { rung: spec, start: at, duration: seg.duration };
+        let read = |p: std::path::PathBuf| std::fs::read(p).map_err(|e| Finding::Unproven(e.to_string()));
+        let init = read(dir.join(rung).join("init.mp4"))?;
+        let bytes = read(dir.join(rung).join(&file))?;
+        match check_segment(&init, &bytes, &ctx.input, &range, &ctx.dir).await {
+            Ok(f) if f.passes() => {}
+            Ok(f) => {
+                return Err(Finding::False(i, format!(
+                    "{rung}/{file}: SSIM {:.4} against the source, below the {:.4} of a two-thirds picture scaled back up",
+                    f.ssim, f.reference
+                )))
+            }
+            Err(e) => return Err(Finding::False(i, format!("{rung}/{file}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+pub async fn check(hub: &Hub, ctx: &VideoContext, c: &Commitment, worker: &str, envelope: &[u8]) -> Verdict {
+    let dir = ctx.attempt_dir(c.chunk, c.attempt);
+    if !c.is_consistent() {
+        return Verdict::refused("the commitment's root does not match its segments".into());
+    }
+    if let Err(why) = matches_upload(ctx, c, &dir) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Verdict::refused(why);
+    }
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).expect("the OS has randomness");
+    let picked = transcoding::challenge(&c.root, &nonce, c.segments.len());
+    let found = match structure(ctx, c, &dir, &picked) {
+        Ok(renditions) => fidelity(ctx, c, &dir, &renditions, &picked).await,
+        Err(f) => Err(f),
+    };
+    match found {
+        Ok(()) => {
+            if let Err(e) = accept(ctx, c, &dir) {
+                return Verdict::refused(format!("cannot keep the output: {e}"));
+            }
+            pay(hub, ctx, c, worker);
+            tracing::info!(worker, video = %c.video, chunk = c.chunk, checked = picked.len(), of = c.segments.len(), "chunk accepted");
+            Verdict { passed: true, outcome: format!("passed: {} of {} segments checked", picked.len(), c.segments.len()), checked: picked, slashed: false }
+        }
+        Err(Finding::Unproven(why)) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            tracing::warn!(worker, video = %c.video, chunk = c.chunk, %why, "chunk refused");
+            Verdict { passed: false, outcome: why, checked: picked, slashed: false }
+        }
+        Err(Finding::False(index, why)) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            slash(hub, worker, envelope, nonce, index, &why);
+            Verdict { passed: false, outcome: why, checked: picked, slashed: true }
+        }
+    }
+}
+
+/// Keeps an accepted attempt's output as the chunk's part.
+fn accept(ctx: &VideoContext, c: &Commitment, dir: &Path) -> std::io::Result<()> {
+    let part = ctx.part_dir(c.chunk);
+    if part.exists() {
+        std::fs::remove_dir_all(&part)?;
+    }
+    std::fs::create_dir_all(part.parent().expect("parts/ has a parent"))?;
+    std::fs::rename(dir, &part)
+}
+
+/// Pays the worker per output second per rung, once per chunk.
+fn pay(hub: &Hub, ctx: &VideoContext, c: &Commitment, worker: &str) {
+    let Some(node) = hub.registry.node(worker).ok().flatten() else { return };
+    let Some(key) = crate::admission::node_key(&node) else { return };
+    let chunk = &ctx.chunks[c.chunk as usize];
+    let length = chunk.end.unwrap_or(ctx.duration) - chunk.start;
+    let rung_seconds = (length * ctx.rungs.len() as f64).ceil() as u64;
+    hub.ledger.submit(vec![Action::Reward {
+        payer: ctx.payer,
+        node: key,
+        work: Work::Transcode { seconds: rung_seconds },
+        reference: format!("transcode/{}/{}", c.video, c.chunk),
+    }]);
+}
+
+/// Records the evidence, marks the node and queues the ledger slash.
+fn slash(hub: &Hub, worker: &str, envelope: &[u8], nonce: [u8; 32], index: usize, why: &str) {
+    let Some(node) = hub.registry.node(worker).ok().flatten() else { return };
+    let Some(key) = crate::admission::node_key(&node) else { return };
+    let hash = blake3::hash(envelope).to_hex().to_string();
+    let mut reason = why.to_string();
+    if reason.len() > 500 {
+        let mut cut = 497;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str("...");
+    }
+    let evidence = registry::Evidence {
+        node: worker.to_string(),
+        epoch: 0,
+        reason: reason.clone(),
+        claim: hex::encode(envelope),
+        also: Some(format!("nonce {} index {index}", hex::encode(nonce))),
+    };
+    if let Err(e) = hub.registry.put_evidence(&hash, &evidence) {
+        tracing::error!(worker, error = %e, "cannot keep slash evidence; not slashing");
+        return;
+    }
+    let _ = hub.registry.upsert_node(worker, |cur| {
+        let mut n = cur.unwrap_or(node.clone());
+        if !n.slashes.iter().any(|s| s.evidence == hash) {
+            n.slashes.push(registry::SlashRecord { epoch: 0, reason: reason.clone(), evidence: hash.clone() });
+        }
+        n
+    });
+    hub.metrics.slashes.inc();
+    tracing::warn!(worker, evidence = %hash, reason = %reason, "worker slashed for a false transcode");
+    hub.ledger.submit(vec![Action::Slash {
+        offender: key,
+        evidence: Evidence::Transcode { commitment: hex::encode(envelope), nonce, index: index as u32, reason },
+    }]);
+}

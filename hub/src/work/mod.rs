@@ -1,0 +1,382 @@
+//! Distributed transcoding on the HUB: the job board shared with workers,
+//! the worker protocol over HTTP (every call a signed envelope, or a
+//! lease's bearer capability for bulk bytes), the check of each result,
+//! and the transcode flow that cuts, dispatches and joins (`flow`).
+//!
+//! Workers open no port: they long-poll `POST /v1/work/lease`, fetch the
+//! chunk's cut, upload their segments, and commit. The HUB checks each
+//! commitment (`check`) before it pays, and slashes with the evidence the
+//! ledger can re-check when a sampled segment is false.
+
+mod check;
+mod flow;
+
+pub use flow::{transcode_distributed, workers_available};
+
+use crate::dispatch::{Board, LeaseError};
+use crate::nodes::{now_secs, open_envelope, refuse};
+use crate::Hub;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use meshcast_control::transcoding::{self, Commitment, Job, Progress};
+use meshcast_transcode::{Chunk, ChunkJob, Rung};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a lease request waits for work before answering 204.
+const LONG_POLL: Duration = Duration::from_secs(20);
+/// Largest file a worker may upload (one segment or init segment).
+const MAX_UPLOAD: usize = 256 << 20;
+
+/// What the HUB knows about a video being transcoded by workers.
+pub struct VideoContext {
+    pub video: String,
+    /// The original upload: what sampled segments are compared with.
+    pub input: PathBuf,
+    /// `work/{id}`: cuts, attempts, accepted parts and the joined output.
+    pub dir: PathBuf,
+    pub chunks: Vec<Chunk>,
+    pub rungs: Vec<Rung>,
+    pub fps: f64,
+    pub duration: f64,
+    pub segment_secs: f64,
+    pub preset: String,
+    /// Who pays for the transcode (the owner's key, else the HUB's).
+    pub payer: [u8; 32],
+}
+
+impl VideoContext {
+    pub fn job(&self, chunk: u32) -> Option<ChunkJob> {
+        Some(ChunkJob {
+            chunk: self.chunks.get(chunk as usize)?.clone(),
+            rungs: self.rungs.clone(),
+            fps: self.fps,
+            duration: self.duration,
+            segment_secs: self.segment_secs,
+            preset: self.preset.clone(),
+        })
+    }
+
+    pub fn cut_path(&self, chunk: u32) -> PathBuf {
+        self.dir.join("cuts").join(format!("{chunk}.mp4"))
+    }
+
+    /// Where attempt `attempt` of a chunk uploads.
+    pub fn attempt_dir(&self, chunk: u32, attempt: u32) -> PathBuf {
+        self.dir.join("attempts").join(format!("{chunk}.{attempt}"))
+    }
+
+    /// Where a chunk's accepted output is kept until the join.
+    pub fn part_dir(&self, chunk: u32) -> PathBuf {
+        self.dir.join("parts").join(chunk.to_string())
+    }
+}
+
+/// The board and the videos on it.
+#[derive(Default)]
+pub struct Work {
+    pub board: Mutex<Board>,
+    /// Woken on every change of the board (leases wait on it).
+    pub changed: tokio::sync::Notify,
+    pub videos: Mutex<HashMap<String, Arc<VideoContext>>>,
+}
+
+impl Work {
+    pub fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn video(&self, id: &str) -> Option<Arc<VideoContext>> {
+        self.videos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/v1/work/lease", post(lease))
+        .route("/v1/work/progress", post(progress))
+        .route("/v1/work/commit", post(commit))
+        .route("/v1/work/{video}/{chunk}/{attempt}/source", get(source))
+        .route(
+            "/v1/work/{video}/{chunk}/{attempt}/files/{rung}/{file}",
+            put(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route("/v1/jobs", get(jobs))
+}
+
+fn new_capability() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the OS has randomness");
+    hex::encode(b)
+}
+
+fn lease_refusal(e: LeaseError) -> Response {
+    let status = match e {
+        LeaseError::Unknown(..) => StatusCode::NOT_FOUND,
+        _ => StatusCode::CONFLICT,
+    };
+    refuse(status, e)
+}
+
+/// A registered, admitted node with the transcode role, or why not.
+fn worker_node(hub: &Hub, id: &str) -> Result<(), Response> {
+    let node = match hub.registry.node(id) {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!("node {id} is not registered; register first"),
+            ))
+        }
+        Err(e) => return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    };
+    if !node.roles.iter().any(|r| r == "transcode") {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("node {id} did not register the transcode role"),
+        ));
+    }
+    let a = hub.admission(&node);
+    if !a.admitted() {
+        return Err(refuse(StatusCode::FORBIDDEN, Hub::not_admitted(&node, a)));
+    }
+    let now = now_secs();
+    let _ = hub.registry.upsert_node(id, |cur| {
+        let mut n = cur.unwrap_or(node.clone());
+        n.last_seen = now;
+        n
+    });
+    Ok(())
+}
+
+/// `POST /v1/work/lease`: the oldest chunk this worker may take, within
+/// `LONG_POLL`, or 204.
+async fn lease(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let (_, _, id) = match open_envelope(&hub, transcoding::LEASE, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    if let Err(r) = worker_node(&hub, &id) {
+        return r;
+    }
+    let deadline = tokio::time::Instant::now() + LONG_POLL;
+    let lease_secs = hub.config.transcode.lease.0.as_secs().max(1);
+    loop {
+        let changed = hub.work.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let granted = hub
+            .work
+            .board()
+            .lease(&id, now_secs(), lease_secs, new_capability);
+        if let Some(l) = granted {
+            let Some(spec) = hub.work.video(&l.video).and_then(|v| v.job(l.chunk)) else {
+                continue;
+            };
+            tracing::info!(worker = %id, video = %l.video, chunk = l.chunk, attempt = l.attempt, "chunk leased");
+            let base = format!("/v1/work/{}/{}/{}", l.video, l.chunk, l.attempt);
+            return Json(Job {
+                video: l.video,
+                chunk: l.chunk,
+                attempt: l.attempt,
+                expires: l.expires,
+                source_path: format!("{base}/source"),
+                upload_path: format!("{base}/files"),
+                capability: l.capability,
+                spec: serde_json::to_value(spec).unwrap_or_default(),
+            })
+            .into_response();
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(deadline) => return StatusCode::NO_CONTENT.into_response(),
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
+fn authorized(hub: &Hub, (video, chunk, attempt): (&str, u32, u32), headers: &HeaderMap) -> bool {
+    hub.work
+        .board()
+        .authorizes(video, chunk, attempt, bearer(headers))
+}
+
+/// `GET …/source`: the chunk's cut, for the lease holder.
+async fn source(
+    State(hub): State<Arc<Hub>>,
+    Path((video, chunk, attempt)): Path<(String, u32, u32)>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&hub, (&video, chunk, attempt), &headers) {
+        return refuse(StatusCode::FORBIDDEN, "no current lease with this capability");
+    }
+    let Some(ctx) = hub.work.video(&video) else {
+        return refuse(StatusCode::NOT_FOUND, "no such video in transcoding");
+    };
+    match tokio::fs::read(ctx.cut_path(chunk)).await {
+        Ok(bytes) => ([(http::header::CONTENT_TYPE, "video/mp4")], bytes).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// Output file names a worker may upload.
+fn valid_output_name(file: &str) -> bool {
+    file == "init.mp4"
+        || file
+            .strip_prefix("seg_")
+            .and_then(|f| f.strip_suffix(".m4s"))
+            .is_some_and(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `PUT …/files/{rung}/{file}`: one output file of the lease holder.
+async fn upload(
+    State(hub): State<Arc<Hub>>,
+    Path((video, chunk, attempt, rung, file)): Path<(String, u32, u32, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&hub, (&video, chunk, attempt), &headers) {
+        return refuse(StatusCode::FORBIDDEN, "no current lease with this capability");
+    }
+    let Some(ctx) = hub.work.video(&video) else {
+        return refuse(StatusCode::NOT_FOUND, "no such video in transcoding");
+    };
+    if !ctx.rungs.iter().any(|r| r.name == rung) || !valid_output_name(&file) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("{rung}/{file} is not an output of this job (rungs: init.mp4 and seg_NNNNN.m4s)"),
+        );
+    }
+    let dir = ctx.attempt_dir(chunk, attempt).join(&rung);
+    let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{file}.part"));
+        std::fs::write(&tmp, &body)?;
+        std::fs::rename(&tmp, dir.join(&file))
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `POST /v1/work/progress`: renews the lease.
+async fn progress(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let (env, _, id) = match open_envelope(&hub, transcoding::PROGRESS, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let p: Progress = match serde_json::from_slice(&env.body) {
+        Ok(p) => p,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("progress body: {e}")),
+    };
+    let lease_secs = hub.config.transcode.lease.0.as_secs().max(1);
+    let r = hub.work.board().progress(
+        (&p.video, p.chunk, p.attempt),
+        &id,
+        p.fraction,
+        now_secs(),
+        lease_secs,
+    );
+    match r {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => lease_refusal(e),
+    }
+}
+
+/// `POST /v1/work/commit`: a worker's signed commitment; answered once
+/// the HUB has checked the output against it.
+async fn commit(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let (env, _, id) = match open_envelope(&hub, transcoding::COMMIT, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let c: Commitment = match serde_json::from_slice(&env.body) {
+        Ok(c) => c,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("commitment body: {e}")),
+    };
+    let Some(ctx) = hub.work.video(&c.video) else {
+        return refuse(StatusCode::NOT_FOUND, format!("video {} is not being transcoded", c.video));
+    };
+    let begun = hub
+        .work
+        .board()
+        .begin_check((&c.video, c.chunk, c.attempt), &id, now_secs());
+    if let Err(e) = begun {
+        tracing::warn!(worker = %id, video = %c.video, chunk = c.chunk, attempt = c.attempt, error = %e, "result refused");
+        return lease_refusal(e);
+    }
+    let verdict = check::check(&hub, &ctx, &c, &id, &body).await;
+    let passed = verdict.passed;
+    hub.work
+        .board()
+        .finish(&c.video, c.chunk, passed, &verdict.outcome);
+    hub.work.changed.notify_waiters();
+    let status = if passed {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (
+        status,
+        Json(json!({
+            "accepted": passed,
+            "outcome": verdict.outcome,
+            "checked": verdict.checked,
+            "slashed": verdict.slashed,
+        })),
+    )
+        .into_response()
+}
+
+/// `GET /v1/jobs`: every video on the board, each chunk's state and
+/// history (for operators).
+async fn jobs(State(hub): State<Arc<Hub>>) -> Response {
+    let board = hub.work.board();
+    let videos: Vec<_> = board
+        .all()
+        .map(|(video, chunks)| json!({ "video": video, "chunks": chunks }))
+        .collect();
+    Json(json!({ "videos": videos })).into_response()
+}
+
+/// The board's view of a video (for `GET /v1/videos/{id}`), if on it.
+pub fn chunk_view(hub: &Hub, video: &str) -> Option<serde_json::Value> {
+    let board = hub.work.board();
+    board
+        .chunks(video)
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_output_names_are_uploaded() {
+        for ok in ["init.mp4", "seg_00001.m4s", "seg_12345.m4s"] {
+            assert!(super::valid_output_name(ok), "{ok}");
+        }
+        for bad in ["../x", "seg_1.m4s", "seg_0000a.m4s", "init.mp4/..", "seg_00001.m4s.part", ""] {
+            assert!(!super::valid_output_name(bad), "{bad}");
+        }
+    }
+}
