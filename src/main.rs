@@ -46,7 +46,16 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Bring up a hub and two edges on this machine and publish a video.
+    /// Run a worker: transcodes chunks for its HUB (pulls jobs; opens no port).
+    Worker {
+        /// The worker's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Validate the config and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Bring up a hub, two edges and two transcode workers on this machine and publish a video.
     Up {
         /// Folder for data, configs and logs.
         #[arg(long, default_value = "meshcast-data")]
@@ -255,6 +264,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(meshcast_hub::serve(parsed))
                 .context("hub stopped")?;
+            Ok(())
+        }
+        Command::Worker { config, check } => {
+            let parsed = meshcast_conf::WorkerConfig::load(&config)?;
+            if check {
+                println!("{}: OK", config.display());
+                return Ok(());
+            }
+            init_tracing("info");
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(meshcast_worker::run(parsed))
+                .context("worker stopped")?;
             Ok(())
         }
         Command::Up {

@@ -76,8 +76,8 @@ async fn wait_healthy(
     bail!("{what} did not become healthy at {url}")
 }
 
-/// Waits until the hub admits `n` edges (registered, up, staked): only
-/// then does it steer viewers to them.
+/// Waits until the hub admits `n` nodes (registered, up, staked): only
+/// then does it steer viewers to edges and chunks to workers.
 async fn wait_admitted(
     client: &reqwest::Client,
     hub: &str,
@@ -105,7 +105,7 @@ async fn wait_admitted(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("the hub did not admit {n} edges within 20 s; its nodes: {last}")
+    bail!("the hub did not admit {n} nodes within 20 s; its nodes: {last}")
 }
 
 /// Creates the demo account with the hub's admin key; returns its API key.
@@ -202,8 +202,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The edges' keys first: the hub's own chain starts with them bonded
     // (the demo's faucet), so they are admitted from the first block.
     let mut edge_keys = Vec::new();
-    for i in 1..=2 {
-        let key = dir.join(format!("edge{i}.key"));
+    for name in ["edge1", "edge2", "worker1", "worker2"] {
+        let key = dir.join(format!("{name}.key"));
         if !key.exists() {
             meshcast_control::identity::NodeKey::generate()?.save(&key)?;
         }
@@ -214,7 +214,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let hub_toml =
         format!(
-        "[hub]\nlisten = \"127.0.0.1:{hub_port}\"\ndata_dir = \"{}\"\nedges = [\"{}\", \"{}\"]\n{}[ledger]\nbonded_nodes = [{}]\ndelivery_epoch = \"10s\"\n",
+        "[hub]\nlisten = \"127.0.0.1:{hub_port}\"\ndata_dir = \"{}\"\nedges = [\"{}\", \"{}\"]\n{}[ledger]\nbonded_nodes = [{}]\ndelivery_epoch = \"10s\"\n[transcode]\nchunk_segments = 2\n",
         dir.join("hub").display(),
         edges[0],
         edges[1],
@@ -237,6 +237,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
         std::fs::write(dir.join(format!("edge{}.toml", i + 1)), edge_toml)?;
     }
+    // Two workers share the transcoding (8 s chunks, so the demo's 20 s
+    // go to both).
+    for i in 1..=2 {
+        let worker_toml = format!(
+            "[node]\nkey = \"{}\"\nhub = \"{hub_url}\"\n[worker]\nroles = [\"transcode\"]\nscratch_dir = \"{}\"\n",
+            dir.join(format!("worker{i}.key")).display(),
+            dir.join(format!("worker{i}-scratch")).display(),
+        );
+        std::fs::write(dir.join(format!("worker{i}.toml")), worker_toml)?;
+    }
     let cfg = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let mut children = Children(Vec::new());
     children.0.push(spawn(
@@ -254,6 +264,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &["edge", "--config", &cfg("edge2.toml")],
         &dir.join("edge2.log"),
     )?);
+    for i in 1..=2 {
+        children.0.push(spawn(
+            &exe,
+            &["worker", "--config", &cfg(&format!("worker{i}.toml"))],
+            &dir.join(format!("worker{i}.log")),
+        )?);
+    }
     let client = reqwest::Client::new();
     wait_healthy(
         &client,
@@ -276,11 +293,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &mut children.0[2],
     )
     .await?;
-    wait_admitted(&client, &hub_url, edges.len(), &mut children).await?;
+    wait_admitted(&client, &hub_url, edges.len() + 2, &mut children).await?;
     let api_key = demo_account(&client, &hub_url, &dir.join("hub").join("admin.key")).await?;
     let client = authorized(&api_key)?;
     eprintln!(
-        "hub {hub_url}, edges {} and {} (registered, staked, admitted)",
+        "hub {hub_url}, edges {} and {}, two transcode workers (registered, staked, admitted)",
         edges[0], edges[1]
     );
 

@@ -35,7 +35,7 @@ fn one_validator_genesis(key: &NodeKey, bonded: &[[u8; 32]], epoch_secs: u64) ->
         epoch_secs,
         ..Params::default()
     };
-    let stake = params.stake_needed(&["edge"]);
+    let stake = params.stake_needed(&["edge", "transcode"]);
     let mut accounts = vec![GenesisAccount {
         address: me,
         balance: TREASURY,

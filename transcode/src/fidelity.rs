@@ -25,7 +25,6 @@
 //! the half-size substitute trails by 0.011.
 
 use crate::ladder::Rung;
-use crate::TranscodeError;
 use std::path::Path;
 use tokio::process::Command;
 
@@ -79,6 +78,47 @@ fn parse_ssim(stderr: &str) -> Vec<f64> {
     found.into_iter().map(|(_, v)| v).collect()
 }
 
+/// Why a segment could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The segment itself does not decode: the worker's fault.
+    #[error("the segment does not decode: {0}")]
+    Undecodable(String),
+    /// The check could not run (the source, the verifier's disk or
+    /// ffmpeg): nobody's fault that a slash could rest on.
+    #[error("the check could not run: {0}")]
+    Verifier(String),
+}
+
+fn last_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message")
+        .to_string()
+}
+
+/// Whether `file` decodes to the end, on its own.
+async fn decodes(file: &Path) -> Result<(), CheckError> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-nostats", "-v", "error", "-xerror", "-i"])
+        .arg(file)
+        .args(["-map", "0:v:0", "-f", "null", "-"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| CheckError::Verifier(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(CheckError::Undecodable(last_line(&out.stderr)))
+    }
+}
+
+/// Names scratch files of checks running at once apart.
+static CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Decodes `init` + `segment` (written to `scratch`) and compares it with
 /// `source` over `range`.
 pub async fn check_segment(
@@ -87,9 +127,17 @@ pub async fn check_segment(
     source: &Path,
     range: &SegmentRange<'_>,
     scratch: &Path,
-) -> Result<Fidelity, TranscodeError> {
-    let joined = scratch.join(format!("check-{}.mp4", std::process::id()));
-    std::fs::write(&joined, [init, segment].concat())?;
+) -> Result<Fidelity, CheckError> {
+    let n = CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let joined = scratch.join(format!("check-{}-{n}.mp4", std::process::id()));
+    std::fs::write(&joined, [init, segment].concat()).map_err(|e| CheckError::Verifier(e.to_string()))?;
+    let result = compare(&joined, source, range).await;
+    let _ = std::fs::remove_file(&joined);
+    result
+}
+
+async fn compare(joined: &Path, source: &Path, range: &SegmentRange<'_>) -> Result<Fidelity, CheckError> {
+    decodes(joined).await?;
     let r = range.rung;
     let (lw, lh) = reference_size(r);
     let graph = format!(
@@ -103,25 +151,27 @@ pub async fn check_segment(
     );
     let out = Command::new("ffmpeg")
         .args(["-hide_banner", "-nostdin", "-nostats", "-xerror", "-i"])
-        .arg(&joined)
+        .arg(joined)
         // A hair before the first frame, so rounding never drops it.
         .args(["-ss", &format!("{:.6}", (range.start - 1e-4).max(0.0))])
         .args(["-t", &format!("{:.6}", range.duration)])
         .arg("-i")
         .arg(source)
-        .args(["-filter_complex", &graph, "-f", "null", "-"])
+        // Only the graph's output: the source's audio would be decoded
+        // for nothing.
+        .args(["-filter_complex", &graph, "-an", "-sn", "-dn", "-f", "null", "-"])
         .kill_on_drop(true)
         .output()
-        .await;
-    let _ = std::fs::remove_file(&joined);
-    let out = out?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let values = parse_ssim(&stderr);
+        .await
+        .map_err(|e| CheckError::Verifier(e.to_string()))?;
+    let values = parse_ssim(&String::from_utf8_lossy(&out.stderr));
     if !out.status.success() || values.len() != 2 {
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-        return Err(TranscodeError::Ffmpeg(format!(
-            "the segment does not decode as {}x{} video against the source: {last}",
-            r.width, r.height
+        // It decoded on its own: what failed is the comparison.
+        return Err(CheckError::Verifier(format!(
+            "comparing with the source at {}x{}: {}",
+            r.width,
+            r.height,
+            last_line(&out.stderr)
         )));
     }
     Ok(Fidelity {

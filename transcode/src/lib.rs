@@ -24,11 +24,11 @@ pub use chunks::{
     ChunkJob,
 };
 pub use ffmpeg::{parse_progress_line, Progress, Span};
-pub use fidelity::{check_segment, reference_size, Fidelity, SegmentRange, LOSSLESS};
+pub use fidelity::{check_segment, reference_size, CheckError, Fidelity, SegmentRange, LOSSLESS};
 pub use ladder::{h264_level, plan, plan_audio, AudioRung, Rung};
 pub use package::{Manifest, Rendition, RenditionKind, Subtitle, TrackLabel, SUBTITLE_FILE};
 pub use probe::{probe, AudioTrack, ProbeError, SourceInfo, SubtitleTrack};
-pub use verify::{inspect_rendition, VerifyError};
+pub use verify::{inspect_rendition, segment_ticks, VerifyError};
 
 use meshcast_conf::TranscodeSection;
 use std::path::{Path, PathBuf};

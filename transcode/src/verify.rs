@@ -256,3 +256,24 @@ fn edit_offset(mut media_times: impl Iterator<Item = u64>) -> u64 {
         .find(|t| *t != u32::MAX as u64 && *t != u64::MAX)
         .unwrap_or(0)
 }
+
+/// Duration of one fMP4 segment in its track's timescale (the sum of its
+/// samples' durations), read with the init segment.
+pub fn segment_ticks(init: &[u8], segment: &[u8]) -> Result<u64, String> {
+    let whole = [init, segment].concat();
+    let parsed = Mp4Reader::read_header(Cursor::new(&whole), whole.len() as u64).map_err(|e| e.to_string())?;
+    let trex = parsed.moov.mvex.as_ref().map(|m| m.trex.default_sample_duration);
+    let mut ticks = 0u64;
+    for traf in parsed.moofs.iter().flat_map(|m| m.trafs.iter()) {
+        let Some(trun) = &traf.trun else { continue };
+        ticks += if trun.sample_durations.is_empty() {
+            traf.tfhd.default_sample_duration.or(trex).unwrap_or(0) as u64 * trun.sample_count as u64
+        } else {
+            trun.sample_durations.iter().map(|d| *d as u64).sum()
+        };
+    }
+    if parsed.moofs.is_empty() {
+        return Err("no movie fragment (moof)".into());
+    }
+    Ok(ticks)
+}

@@ -13,7 +13,7 @@ use crate::Hub;
 use meshcast_control::transcoding::{self, Commitment, SegmentEntry};
 use meshcast_ledger::{Action, Evidence, Work};
 use meshcast_transcode::{
-    check_segment, chunk_first_frame, inspect_rendition, Rendition, RenditionKind, SegmentRange,
+    check_segment, chunk_first_frame, CheckError, inspect_rendition, Rendition, RenditionKind, SegmentRange,
     VerifyError,
 };
 use std::collections::BTreeSet;
@@ -145,7 +145,13 @@ async fn fidelity(ctx: &VideoContext, c: &Commitment, dir: &Path, renditions: &[
                     f.ssim, f.reference
                 )))
             }
-            Err(e) => return Err(Finding::False(i, format!("{rung}/{file}: {e}"))),
+            Err(e @ CheckError::Undecodable(_)) => {
+                return Err(Finding::False(i, format!("{rung}/{file}: {e}")))
+            }
+            Err(e @ CheckError::Verifier(_)) => {
+                tracing::error!(%rung, %file, error = %e, "the fidelity check could not run");
+                return Err(Finding::Unproven(format!("{rung}/{file}: {e}")));
+            }
         }
     }
     Ok(())

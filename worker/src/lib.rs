@@ -1,0 +1,16 @@
+//! meshcast-worker is the worker node: it registers with its HUB, pulls
+//! transcode jobs over signed long-polls (it opens no port, so it may sit
+//! behind NAT), encodes each chunk to every rung with `meshcast-transcode`,
+//! uploads the segments with the lease's capability and commits to them
+//! with a signed Merkle commitment, reporting progress as it goes. It holds
+//! no protocol rules of its own (those are `meshcast-control`'s) and no
+//! media logic (`meshcast-transcode`'s); it must not decide what is paid.
+//!
+//! Each step is a public function so that a test can drive a worker that
+//! lies (tampering with its output between encoding and committing).
+
+mod client;
+mod run;
+
+pub use client::{Client, CommitAnswer, WorkerError};
+pub use run::{commitment_for, encode, run, work_one};

@@ -1,0 +1,186 @@
+//! The worker's loop and its steps: lease, fetch, encode (with progress),
+//! commit to the output, upload it, and hear the HUB's verdict.
+
+use crate::client::{Client, CommitAnswer, WorkerError};
+use meshcast_conf::WorkerConfig;
+use meshcast_control::identity::NodeKey;
+use meshcast_control::transcoding::{Commitment, Job, SegmentEntry};
+use meshcast_transcode::{encode_chunk, segment_ticks, ChunkJob};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a job in progress tells the HUB (each report renews the
+/// lease, which runs out after the HUB's `[transcode] lease`).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Delays between attempts to reach the HUB: exponential from 1 s to 30 s,
+/// with jitter, so workers that lost the HUB together do not return in
+/// one instant.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .with_jitter()
+        .build()
+}
+
+/// Runs the worker until the process is stopped.
+pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+    let key = NodeKey::load(&config.node.key)?;
+    let client = Arc::new(Client::new(&config.node.hub, key, config.node.hub_ca.as_deref())?);
+    std::fs::create_dir_all(&config.worker.scratch_dir)?;
+    let roles = config.worker.roles.clone();
+    let mut delays = retry_delays();
+    while let Err(e) = client.register(&roles).await {
+        let wait = delays.next().unwrap_or(Duration::from_secs(30));
+        tracing::warn!(error = %e, retry_in = ?wait, "cannot register with the HUB");
+        tokio::time::sleep(wait).await;
+    }
+    tracing::info!(node = %client.id(), hub = %config.node.hub, "worker registered");
+    let beat = config.node.heartbeat.0;
+    let heart = client.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(beat).await;
+            match heart.heartbeat().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = heart.register(&roles).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    });
+    let mut loops = Vec::new();
+    for _ in 0..config.worker.parallel_jobs {
+        let (client, scratch) = (client.clone(), config.worker.scratch_dir.clone());
+        loops.push(tokio::spawn(async move { job_loop(&client, &scratch).await }));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    Ok(())
+}
+
+async fn job_loop(client: &Client, scratch: &Path) {
+    let mut delays = retry_delays();
+    loop {
+        match client.lease().await {
+            Ok(Some(job)) => {
+                delays = retry_delays();
+                let (video, chunk, attempt) = (job.video.clone(), job.chunk, job.attempt);
+                tracing::info!(%video, chunk, attempt, "job leased");
+                match work_one(client, &job, scratch, |_, _| {}).await {
+                    Ok(a) if a.accepted => tracing::info!(%video, chunk, outcome = %a.outcome, "chunk accepted"),
+                    Ok(a) => tracing::warn!(%video, chunk, outcome = %a.outcome, slashed = a.slashed, "chunk refused"),
+                    Err(e) => tracing::warn!(%video, chunk, error = %e, "job failed"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let wait = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot lease from the HUB");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Fetches the job's cut and encodes it, reporting progress; the output
+/// folder and the job's settings.
+pub async fn encode(client: &Client, job: &Job, scratch: &Path) -> Result<(PathBuf, ChunkJob), WorkerError> {
+    let spec: ChunkJob = serde_json::from_value(job.spec.clone())
+        .map_err(|e| WorkerError::Hub(format!("job settings: {e}")))?;
+    let dir = scratch.join(format!("{}-{}-{}", job.video, job.chunk, job.attempt));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let cut = dir.join("cut.mp4");
+    client.fetch_source(job, &cut).await?;
+    let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
+    let out = dir.join("out");
+    {
+        let encoding = encode_chunk(&cut, &spec, &out, move |f| {
+            let _ = tx.send(f);
+        });
+        tokio::pin!(encoding);
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        let result = loop {
+            tokio::select! {
+                r = &mut encoding => break r,
+                _ = tick.tick() => {
+                    let f = *rx.borrow_and_update();
+                    if let Err(e) = client.progress(job, f).await {
+                        tracing::warn!(error = %e, "progress report refused");
+                    }
+                }
+            }
+        };
+        result?;
+    }
+    let _ = std::fs::remove_file(&cut);
+    Ok((out, spec))
+}
+
+/// The commitment to every file in `out` (init and segments of each rung).
+pub fn commitment_for(job: &Job, spec: &ChunkJob, out: &Path) -> Result<Commitment, WorkerError> {
+    let mut inits = Vec::new();
+    let mut segments = Vec::new();
+    for rung in &spec.rungs {
+        let dir = out.join(&rung.name);
+        let init = std::fs::read(dir.join("init.mp4"))?;
+        inits.push((rung.name.clone(), blake3::hash(&init).to_hex().to_string()));
+        let mut files: Vec<String> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with("seg_") && f.ends_with(".m4s"))
+            .collect();
+        files.sort();
+        for file in files {
+            let number: u32 = file[4..9].parse().map_err(|_| WorkerError::Hub(format!("odd segment name {file}")))?;
+            let bytes = std::fs::read(dir.join(&file))?;
+            let ticks = segment_ticks(&init, &bytes).map_err(|e| WorkerError::Hub(format!("{}/{file}: {e}", rung.name)))?;
+            segments.push(SegmentEntry { rung: rung.name.clone(), number, ticks, hash: blake3::hash(&bytes).into() });
+        }
+    }
+    Ok(Commitment::new(job.video.clone(), job.chunk, job.attempt, inits, segments))
+}
+
+async fn upload_all(client: &Client, job: &Job, spec: &ChunkJob, out: &Path) -> Result<(), WorkerError> {
+    for rung in &spec.rungs {
+        let dir = out.join(&rung.name);
+        let mut files: Vec<String> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f == "init.mp4" || (f.starts_with("seg_") && f.ends_with(".m4s")))
+            .collect();
+        files.sort();
+        for file in files {
+            let bytes = tokio::fs::read(dir.join(&file)).await?;
+            client.upload(job, &rung.name, &file, bytes).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One job from lease to verdict. `tamper` sees the output before it is
+/// committed to (the honest worker passes a no-op; a test's cheater does
+/// not).
+pub async fn work_one(
+    client: &Client,
+    job: &Job,
+    scratch: &Path,
+    tamper: impl FnOnce(&Path, &ChunkJob),
+) -> Result<CommitAnswer, WorkerError> {
+    let (out, spec) = encode(client, job, scratch).await?;
+    tamper(&out, &spec);
+    let commitment = commitment_for(job, &spec, &out)?;
+    upload_all(client, job, &spec, &out).await?;
+    let answer = client.commit(&commitment).await;
+    if let Some(dir) = out.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    answer
+}
