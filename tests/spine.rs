@@ -326,13 +326,30 @@ async fn a_hub_crash_mid_transcode_requeues_the_video() {
     );
 }
 
+/// Every video packet's presentation time at `url`, sorted.
+fn presentation_times(url: &str) -> Vec<f64> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["packet=pts_time", "-of", "csv=p=0", url])
+        .output()
+        .unwrap();
+    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_end_matches(',').parse().ok())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meshcast_up_brings_up_a_playable_network() {
     let dir = std::env::temp_dir().join(format!("meshcast-up-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // 12 s: two chunks of two 4 s segments' worth (`meshcast up` cuts its
+    // videos into 8 s chunks), one for each of its two workers.
     let video = dir.join("in.mp4");
-    make_video(&video, 4, "640x360");
+    make_video(&video, 12, "640x360");
     let ready = dir.join("ready.json");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
         .args(["up", "--dir"])
@@ -364,7 +381,49 @@ async fn meshcast_up_brings_up_a_playable_network() {
     let hls = facts["videos"][0]["hls"].as_array().unwrap();
     assert_eq!(hls.len(), 2);
     for url in hls {
-        assert_eq!(count_frames(url.as_str().unwrap()), 100, "{url}");
+        assert_eq!(count_frames(url.as_str().unwrap()), 300, "{url}");
+    }
+    // Every frame once, 40 ms apart, across the chunk boundary at 8 s.
+    let times = presentation_times(hls[0].as_str().unwrap());
+    assert_eq!(times.len(), 300);
+    for w in times.windows(2) {
+        assert!(
+            (w[1] - w[0] - 0.04).abs() < 1e-3,
+            "a gap or an overlap at {} s",
+            w[0]
+        );
+    }
+    // Both workers transcoded, each a chunk, each checked and accepted.
+    let hub = facts["hub"].as_str().unwrap();
+    let id = facts["videos"][0]["id"].as_str().unwrap();
+    let owner = client_with_key(facts["api_key"].as_str().unwrap());
+    let video_status = get_json(&owner, &format!("{hub}/v1/videos/{id}")).await;
+    let chunks = video_status["chunks"].as_array().expect("chunks reported");
+    assert_eq!(chunks.len(), 2, "{video_status}");
+    let workers: std::collections::BTreeSet<&str> = chunks
+        .iter()
+        .map(|c| c["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "each worker did a chunk: {chunks:?}");
+    assert!(!workers.contains("hub"), "{chunks:?}");
+    for c in chunks {
+        assert_eq!(c["state"], "done");
+        assert!(
+            c["history"][0]["outcome"]
+                .as_str()
+                .unwrap()
+                .starts_with("passed"),
+            "{c}"
+        );
+    }
+    let player = facts["videos"][0]["player"][0].as_str().unwrap();
+    for engine in ["hls", "dash"] {
+        let r = play_in_chromium_env(
+            &format!("{player}?engine={engine}"),
+            &[("PLAYBACK_RATE", "4")],
+        );
+        assert_eq!(r["ended"], true, "{engine}: {r}");
+        assert_eq!(r["errors"], serde_json::json!([]), "{engine}: {r}");
     }
     assert!(
         reqwest::get(facts["videos"][0]["player"][1].as_str().unwrap())

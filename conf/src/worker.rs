@@ -109,11 +109,21 @@ mod tests {
         let c = WorkerConfig::parse(Path::new("worker.toml"), OK).unwrap();
         assert_eq!(c.worker.roles, ["transcode"]);
         assert_eq!(c.worker.parallel_jobs, 1);
-        let bad = OK.replace("scratch\"\n", "scratch\"\nroles = [\"transcode\", \"mining\"]\n");
-        let e = WorkerConfig::parse(Path::new("worker.toml"), &bad).unwrap_err().to_string();
+        let bad = OK.replace(
+            "scratch\"\n",
+            "scratch\"\nroles = [\"transcode\", \"mining\"]\n",
+        );
+        let e = WorkerConfig::parse(Path::new("worker.toml"), &bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("worker.roles[1]") && e.contains("mining"), "{e}");
         let bad = OK.replace("http://127.0.0.1:8000", "127.0.0.1:8000");
-        let e = WorkerConfig::parse(Path::new("worker.toml"), &bad).unwrap_err().to_string();
-        assert!(e.starts_with("worker.toml:3:") && e.contains("node.hub"), "{e}");
+        let e = WorkerConfig::parse(Path::new("worker.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("worker.toml:3:") && e.contains("node.hub"),
+            "{e}"
+        );
     }
 }

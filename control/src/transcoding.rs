@@ -169,20 +169,29 @@ mod tests {
     use super::*;
 
     fn escape(n: usize, bad: usize, k: usize) -> f64 {
-        (0..k).map(|j| (n - bad).saturating_sub(j) as f64 / (n - j) as f64).product()
+        (0..k)
+            .map(|j| (n - bad).saturating_sub(j) as f64 / (n - j) as f64)
+            .product()
     }
 
     #[test]
     fn the_documented_sample_sizes() {
         assert_eq!(sample_size(100_000, 0.05, 1e-3), 135);
         for n in 1..=20 {
-            assert_eq!(sample_size(n, 0.05, 1e-3), n, "small chunks are checked whole");
+            assert_eq!(
+                sample_size(n, 0.05, 1e-3),
+                n,
+                "small chunks are checked whole"
+            );
         }
         for n in [20, 45, 90, 300, 5_400] {
             let k = sample_size(n, 0.05, 1e-3);
             let bad = (0.05 * n as f64).ceil() as usize;
             assert!(escape(n, bad, k) <= 1e-3, "n={n} k={k}");
-            assert!(k == 1 || escape(n, bad, k - 1) > 1e-3, "n={n}: {k} is the smallest");
+            assert!(
+                k == 1 || escape(n, bad, k - 1) > 1e-3,
+                "n={n}: {k} is the smallest"
+            );
         }
         assert!(sample_size(90, 0.05, 1e-3) < 90);
     }
@@ -199,7 +208,11 @@ mod tests {
         assert!(c.is_consistent());
         let a = challenge(&c.root, &[1; 32], 400);
         assert_eq!(a, challenge(&c.root, &[1; 32], 400));
-        assert_ne!(a, challenge(&c.root, &[2; 32], 400), "a fresh nonce, a fresh sample");
+        assert_ne!(
+            a,
+            challenge(&c.root, &[2; 32], 400),
+            "a fresh nonce, a fresh sample"
+        );
         assert_eq!(a.len(), sample_size(400, 0.05, 1e-3));
         assert!(a.windows(2).all(|w| w[0] < w[1]) && a.iter().all(|i| *i < 400));
         let mut other = c.clone();
@@ -220,6 +233,9 @@ mod tests {
                 escaped += 1;
             }
         }
-        assert!(escaped <= 3, "{escaped} of 1000 escaped; the bound is 1 in 1000");
+        assert!(
+            escaped <= 3,
+            "{escaped} of 1000 escaped; the bound is 1 in 1000"
+        );
     }
 }

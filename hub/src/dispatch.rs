@@ -26,8 +26,12 @@ pub enum ChunkState {
         progress: f64,
     },
     /// The worker committed; the HUB is checking its output.
-    Checking { worker: String },
-    Done { worker: String },
+    Checking {
+        worker: String,
+    },
+    Done {
+        worker: String,
+    },
 }
 
 /// What became of one attempt.
@@ -346,16 +350,27 @@ mod tests {
         assert_eq!(b.expire(130), vec![("v".into(), 1, "B".into())]);
         // Chunk 2 first (older than nothing: both wait; the lowest index goes).
         let again = b.lease("C", 131, 30, cap("cc")).unwrap();
-        assert_eq!((again.chunk, again.attempt), (1, 2), "the silent worker's chunk, a new attempt");
+        assert_eq!(
+            (again.chunk, again.attempt),
+            (1, 2),
+            "the silent worker's chunk, a new attempt"
+        );
         // B's late result is refused however it comes.
         assert_eq!(
             b.begin_check(("v", 1, 1), "B", 132),
-            Err(LeaseError::Stale { chunk: 1, current: 2, got: 1 })
+            Err(LeaseError::Stale {
+                chunk: 1,
+                current: 2,
+                got: 1
+            })
         );
         assert!(!b.authorizes("v", 1, 1, "cb"), "its capability is dead too");
         b.begin_check(("v", 1, 2), "C", 133).unwrap();
         b.finish("v", 1, true, "passed");
-        assert_eq!(b.begin_check(("v", 0, 1), "C", 134), Err(LeaseError::NotYours(0)));
+        assert_eq!(
+            b.begin_check(("v", 0, 1), "C", 134),
+            Err(LeaseError::NotYours(0))
+        );
         b.begin_check(("v", 0, 1), "A", 135).unwrap();
         b.finish("v", 0, true, "passed");
         let last = b.lease("A", 136, 30, cap("x")).unwrap();
@@ -374,10 +389,17 @@ mod tests {
         b.add("v", &[4.0]);
         b.lease("cheat", 0, 30, cap("c1")).unwrap();
         b.begin_check(("v", 0, 1), "cheat", 1).unwrap();
-        assert_eq!(b.expire(1_000), vec![], "a chunk being checked does not run out");
+        assert_eq!(
+            b.expire(1_000),
+            vec![],
+            "a chunk being checked does not run out"
+        );
         b.finish("v", 0, false, "SSIM below the reference");
         assert!(!b.is_done("v"));
-        assert!(b.lease("cheat", 1_001, 30, cap("c2")).is_none(), "not for the cheater again");
+        assert!(
+            b.lease("cheat", 1_001, 30, cap("c2")).is_none(),
+            "not for the cheater again"
+        );
         let l = b.lease("honest", 1_001, 30, cap("c3")).unwrap();
         assert_eq!(l.attempt, 2);
         // A result after the lease ran out is refused, not taken.

@@ -23,8 +23,8 @@ mod registry;
 pub mod rewards;
 mod tokens;
 mod tus;
-mod work;
 pub mod tus_client;
+mod work;
 
 use axum::Router;
 use meshcast_conf::HubConfig;
@@ -182,10 +182,11 @@ impl Hub {
             tracing::warn!(node = %s.node, "node key is not hex; no reward");
             return;
         }
-        self.ledger.reward(s, edge_key, |video| match self.catalog.video(video) {
-            Ok(Some(v)) => self.payer_of(&v),
-            _ => self.key.public().to_bytes(),
-        });
+        self.ledger
+            .reward(s, edge_key, |video| match self.catalog.video(video) {
+                Ok(Some(v)) => self.payer_of(&v),
+                _ => self.key.public().to_bytes(),
+            });
     }
 
     /// Whose escrow pays for a video's work: its owner's key, else the

@@ -639,7 +639,9 @@ fn check_transcode_evidence(
         ));
     }
     if !transcoding::challenge(&c.root, nonce, c.segments.len()).contains(&(index as usize)) {
-        return Err(TxError::BadEvidence("the challenge does not pick that segment"));
+        return Err(TxError::BadEvidence(
+            "the challenge does not pick that segment",
+        ));
     }
     Ok(blake3::hash(&bytes).into())
 }

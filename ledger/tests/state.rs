@@ -559,7 +559,9 @@ fn transcode_evidence_must_be_the_offenders_commitment_and_a_challenged_segment(
     let envelope = sealed(&worker, transcoding::COMMIT, body.clone());
     let nonce = [3u8; 32];
     let picked = transcoding::challenge(&c.root, &nonce, 40);
-    let unpicked = (0..40).find(|i| !picked.contains(i)).expect("40 segments: some unpicked");
+    let unpicked = (0..40)
+        .find(|i| !picked.contains(i))
+        .expect("40 segments: some unpicked");
     let evidence = |commitment: String, index: usize| Action::Slash {
         offender: addr(4),
         evidence: Evidence::Transcode {
@@ -570,16 +572,25 @@ fn transcode_evidence_must_be_the_offenders_commitment_and_a_challenged_segment(
         },
     };
     let refused = |s: &State, a: Action| refusal(s, &tx(s, 9, a));
-    assert!(refusal(&s, &tx(&s, 2, evidence(envelope.clone(), picked[0]))).contains("not an authority"));
+    assert!(
+        refusal(&s, &tx(&s, 2, evidence(envelope.clone(), picked[0]))).contains("not an authority")
+    );
     assert!(refused(&s, evidence(envelope.clone(), unpicked)).contains("does not pick"));
-    let someone_else = sealed(&NodeKey::from_seed([2; 32]), transcoding::COMMIT, body.clone());
+    let someone_else = sealed(
+        &NodeKey::from_seed([2; 32]),
+        transcoding::COMMIT,
+        body.clone(),
+    );
     assert!(refused(&s, evidence(someone_else, picked[0])).contains("by the offender"));
     let other_domain = sealed(&worker, "meshcast-claim-v1", body);
     assert!(refused(&s, evidence(other_domain, picked[0])).contains("by the offender"));
     let mut forged = Envelope::decode(&hex::decode(&envelope).unwrap()).unwrap();
     forged.body[10] ^= 1;
     assert!(refused(&s, evidence(hex::encode(forged.encode()), picked[0])).contains("signature"));
-    let r = s.apply_block(&block(&s, vec![tx(&s, 9, evidence(envelope.clone(), picked[0]))]));
+    let r = s.apply_block(&block(
+        &s,
+        vec![tx(&s, 9, evidence(envelope.clone(), picked[0]))],
+    ));
     assert_eq!(r.results, vec![None]);
     assert_eq!(s.account(&addr(4)).unwrap().stake, 450);
     let again = picked.get(1).copied().unwrap_or(picked[0]);

@@ -112,9 +112,19 @@ pub fn plan_chunks(
 }
 
 /// The times of the first video stream's keyframes, in seconds.
-pub async fn keyframes(input: &Path, config: &TranscodeSection) -> Result<Vec<f64>, TranscodeError> {
+pub async fn keyframes(
+    input: &Path,
+    config: &TranscodeSection,
+) -> Result<Vec<f64>, TranscodeError> {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-skip_frame", "nokey"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-skip_frame",
+            "nokey",
+        ])
         .args(["-show_entries", "frame=pts_time", "-of", "csv=p=0"])
         .arg(input)
         .kill_on_drop(true)
@@ -216,7 +226,16 @@ pub async fn encode_chunk(
 ) -> Result<(), TranscodeError> {
     let (chunk, rungs, config) = (&job.chunk, &job.rungs, job.config());
     let span = chunk.span(job.fps);
-    ffmpeg::run(cut, out_dir, &job.cut_info(), (rungs, &[]), span, &config, on_progress).await?;
+    ffmpeg::run(
+        cut,
+        out_dir,
+        &job.cut_info(),
+        (rungs, &[]),
+        span,
+        &config,
+        on_progress,
+    )
+    .await?;
     let segment = job.segment_secs;
     for rung in rungs {
         let dir = out_dir.join(&rung.name);

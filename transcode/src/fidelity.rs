@@ -69,8 +69,20 @@ fn parse_ssim(stderr: &str) -> Vec<f64> {
     let mut found: Vec<(u32, f64)> = stderr
         .lines()
         .filter_map(|l| {
-            let n = l.split("Parsed_ssim_").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
-            let v = l.split("All:").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            let n = l
+                .split("Parsed_ssim_")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?;
+            let v = l
+                .split("All:")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
             Some((n, v))
         })
         .collect();
@@ -102,7 +114,15 @@ fn last_line(stderr: &[u8]) -> String {
 /// Whether `file` decodes to the end, on its own.
 async fn decodes(file: &Path) -> Result<(), CheckError> {
     let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-nostats", "-v", "error", "-xerror", "-i"])
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-nostats",
+            "-v",
+            "error",
+            "-xerror",
+            "-i",
+        ])
         .arg(file)
         .args(["-map", "0:v:0", "-f", "null", "-"])
         .kill_on_drop(true)
@@ -130,13 +150,18 @@ pub async fn check_segment(
 ) -> Result<Fidelity, CheckError> {
     let n = CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let joined = scratch.join(format!("check-{}-{n}.mp4", std::process::id()));
-    std::fs::write(&joined, [init, segment].concat()).map_err(|e| CheckError::Verifier(e.to_string()))?;
+    std::fs::write(&joined, [init, segment].concat())
+        .map_err(|e| CheckError::Verifier(e.to_string()))?;
     let result = compare(&joined, source, range).await;
     let _ = std::fs::remove_file(&joined);
     result
 }
 
-async fn compare(joined: &Path, source: &Path, range: &SegmentRange<'_>) -> Result<Fidelity, CheckError> {
+async fn compare(
+    joined: &Path,
+    source: &Path,
+    range: &SegmentRange<'_>,
+) -> Result<Fidelity, CheckError> {
     decodes(joined).await?;
     let r = range.rung;
     let (lw, lh) = reference_size(r);
@@ -159,7 +184,16 @@ async fn compare(joined: &Path, source: &Path, range: &SegmentRange<'_>) -> Resu
         .arg(source)
         // Only the graph's output: the source's audio would be decoded
         // for nothing.
-        .args(["-filter_complex", &graph, "-an", "-sn", "-dn", "-f", "null", "-"])
+        .args([
+            "-filter_complex",
+            &graph,
+            "-an",
+            "-sn",
+            "-dn",
+            "-f",
+            "null",
+            "-",
+        ])
         .kill_on_drop(true)
         .output()
         .await
@@ -189,9 +223,23 @@ mod tests {
         let err = "[Parsed_ssim_8 @ 0x2] SSIM Y:0.97 (15) U:0.96 (14) V:0.96 (14) All:0.969600 (15.2)\n\
                    [Parsed_ssim_7 @ 0x1] SSIM Y:0.99 (20) U:0.98 (19) V:0.98 (19) All:0.992275 (21.1)\n";
         assert_eq!(parse_ssim(err), vec![0.992275, 0.9696]);
-        let f = Fidelity { ssim: 0.9634, reference: 0.9696 };
+        let f = Fidelity {
+            ssim: 0.9634,
+            reference: 0.9696,
+        };
         assert!(!f.passes(), "a lower rung scaled up");
-        assert!(Fidelity { ssim: 0.983, reference: 0.9696 }.passes());
-        assert!(Fidelity { ssim: 0.991, reference: 0.995 }.passes(), "visually lossless");
+        assert!(Fidelity {
+            ssim: 0.983,
+            reference: 0.9696
+        }
+        .passes());
+        assert!(
+            Fidelity {
+                ssim: 0.991,
+                reference: 0.995
+            }
+            .passes(),
+            "visually lossless"
+        );
     }
 }

@@ -64,7 +64,9 @@ fn known_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Erro
     if LEVELS.iter().any(|l| l.0 == s) {
         Ok(s)
     } else {
-        Err(serde::de::Error::custom(format!("unknown H.264 level {s:?}")))
+        Err(serde::de::Error::custom(format!(
+            "unknown H.264 level {s:?}"
+        )))
     }
 }
 

@@ -176,7 +176,16 @@ pub async fn encode_audio(
     if audio.is_empty() {
         return Ok(());
     }
-    ffmpeg::run(input, out_dir, source, (&[], audio), ffmpeg::Span::WHOLE, config, |_| {}).await
+    ffmpeg::run(
+        input,
+        out_dir,
+        source,
+        (&[], audio),
+        ffmpeg::Span::WHOLE,
+        config,
+        |_| {},
+    )
+    .await
 }
 
 /// Checks every rendition in `out_dir`, extracts subtitles and writes the

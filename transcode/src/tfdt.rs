@@ -14,7 +14,11 @@ fn bad(what: &str, why: &str) -> TranscodeError {
 /// The boxes directly inside `data[from..to]`: (type, start, end), where
 /// `start` is the box's first byte and the payload begins 8 bytes (16 with
 /// a large size) after it.
-fn boxes(data: &[u8], from: usize, to: usize) -> Result<Vec<([u8; 4], usize, usize, usize)>, &'static str> {
+fn boxes(
+    data: &[u8],
+    from: usize,
+    to: usize,
+) -> Result<Vec<([u8; 4], usize, usize, usize)>, &'static str> {
     let mut out = Vec::new();
     let mut at = from;
     while at + 8 <= to {
@@ -100,7 +104,10 @@ pub fn shift_rendition(dir: &Path, seconds: f64) -> Result<(), TranscodeError> {
     let delta = (seconds * scale as f64).round() as u64;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if !(name.starts_with("seg_") && name.ends_with(".m4s")) {
             continue;
         }
@@ -129,8 +136,16 @@ mod tests {
         } else {
             tfdt.extend_from_slice(&(time as u32).to_be_bytes());
         }
-        let traf = boxed(b"traf", &[boxed(b"tfhd", &[0; 8]), boxed(b"tfdt", &tfdt)].concat());
-        [boxed(b"styp", b"msdh"), boxed(b"moof", &traf), boxed(b"mdat", &[7; 5])].concat()
+        let traf = boxed(
+            b"traf",
+            &[boxed(b"tfhd", &[0; 8]), boxed(b"tfdt", &tfdt)].concat(),
+        );
+        [
+            boxed(b"styp", b"msdh"),
+            boxed(b"moof", &traf),
+            boxed(b"mdat", &[7; 5]),
+        ]
+        .concat()
     }
 
     #[test]
@@ -154,6 +169,9 @@ mod tests {
         s[n - 13..n - 9].copy_from_slice(&1000u32.to_be_bytes()); // mdat runs past the end
         assert!(shift_segment(&mut s, 1).is_err());
         let mut s = segment(0, u32::MAX as u64);
-        assert!(shift_segment(&mut s, 1).is_err(), "a v0 tfdt cannot overflow silently");
+        assert!(
+            shift_segment(&mut s, 1).is_err(),
+            "a v0 tfdt cannot overflow silently"
+        );
     }
 }

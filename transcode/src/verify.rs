@@ -175,7 +175,11 @@ pub fn inspect_rendition(
         }
         let start = start.unwrap_or(0);
         if let Some(prev) = segments.last() {
-            let Segment { start: s0, ticks: t0, .. } = prev;
+            let Segment {
+                start: s0,
+                ticks: t0,
+                ..
+            } = prev;
             if s0 + t0 != start {
                 return Err(bad(
                     &what,
@@ -261,13 +265,19 @@ fn edit_offset(mut media_times: impl Iterator<Item = u64>) -> u64 {
 /// samples' durations), read with the init segment.
 pub fn segment_ticks(init: &[u8], segment: &[u8]) -> Result<u64, String> {
     let whole = [init, segment].concat();
-    let parsed = Mp4Reader::read_header(Cursor::new(&whole), whole.len() as u64).map_err(|e| e.to_string())?;
-    let trex = parsed.moov.mvex.as_ref().map(|m| m.trex.default_sample_duration);
+    let parsed = Mp4Reader::read_header(Cursor::new(&whole), whole.len() as u64)
+        .map_err(|e| e.to_string())?;
+    let trex = parsed
+        .moov
+        .mvex
+        .as_ref()
+        .map(|m| m.trex.default_sample_duration);
     let mut ticks = 0u64;
     for traf in parsed.moofs.iter().flat_map(|m| m.trafs.iter()) {
         let Some(trun) = &traf.trun else { continue };
         ticks += if trun.sample_durations.is_empty() {
-            traf.tfhd.default_sample_duration.or(trex).unwrap_or(0) as u64 * trun.sample_count as u64
+            traf.tfhd.default_sample_duration.or(trex).unwrap_or(0) as u64
+                * trun.sample_count as u64
         } else {
             trun.sample_durations.iter().map(|d| *d as u64).sum()
         };

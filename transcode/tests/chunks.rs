@@ -22,7 +22,16 @@ fn make_source(dir: &Path, rate: &str) -> PathBuf {
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc2=size=854x480:rate={rate}"))
         .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t", "23"])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-keyint_min", "60"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "60",
+            "-keyint_min",
+            "60",
+        ])
         .args(["-sc_threshold", "0", "-pix_fmt", "yuv420p", "-c:a", "aac"])
         .arg(&out)
         .status()
@@ -79,23 +88,56 @@ async fn join_at(rate: &str, fps: f64) {
         .await
         .unwrap();
     let names = |o: &meshcast_transcode::Output| -> Vec<String> {
-        o.manifest.renditions.iter().map(|r| r.name.clone()).collect()
+        o.manifest
+            .renditions
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
     };
     assert_eq!(names(&chunked), names(&whole));
-    assert!(chunked.manifest.videos().count() >= 2, "a ladder, not one rung");
-    assert!(!dir.join("chunked/chunks").exists(), "the chunks' scratch is gone");
-    for (c, w) in chunked.manifest.renditions.iter().zip(&whole.manifest.renditions) {
+    assert!(
+        chunked.manifest.videos().count() >= 2,
+        "a ladder, not one rung"
+    );
+    assert!(
+        !dir.join("chunked/chunks").exists(),
+        "the chunks' scratch is gone"
+    );
+    for (c, w) in chunked
+        .manifest
+        .renditions
+        .iter()
+        .zip(&whole.manifest.renditions)
+    {
         let starts = |r: &meshcast_transcode::Rendition| -> Vec<(u64, u64)> {
             r.segments.iter().map(|s| (s.start, s.ticks)).collect()
         };
-        assert_eq!(starts(c), starts(w), "{}: the same segment timeline", c.name);
-        assert_eq!((c.edit_offset, c.composition_offset), (w.edit_offset, w.composition_offset));
+        assert_eq!(
+            starts(c),
+            starts(w),
+            "{}: the same segment timeline",
+            c.name
+        );
+        assert_eq!(
+            (c.edit_offset, c.composition_offset),
+            (w.edit_offset, w.composition_offset)
+        );
     }
     for r in chunked.manifest.videos() {
         let playlist = dir.join("chunked").join(&r.name).join("index.m3u8");
         let t = presentation_times(&playlist);
-        assert_eq!(t.len(), source_frames, "{}: every source frame once", r.name);
-        assert!(t[0].abs() < 1e-3, "{}: the first picture at 0 ({})", r.name, t[0]);
+        assert_eq!(
+            t.len(),
+            source_frames,
+            "{}: every source frame once",
+            r.name
+        );
+        assert!(
+            t[0].abs() < 1e-3,
+            "{}: the first picture at 0 ({})",
+            r.name,
+            t[0]
+        );
         for w in t.windows(2) {
             assert!(
                 (w[1] - w[0] - 1.0 / fps).abs() < 1e-3,
@@ -112,7 +154,12 @@ async fn join_at(rate: &str, fps: f64) {
             .output()
             .unwrap();
         assert!(decode.status.success());
-        assert_eq!(String::from_utf8_lossy(&decode.stderr).trim(), "", "{}: decodes cleanly", r.name);
+        assert_eq!(
+            String::from_utf8_lossy(&decode.stderr).trim(),
+            "",
+            "{}: decodes cleanly",
+            r.name
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -135,7 +182,9 @@ async fn the_fidelity_check_passes_honest_segments_and_catches_substitutes() {
     let dir = scratch("fidelity");
     let src = make_source(&dir, "25");
     let config = config();
-    let out = transcode(&src, &dir.join("out"), &config, |_| {}).await.unwrap();
+    let out = transcode(&src, &dir.join("out"), &config, |_| {})
+        .await
+        .unwrap();
     let source = probe(&src, &config).await.unwrap();
     let ladder = plan(&source, &config);
     let top = &ladder[0];
@@ -150,32 +199,63 @@ async fn the_fidelity_check_passes_honest_segments_and_catches_substitutes() {
     };
     let seg = |n: usize| std::fs::read(rung_dir.join(&rendition.segments[n].file)).unwrap();
     for n in [0, 3, rendition.segments.len() - 1] {
-        let f = check_segment(&init, &seg(n), &src, &range(n), &dir).await.unwrap();
+        let f = check_segment(&init, &seg(n), &src, &range(n), &dir)
+            .await
+            .unwrap();
         eprintln!("honest segment {n}: {f:?}");
         assert!(f.passes(), "honest segment {n}: {f:?}");
     }
     // Another segment of the same video, in the wrong place.
-    let f = check_segment(&init, &seg(5), &src, &range(2), &dir).await.unwrap();
+    let f = check_segment(&init, &seg(5), &src, &range(2), &dir)
+        .await
+        .unwrap();
     assert!(!f.passes(), "a segment from elsewhere: {f:?}");
     // Other valid video of the right size and length.
     let (w, h) = (top.width.to_string(), top.height.to_string());
     let other = dir.join("other.mp4");
-    encode(&["-f", "lavfi", "-i", &format!("mandelbrot=size={w}x{h}:rate=25"), "-t", "2"], &other);
-    let f = check_segment(&[], &std::fs::read(&other).unwrap(), &src, &range(2), &dir).await.unwrap();
+    encode(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("mandelbrot=size={w}x{h}:rate=25"),
+            "-t",
+            "2",
+        ],
+        &other,
+    );
+    let f = check_segment(&[], &std::fs::read(&other).unwrap(), &src, &range(2), &dir)
+        .await
+        .unwrap();
     assert!(!f.passes(), "other video: {f:?}");
     // A rendition at half the size, scaled up to pass as this one.
     let (lw, lh) = (top.width / 4 * 2, top.height / 4 * 2);
     let up = dir.join("up.mp4");
     encode(
-        &["-ss", "4", "-t", "2", "-i", src.to_str().unwrap(), "-vf",
-          &format!("scale={lw}:{lh},scale={w}:{h}"), "-b:v", "3000k"],
+        &[
+            "-ss",
+            "4",
+            "-t",
+            "2",
+            "-i",
+            src.to_str().unwrap(),
+            "-vf",
+            &format!("scale={lw}:{lh},scale={w}:{h}"),
+            "-b:v",
+            "3000k",
+        ],
         &up,
     );
-    let f = check_segment(&[], &std::fs::read(&up).unwrap(), &src, &range(2), &dir).await.unwrap();
+    let f = check_segment(&[], &std::fs::read(&up).unwrap(), &src, &range(2), &dir)
+        .await
+        .unwrap();
     eprintln!("half size scaled up: {f:?}");
     assert!(!f.passes(), "a lower rung scaled up: {f:?}");
     // Junk does not decode.
     let junk = check_segment(&init, &[0u8; 4096], &src, &range(2), &dir).await;
-    assert!(matches!(junk, Err(meshcast_transcode::CheckError::Undecodable(_))), "{junk:?}");
+    assert!(
+        matches!(junk, Err(meshcast_transcode::CheckError::Undecodable(_))),
+        "{junk:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

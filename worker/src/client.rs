@@ -56,13 +56,16 @@ impl Client {
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(600));
         if let Some(path) = hub_ca {
             let pem = std::fs::read(path)?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| WorkerError::Hub(format!("{}: not PEM certificates: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                WorkerError::Hub(format!("{}: not PEM certificates: {e}", path.display()))
+            })?;
             for c in certs {
                 builder = builder.add_root_certificate(c);
             }
         }
-        let http = builder.build().map_err(|e| WorkerError::Hub(e.to_string()))?;
+        let http = builder
+            .build()
+            .map_err(|e| WorkerError::Hub(e.to_string()))?;
         Ok(Client {
             http,
             hub: hub.trim_end_matches('/').to_string(),
@@ -74,7 +77,12 @@ impl Client {
         self.key.id()
     }
 
-    async fn post(&self, path: &str, domain: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), WorkerError> {
+    async fn post(
+        &self,
+        path: &str,
+        domain: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), WorkerError> {
         let env = Envelope::seal(&self.key, domain, body, now_secs())
             .map_err(|e| WorkerError::Hub(e.to_string()))?;
         let resp = self
@@ -86,7 +94,10 @@ impl Client {
             .await
             .map_err(|e| WorkerError::Hub(format!("{}{path}: {e}", self.hub)))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| WorkerError::Hub(e.to_string()))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| WorkerError::Hub(e.to_string()))?;
         Ok((status, bytes.to_vec()))
     }
 
@@ -98,7 +109,10 @@ impl Client {
             version: env!("CARGO_PKG_VERSION").into(),
         };
         let body = serde_json::to_vec(&reg).expect("serializes");
-        match self.post("/v1/nodes/register", messages::REGISTER, body).await? {
+        match self
+            .post("/v1/nodes/register", messages::REGISTER, body)
+            .await?
+        {
             (200, b) => {
                 let admitted = serde_json::from_slice::<messages::HubInfo>(&b)
                     .ok()
@@ -115,9 +129,16 @@ impl Client {
 
     /// Ok(false): the HUB no longer knows this node.
     pub async fn heartbeat(&self) -> Result<bool, WorkerError> {
-        let hb = Heartbeat { load: 0.0, cache_bytes: 0, bytes_out: 0 };
+        let hb = Heartbeat {
+            load: 0.0,
+            cache_bytes: 0,
+            bytes_out: 0,
+        };
         let body = serde_json::to_vec(&hb).expect("serializes");
-        match self.post("/v1/nodes/heartbeat", messages::HEARTBEAT, body).await? {
+        match self
+            .post("/v1/nodes/heartbeat", messages::HEARTBEAT, body)
+            .await?
+        {
             (200, _) => Ok(true),
             (404, _) => Ok(false),
             (s, b) => Err(hub_error("heartbeat", s, &b)),
@@ -126,7 +147,10 @@ impl Client {
 
     /// A job, or `None` when the HUB had none within its long-poll.
     pub async fn lease(&self) -> Result<Option<Job>, WorkerError> {
-        match self.post("/v1/work/lease", transcoding::LEASE, b"{}".to_vec()).await? {
+        match self
+            .post("/v1/work/lease", transcoding::LEASE, b"{}".to_vec())
+            .await?
+        {
             (200, b) => serde_json::from_slice(&b)
                 .map(Some)
                 .map_err(|e| WorkerError::Hub(format!("job: {e}"))),
@@ -144,7 +168,10 @@ impl Client {
             .await
             .map_err(|e| WorkerError::Hub(e.to_string()))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| WorkerError::Hub(e.to_string()))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| WorkerError::Hub(e.to_string()))?;
         if status != 200 {
             return Err(hub_error("source", status, &bytes));
         }
@@ -153,7 +180,13 @@ impl Client {
     }
 
     /// Uploads one output file (`rung/file`).
-    pub async fn upload(&self, job: &Job, rung: &str, file: &str, bytes: Vec<u8>) -> Result<(), WorkerError> {
+    pub async fn upload(
+        &self,
+        job: &Job,
+        rung: &str,
+        file: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), WorkerError> {
         let resp = self
             .http
             .put(format!("{}{}/{rung}/{file}", self.hub, job.upload_path))
@@ -171,8 +204,20 @@ impl Client {
     }
 
     pub async fn progress(&self, job: &Job, fraction: f64) -> Result<(), WorkerError> {
-        let p = Progress { video: job.video.clone(), chunk: job.chunk, attempt: job.attempt, fraction };
-        match self.post("/v1/work/progress", transcoding::PROGRESS, serde_json::to_vec(&p).expect("serializes")).await? {
+        let p = Progress {
+            video: job.video.clone(),
+            chunk: job.chunk,
+            attempt: job.attempt,
+            fraction,
+        };
+        match self
+            .post(
+                "/v1/work/progress",
+                transcoding::PROGRESS,
+                serde_json::to_vec(&p).expect("serializes"),
+            )
+            .await?
+        {
             (204, _) => Ok(()),
             (s, b) => Err(hub_error("progress", s, &b)),
         }
@@ -180,8 +225,17 @@ impl Client {
 
     /// Commits; the answer comes once the HUB has checked the output.
     pub async fn commit(&self, c: &Commitment) -> Result<CommitAnswer, WorkerError> {
-        match self.post("/v1/work/commit", transcoding::COMMIT, serde_json::to_vec(c).expect("serializes")).await? {
-            (200 | 422, b) => serde_json::from_slice(&b).map_err(|e| WorkerError::Hub(format!("verdict: {e}"))),
+        match self
+            .post(
+                "/v1/work/commit",
+                transcoding::COMMIT,
+                serde_json::to_vec(c).expect("serializes"),
+            )
+            .await?
+        {
+            (200 | 422, b) => {
+                serde_json::from_slice(&b).map_err(|e| WorkerError::Hub(format!("verdict: {e}")))
+            }
             (s, b) => Err(hub_error("commit", s, &b)),
         }
     }

@@ -7,10 +7,10 @@
 //! media logic (`meshcast-transcode`'s); it must not decide what is paid.
 //!
 //! Each step is a public function so that a test can drive a worker that
-//! lies (tampering with its output between encoding and committing).
+//! lies (replacing some of its output between encoding and committing).
 
 mod client;
 mod run;
 
 pub use client::{Client, CommitAnswer, WorkerError};
-pub use run::{commitment_for, encode, run, work_one};
+pub use run::{commitment_for, encode, run, upload_output, work_one};

@@ -30,7 +30,11 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
 /// Runs the worker until the process is stopped.
 pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let key = NodeKey::load(&config.node.key)?;
-    let client = Arc::new(Client::new(&config.node.hub, key, config.node.hub_ca.as_deref())?);
+    let client = Arc::new(Client::new(
+        &config.node.hub,
+        key,
+        config.node.hub_ca.as_deref(),
+    )?);
     std::fs::create_dir_all(&config.worker.scratch_dir)?;
     let roles = config.worker.roles.clone();
     let mut delays = retry_delays();
@@ -57,7 +61,9 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let mut loops = Vec::new();
     for _ in 0..config.worker.parallel_jobs {
         let (client, scratch) = (client.clone(), config.worker.scratch_dir.clone());
-        loops.push(tokio::spawn(async move { job_loop(&client, &scratch).await }));
+        loops.push(tokio::spawn(
+            async move { job_loop(&client, &scratch).await },
+        ));
     }
     for l in loops {
         let _ = l.await;
@@ -73,9 +79,13 @@ async fn job_loop(client: &Client, scratch: &Path) {
                 delays = retry_delays();
                 let (video, chunk, attempt) = (job.video.clone(), job.chunk, job.attempt);
                 tracing::info!(%video, chunk, attempt, "job leased");
-                match work_one(client, &job, scratch, |_, _| {}).await {
-                    Ok(a) if a.accepted => tracing::info!(%video, chunk, outcome = %a.outcome, "chunk accepted"),
-                    Ok(a) => tracing::warn!(%video, chunk, outcome = %a.outcome, slashed = a.slashed, "chunk refused"),
+                match work_one(client, &job, scratch).await {
+                    Ok(a) if a.accepted => {
+                        tracing::info!(%video, chunk, outcome = %a.outcome, "chunk accepted")
+                    }
+                    Ok(a) => {
+                        tracing::warn!(%video, chunk, outcome = %a.outcome, slashed = a.slashed, "chunk refused")
+                    }
                     Err(e) => tracing::warn!(%video, chunk, error = %e, "job failed"),
                 }
             }
@@ -91,7 +101,11 @@ async fn job_loop(client: &Client, scratch: &Path) {
 
 /// Fetches the job's cut and encodes it, reporting progress; the output
 /// folder and the job's settings.
-pub async fn encode(client: &Client, job: &Job, scratch: &Path) -> Result<(PathBuf, ChunkJob), WorkerError> {
+pub async fn encode(
+    client: &Client,
+    job: &Job,
+    scratch: &Path,
+) -> Result<(PathBuf, ChunkJob), WorkerError> {
     let spec: ChunkJob = serde_json::from_value(job.spec.clone())
         .map_err(|e| WorkerError::Hub(format!("job settings: {e}")))?;
     let dir = scratch.join(format!("{}-{}-{}", job.video, job.chunk, job.attempt));
@@ -139,16 +153,36 @@ pub fn commitment_for(job: &Job, spec: &ChunkJob, out: &Path) -> Result<Commitme
             .collect();
         files.sort();
         for file in files {
-            let number: u32 = file[4..9].parse().map_err(|_| WorkerError::Hub(format!("odd segment name {file}")))?;
+            let number: u32 = file[4..9]
+                .parse()
+                .map_err(|_| WorkerError::Hub(format!("odd segment name {file}")))?;
             let bytes = std::fs::read(dir.join(&file))?;
-            let ticks = segment_ticks(&init, &bytes).map_err(|e| WorkerError::Hub(format!("{}/{file}: {e}", rung.name)))?;
-            segments.push(SegmentEntry { rung: rung.name.clone(), number, ticks, hash: blake3::hash(&bytes).into() });
+            let ticks = segment_ticks(&init, &bytes)
+                .map_err(|e| WorkerError::Hub(format!("{}/{file}: {e}", rung.name)))?;
+            segments.push(SegmentEntry {
+                rung: rung.name.clone(),
+                number,
+                ticks,
+                hash: blake3::hash(&bytes).into(),
+            });
         }
     }
-    Ok(Commitment::new(job.video.clone(), job.chunk, job.attempt, inits, segments))
+    Ok(Commitment::new(
+        job.video.clone(),
+        job.chunk,
+        job.attempt,
+        inits,
+        segments,
+    ))
 }
 
-async fn upload_all(client: &Client, job: &Job, spec: &ChunkJob, out: &Path) -> Result<(), WorkerError> {
+/// Uploads every file in `out` with the job's capability.
+pub async fn upload_output(
+    client: &Client,
+    job: &Job,
+    spec: &ChunkJob,
+    out: &Path,
+) -> Result<(), WorkerError> {
     for rung in &spec.rungs {
         let dir = out.join(&rung.name);
         let mut files: Vec<String> = std::fs::read_dir(&dir)?
@@ -165,19 +199,16 @@ async fn upload_all(client: &Client, job: &Job, spec: &ChunkJob, out: &Path) -> 
     Ok(())
 }
 
-/// One job from lease to verdict. `tamper` sees the output before it is
-/// committed to (the honest worker passes a no-op; a test's cheater does
-/// not).
+/// One job from lease to verdict: encode, commit to the output, upload
+/// it, and hear the HUB's verdict.
 pub async fn work_one(
     client: &Client,
     job: &Job,
     scratch: &Path,
-    tamper: impl FnOnce(&Path, &ChunkJob),
 ) -> Result<CommitAnswer, WorkerError> {
     let (out, spec) = encode(client, job, scratch).await?;
-    tamper(&out, &spec);
     let commitment = commitment_for(job, &spec, &out)?;
-    upload_all(client, job, &spec, &out).await?;
+    upload_output(client, job, &spec, &out).await?;
     let answer = client.commit(&commitment).await;
     if let Some(dir) = out.parent() {
         let _ = std::fs::remove_dir_all(dir);

@@ -13,8 +13,8 @@ use crate::Hub;
 use meshcast_control::transcoding::{self, Commitment, SegmentEntry};
 use meshcast_ledger::{Action, Evidence, Work};
 use meshcast_transcode::{
-    check_segment, chunk_first_frame, CheckError, inspect_rendition, Rendition, RenditionKind, SegmentRange,
-    VerifyError,
+    check_segment, chunk_first_frame, inspect_rendition, CheckError, Rendition, RenditionKind,
+    SegmentRange, VerifyError,
 };
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -67,7 +67,10 @@ fn matches_upload(ctx: &VideoContext, c: &Commitment, dir: &Path) -> Result<(), 
             .map(|s| format!("seg_{:05}.m4s", s.number))
             .collect();
         if uploaded != listed {
-            return Err(format!("{}: the uploaded segments are not the committed ones", rung.name));
+            return Err(format!(
+                "{}: the uploaded segments are not the committed ones",
+                rung.name
+            ));
         }
     }
     for s in &c.segments {
@@ -76,7 +79,10 @@ fn matches_upload(ctx: &VideoContext, c: &Commitment, dir: &Path) -> Result<(), 
         }
         let file = dir.join(&s.rung).join(format!("seg_{:05}.m4s", s.number));
         if hash(&file)? != hex::encode(s.hash) {
-            return Err(format!("{}/seg_{:05}.m4s is not the one committed", s.rung, s.number));
+            return Err(format!(
+                "{}/seg_{:05}.m4s is not the one committed",
+                s.rung, s.number
+            ));
         }
     }
     Ok(())
@@ -84,9 +90,15 @@ fn matches_upload(ctx: &VideoContext, c: &Commitment, dir: &Path) -> Result<(), 
 
 /// The commitment index of the segment a structural error names.
 fn index_named(c: &Commitment, e: &VerifyError) -> Option<usize> {
-    let VerifyError::Bad(what, _) = e else { return None };
+    let VerifyError::Bad(what, _) = e else {
+        return None;
+    };
     let (rung, file) = what.split_once('/')?;
-    let number: u32 = file.strip_prefix("seg_")?.strip_suffix(".m4s")?.parse().ok()?;
+    let number: u32 = file
+        .strip_prefix("seg_")?
+        .strip_suffix(".m4s")?
+        .parse()
+        .ok()?;
     c.segments
         .iter()
         .position(|s| s.rung == rung && s.number == number)
@@ -100,12 +112,23 @@ enum Finding {
 }
 
 /// Structural check of every rung; the inspected renditions.
-fn structure(ctx: &VideoContext, c: &Commitment, dir: &Path, picked: &[usize]) -> Result<Vec<Rendition>, Finding> {
+fn structure(
+    ctx: &VideoContext,
+    c: &Commitment,
+    dir: &Path,
+    picked: &[usize],
+) -> Result<Vec<Rendition>, Finding> {
     let chunk = &ctx.chunks[c.chunk as usize];
     let mut out = Vec::new();
     for rung in &ctx.rungs {
         let first = chunk_first_frame(chunk, rung);
-        match inspect_rendition(&dir.join(&rung.name), &rung.name, RenditionKind::Video, ctx.segment_secs, first) {
+        match inspect_rendition(
+            &dir.join(&rung.name),
+            &rung.name,
+            RenditionKind::Video,
+            ctx.segment_secs,
+            first,
+        ) {
             Ok(r) => out.push(r),
             Err(e) => {
                 return Err(match index_named(c, &e) {
@@ -119,7 +142,13 @@ fn structure(ctx: &VideoContext, c: &Commitment, dir: &Path, picked: &[usize]) -
 }
 
 /// Fidelity of each picked segment against the original upload.
-async fn fidelity(ctx: &VideoContext, c: &Commitment, dir: &Path, renditions: &[Rendition], picked: &[usize]) -> Result<(), Finding> {
+async fn fidelity(
+    ctx: &VideoContext,
+    c: &Commitment,
+    dir: &Path,
+    renditions: &[Rendition],
+    picked: &[usize],
+) -> Result<(), Finding> {
     for &i in picked {
         let SegmentEntry { rung, number, .. } = &c.segments[i];
         let file = format!("seg_{number:05}.m4s");
@@ -132,9 +161,15 @@ async fn fidelity(ctx: &VideoContext, c: &Commitment, dir: &Path, renditions: &[
         let Some(seg) = r.segments.iter().find(|s| s.file == file) else {
             return Err(Finding::False(i, format!("{rung}/{file} is missing")));
         };
-        let at = (seg.start + r.composition_offset).saturating_sub(r.edit_offset) as f64 / r.timescale.max(1) as f64;
-        let range = SegmentRange { rung: spec, start: at, duration: seg.duration };
-        let read = |p: std::path::PathBuf| std::fs::read(p).map_err(|e| Finding::Unproven(e.to_string()));
+        let at = (seg.start + r.composition_offset).saturating_sub(r.edit_offset) as f64
+            / r.timescale.max(1) as f64;
+        let range = SegmentRange {
+            rung: spec,
+            start: at,
+            duration: seg.duration,
+        };
+        let read =
+            |p: std::path::PathBuf| std::fs::read(p).map_err(|e| Finding::Unproven(e.to_string()));
         let init = read(dir.join(rung).join("init.mp4"))?;
         let bytes = read(dir.join(rung).join(&file))?;
         match check_segment(&init, &bytes, &ctx.input, &range, &ctx.dir).await {
@@ -157,7 +192,13 @@ async fn fidelity(ctx: &VideoContext, c: &Commitment, dir: &Path, renditions: &[
     Ok(())
 }
 
-pub async fn check(hub: &Hub, ctx: &VideoContext, c: &Commitment, worker: &str, envelope: &[u8]) -> Verdict {
+pub async fn check(
+    hub: &Hub,
+    ctx: &VideoContext,
+    c: &Commitment,
+    worker: &str,
+    envelope: &[u8],
+) -> Verdict {
     let dir = ctx.attempt_dir(c.chunk, c.attempt);
     if !c.is_consistent() {
         return Verdict::refused("the commitment's root does not match its segments".into());
@@ -180,17 +221,36 @@ pub async fn check(hub: &Hub, ctx: &VideoContext, c: &Commitment, worker: &str, 
             }
             pay(hub, ctx, c, worker);
             tracing::info!(worker, video = %c.video, chunk = c.chunk, checked = picked.len(), of = c.segments.len(), "chunk accepted");
-            Verdict { passed: true, outcome: format!("passed: {} of {} segments checked", picked.len(), c.segments.len()), checked: picked, slashed: false }
+            Verdict {
+                passed: true,
+                outcome: format!(
+                    "passed: {} of {} segments checked",
+                    picked.len(),
+                    c.segments.len()
+                ),
+                checked: picked,
+                slashed: false,
+            }
         }
         Err(Finding::Unproven(why)) => {
             let _ = std::fs::remove_dir_all(&dir);
             tracing::warn!(worker, video = %c.video, chunk = c.chunk, %why, "chunk refused");
-            Verdict { passed: false, outcome: why, checked: picked, slashed: false }
+            Verdict {
+                passed: false,
+                outcome: why,
+                checked: picked,
+                slashed: false,
+            }
         }
         Err(Finding::False(index, why)) => {
             let _ = std::fs::remove_dir_all(&dir);
             slash(hub, worker, envelope, nonce, index, &why);
-            Verdict { passed: false, outcome: why, checked: picked, slashed: true }
+            Verdict {
+                passed: false,
+                outcome: why,
+                checked: picked,
+                slashed: true,
+            }
         }
     }
 }
@@ -207,23 +267,33 @@ fn accept(ctx: &VideoContext, c: &Commitment, dir: &Path) -> std::io::Result<()>
 
 /// Pays the worker per output second per rung, once per chunk.
 fn pay(hub: &Hub, ctx: &VideoContext, c: &Commitment, worker: &str) {
-    let Some(node) = hub.registry.node(worker).ok().flatten() else { return };
-    let Some(key) = crate::admission::node_key(&node) else { return };
+    let Some(node) = hub.registry.node(worker).ok().flatten() else {
+        return;
+    };
+    let Some(key) = crate::admission::node_key(&node) else {
+        return;
+    };
     let chunk = &ctx.chunks[c.chunk as usize];
     let length = chunk.end.unwrap_or(ctx.duration) - chunk.start;
     let rung_seconds = (length * ctx.rungs.len() as f64).ceil() as u64;
     hub.ledger.submit(vec![Action::Reward {
         payer: ctx.payer,
         node: key,
-        work: Work::Transcode { seconds: rung_seconds },
+        work: Work::Transcode {
+            seconds: rung_seconds,
+        },
         reference: format!("transcode/{}/{}", c.video, c.chunk),
     }]);
 }
 
 /// Records the evidence, marks the node and queues the ledger slash.
 fn slash(hub: &Hub, worker: &str, envelope: &[u8], nonce: [u8; 32], index: usize, why: &str) {
-    let Some(node) = hub.registry.node(worker).ok().flatten() else { return };
-    let Some(key) = crate::admission::node_key(&node) else { return };
+    let Some(node) = hub.registry.node(worker).ok().flatten() else {
+        return;
+    };
+    let Some(key) = crate::admission::node_key(&node) else {
+        return;
+    };
     let hash = blake3::hash(envelope).to_hex().to_string();
     let mut reason = why.to_string();
     if reason.len() > 500 {
@@ -248,7 +318,11 @@ fn slash(hub: &Hub, worker: &str, envelope: &[u8], nonce: [u8; 32], index: usize
     let _ = hub.registry.upsert_node(worker, |cur| {
         let mut n = cur.unwrap_or(node.clone());
         if !n.slashes.iter().any(|s| s.evidence == hash) {
-            n.slashes.push(registry::SlashRecord { epoch: 0, reason: reason.clone(), evidence: hash.clone() });
+            n.slashes.push(registry::SlashRecord {
+                epoch: 0,
+                reason: reason.clone(),
+                evidence: hash.clone(),
+            });
         }
         n
     });
@@ -256,6 +330,11 @@ fn slash(hub: &Hub, worker: &str, envelope: &[u8], nonce: [u8; 32], index: usize
     tracing::warn!(worker, evidence = %hash, reason = %reason, "worker slashed for a false transcode");
     hub.ledger.submit(vec![Action::Slash {
         offender: key,
-        evidence: Evidence::Transcode { commitment: hex::encode(envelope), nonce, index: index as u32, reason },
+        evidence: Evidence::Transcode {
+            commitment: hex::encode(envelope),
+            nonce,
+            index: index as u32,
+            reason,
+        },
     }]);
 }

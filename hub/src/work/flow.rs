@@ -8,8 +8,8 @@ use super::VideoContext;
 use crate::nodes::now_secs;
 use crate::Hub;
 use meshcast_transcode::{
-    cut, encode_audio, encode_chunk, finish, join, keyframes, plan, plan_audio, plan_chunks,
-    probe, Output,
+    cut, encode_audio, encode_chunk, finish, join, keyframes, plan, plan_audio, plan_chunks, probe,
+    Output,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -115,7 +115,11 @@ async fn wait_for_chunks(hub: &Arc<Hub>, ctx: &Arc<VideoContext>) -> Result<(), 
         let (expired, done, fraction) = {
             let mut board = hub.work.board();
             let expired = board.expire(now_secs());
-            (expired, board.is_done(&ctx.video), board.fraction_done(&ctx.video))
+            (
+                expired,
+                board.is_done(&ctx.video),
+                board.fraction_done(&ctx.video),
+            )
         };
         for (video, chunk, worker) in &expired {
             tracing::warn!(%video, chunk, %worker, "lease ran out; the chunk goes to another worker");
@@ -146,10 +150,10 @@ async fn wait_for_chunks(hub: &Arc<Hub>, ctx: &Arc<VideoContext>) -> Result<(), 
 /// encodes it itself (its own output needs no check).
 async fn encode_here(hub: &Arc<Hub>, ctx: &Arc<VideoContext>) -> Result<(), String> {
     const HUB: &str = "hub";
-    let lease = hub
-        .work
-        .board()
-        .lease_in(Some(&ctx.video), HUB, now_secs(), u64::MAX / 4, String::new);
+    let lease =
+        hub.work
+            .board()
+            .lease_in(Some(&ctx.video), HUB, now_secs(), u64::MAX / 4, String::new);
     let Some(lease) = lease else {
         // Nothing of this video waiting (the rest is being checked).
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -162,7 +166,8 @@ async fn encode_here(hub: &Arc<Hub>, ctx: &Arc<VideoContext>) -> Result<(), Stri
         .await
         .map_err(|e| e.to_string())?;
     let part = ctx.part_dir(lease.chunk);
-    std::fs::create_dir_all(part.parent().expect("parts/ has a parent")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(part.parent().expect("parts/ has a parent"))
+        .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&part);
     std::fs::rename(&dir, &part).map_err(|e| e.to_string())?;
     let mut board = hub.work.board();

@@ -226,7 +226,10 @@ async fn source(
     headers: HeaderMap,
 ) -> Response {
     if !authorized(&hub, (&video, chunk, attempt), &headers) {
-        return refuse(StatusCode::FORBIDDEN, "no current lease with this capability");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "no current lease with this capability",
+        );
     }
     let Some(ctx) = hub.work.video(&video) else {
         return refuse(StatusCode::NOT_FOUND, "no such video in transcoding");
@@ -254,7 +257,10 @@ async fn upload(
     body: Bytes,
 ) -> Response {
     if !authorized(&hub, (&video, chunk, attempt), &headers) {
-        return refuse(StatusCode::FORBIDDEN, "no current lease with this capability");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "no current lease with this capability",
+        );
     }
     let Some(ctx) = hub.work.video(&video) else {
         return refuse(StatusCode::NOT_FOUND, "no such video in transcoding");
@@ -262,7 +268,9 @@ async fn upload(
     if !ctx.rungs.iter().any(|r| r.name == rung) || !valid_output_name(&file) {
         return refuse(
             StatusCode::BAD_REQUEST,
-            format!("{rung}/{file} is not an output of this job (rungs: init.mp4 and seg_NNNNN.m4s)"),
+            format!(
+                "{rung}/{file} is not an output of this job (rungs: init.mp4 and seg_NNNNN.m4s)"
+            ),
         );
     }
     let dir = ctx.attempt_dir(chunk, attempt).join(&rung);
@@ -316,7 +324,10 @@ async fn commit(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("commitment body: {e}")),
     };
     let Some(ctx) = hub.work.video(&c.video) else {
-        return refuse(StatusCode::NOT_FOUND, format!("video {} is not being transcoded", c.video));
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("video {} is not being transcoded", c.video),
+        );
     };
     let begun = hub
         .work
@@ -375,7 +386,14 @@ mod tests {
         for ok in ["init.mp4", "seg_00001.m4s", "seg_12345.m4s"] {
             assert!(super::valid_output_name(ok), "{ok}");
         }
-        for bad in ["../x", "seg_1.m4s", "seg_0000a.m4s", "init.mp4/..", "seg_00001.m4s.part", ""] {
+        for bad in [
+            "../x",
+            "seg_1.m4s",
+            "seg_0000a.m4s",
+            "init.mp4/..",
+            "seg_00001.m4s.part",
+            "",
+        ] {
             assert!(!super::valid_output_name(bad), "{bad}");
         }
     }

@@ -1,0 +1,427 @@
+//! Distributed transcoding through the real hub binary, with workers
+//! driven step by step from the worker library: cheaters caught and
+//! slashed, a worker that dies losing its lease, and the video right.
+
+mod support;
+
+use meshcast_control::identity::NodeKey;
+use meshcast_control::transcoding::Job;
+use meshcast_transcode::{encode_chunk, ChunkJob};
+use meshcast_worker::{commitment_for, encode, upload_output, work_one, Client};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::hub::*;
+
+struct Worker {
+    client: Client,
+    key: String,
+    scratch: PathBuf,
+}
+
+async fn worker(hub: &Hub, name: &str, key: NodeKey) -> Worker {
+    let public = hex::encode(key.public().to_bytes());
+    let scratch = hub.dir.join(format!("{name}-scratch"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let client = Client::new(&hub.url(""), key, None).unwrap();
+    client.register(&["transcode".to_string()]).await.unwrap();
+    Worker {
+        client,
+        key: public,
+        scratch,
+    }
+}
+
+/// A hub with 2 s segments, 4 s chunks and `lease` leases, its chain
+/// bonding these keys.
+async fn hub_with(keys: &[&NodeKey], lease: &str) -> Hub {
+    let mut hub = Hub::config("http://127.0.0.1:9");
+    let text = std::fs::read_to_string(&hub.config).unwrap().replacen(
+        "[transcode]\n",
+        &format!("[transcode]\nchunk_segments = 2\nlease = \"{lease}\"\n"),
+        1,
+    );
+    std::fs::write(&hub.config, text).unwrap();
+    hub.bond_at_genesis(
+        &keys
+            .iter()
+            .map(|k| hex::encode(k.public().to_bytes()))
+            .collect::<Vec<_>>(),
+    );
+    hub.launch().await;
+    hub
+}
+
+/// Uploads `src`; returns the video id once its chunks are on the board.
+async fn upload(hub: &Hub, src: &Path) -> String {
+    let upload = meshcast_hub::tus_client::upload_file(
+        &hub.client(),
+        &hub.url("/v1/videos"),
+        src,
+        1 << 20,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    let id = meshcast_hub::tus_client::video_id(&upload).to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = hub.video(&id).await;
+        if v["chunks"].as_array().is_some_and(|c| !c.is_empty()) {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no chunks on the board: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn lease(w: &Worker) -> Job {
+    w.client
+        .lease()
+        .await
+        .unwrap()
+        .expect("a job within the long-poll")
+}
+
+fn ffmpeg_to(args: &[&str], out: &Path) {
+    ffmpeg(&[args, &[out.to_str().unwrap()]].concat());
+}
+
+/// What a cheater hands in for one of its segments.
+enum Cheat {
+    /// The same span of other, valid video.
+    OtherVideo,
+    /// Its own source at half the size, scaled back up (a lower rung's
+    /// work passed off as this one's).
+    HalfSizeScaledUp,
+    /// A segment one second short.
+    Shorter,
+}
+
+/// Encodes `cut_like` as the job would and takes its first segment of
+/// the first rung in place of the honest one in `out`.
+async fn replace_first_segment(out: &Path, spec: &ChunkJob, cut_like: &Path, scratch: &Path) {
+    let fake = scratch.join("fake-out");
+    let _ = std::fs::remove_dir_all(&fake);
+    encode_chunk(cut_like, spec, &fake, |_| {}).await.unwrap();
+    let rung = &spec.rungs[0].name;
+    let name = format!("seg_{:05}.m4s", spec.chunk.first_segment);
+    std::fs::copy(fake.join(rung).join(&name), out.join(rung).join(&name)).unwrap();
+}
+
+/// Does the job honestly, then replaces one segment (of the chunk's two:
+/// far over 5 %) and commits to what it hands in.
+async fn cheat(w: &Worker, job: &Job, how: Cheat) -> meshcast_worker::CommitAnswer {
+    let (out, spec) = encode(&w.client, job, &w.scratch).await.unwrap();
+    let cut = w.scratch.join("cut-again.mp4");
+    w.client.fetch_source(job, &cut).await.unwrap();
+    let rung = &spec.rungs[0];
+    let size = format!("{}x{}", rung.width, rung.height);
+    let len = format!(
+        "{}",
+        spec.chunk.cut_to.unwrap_or(spec.duration) - spec.chunk.cut_from + 1.0
+    );
+    match how {
+        Cheat::OtherVideo => {
+            let other = w.scratch.join("other.mp4");
+            let src = format!("mandelbrot=size={size}:rate=25");
+            ffmpeg_to(
+                &[
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    &src,
+                    "-t",
+                    &len,
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-pix_fmt",
+                    "yuv420p",
+                ],
+                &other,
+            );
+            replace_first_segment(&out, &spec, &other, &w.scratch).await;
+        }
+        Cheat::HalfSizeScaledUp => {
+            let soft = w.scratch.join("soft.mp4");
+            let scale = format!(
+                "scale={}:{},scale={}:{}",
+                rung.width / 2,
+                rung.height / 2,
+                rung.width,
+                rung.height
+            );
+            ffmpeg_to(
+                &[
+                    "-i",
+                    cut.to_str().unwrap(),
+                    "-vf",
+                    &scale,
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-crf",
+                    "12",
+                ],
+                &soft,
+            );
+            replace_first_segment(&out, &spec, &soft, &w.scratch).await;
+        }
+        Cheat::Shorter => {
+            // The chunk's first second, encoded as if it were all of it.
+            let short = w.scratch.join("short.mp4");
+            let from = format!("{}", spec.chunk.start - spec.chunk.cut_from);
+            ffmpeg_to(
+                &[
+                    "-ss",
+                    &from,
+                    "-i",
+                    cut.to_str().unwrap(),
+                    "-t",
+                    "1",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                ],
+                &short,
+            );
+            let mut job_short = spec.clone();
+            job_short.chunk.cut_from = job_short.chunk.start;
+            job_short.chunk.end = Some(job_short.chunk.start + 1.0);
+            let fake = w.scratch.join("fake-short");
+            encode_chunk(&short, &job_short, &fake, |_| {})
+                .await
+                .unwrap();
+            let name = format!("seg_{:05}.m4s", spec.chunk.first_segment);
+            std::fs::copy(
+                fake.join(&rung.name).join(&name),
+                out.join(&rung.name).join(&name),
+            )
+            .unwrap();
+        }
+    }
+    let commitment = commitment_for(job, &spec, &out).unwrap();
+    upload_output(&w.client, job, &spec, &out).await.unwrap();
+    w.client.commit(&commitment).await.unwrap()
+}
+
+async fn stake(hub: &Hub, key: &str) -> u64 {
+    let a = get_json(
+        &reqwest::Client::new(),
+        &hub.url(&format!("/v1/ledger/accounts/{key}")),
+    )
+    .await;
+    a["account"]["stake"].as_u64().unwrap_or(0)
+}
+
+async fn balance(hub: &Hub, key: &str) -> u64 {
+    let a = get_json(
+        &reqwest::Client::new(),
+        &hub.url(&format!("/v1/ledger/accounts/{key}")),
+    )
+    .await;
+    a["account"]["balance"].as_u64().unwrap_or(0)
+}
+
+/// Waits for the chain to show `want` for `read`.
+async fn chain_shows(what: &str, mut read: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read().await {
+        assert!(Instant::now() < deadline, "the chain never showed {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every frame once and 40 ms apart, in every video rendition.
+fn assert_every_frame_once(hub: &Hub, id: &str, frames: usize) {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(hub.url(&format!("/v/{id}/360p/index.m3u8")))
+        .output()
+        .unwrap();
+    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_end_matches(',').parse().ok())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    assert_eq!(t.len(), frames);
+    for w in t.windows(2) {
+        assert!(
+            (w[1] - w[0] - 0.04).abs() < 1e-3,
+            "a gap or an overlap at {} s",
+            w[0]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cheating_workers_are_caught_slashed_and_the_video_still_comes_out_right() {
+    let keys: Vec<NodeKey> = (0..4).map(|_| NodeKey::generate().unwrap()).collect();
+    let hub = hub_with(&keys.iter().collect::<Vec<_>>(), "60s").await;
+    let mut ws = Vec::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        ws.push(worker(&hub, &format!("w{i}"), k).await);
+    }
+    let src = hub.dir.join("in.mp4");
+    make_video(&src, 12, "640x360");
+    let id = upload(&hub, &src).await;
+    let before = stake(&hub, &ws[0].key).await;
+    // Three cheaters take the three chunks; each hands in one false segment.
+    let jobs = [
+        lease(&ws[0]).await,
+        lease(&ws[1]).await,
+        lease(&ws[2]).await,
+    ];
+    for (w, (job, how)) in
+        ws.iter().zip(
+            jobs.iter()
+                .zip([Cheat::OtherVideo, Cheat::HalfSizeScaledUp, Cheat::Shorter]),
+        )
+    {
+        let answer = cheat(w, job, how).await;
+        assert!(
+            !answer.accepted && answer.slashed,
+            "chunk {}: {answer:?}",
+            job.chunk
+        );
+    }
+    // Caught, slashed on the chain, and out: no more work for them.
+    for w in &ws[..3] {
+        let key = w.key.clone();
+        chain_shows("the slash", async || {
+            stake(&hub, &key).await == before * 95 / 100
+        })
+        .await;
+        let refused = w.client.lease().await.unwrap_err().to_string();
+        assert!(refused.contains("not admitted"), "{refused}");
+    }
+    let nodes = get_json(&reqwest::Client::new(), &hub.url("/v1/nodes")).await;
+    for w in &ws[..3] {
+        let n = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["key"] == w.key.as_str())
+            .unwrap();
+        let slash = &n["slashes"][0];
+        assert!(
+            slash["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{n}"
+        );
+        let evidence = get_json(
+            &reqwest::Client::new(),
+            &hub.url(&format!(
+                "/v1/evidence/{}",
+                slash["evidence"].as_str().unwrap()
+            )),
+        )
+        .await;
+        assert!(
+            evidence["claim"].as_str().is_some_and(|c| c.len() > 100),
+            "the signed commitment is published: {evidence}"
+        );
+    }
+    // The honest worker redoes every chunk and is paid once for each.
+    let honest = &ws[3];
+    honest.client.heartbeat().await.unwrap();
+    for _ in 0..3 {
+        let job = lease(honest).await;
+        let answer = work_one(&honest.client, &job, &honest.scratch)
+            .await
+            .unwrap();
+        assert!(answer.accepted, "{answer:?}");
+    }
+    let (video, _) = hub.wait_done(&id, Duration::from_secs(60)).await;
+    assert_eq!(video["status"], "ready", "{video}");
+    for c in video["chunks"].as_array().unwrap() {
+        assert_eq!(c["worker"], honest.client.id().as_str(), "{c}");
+        assert!(
+            c["history"][0]["outcome"].as_str().unwrap() != "passed",
+            "{c}"
+        );
+    }
+    assert_every_frame_once(&hub, &id, 300);
+    // 12 s of one rung at the genesis price (1000 µMESH a second), once.
+    let key = honest.key.clone();
+    chain_shows("the honest worker's pay", async || {
+        balance(&hub, &key).await == 12_000
+    })
+    .await;
+    for w in &ws[..3] {
+        assert_eq!(balance(&hub, &w.key).await, 0, "a cheater earns nothing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_mid_chunk_loses_its_lease_and_its_late_result_is_refused() {
+    let keys: Vec<NodeKey> = (0..2).map(|_| NodeKey::generate().unwrap()).collect();
+    let hub = hub_with(&keys.iter().collect::<Vec<_>>(), "3s").await;
+    let mut ws = Vec::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        ws.push(worker(&hub, &format!("w{i}"), k).await);
+    }
+    let src = hub.dir.join("in.mp4");
+    make_video(&src, 8, "640x360");
+    let id = upload(&hub, &src).await;
+    let (dying, survivor) = (&ws[0], &ws[1]);
+    // It takes a chunk and its source, then says nothing more.
+    let stale = lease(dying).await;
+    let cut = dying.scratch.join("cut.mp4");
+    dying.client.fetch_source(&stale, &cut).await.unwrap();
+    let other = lease(survivor).await;
+    assert_ne!(other.chunk, stale.chunk);
+    assert!(
+        work_one(&survivor.client, &other, &survivor.scratch)
+            .await
+            .unwrap()
+            .accepted
+    );
+    // Once the silent lease runs out, its chunk goes to the survivor.
+    let retry = lease(survivor).await;
+    assert_eq!(
+        (retry.chunk, retry.attempt),
+        (stale.chunk, stale.attempt + 1)
+    );
+    // Back from the dead with an honest result: refused.
+    let spec: ChunkJob = serde_json::from_value(stale.spec.clone()).unwrap();
+    let out = dying.scratch.join("out");
+    encode_chunk(&cut, &spec, &out, |_| {}).await.unwrap();
+    let upload = upload_output(&dying.client, &stale, &spec, &out)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(upload.contains("403"), "its capability is dead: {upload}");
+    let late = dying
+        .client
+        .commit(&commitment_for(&stale, &spec, &out).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(late.contains("409") && late.contains("late"), "{late}");
+    assert!(
+        work_one(&survivor.client, &retry, &survivor.scratch)
+            .await
+            .unwrap()
+            .accepted
+    );
+    let (video, _) = hub.wait_done(&id, Duration::from_secs(60)).await;
+    assert_eq!(video["status"], "ready", "{video}");
+    assert_every_frame_once(&hub, &id, 200);
+    let c: &Value = &video["chunks"][stale.chunk as usize];
+    assert_eq!(c["history"][0]["outcome"], "lease ran out", "{c}");
+    assert_eq!(c["worker"], survivor.client.id().as_str(), "{c}");
+    assert_eq!(balance(&hub, &dying.key).await, 0);
+}
