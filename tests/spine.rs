@@ -326,21 +326,6 @@ async fn a_hub_crash_mid_transcode_requeues_the_video() {
     );
 }
 
-/// Every video packet's presentation time at `url`, sorted.
-fn presentation_times(url: &str) -> Vec<f64> {
-    let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
-        .args(["packet=pts_time", "-of", "csv=p=0", url])
-        .output()
-        .unwrap();
-    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim_end_matches(',').parse().ok())
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meshcast_up_brings_up_a_playable_network() {
     let dir = std::env::temp_dir().join(format!("meshcast-up-{}", std::process::id()));

@@ -238,25 +238,7 @@ async fn chain_shows(what: &str, mut read: impl AsyncFnMut() -> bool) {
 
 /// Every frame once and 40 ms apart, in every video rendition.
 fn assert_every_frame_once(hub: &Hub, id: &str, frames: usize) {
-    let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=pts_time",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(hub.url(&format!("/v/{id}/360p/index.m3u8")))
-        .output()
-        .unwrap();
-    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim_end_matches(',').parse().ok())
-        .collect();
-    t.sort_by(f64::total_cmp);
+    let t = presentation_times(&hub.url(&format!("/v/{id}/360p/index.m3u8")));
     assert_eq!(t.len(), frames);
     for w in t.windows(2) {
         assert!(
@@ -333,6 +315,14 @@ async fn cheating_workers_are_caught_slashed_and_the_video_still_comes_out_right
             evidence["claim"].as_str().is_some_and(|c| c.len() > 100),
             "the signed commitment is published: {evidence}"
         );
+        let also: Value = serde_json::from_str(evidence["also"].as_str().unwrap()).unwrap();
+        assert_eq!(also["nonce"].as_str().map(str::len), Some(64), "{also}");
+        assert!(
+            also["sample"]["segment"]
+                .as_str()
+                .is_some_and(|s| s.len() > 1000),
+            "the failed segment itself is kept"
+        );
     }
     // The honest worker redoes every chunk and is paid once for each.
     let honest = &ws[3];
@@ -348,8 +338,20 @@ async fn cheating_workers_are_caught_slashed_and_the_video_still_comes_out_right
     assert_eq!(video["status"], "ready", "{video}");
     for c in video["chunks"].as_array().unwrap() {
         assert_eq!(c["worker"], honest.client.id().as_str(), "{c}");
+        // The first attempt was a cheater's, refused; the last the honest one's.
+        let history = c["history"].as_array().unwrap();
         assert!(
-            c["history"][0]["outcome"].as_str().unwrap() != "passed",
+            !history[0]["outcome"]
+                .as_str()
+                .unwrap()
+                .starts_with("passed"),
+            "{c}"
+        );
+        assert!(
+            history.last().unwrap()["outcome"]
+                .as_str()
+                .unwrap()
+                .starts_with("passed"),
             "{c}"
         );
     }
@@ -376,6 +378,25 @@ async fn a_worker_that_dies_mid_chunk_loses_its_lease_and_its_late_result_is_ref
     let src = hub.dir.join("in.mp4");
     make_video(&src, 8, "640x360");
     let id = upload(&hub, &src).await;
+    // The board is the operator's to see.
+    let anyone = reqwest::get(hub.url("/v1/jobs")).await.unwrap();
+    assert_eq!(anyone.status(), 401);
+    assert_eq!(
+        hub.client()
+            .get(hub.url("/v1/jobs"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let board = get_json(&client_with_key(&hub.admin_key()), &hub.url("/v1/jobs")).await;
+    assert_eq!(board["videos"][0]["video"], id.as_str(), "{board}");
+    assert_eq!(
+        board["videos"][0]["chunks"].as_array().unwrap().len(),
+        2,
+        "{board}"
+    );
     let (dying, survivor) = (&ws[0], &ws[1]);
     // It takes a chunk and its source, then says nothing more.
     let stale = lease(dying).await;

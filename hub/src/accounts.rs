@@ -293,7 +293,7 @@ pub fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
 }
 
 /// The admin, or a 401/403 saying this is an operator endpoint.
-fn admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Box<Response>> {
+pub(crate) fn admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Box<Response>> {
     match caller(hub, headers)? {
         Caller::Admin => Ok(()),
         Caller::Account(_) => Err(Box::new(refuse(

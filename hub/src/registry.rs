@@ -67,7 +67,10 @@ pub struct Evidence {
     /// Hex of the claim envelope (wire form, signature included).
     pub claim: String,
     /// Hex of the second envelope the verdict rests on: the opening that
-    /// failed, or the first claim for an epoch claimed twice.
+    /// failed, or the first claim for an epoch claimed twice. For a
+    /// transcode slash (where `claim` is the signed commitment): JSON with
+    /// the challenge's nonce and the failed sample (its index, rung,
+    /// number, and the segment and init segment as uploaded, hex).
     pub also: Option<String>,
 }
 

@@ -14,6 +14,7 @@ mod procstat;
 mod receipts;
 mod report;
 mod servers;
+mod transcode;
 mod viewers;
 mod wrk;
 
@@ -126,6 +127,17 @@ enum Command {
         /// clients; 19 lets them stand in for machines elsewhere.
         #[arg(long, default_value_t = 19)]
         attacker_nice: i32,
+    },
+    /// One upload's ladder by the HUB alone, then by the HUB with workers: wall time and CPU seconds.
+    Transcode {
+        #[command(flatten)]
+        common: Common,
+        /// Length of the generated 1080p source (default 120; 20 with --quick).
+        #[arg(long)]
+        secs: Option<u32>,
+        /// Worker processes in the second run.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
     },
     /// (Used by `connections`: one process of flood attackers.)
     #[command(hide = true)]
@@ -241,6 +253,18 @@ fn main() -> anyhow::Result<()> {
                 common,
             };
             rt.block_on(connections::run(opts))
+        }
+        Command::Transcode {
+            common,
+            secs,
+            workers,
+        } => {
+            let opts = transcode::Options {
+                secs: secs.unwrap_or(if common.quick { 20 } else { 120 }),
+                workers,
+                common,
+            };
+            rt.block_on(transcode::run(opts))
         }
         Command::FloodClient {
             to,

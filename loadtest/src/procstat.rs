@@ -32,6 +32,20 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
+/// CPU seconds of the processes' children that have exited and been
+/// waited for (cutime + cstime): e.g. the ffmpeg runs of a hub.
+pub fn children_cpu_seconds(pids: &[u32]) -> f64 {
+    let tps = ticks_per_sec();
+    pids.iter()
+        .filter_map(|p| stat_fields(*p))
+        .map(|f| {
+            let u: f64 = f.get(13).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let s: f64 = f.get(14).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            (u + s) / tps
+        })
+        .sum()
+}
+
 /// Sum of the processes' peak resident set sizes (VmHWM), in bytes.
 pub fn peak_rss(pids: &[u32]) -> u64 {
     status_bytes(pids, "VmHWM:")

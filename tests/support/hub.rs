@@ -254,6 +254,22 @@ pub fn make_video(path: &Path, secs: u32, size: &str) {
     ]);
 }
 
+/// Every video packet's presentation time in `input` (a file or URL),
+/// sorted.
+pub fn presentation_times(input: &str) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["packet=pts_time", "-of", "csv=p=0", input])
+        .output()
+        .unwrap();
+    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_end_matches(',').parse().ok())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t
+}
+
 /// Frames of the first video stream, as decoded by ffprobe from `input`.
 pub fn count_frames(input: &str) -> u64 {
     let out = Command::new("ffprobe")

@@ -243,8 +243,9 @@ pub async fn check(
             }
         }
         Err(Finding::False(index, why)) => {
+            let sample = failed_sample(c, &dir, index);
             let _ = std::fs::remove_dir_all(&dir);
-            slash(hub, worker, envelope, nonce, index, &why);
+            slash(hub, worker, (envelope, &sample), nonce, index, &why);
             Verdict {
                 passed: false,
                 outcome: why,
@@ -286,8 +287,30 @@ fn pay(hub: &Hub, ctx: &VideoContext, c: &Commitment, worker: &str) {
     }]);
 }
 
+/// The failed sample as evidence: the challenge's nonce and index, and the
+/// segment and its init segment as uploaded (hex), so anyone can hash them
+/// against the signed commitment and re-run the check on the source.
+fn failed_sample(c: &Commitment, dir: &Path, index: usize) -> serde_json::Value {
+    let s = &c.segments[index];
+    let read = |p: std::path::PathBuf| std::fs::read(p).map(hex::encode).unwrap_or_default();
+    serde_json::json!({
+        "index": index,
+        "rung": s.rung,
+        "number": s.number,
+        "init": read(dir.join(&s.rung).join("init.mp4")),
+        "segment": read(dir.join(&s.rung).join(format!("seg_{:05}.m4s", s.number))),
+    })
+}
+
 /// Records the evidence, marks the node and queues the ledger slash.
-fn slash(hub: &Hub, worker: &str, envelope: &[u8], nonce: [u8; 32], index: usize, why: &str) {
+fn slash(
+    hub: &Hub,
+    worker: &str,
+    (envelope, sample): (&[u8], &serde_json::Value),
+    nonce: [u8; 32],
+    index: usize,
+    why: &str,
+) {
     let Some(node) = hub.registry.node(worker).ok().flatten() else {
         return;
     };
@@ -309,7 +332,9 @@ fn slash(hub: &Hub, worker: &str, envelope: &[u8], nonce: [u8; 32], index: usize
         epoch: 0,
         reason: reason.clone(),
         claim: hex::encode(envelope),
-        also: Some(format!("nonce {} index {index}", hex::encode(nonce))),
+        also: Some(
+            serde_json::json!({ "nonce": hex::encode(nonce), "sample": sample }).to_string(),
+        ),
     };
     if let Err(e) = hub.registry.put_evidence(&hash, &evidence) {
         tracing::error!(worker, error = %e, "cannot keep slash evidence; not slashing");

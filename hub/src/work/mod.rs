@@ -213,10 +213,26 @@ fn bearer(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
-fn authorized(hub: &Hub, (video, chunk, attempt): (&str, u32, u32), headers: &HeaderMap) -> bool {
-    hub.work
+/// The video of a lease whose capability the request carries, or the
+/// refusal.
+fn leased_video(
+    hub: &Hub,
+    (video, chunk, attempt): (&str, u32, u32),
+    headers: &HeaderMap,
+) -> Result<Arc<VideoContext>, Response> {
+    if !hub
+        .work
         .board()
         .authorizes(video, chunk, attempt, bearer(headers))
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "no current lease with this capability",
+        ));
+    }
+    hub.work
+        .video(video)
+        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "no such video in transcoding"))
 }
 
 /// `GET …/source`: the chunk's cut, for the lease holder.
@@ -225,14 +241,9 @@ async fn source(
     Path((video, chunk, attempt)): Path<(String, u32, u32)>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorized(&hub, (&video, chunk, attempt), &headers) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "no current lease with this capability",
-        );
-    }
-    let Some(ctx) = hub.work.video(&video) else {
-        return refuse(StatusCode::NOT_FOUND, "no such video in transcoding");
+    let ctx = match leased_video(&hub, (&video, chunk, attempt), &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     match tokio::fs::read(ctx.cut_path(chunk)).await {
         Ok(bytes) => ([(http::header::CONTENT_TYPE, "video/mp4")], bytes).into_response(),
@@ -256,14 +267,9 @@ async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !authorized(&hub, (&video, chunk, attempt), &headers) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "no current lease with this capability",
-        );
-    }
-    let Some(ctx) = hub.work.video(&video) else {
-        return refuse(StatusCode::NOT_FOUND, "no such video in transcoding");
+    let ctx = match leased_video(&hub, (&video, chunk, attempt), &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     if !ctx.rungs.iter().any(|r| r.name == rung) || !valid_output_name(&file) {
         return refuse(
@@ -361,8 +367,11 @@ async fn commit(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
 }
 
 /// `GET /v1/jobs`: every video on the board, each chunk's state and
-/// history (for operators).
-async fn jobs(State(hub): State<Arc<Hub>>) -> Response {
+/// history (for operators: the admin key).
+async fn jobs(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(r) = crate::accounts::admin(&hub, &headers) {
+        return *r;
+    }
     let board = hub.work.board();
     let videos: Vec<_> = board
         .all()
