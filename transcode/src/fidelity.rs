@@ -139,6 +139,13 @@ async fn decodes(file: &Path) -> Result<(), CheckError> {
 /// Names scratch files of checks running at once apart.
 static CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// One committed segment to measure: its rung and its bytes.
+pub struct Part<'a> {
+    pub rung: &'a Rung,
+    pub init: &'a [u8],
+    pub segment: &'a [u8],
+}
+
 /// Decodes `init` + `segment` (written to `scratch`) and compares it with
 /// `source` over `range`.
 pub async fn check_segment(
@@ -148,70 +155,124 @@ pub async fn check_segment(
     range: &SegmentRange<'_>,
     scratch: &Path,
 ) -> Result<Fidelity, CheckError> {
+    let part = Part {
+        rung: range.rung,
+        init,
+        segment,
+    };
+    let (start, duration) = (range.start, range.duration);
+    let mut all = check_range(&[part], source, (start, duration), scratch)
+        .await
+        .map_err(|(_, e)| e)?;
+    Ok(all.remove(0))
+}
+
+/// Measures segments of several rungs covering the same `(start,
+/// duration)` of the source in one ffmpeg run (the source is decoded
+/// once for all of them). On failure, says which segment does not decode
+/// (by its position in `parts`), or that the check could not run.
+pub async fn check_range(
+    parts: &[Part<'_>],
+    source: &Path,
+    (start, duration): (f64, f64),
+    scratch: &Path,
+) -> Result<Vec<Fidelity>, (Option<usize>, CheckError)> {
     let n = CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let joined = scratch.join(format!("check-{}-{n}.mp4", std::process::id()));
-    std::fs::write(&joined, [init, segment].concat())
-        .map_err(|e| CheckError::Verifier(e.to_string()))?;
-    let result = compare(&joined, source, range).await;
-    let _ = std::fs::remove_file(&joined);
+    let mut files = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let f = scratch.join(format!("check-{}-{n}-{i}.mp4", std::process::id()));
+        std::fs::write(&f, [p.init, p.segment].concat())
+            .map_err(|e| (None, CheckError::Verifier(e.to_string())))?;
+        files.push(f);
+    }
+    let result = compare(parts, &files, source, (start, duration)).await;
+    let result = match result {
+        Ok(v) => Ok(v),
+        // Whose fault: a segment that does not decode on its own.
+        Err(e) => Err(blame(&files, e).await),
+    };
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
     result
 }
 
+async fn blame(files: &[std::path::PathBuf], e: CheckError) -> (Option<usize>, CheckError) {
+    for (i, f) in files.iter().enumerate() {
+        if let Err(undecodable) = decodes(f).await {
+            return (Some(i), undecodable);
+        }
+    }
+    (None, e)
+}
+
+/// The filter graph: the source (last input) at each rung, split three
+/// ways (against the segment, against its two-thirds picture, and that
+/// picture); two SSIMs per part, all but the first output to a null sink.
+fn graph(parts: &[Part<'_>]) -> String {
+    let src = parts.len();
+    let mut g = format!("[{src}:v]setpts=PTS-STARTPTS,split={}", parts.len());
+    for i in 0..parts.len() {
+        g.push_str(&format!("[src{i}]"));
+    }
+    for (i, p) in parts.iter().enumerate() {
+        let r = p.rung;
+        let (w, h) = (r.width, r.height);
+        let (lw, lh) = reference_size(r);
+        g.push_str(&format!(
+            ";[src{i}]fps={fps},scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p,split=3[ref{i}a][ref{i}b][small{i}]\
+             ;[small{i}]scale={lw}:{lh}:flags=bicubic,scale={w}:{h}:flags=bicubic,format=yuv420p[downup{i}]\
+             ;[{i}:v]setsar=1,format=yuv420p,setpts=PTS-STARTPTS[seg{i}]\
+             ;[seg{i}][ref{i}a]ssim=shortest=1[ssim{i}a];[downup{i}][ref{i}b]ssim=shortest=1[ssim{i}b]",
+            fps = r.fps,
+        ));
+        if i > 0 {
+            g.push_str(&format!(";[ssim{i}a]nullsink"));
+        }
+        g.push_str(&format!(";[ssim{i}b]nullsink"));
+    }
+    g
+}
+
 async fn compare(
-    joined: &Path,
+    parts: &[Part<'_>],
+    files: &[std::path::PathBuf],
     source: &Path,
-    range: &SegmentRange<'_>,
-) -> Result<Fidelity, CheckError> {
-    decodes(joined).await?;
-    let r = range.rung;
-    let (lw, lh) = reference_size(r);
-    let graph = format!(
-        "[1:v]fps={fps},scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p,setpts=PTS-STARTPTS,split=3[ref1][ref2][small];\
-         [small]scale={lw}:{lh}:flags=bicubic,scale={w}:{h}:flags=bicubic,format=yuv420p[downup];\
-         [0:v]setsar=1,format=yuv420p,setpts=PTS-STARTPTS[seg];\
-         [seg][ref1]ssim=shortest=1[a];[downup][ref2]ssim=shortest=1[b];[a][b]hstack",
-        fps = r.fps,
-        w = r.width,
-        h = r.height,
-    );
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-nostats", "-xerror", "-i"])
-        .arg(joined)
+    (start, duration): (f64, f64),
+) -> Result<Vec<Fidelity>, CheckError> {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-nostdin", "-nostats", "-xerror"]);
+    for f in files {
+        cmd.arg("-i").arg(f);
+    }
+    let out = cmd
         // A hair before the first frame, so rounding never drops it.
-        .args(["-ss", &format!("{:.6}", (range.start - 1e-4).max(0.0))])
-        .args(["-t", &format!("{:.6}", range.duration)])
+        .args(["-ss", &format!("{:.6}", (start - 1e-4).max(0.0))])
+        .args(["-t", &format!("{duration:.6}")])
         .arg("-i")
         .arg(source)
         // Only the graph's output: the source's audio would be decoded
         // for nothing.
-        .args([
-            "-filter_complex",
-            &graph,
-            "-an",
-            "-sn",
-            "-dn",
-            "-f",
-            "null",
-            "-",
-        ])
+        .args(["-filter_complex", &graph(parts), "-map", "[ssim0a]"])
+        .args(["-an", "-sn", "-dn", "-f", "null", "-"])
         .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| CheckError::Verifier(e.to_string()))?;
     let values = parse_ssim(&String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() || values.len() != 2 {
-        // It decoded on its own: what failed is the comparison.
+    if !out.status.success() || values.len() != 2 * parts.len() {
         return Err(CheckError::Verifier(format!(
-            "comparing with the source at {}x{}: {}",
-            r.width,
-            r.height,
+            "comparing with the source: {}",
             last_line(&out.stderr)
         )));
     }
-    Ok(Fidelity {
-        ssim: values[0],
-        reference: values[1],
-    })
+    Ok(values
+        .chunks(2)
+        .map(|v| Fidelity {
+            ssim: v[0],
+            reference: v[1],
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -24,7 +24,9 @@ pub use chunks::{
     ChunkJob,
 };
 pub use ffmpeg::{parse_progress_line, Progress, Span};
-pub use fidelity::{check_segment, reference_size, CheckError, Fidelity, SegmentRange, LOSSLESS};
+pub use fidelity::{
+    check_range, check_segment, reference_size, CheckError, Fidelity, Part, SegmentRange, LOSSLESS,
+};
 pub use ladder::{h264_level, plan, plan_audio, AudioRung, Rung};
 pub use package::{Manifest, Rendition, RenditionKind, Subtitle, TrackLabel, SUBTITLE_FILE};
 pub use probe::{probe, AudioTrack, ProbeError, SourceInfo, SubtitleTrack};

@@ -205,6 +205,48 @@ async fn the_fidelity_check_passes_honest_segments_and_catches_substitutes() {
         eprintln!("honest segment {n}: {f:?}");
         assert!(f.passes(), "honest segment {n}: {f:?}");
     }
+    // Every rung of one time range in one run; a part that does not decode
+    // is named.
+    use meshcast_transcode::{check_range, Part};
+    let files: Vec<(Vec<u8>, Vec<u8>)> = out
+        .manifest
+        .videos()
+        .map(|r| {
+            let d = dir.join("out").join(&r.name);
+            (
+                std::fs::read(d.join("init.mp4")).unwrap(),
+                std::fs::read(d.join(&r.segments[3].file)).unwrap(),
+            )
+        })
+        .collect();
+    assert!(files.len() >= 2, "a ladder");
+    let parts: Vec<Part> = ladder
+        .iter()
+        .zip(&files)
+        .map(|(rung, (i, s))| Part {
+            rung,
+            init: i,
+            segment: s,
+        })
+        .collect();
+    let span = (range(3).start, range(3).duration);
+    let all = check_range(&parts, &src, span, &dir).await.unwrap();
+    assert_eq!(all.len(), parts.len());
+    assert!(all.iter().all(|f| f.passes()), "{all:?}");
+    let junk = vec![0u8; 4096];
+    let broken: Vec<Part> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Part {
+            rung: p.rung,
+            init: p.init,
+            segment: if i == 1 { &junk } else { p.segment },
+        })
+        .collect();
+    match check_range(&broken, &src, span, &dir).await {
+        Err((Some(1), meshcast_transcode::CheckError::Undecodable(_))) => {}
+        other => panic!("the second part should be named: {other:?}"),
+    }
     // Another segment of the same video, in the wrong place.
     let f = check_segment(&init, &seg(5), &src, &range(2), &dir)
         .await

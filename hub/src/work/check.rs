@@ -10,11 +10,10 @@
 use super::VideoContext;
 use crate::registry;
 use crate::Hub;
-use meshcast_control::transcoding::{self, Commitment, SegmentEntry};
+use meshcast_control::transcoding::{self, Commitment};
 use meshcast_ledger::{Action, Evidence, Work};
 use meshcast_transcode::{
-    check_segment, chunk_first_frame, inspect_rendition, CheckError, Rendition, RenditionKind,
-    SegmentRange, VerifyError,
+    check_range, chunk_first_frame, inspect_rendition, Part, Rendition, RenditionKind, VerifyError,
 };
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -149,9 +148,33 @@ async fn fidelity(
     renditions: &[Rendition],
     picked: &[usize],
 ) -> Result<(), Finding> {
+    // One run per time range: every picked rung of a segment number at once.
+    let mut by_number: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
     for &i in picked {
-        let SegmentEntry { rung, number, .. } = &c.segments[i];
-        let file = format!("seg_{number:05}.m4s");
+        by_number.entry(c.segments[i].number).or_default().push(i);
+    }
+    for (number, indices) in by_number {
+        check_number(ctx, c, dir, renditions, number, &indices).await?;
+    }
+    Ok(())
+}
+
+/// The fidelity check of the picked rungs (`indices`) of one segment number.
+async fn check_number(
+    ctx: &VideoContext,
+    c: &Commitment,
+    dir: &Path,
+    renditions: &[Rendition],
+    number: u32,
+    indices: &[usize],
+) -> Result<(), Finding> {
+    let file = format!("seg_{number:05}.m4s");
+    let read =
+        |p: std::path::PathBuf| std::fs::read(p).map_err(|e| Finding::Unproven(e.to_string()));
+    let mut bytes = Vec::new();
+    let mut span = None;
+    for &i in indices {
+        let rung = &c.segments[i].rung;
         let (Some(r), Some(spec)) = (
             renditions.iter().find(|r| r.name == *rung),
             ctx.rungs.iter().find(|r| r.name == *rung),
@@ -163,33 +186,46 @@ async fn fidelity(
         };
         let at = (seg.start + r.composition_offset).saturating_sub(r.edit_offset) as f64
             / r.timescale.max(1) as f64;
-        let range = SegmentRange {
-            rung: spec,
-            start: at,
-            duration: seg.duration,
-        };
-        let read =
-            |p: std::path::PathBuf| std::fs::read(p).map_err(|e| Finding::Unproven(e.to_string()));
-        let init = read(dir.join(rung).join("init.mp4"))?;
-        let bytes = read(dir.join(rung).join(&file))?;
-        match check_segment(&init, &bytes, &ctx.input, &range, &ctx.dir).await {
-            Ok(f) if f.passes() => {}
-            Ok(f) => {
-                return Err(Finding::False(i, format!(
-                    "{rung}/{file}: SSIM {:.4} against the source, below the {:.4} of a two-thirds picture scaled back up",
-                    f.ssim, f.reference
-                )))
+        span.get_or_insert((at, seg.duration));
+        bytes.push((
+            spec,
+            read(dir.join(rung).join("init.mp4"))?,
+            read(dir.join(rung).join(&file))?,
+        ));
+    }
+    let Some(span) = span else { return Ok(()) };
+    let parts: Vec<Part> = bytes
+        .iter()
+        .map(|(rung, init, segment)| Part {
+            rung,
+            init,
+            segment,
+        })
+        .collect();
+    match check_range(&parts, &ctx.input, span, &ctx.dir).await {
+        Ok(found) => {
+            for (&i, f) in indices.iter().zip(&found) {
+                if !f.passes() {
+                    return Err(Finding::False(i, format!(
+                        "{}/{file}: SSIM {:.4} against the source, below the {:.4} of a two-thirds picture scaled back up",
+                        c.segments[i].rung, f.ssim, f.reference
+                    )));
+                }
             }
-            Err(e @ CheckError::Undecodable(_)) => {
-                return Err(Finding::False(i, format!("{rung}/{file}: {e}")))
-            }
-            Err(e @ CheckError::Verifier(_)) => {
-                tracing::error!(%rung, %file, error = %e, "the fidelity check could not run");
-                return Err(Finding::Unproven(format!("{rung}/{file}: {e}")));
-            }
+            Ok(())
+        }
+        Err((Some(pos), e)) => {
+            let i = indices[pos];
+            Err(Finding::False(
+                i,
+                format!("{}/{file}: {e}", c.segments[i].rung),
+            ))
+        }
+        Err((None, e)) => {
+            tracing::error!(%file, error = %e, "the fidelity check could not run");
+            Err(Finding::Unproven(format!("{file}: {e}")))
         }
     }
-    Ok(())
 }
 
 pub async fn check(
