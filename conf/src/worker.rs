@@ -41,6 +41,13 @@ pub struct WorkerSection {
     pub parallel_jobs: usize,
     /// Where sources and outputs of jobs in progress are kept.
     pub scratch_dir: PathBuf,
+    /// The ffmpeg program to run (a path, or a name looked up in PATH).
+    #[serde(default = "default_ffmpeg")]
+    pub ffmpeg: PathBuf,
+}
+
+fn default_ffmpeg() -> PathBuf {
+    PathBuf::from("ffmpeg")
 }
 
 fn default_heartbeat() -> Seconds {

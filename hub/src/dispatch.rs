@@ -13,6 +13,14 @@
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The HUB itself, as a lease holder of last resort.
+pub const HUB: &str = "hub";
+
+/// After this many failed checks a chunk is the HUB's to encode: workers
+/// that keep failing it (or a source the check cannot judge) must not
+/// hold a video back for ever.
+pub const HUB_AFTER_FAILURES: u32 = 2;
+
 /// Who holds a chunk now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -53,6 +61,18 @@ pub struct ChunkWork {
     pub history: Vec<Attempt>,
     #[serde(skip)]
     excluded: BTreeSet<String>,
+    /// Attempts whose result failed its check.
+    #[serde(skip)]
+    failures: u32,
+}
+
+impl ChunkWork {
+    /// Whether `worker` may lease this chunk now.
+    fn open_to(&self, worker: &str) -> bool {
+        self.state == ChunkState::Waiting
+            && !self.excluded.contains(worker)
+            && (worker == HUB || self.failures < HUB_AFTER_FAILURES)
+    }
 }
 
 /// A granted lease.
@@ -98,6 +118,7 @@ impl Board {
                 state: ChunkState::Waiting,
                 history: Vec::new(),
                 excluded: BTreeSet::new(),
+                failures: 0,
             })
             .collect();
         self.videos.insert((self.seq, video.to_string()), chunks);
@@ -173,10 +194,7 @@ impl Board {
             if only.is_some_and(|o| o != video) {
                 continue;
             }
-            let Some(c) = chunks
-                .iter_mut()
-                .find(|c| c.state == ChunkState::Waiting && !c.excluded.contains(worker))
-            else {
+            let Some(c) = chunks.iter_mut().find(|c| c.open_to(worker)) else {
                 continue;
             };
             c.attempt += 1;
@@ -286,8 +304,17 @@ impl Board {
             c.state = ChunkState::Done { worker };
         } else {
             c.excluded.insert(worker);
+            c.failures += 1;
             c.state = ChunkState::Waiting;
         }
+    }
+
+    /// Whether a chunk of `video` waits that only the HUB may take now.
+    pub fn needs_hub(&self, video: &str) -> bool {
+        self.chunks(video).is_some_and(|c| {
+            c.iter()
+                .any(|c| c.open_to(HUB) && c.failures >= HUB_AFTER_FAILURES)
+        })
     }
 
     pub fn is_done(&self, video: &str) -> bool {

@@ -1,4 +1,5 @@
-//! The transcode queue: one job at a time (ffmpeg already uses every core).
+//! The transcode queue: one local transcode at a time (ffmpeg already uses
+//! every core), or several videos at once when workers do the encoding.
 //! A finished ladder is copied into the blob store and published in one
 //! catalog transaction, so a crash never leaves a video half-ready; a
 //! restart re-queues whatever was queued or transcoding.
@@ -25,28 +26,52 @@ impl Jobs {
     }
 }
 
+/// Videos transcoded by workers at once: each holds the HUB for cutting,
+/// its audio and the checks of its chunks, while workers do the rest.
+const DISTRIBUTED_AT_ONCE: usize = 4;
+
 pub async fn worker(hub: Arc<Hub>, mut queue: mpsc::UnboundedReceiver<String>) {
+    let distributed = Arc::new(tokio::sync::Semaphore::new(DISTRIBUTED_AT_ONCE));
     while let Some(id) = queue.recv().await {
-        let started = std::time::Instant::now();
-        match process(&hub, &id).await {
-            Ok(()) => {
-                hub.metrics.transcodes.with_label_values(&["ready"]).inc();
-                tracing::info!(video = %id, secs = started.elapsed().as_secs_f64(), "video ready");
-            }
-            Err(reason) => {
-                hub.metrics.transcodes.with_label_values(&["failed"]).inc();
-                tracing::warn!(video = %id, %reason, "video failed");
-                let _ = hub.catalog.update(&id, |v| {
-                    v.status = Status::Failed;
-                    v.reason = Some(reason.clone());
-                    // A percent of a transcode that will never finish misleads.
-                    v.percent = 0.0;
-                });
-                // The reason is kept; the refused bytes are not.
-                if let Err(e) = std::fs::remove_file(crate::tus::part_path(&hub, &id)) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(video = %id, error = %e, "cannot remove a refused upload");
-                    }
+        // A local transcode uses every core: one at a time, here. With
+        // workers, several videos go at once.
+        if crate::work::workers_available(&hub) {
+            let permit = distributed
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                run_one(&hub, &id).await;
+                drop(permit);
+            });
+        } else {
+            run_one(&hub, &id).await;
+        }
+    }
+}
+
+async fn run_one(hub: &Arc<Hub>, id: &str) {
+    let started = std::time::Instant::now();
+    match process(hub, id).await {
+        Ok(()) => {
+            hub.metrics.transcodes.with_label_values(&["ready"]).inc();
+            tracing::info!(video = %id, secs = started.elapsed().as_secs_f64(), "video ready");
+        }
+        Err(reason) => {
+            hub.metrics.transcodes.with_label_values(&["failed"]).inc();
+            tracing::warn!(video = %id, %reason, "video failed");
+            let _ = hub.catalog.update(id, |v| {
+                v.status = Status::Failed;
+                v.reason = Some(reason.clone());
+                // A percent of a transcode that will never finish misleads.
+                v.percent = 0.0;
+            });
+            // The reason is kept; the refused bytes are not.
+            if let Err(e) = std::fs::remove_file(crate::tus::part_path(hub, id)) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(video = %id, error = %e, "cannot remove a refused upload");
                 }
             }
         }

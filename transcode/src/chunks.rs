@@ -153,7 +153,7 @@ pub async fn cut(input: &Path, chunk: &Chunk, fps: f64, dest: &Path) -> Result<(
     // frame past `cut_from` keeps a rounded keyframe time from landing on
     // the one before.
     let half_frame = 0.5 / fps.max(1.0);
-    let mut cmd = Command::new("ffmpeg");
+    let mut cmd = crate::ffmpeg::command();
     cmd.args(["-hide_banner", "-nostdin", "-y", "-loglevel", "error"])
         .args(["-ss", &format!("{:.6}", chunk.cut_from + half_frame), "-i"])
         .arg(input)

@@ -22,6 +22,24 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
+/// The ffmpeg this process runs (`ffmpeg` from PATH unless set).
+static PROGRAM: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sets which ffmpeg program this process runs (a worker's `[worker]
+/// ffmpeg`); the first call wins.
+pub fn use_ffmpeg(program: std::path::PathBuf) {
+    let _ = PROGRAM.set(program);
+}
+
+/// A command running this process's ffmpeg.
+pub fn command() -> Command {
+    Command::new(
+        PROGRAM
+            .get()
+            .map_or(std::path::Path::new("ffmpeg"), |p| p.as_path()),
+    )
+}
+
 /// One `-progress` report.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Progress {
@@ -260,7 +278,7 @@ pub async fn run(
     let args = build_args(input, out, source, (rungs, audio), span, config);
     let length = span.length.unwrap_or(source.duration - span.skip);
     tracing::debug!(?args, "ffmpeg");
-    let mut child = Command::new("ffmpeg")
+    let mut child = command()
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -330,7 +348,7 @@ pub async fn run(
 /// WebVTT into `dest`. A track ffmpeg cannot convert is reported, not fatal:
 /// the video is still worth publishing without it.
 pub async fn extract_subtitle(input: &Path, index: usize, dest: &Path) -> Result<(), String> {
-    let out = Command::new("ffmpeg")
+    let out = command()
         .args(["-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-i"])
         .arg(input)
         .args([

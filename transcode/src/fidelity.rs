@@ -26,7 +26,6 @@
 
 use crate::ladder::Rung;
 use std::path::Path;
-use tokio::process::Command;
 
 /// An SSIM this high passes whatever the reference says.
 pub const LOSSLESS: f64 = 0.99;
@@ -113,7 +112,7 @@ fn last_line(stderr: &[u8]) -> String {
 
 /// Whether `file` decodes to the end, on its own.
 async fn decodes(file: &Path) -> Result<(), CheckError> {
-    let out = Command::new("ffmpeg")
+    let out = crate::ffmpeg::command()
         .args([
             "-hide_banner",
             "-nostdin",
@@ -240,7 +239,7 @@ async fn compare(
     source: &Path,
     (start, duration): (f64, f64),
 ) -> Result<Vec<Fidelity>, CheckError> {
-    let mut cmd = Command::new("ffmpeg");
+    let mut cmd = crate::ffmpeg::command();
     cmd.args(["-hide_banner", "-nostdin", "-nostats", "-xerror"]);
     for f in files {
         cmd.arg("-i").arg(f);

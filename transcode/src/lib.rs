@@ -23,7 +23,7 @@ pub use chunks::{
     chunk_first_frame, cut, encode_chunk, first_frame_at, join, keyframes, plan_chunks, Chunk,
     ChunkJob,
 };
-pub use ffmpeg::{parse_progress_line, Progress, Span};
+pub use ffmpeg::{parse_progress_line, use_ffmpeg, Progress, Span};
 pub use fidelity::{
     check_range, check_segment, reference_size, CheckError, Fidelity, Part, SegmentRange, LOSSLESS,
 };

@@ -30,6 +30,8 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
 /// Runs the worker until the process is stopped.
 pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let key = NodeKey::load(&config.node.key)?;
+    check_ffmpeg(&config.worker.ffmpeg).await?;
+    meshcast_transcode::use_ffmpeg(config.worker.ffmpeg.clone());
     let client = Arc::new(Client::new(
         &config.node.hub,
         key,
@@ -67,6 +69,27 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     }
     for l in loops {
         let _ = l.await;
+    }
+    Ok(())
+}
+
+/// The configured ffmpeg runs and has libx264, or a reason to stop.
+async fn check_ffmpeg(program: &Path) -> Result<(), WorkerError> {
+    let out = tokio::process::Command::new(program)
+        .args(["-hide_banner", "-encoders"])
+        .output()
+        .await
+        .map_err(|e| {
+            WorkerError::Hub(format!(
+                "[worker] ffmpeg = {:?} does not run ({e}); install it with `apt-get install ffmpeg` or set the path",
+                program.display()
+            ))
+        })?;
+    if !String::from_utf8_lossy(&out.stdout).contains("libx264") {
+        return Err(WorkerError::Hub(format!(
+            "{} has no libx264 encoder; the ladder is H.264",
+            program.display()
+        )));
     }
     Ok(())
 }

@@ -128,7 +128,10 @@ fn structure(
             ctx.segment_secs,
             first,
         ) {
-            Ok(r) => out.push(r),
+            Ok(r) => {
+                exact(ctx, chunk, rung, &r)?;
+                out.push(r)
+            }
             Err(e) => {
                 return Err(match index_named(c, &e) {
                     Some(i) if picked.contains(&i) => Finding::False(i, e.to_string()),
@@ -138,6 +141,58 @@ fn structure(
         }
     }
     Ok(out)
+}
+
+/// The rung's picture size, and every segment (but the video's last) as
+/// long as the source's frames over its span, to the tick. A mismatch
+/// refuses the chunk but is not slashed: a source with a variable frame
+/// rate could make an honest one.
+fn exact(
+    ctx: &VideoContext,
+    chunk: &meshcast_transcode::Chunk,
+    rung: &meshcast_transcode::Rung,
+    r: &Rendition,
+) -> Result<(), Finding> {
+    if (r.width, r.height) != (rung.width, rung.height) {
+        return Err(Finding::Unproven(format!(
+            "{} is {}x{}, not {}x{}",
+            rung.name, r.width, r.height, rung.width, rung.height
+        )));
+    }
+    let scale = r.timescale.max(1) as f64;
+    let at = |t: f64| (meshcast_transcode::first_frame_at(t, rung.fps) * scale).round() as u64;
+    let n = r.segments.len();
+    for (j, seg) in r.segments.iter().enumerate() {
+        if chunk.end.is_none() && j + 1 == n {
+            break;
+        }
+        let Some(number) = seg.file.get(4..9).and_then(|d| d.parse::<u32>().ok()) else {
+            return Err(Finding::Unproven(format!("odd segment name {}", seg.file)));
+        };
+        let span = ctx.segment_secs;
+        let expected = at(number as f64 * span) - at((number - 1) as f64 * span);
+        if seg.ticks != expected {
+            return Err(Finding::Unproven(format!(
+                "{}/{} lasts {} ticks; the source's frames there last {expected}",
+                rung.name, seg.file, seg.ticks
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every rung's init segment is the one of the chunks accepted before
+/// (the join needs one init per rung); the first accepted chunk pins it.
+fn same_inits(ctx: &VideoContext, c: &Commitment) -> Result<(), String> {
+    let pinned = ctx.inits.lock().unwrap_or_else(|p| p.into_inner());
+    for (rung, hash) in &c.inits {
+        if pinned.get(rung).is_some_and(|p| p != hash) {
+            return Err(format!(
+                "{rung}'s init segment differs from the chunks accepted before (other encoder settings or another ffmpeg)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fidelity of each picked segment against the original upload.
@@ -239,7 +294,7 @@ pub async fn check(
     if !c.is_consistent() {
         return Verdict::refused("the commitment's root does not match its segments".into());
     }
-    if let Err(why) = matches_upload(ctx, c, &dir) {
+    if let Err(why) = matches_upload(ctx, c, &dir).and_then(|()| same_inits(ctx, c)) {
         let _ = std::fs::remove_dir_all(&dir);
         return Verdict::refused(why);
     }
@@ -255,6 +310,7 @@ pub async fn check(
             if let Err(e) = accept(ctx, c, &dir) {
                 return Verdict::refused(format!("cannot keep the output: {e}"));
             }
+            ctx.pin_inits(&c.inits);
             pay(hub, ctx, c, worker);
             tracing::info!(worker, video = %c.video, chunk = c.chunk, checked = picked.len(), of = c.segments.len(), "chunk accepted");
             Verdict {

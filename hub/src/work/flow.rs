@@ -67,6 +67,7 @@ pub async fn transcode_distributed(
         segment_secs: segment,
         preset: config.preset.clone(),
         payer,
+        inits: Default::default(),
     });
     for c in &chunks {
         std::fs::create_dir_all(work.join("cuts")).map_err(|e| e.to_string())?;
@@ -135,7 +136,7 @@ async fn wait_for_chunks(hub: &Arc<Hub>, ctx: &Arc<VideoContext>) -> Result<(), 
             reported = percent;
             let _ = hub.catalog.update(&ctx.video, |v| v.percent = percent);
         }
-        if !workers_available(hub) {
+        if !workers_available(hub) || hub.work.board().needs_hub(&ctx.video) {
             encode_here(hub, ctx).await?;
             continue;
         }

@@ -50,9 +50,19 @@ pub struct VideoContext {
     pub preset: String,
     /// Who pays for the transcode (the owner's key, else the HUB's).
     pub payer: [u8; 32],
+    /// Each rung's init segment hash, pinned by the first accepted chunk.
+    pub inits: Mutex<HashMap<String, String>>,
 }
 
 impl VideoContext {
+    /// Pins the init segments of an accepted chunk (where none is yet).
+    pub fn pin_inits(&self, inits: &[(String, String)]) {
+        let mut pinned = self.inits.lock().unwrap_or_else(|p| p.into_inner());
+        for (rung, hash) in inits {
+            pinned.entry(rung.clone()).or_insert_with(|| hash.clone());
+        }
+    }
+
     pub fn job(&self, chunk: u32) -> Option<ChunkJob> {
         Some(ChunkJob {
             chunk: self.chunks.get(chunk as usize)?.clone(),
