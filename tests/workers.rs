@@ -446,3 +446,37 @@ async fn a_worker_that_dies_mid_chunk_loses_its_lease_and_its_late_result_is_ref
     assert_eq!(c["worker"], survivor.client.id().as_str(), "{c}");
     assert_eq!(balance(&hub, &dying.key).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_workers_several_uploads_are_transcoded_at_once() {
+    let key = NodeKey::generate().unwrap();
+    let hub = hub_with(&[&key], "60s").await;
+    let w = worker(&hub, "w", key).await;
+    let (a, b) = (hub.dir.join("a.mp4"), hub.dir.join("b.mp4"));
+    make_video(&a, 4, "320x240");
+    make_video(&b, 4, "320x240");
+    let ids = [upload(&hub, &a).await, upload(&hub, &b).await];
+    // Both on the board before any chunk is done: the queue did not wait
+    // for the first video's workers.
+    let board = get_json(&client_with_key(&hub.admin_key()), &hub.url("/v1/jobs")).await;
+    let on_board: Vec<&str> = board["videos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["video"].as_str().unwrap())
+        .collect();
+    assert_eq!(on_board, [ids[0].as_str(), ids[1].as_str()], "{board}");
+    for _ in 0..2 {
+        let job = lease(&w).await;
+        assert!(
+            work_one(&w.client, &job, &w.scratch)
+                .await
+                .unwrap()
+                .accepted
+        );
+    }
+    for id in &ids {
+        let (video, _) = hub.wait_done(id, Duration::from_secs(60)).await;
+        assert_eq!(video["status"], "ready", "{video}");
+    }
+}
