@@ -54,16 +54,7 @@ async fn hub_with(keys: &[&NodeKey], lease: &str) -> Hub {
 
 /// Uploads `src`; returns the video id once its chunks are on the board.
 async fn upload(hub: &Hub, src: &Path) -> String {
-    let upload = meshcast_hub::tus_client::upload_file(
-        &hub.client(),
-        &hub.url("/v1/videos"),
-        src,
-        1 << 20,
-        |_, _| {},
-    )
-    .await
-    .unwrap();
-    let id = meshcast_hub::tus_client::video_id(&upload).to_string();
+    let id = hub.upload(src).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let v = hub.video(&id).await;
@@ -404,12 +395,22 @@ async fn a_worker_that_dies_mid_chunk_loses_its_lease_and_its_late_result_is_ref
     dying.client.fetch_source(&stale, &cut).await.unwrap();
     let other = lease(survivor).await;
     assert_ne!(other.chunk, stale.chunk);
-    assert!(
-        work_one(&survivor.client, &other, &survivor.scratch)
-            .await
-            .unwrap()
-            .accepted
-    );
+    let (out, spec) = encode(&survivor.client, &other, &survivor.scratch)
+        .await
+        .unwrap();
+    let commitment = commitment_for(&other, &spec, &out).unwrap();
+    upload_output(&survivor.client, &other, &spec, &out)
+        .await
+        .unwrap();
+    assert!(survivor.client.commit(&commitment).await.unwrap().accepted);
+    // The same result again, in a fresh envelope: not paid twice.
+    let again = survivor
+        .client
+        .commit(&commitment)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("409"), "{again}");
     // Once the silent lease runs out, its chunk goes to the survivor.
     let retry = lease(survivor).await;
     assert_eq!(
@@ -444,6 +445,12 @@ async fn a_worker_that_dies_mid_chunk_loses_its_lease_and_its_late_result_is_ref
     let c: &Value = &video["chunks"][stale.chunk as usize];
     assert_eq!(c["history"][0]["outcome"], "lease ran out", "{c}");
     assert_eq!(c["worker"], survivor.client.id().as_str(), "{c}");
+    // Two 4 s chunks of one rung at 1000 µMESH a second, each paid once.
+    let key = survivor.key.clone();
+    chain_shows("the survivor's pay", async || {
+        balance(&hub, &key).await == 8_000
+    })
+    .await;
     assert_eq!(balance(&hub, &dying.key).await, 0);
 }
 

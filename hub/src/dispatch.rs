@@ -11,7 +11,7 @@
 //! paid once.
 
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 /// The HUB itself, as a lease holder of last resort.
 pub const HUB: &str = "hub";
@@ -100,14 +100,12 @@ pub enum LeaseError {
 #[derive(Debug, Default)]
 pub struct Board {
     /// Videos in the order they were added (oldest first).
-    videos: BTreeMap<(u64, String), Vec<ChunkWork>>,
-    seq: u64,
+    videos: Vec<(String, Vec<ChunkWork>)>,
 }
 
 impl Board {
     /// Puts a video's chunks on the board (`seconds` per chunk).
     pub fn add(&mut self, video: &str, seconds: &[f64]) {
-        self.seq += 1;
         let chunks = seconds
             .iter()
             .enumerate()
@@ -121,25 +119,22 @@ impl Board {
                 failures: 0,
             })
             .collect();
-        self.videos.insert((self.seq, video.to_string()), chunks);
+        self.videos.push((video.to_string(), chunks));
     }
 
     pub fn remove(&mut self, video: &str) -> Option<Vec<ChunkWork>> {
-        let key = self.videos.keys().find(|(_, v)| v == video)?.clone();
-        self.videos.remove(&key)
+        let at = self.videos.iter().position(|(v, _)| v == video)?;
+        Some(self.videos.remove(at).1)
     }
 
     pub fn chunks(&self, video: &str) -> Option<&Vec<ChunkWork>> {
-        self.videos
-            .iter()
-            .find(|((_, v), _)| v == video)
-            .map(|(_, c)| c)
+        self.videos.iter().find(|(v, _)| v == video).map(|(_, c)| c)
     }
 
     fn chunk_mut(&mut self, video: &str, chunk: u32) -> Result<&mut ChunkWork, LeaseError> {
         self.videos
             .iter_mut()
-            .find(|((_, v), _)| v == video)
+            .find(|(v, _)| v == video)
             .and_then(|(_, c)| c.get_mut(chunk as usize))
             .ok_or_else(|| LeaseError::Unknown(video.to_string(), chunk))
     }
@@ -147,7 +142,7 @@ impl Board {
     /// Returns run-out leases to the board; says which.
     pub fn expire(&mut self, now: u64) -> Vec<(String, u32, String)> {
         let mut out = Vec::new();
-        for ((_, video), chunks) in self.videos.iter_mut() {
+        for (video, chunks) in self.videos.iter_mut() {
             for c in chunks.iter_mut() {
                 if let ChunkState::Leased {
                     worker, expires, ..
@@ -190,7 +185,7 @@ impl Board {
         capability: impl FnOnce() -> String,
     ) -> Option<Lease> {
         self.expire(now);
-        for ((_, video), chunks) in self.videos.iter_mut() {
+        for (video, chunks) in self.videos.iter_mut() {
             if only.is_some_and(|o| o != video) {
                 continue;
             }
@@ -345,7 +340,7 @@ impl Board {
 
     /// Every video's chunks, oldest video first.
     pub fn all(&self) -> impl Iterator<Item = (&str, &Vec<ChunkWork>)> {
-        self.videos.iter().map(|((_, v), c)| (v.as_str(), c))
+        self.videos.iter().map(|(v, c)| (v.as_str(), c))
     }
 }
 

@@ -75,6 +75,21 @@ fn bonded_nodes(config: &HubConfig) -> Result<Vec<[u8; 32]>, HubError> {
     Ok(out)
 }
 
+/// A reason the chain takes (1 to 512 bytes): cut on a character boundary
+/// with "..." when longer.
+fn bounded_reason(reason: &str) -> String {
+    let mut reason = reason.to_string();
+    if reason.len() > 512 {
+        let mut cut = 509;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str("...");
+    }
+    reason
+}
+
 fn ledger_err(e: impl std::fmt::Display) -> HubError {
     HubError::Ledger(e.to_string())
 }
@@ -203,24 +218,37 @@ impl HubLedger {
             n.state().settled.contains(&key)
         };
         if !done {
-            let mut reason = reason.to_string();
-            if reason.len() > 512 {
-                let mut cut = 509;
-                while !reason.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                reason.truncate(cut);
-                reason.push_str("...");
-            }
             self.submit(vec![Action::Slash {
                 offender,
                 evidence: Evidence::Delivery {
                     claim,
                     epoch,
-                    reason,
+                    reason: bounded_reason(reason),
                 },
             }]);
         }
+    }
+
+    /// Queues a slash of `offender` for a false transcode: its signed
+    /// commitment (`envelope`, wire form), the challenge's nonce and the
+    /// failed segment's index, which the chain re-checks.
+    pub fn slash_transcode(
+        &self,
+        offender: [u8; 32],
+        envelope: &[u8],
+        nonce: [u8; 32],
+        index: u32,
+        reason: &str,
+    ) {
+        self.submit(vec![Action::Slash {
+            offender,
+            evidence: Evidence::Transcode {
+                commitment: hex::encode(envelope),
+                nonce,
+                index,
+                reason: bounded_reason(reason),
+            },
+        }]);
     }
 
     /// Rewards for a settled epoch that the chain has not paid yet.

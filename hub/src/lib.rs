@@ -127,13 +127,31 @@ impl Hub {
         claim: &[u8],
         also: Option<&[u8]>,
     ) {
+        if let Some((key, hash)) =
+            self.record_slash(node, epoch, reason, claim, also.map(hex::encode))
+        {
+            self.ledger.slash_delivery(key, hash, epoch, reason);
+        }
+    }
+
+    /// What every slash does before the chain hears of it: keeps the
+    /// evidence (`claim`, the node-signed envelope it rests on, and `also`)
+    /// under the envelope's hash, records the slash on the node and counts
+    /// it. Returns the offender's key and the hash, or `None` (logged) when
+    /// the evidence cannot be kept: then there is no slash.
+    pub(crate) fn record_slash(
+        &self,
+        node: &str,
+        epoch: u64,
+        reason: &str,
+        claim: &[u8],
+        also: Option<String>,
+    ) -> Option<([u8; 32], [u8; 32])> {
         let Some(record) = self.registry.node(node).ok().flatten() else {
             tracing::error!(node, "cannot slash an unknown node");
-            return;
+            return None;
         };
-        let Some(key) = admission::node_key(&record) else {
-            return;
-        };
+        let key = admission::node_key(&record)?;
         let hash: [u8; 32] = blake3::hash(claim).into();
         let hex_hash = hex::encode(hash);
         let evidence = registry::Evidence {
@@ -141,11 +159,11 @@ impl Hub {
             epoch,
             reason: reason.to_string(),
             claim: hex::encode(claim),
-            also: also.map(hex::encode),
+            also,
         };
         if let Err(e) = self.registry.put_evidence(&hex_hash, &evidence) {
             tracing::error!(node, error = %e, "cannot keep slash evidence; not slashing");
-            return;
+            return None;
         }
         let recorded = self.registry.upsert_node(node, |cur| {
             let mut n = cur.unwrap_or(record.clone());
@@ -162,8 +180,8 @@ impl Hub {
             tracing::error!(node, error = %e, "cannot record a slash on the node");
         }
         self.metrics.slashes.inc();
-        tracing::warn!(node, epoch, evidence = %hex_hash, reason, "node slashed for a fabricated claim");
-        self.ledger.slash_delivery(key, hash, epoch, reason);
+        tracing::warn!(node, epoch, evidence = %hex_hash, reason, "node slashed");
+        Some((key, hash))
     }
 
     /// Queues the ledger rewards for a settled epoch: each video's bytes

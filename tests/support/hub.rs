@@ -147,9 +147,8 @@ impl Hub {
             .unwrap()
     }
 
-    /// Uploads `src` with the test account's key and waits until it is
-    /// ready; returns its id.
-    pub async fn publish(&self, src: &Path) -> String {
+    /// Uploads `src` with the test account's key; returns its id.
+    pub async fn upload(&self, src: &Path) -> String {
         let upload = meshcast_hub::tus_client::upload_file(
             &self.client(),
             &self.url("/v1/videos"),
@@ -159,7 +158,13 @@ impl Hub {
         )
         .await
         .unwrap();
-        let id = meshcast_hub::tus_client::video_id(&upload).to_string();
+        meshcast_hub::tus_client::video_id(&upload).to_string()
+    }
+
+    /// Uploads `src` with the test account's key and waits until it is
+    /// ready; returns its id.
+    pub async fn publish(&self, src: &Path) -> String {
+        let id = self.upload(src).await;
         let (video, _) = self.wait_done(&id, Duration::from_secs(120)).await;
         assert_eq!(video["status"], "ready", "{video}");
         id

@@ -8,10 +8,9 @@
 //! not match the commitment, only lose the worker the chunk.
 
 use super::VideoContext;
-use crate::registry;
 use crate::Hub;
 use meshcast_control::transcoding::{self, Commitment};
-use meshcast_ledger::{Action, Evidence, Work};
+use meshcast_ledger::{Action, Work};
 use meshcast_transcode::{
     check_range, chunk_first_frame, inspect_rendition, Part, Rendition, RenditionKind, VerifyError,
 };
@@ -394,7 +393,8 @@ fn failed_sample(c: &Commitment, dir: &Path, index: usize) -> serde_json::Value 
     })
 }
 
-/// Records the evidence, marks the node and queues the ledger slash.
+/// Keeps the evidence (the signed commitment, the nonce and the failed
+/// sample), marks the node and queues the ledger slash.
 fn slash(
     hub: &Hub,
     worker: &str,
@@ -403,55 +403,9 @@ fn slash(
     index: usize,
     why: &str,
 ) {
-    let Some(node) = hub.registry.node(worker).ok().flatten() else {
-        return;
-    };
-    let Some(key) = crate::admission::node_key(&node) else {
-        return;
-    };
-    let hash = blake3::hash(envelope).to_hex().to_string();
-    let mut reason = why.to_string();
-    if reason.len() > 500 {
-        let mut cut = 497;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason.truncate(cut);
-        reason.push_str("...");
+    let also = serde_json::json!({ "nonce": hex::encode(nonce), "sample": sample }).to_string();
+    if let Some((key, _)) = hub.record_slash(worker, 0, why, envelope, Some(also)) {
+        hub.ledger
+            .slash_transcode(key, envelope, nonce, index as u32, why);
     }
-    let evidence = registry::Evidence {
-        node: worker.to_string(),
-        epoch: 0,
-        reason: reason.clone(),
-        claim: hex::encode(envelope),
-        also: Some(
-            serde_json::json!({ "nonce": hex::encode(nonce), "sample": sample }).to_string(),
-        ),
-    };
-    if let Err(e) = hub.registry.put_evidence(&hash, &evidence) {
-        tracing::error!(worker, error = %e, "cannot keep slash evidence; not slashing");
-        return;
-    }
-    let _ = hub.registry.upsert_node(worker, |cur| {
-        let mut n = cur.unwrap_or(node.clone());
-        if !n.slashes.iter().any(|s| s.evidence == hash) {
-            n.slashes.push(registry::SlashRecord {
-                epoch: 0,
-                reason: reason.clone(),
-                evidence: hash.clone(),
-            });
-        }
-        n
-    });
-    hub.metrics.slashes.inc();
-    tracing::warn!(worker, evidence = %hash, reason = %reason, "worker slashed for a false transcode");
-    hub.ledger.submit(vec![Action::Slash {
-        offender: key,
-        evidence: Evidence::Transcode {
-            commitment: hex::encode(envelope),
-            nonce,
-            index: index as u32,
-            reason,
-        },
-    }]);
 }

@@ -69,8 +69,8 @@ pub async fn transcode_distributed(
         payer,
         inits: Default::default(),
     });
+    std::fs::create_dir_all(work.join("cuts")).map_err(|e| e.to_string())?;
     for c in &chunks {
-        std::fs::create_dir_all(work.join("cuts")).map_err(|e| e.to_string())?;
         cut(input, c, source.fps, &ctx.cut_path(c.index))
             .await
             .map_err(|e| e.to_string())?;
@@ -136,8 +136,8 @@ async fn wait_for_chunks(hub: &Arc<Hub>, ctx: &Arc<VideoContext>) -> Result<(), 
             reported = percent;
             let _ = hub.catalog.update(&ctx.video, |v| v.percent = percent);
         }
-        if !workers_available(hub) || hub.work.board().needs_hub(&ctx.video) {
-            encode_here(hub, ctx).await?;
+        let ours = !workers_available(hub) || hub.work.board().needs_hub(&ctx.video);
+        if ours && encode_here(hub, ctx).await? {
             continue;
         }
         tokio::select! {
@@ -148,17 +148,16 @@ async fn wait_for_chunks(hub: &Arc<Hub>, ctx: &Arc<VideoContext>) -> Result<(), 
 }
 
 /// The HUB as the worker of last resort: takes one waiting chunk and
-/// encodes it itself (its own output needs no check).
-async fn encode_here(hub: &Arc<Hub>, ctx: &Arc<VideoContext>) -> Result<(), String> {
+/// encodes it itself (its own output needs no check). `false`: none of
+/// this video's chunks was waiting (the rest are being checked).
+async fn encode_here(hub: &Arc<Hub>, ctx: &Arc<VideoContext>) -> Result<bool, String> {
     const HUB: &str = "hub";
     let lease =
         hub.work
             .board()
             .lease_in(Some(&ctx.video), HUB, now_secs(), u64::MAX / 4, String::new);
     let Some(lease) = lease else {
-        // Nothing of this video waiting (the rest is being checked).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        return Ok(());
+        return Ok(false);
     };
     tracing::info!(video = %ctx.video, chunk = lease.chunk, "no worker available: the HUB encodes the chunk");
     let job = ctx.job(lease.chunk).ok_or("chunk out of range")?;
@@ -178,5 +177,5 @@ async fn encode_here(hub: &Arc<Hub>, ctx: &Arc<VideoContext>) -> Result<(), Stri
     board.finish(&ctx.video, lease.chunk, true, "encoded by the HUB");
     drop(board);
     hub.work.changed.notify_waiters();
-    Ok(())
+    Ok(true)
 }
