@@ -2,17 +2,12 @@
 //! not fall on segment boundaries, cut and encoded chunk by chunk, joins
 //! into a ladder with every frame once and continuous timestamps.
 
-use meshcast_conf::TranscodeSection;
+mod common;
+
+use common::{config, scratch};
 use meshcast_transcode::{transcode, transcode_in_chunks};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("meshcast-chunks-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// 23 s at 25 fps, 854x480, keyframes every 2.4 s (never on a 2 s
 /// segment boundary but at 0 and 12), a tone.
@@ -39,14 +34,6 @@ fn make_source(dir: &Path, rate: &str) -> PathBuf {
         .success();
     assert!(ok);
     out
-}
-
-fn config() -> TranscodeSection {
-    TranscodeSection {
-        segment_duration: meshcast_conf::Seconds(std::time::Duration::from_secs(2)),
-        preset: "ultrafast".into(),
-        ..Default::default()
-    }
 }
 
 /// Every video packet's presentation time in a rendition, sorted.

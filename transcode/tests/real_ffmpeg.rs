@@ -1,26 +1,12 @@
 //! The transcoder against real ffmpeg/ffprobe, on inputs made here.
 
+mod common;
+
+use common::{config, ffmpeg, scratch};
 use meshcast_conf::TranscodeSection;
 use meshcast_transcode::{probe, transcode, ProbeError, RenditionKind, TranscodeError};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("meshcast-tc-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn ffmpeg(args: &[&str]) {
-    let ok = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y"])
-        .args(args)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ffmpeg {args:?}");
-}
 
 fn make_source(dir: &Path, secs: u32) -> PathBuf {
     let out = dir.join("src.mp4");
@@ -45,14 +31,6 @@ fn make_source(dir: &Path, secs: u32) -> PathBuf {
         out.to_str().unwrap(),
     ]);
     out
-}
-
-fn config() -> TranscodeSection {
-    TranscodeSection {
-        segment_duration: meshcast_conf::Seconds(std::time::Duration::from_secs(2)),
-        preset: "ultrafast".into(),
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
