@@ -192,34 +192,57 @@ async fn the_fidelity_check_passes_honest_segments_and_catches_substitutes() {
         eprintln!("honest segment {n}: {f:?}");
         assert!(f.passes(), "honest segment {n}: {f:?}");
     }
-    // Every rung of one time range in one run; a part that does not decode
-    // is named.
+    // Two segments of every rung in one run from the first one's start,
+    // a few drawn frames each (the later one `offset` frames in); a part
+    // that does not decode is named.
     use meshcast_transcode::{check_range, Part};
-    let files: Vec<(Vec<u8>, Vec<u8>)> = out
+    let files: Vec<(Vec<u8>, Vec<u8>, u32)> = out
         .manifest
         .videos()
-        .map(|r| {
+        .flat_map(|r| {
             let d = dir.join("out").join(&r.name);
-            (
-                std::fs::read(d.join("init.mp4")).unwrap(),
-                std::fs::read(d.join(&r.segments[3].file)).unwrap(),
-            )
+            let init = std::fs::read(d.join("init.mp4")).unwrap();
+            let first = (r.segments[3].duration * r.fps).round() as u32;
+            [(3, 0), (4, first)].map(|(n, offset)| {
+                let seg = std::fs::read(d.join(&r.segments[n].file)).unwrap();
+                (init.clone(), seg, offset)
+            })
         })
         .collect();
-    assert!(files.len() >= 2, "a ladder");
+    assert!(files.len() >= 4, "a ladder");
+    let drawn = [vec![1u32, 37], vec![0, 49], vec![12]];
     let parts: Vec<Part> = ladder
         .iter()
+        .flat_map(|rung| [rung, rung])
         .zip(&files)
-        .map(|(rung, (i, s))| Part {
+        .enumerate()
+        .map(|(k, (rung, (i, s, offset)))| Part {
             rung,
             init: i,
             segment: s,
+            offset: *offset,
+            frames: &drawn[k % drawn.len()],
         })
         .collect();
-    let span = (range(3).start, range(3).duration);
+    let span = (range(3).start, range(3).duration + range(4).duration);
     let all = check_range(&parts, &src, span, &dir).await.unwrap();
     assert_eq!(all.len(), parts.len());
+    eprintln!("drawn frames: {all:?}");
     assert!(all.iter().all(|f| f.passes()), "{all:?}");
+    // The same segments with their places swapped fail.
+    let swapped: Vec<Part> = parts
+        .iter()
+        .map(|p| Part {
+            rung: p.rung,
+            init: p.init,
+            segment: p.segment,
+            offset: if p.offset == 0 { 50 } else { 0 },
+            frames: p.frames,
+        })
+        .collect();
+    let all = check_range(&swapped, &src, span, &dir).await.unwrap();
+    eprintln!("swapped: {all:?}");
+    assert!(all.iter().all(|f| !f.passes()), "{all:?}");
     let junk = vec![0u8; 4096];
     let broken: Vec<Part> = parts
         .iter()
@@ -228,6 +251,8 @@ async fn the_fidelity_check_passes_honest_segments_and_catches_substitutes() {
             rung: p.rung,
             init: p.init,
             segment: if i == 1 { &junk } else { p.segment },
+            offset: p.offset,
+            frames: p.frames,
         })
         .collect();
     match check_range(&broken, &src, span, &dir).await {

@@ -2,7 +2,8 @@
 //! exactly what it committed to; every segment passes the structural
 //! check (keyframe start, duration, no gap, first picture at the chunk's
 //! start); a sample drawn from the commitment and a fresh nonce passes the
-//! fidelity check against the original upload. A false sampled segment is
+//! fidelity check against the original upload (frames drawn the same way
+//! in each sampled segment, all of a chunk's in one ffmpeg run). A false sampled segment is
 //! slashed with evidence the ledger re-checks (the signed commitment, the
 //! nonce, the index); a false segment outside the sample, or files that do
 //! not match the commitment, only lose the worker the chunk.
@@ -194,90 +195,104 @@ fn same_inits(ctx: &VideoContext, c: &Commitment) -> Result<(), String> {
     Ok(())
 }
 
-/// Fidelity of each picked segment against the original upload.
+/// A picked segment, read and placed for the fidelity run.
+struct Picked<'a> {
+    index: usize,
+    rung: &'a meshcast_transcode::Rung,
+    init: Vec<u8>,
+    segment: Vec<u8>,
+    /// Seconds into the source of its first frame, and its length.
+    at: f64,
+    duration: f64,
+    frames: Vec<u32>,
+}
+
+/// Reads the picked segment at commitment index `i` and draws its frames.
+fn pick<'a>(
+    ctx: &'a VideoContext,
+    c: &Commitment,
+    dir: &Path,
+    renditions: &[Rendition],
+    (i, nonce): (usize, &[u8; 32]),
+) -> Result<Picked<'a>, Finding> {
+    let rung = &c.segments[i].rung;
+    let (Some(r), Some(spec)) = (
+        renditions.iter().find(|r| r.name == *rung),
+        ctx.rungs.iter().find(|r| r.name == *rung),
+    ) else {
+        return Err(Finding::False(i, format!("segment of unknown rung {rung}")));
+    };
+    let file = format!("seg_{:05}.m4s", c.segments[i].number);
+    let Some(seg) = r.segments.iter().find(|s| s.file == file) else {
+        return Err(Finding::False(i, format!("{rung}/{file} is missing")));
+    };
+    let read =
+        |p: std::path::PathBuf| std::fs::read(p).map_err(|e| Finding::Unproven(e.to_string()));
+    let at = (seg.start + r.composition_offset).saturating_sub(r.edit_offset) as f64
+        / r.timescale.max(1) as f64;
+    let count = (seg.duration * spec.fps).round() as u32;
+    Ok(Picked {
+        index: i,
+        rung: spec,
+        init: read(dir.join(rung).join("init.mp4"))?,
+        segment: read(dir.join(rung).join(&file))?,
+        at,
+        duration: seg.duration,
+        frames: transcoding::frames_to_check(&c.root, nonce, i, count),
+    })
+}
+
+/// Fidelity of the picked segments against the original upload, in one
+/// ffmpeg run over the chunk: the source decoded once, each segment up to
+/// the last of its drawn frames.
 async fn fidelity(
     ctx: &VideoContext,
     c: &Commitment,
     dir: &Path,
     renditions: &[Rendition],
-    picked: &[usize],
+    (picked, nonce): (&[usize], &[u8; 32]),
 ) -> Result<(), Finding> {
-    // One run per time range: every picked rung of a segment number at once.
-    let mut by_number: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
-    for &i in picked {
-        by_number.entry(c.segments[i].number).or_default().push(i);
-    }
-    for (number, indices) in by_number {
-        check_number(ctx, c, dir, renditions, number, &indices).await?;
-    }
-    Ok(())
-}
-
-/// The fidelity check of the picked rungs (`indices`) of one segment number.
-async fn check_number(
-    ctx: &VideoContext,
-    c: &Commitment,
-    dir: &Path,
-    renditions: &[Rendition],
-    number: u32,
-    indices: &[usize],
-) -> Result<(), Finding> {
-    let file = format!("seg_{number:05}.m4s");
-    let read =
-        |p: std::path::PathBuf| std::fs::read(p).map_err(|e| Finding::Unproven(e.to_string()));
-    let mut bytes = Vec::new();
-    let mut span = None;
-    for &i in indices {
-        let rung = &c.segments[i].rung;
-        let (Some(r), Some(spec)) = (
-            renditions.iter().find(|r| r.name == *rung),
-            ctx.rungs.iter().find(|r| r.name == *rung),
-        ) else {
-            return Err(Finding::False(i, format!("segment of unknown rung {rung}")));
-        };
-        let Some(seg) = r.segments.iter().find(|s| s.file == file) else {
-            return Err(Finding::False(i, format!("{rung}/{file} is missing")));
-        };
-        let at = (seg.start + r.composition_offset).saturating_sub(r.edit_offset) as f64
-            / r.timescale.max(1) as f64;
-        span.get_or_insert((at, seg.duration));
-        bytes.push((
-            spec,
-            read(dir.join(rung).join("init.mp4"))?,
-            read(dir.join(rung).join(&file))?,
-        ));
-    }
-    let Some(span) = span else { return Ok(()) };
-    let parts: Vec<Part> = bytes
+    let loaded = picked
         .iter()
-        .map(|(rung, init, segment)| Part {
-            rung,
-            init,
-            segment,
+        .map(|&i| pick(ctx, c, dir, renditions, (i, nonce)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(start) = loaded.iter().map(|p| p.at).reduce(f64::min) else {
+        return Ok(());
+    };
+    let end = loaded
+        .iter()
+        .map(|p| p.at + p.duration)
+        .fold(start, f64::max);
+    let parts: Vec<Part> = loaded
+        .iter()
+        .map(|p| Part {
+            rung: p.rung,
+            init: &p.init,
+            segment: &p.segment,
+            offset: ((p.at - start) * p.rung.fps).round() as u32,
+            frames: &p.frames,
         })
         .collect();
-    match check_range(&parts, &ctx.input, span, &ctx.dir).await {
+    let named = |p: &Picked| format!("{}/seg_{:05}.m4s", p.rung.name, c.segments[p.index].number);
+    match check_range(&parts, &ctx.input, (start, end - start), &ctx.dir).await {
         Ok(found) => {
-            for (&i, f) in indices.iter().zip(&found) {
+            for (p, f) in loaded.iter().zip(&found) {
                 if !f.passes() {
-                    return Err(Finding::False(i, format!(
-                        "{}/{file}: SSIM {:.4} against the source, below the {:.4} of a two-thirds picture scaled back up",
-                        c.segments[i].rung, f.ssim, f.reference
+                    return Err(Finding::False(p.index, format!(
+                        "{}: SSIM {:.4} against the source, below the {:.4} of a two-thirds picture scaled back up",
+                        named(p), f.ssim, f.reference
                     )));
                 }
             }
             Ok(())
         }
-        Err((Some(pos), e)) => {
-            let i = indices[pos];
-            Err(Finding::False(
-                i,
-                format!("{}/{file}: {e}", c.segments[i].rung),
-            ))
-        }
+        Err((Some(pos), e)) => Err(Finding::False(
+            loaded[pos].index,
+            format!("{}: {e}", named(&loaded[pos])),
+        )),
         Err((None, e)) => {
-            tracing::error!(%file, error = %e, "the fidelity check could not run");
-            Err(Finding::Unproven(format!("{file}: {e}")))
+            tracing::error!(video = %c.video, chunk = c.chunk, error = %e, "the fidelity check could not run");
+            Err(Finding::Unproven(format!("chunk {}: {e}", c.chunk)))
         }
     }
 }
@@ -301,7 +316,7 @@ pub async fn check(
     getrandom::fill(&mut nonce).expect("the OS has randomness");
     let picked = transcoding::challenge(&c.root, &nonce, c.segments.len());
     let found = match structure(ctx, c, &dir, &picked) {
-        Ok(renditions) => fidelity(ctx, c, &dir, &renditions, &picked).await,
+        Ok(renditions) => fidelity(ctx, c, &dir, &renditions, (&picked, &nonce)).await,
         Err(f) => Err(f),
     };
     match found {
@@ -315,9 +330,10 @@ pub async fn check(
             Verdict {
                 passed: true,
                 outcome: format!(
-                    "passed: {} of {} segments checked",
+                    "passed: {} of {} segments checked, {} frames each",
                     picked.len(),
-                    c.segments.len()
+                    c.segments.len(),
+                    transcoding::FRAMES_PER_SEGMENT
                 ),
                 checked: picked,
                 slashed: false,
