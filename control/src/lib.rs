@@ -2,7 +2,8 @@
 //! library: node identities, signed envelopes with replay protection,
 //! playback tokens (PASETO), delivery receipts and acks, Merkle commitments
 //! over batches, challenge sampling derived from a transcript the prover
-//! has already committed to, and the audit of delivery claims. It opens no
+//! has already committed to, the audit of delivery claims, and the
+//! challenges and verdicts of proof of transcoding and proof of storage. It opens no
 //! sockets and touches no disk beyond loading and saving a key file;
 //! servers (edge, hub) call it and keep their own state.
 
@@ -13,5 +14,6 @@ pub mod merkle;
 pub mod messages;
 pub mod receipt;
 pub mod sample;
+pub mod storage;
 pub mod token;
 pub mod transcoding;

@@ -30,19 +30,36 @@ pub fn challenge_indices(claim: &[u8], count: usize, k: usize) -> Vec<usize> {
     }
     let mut t = Transcript::new(b"meshcast delivery audit v1");
     t.append_message(b"claim", claim);
-    let n = count as u64;
-    // Rejection sampling keeps every index equally likely.
+    (0..k)
+        .map(|_| draw_below(&mut t, b"index", count as u64) as usize)
+        .collect()
+}
+
+/// A value below `n` (> 0) drawn from the transcript, every one equally
+/// likely (rejection sampling).
+pub fn draw_below(t: &mut Transcript, label: &'static [u8], n: u64) -> u64 {
+    assert!(n > 0, "a draw from nothing");
     let zone = u64::MAX - (u64::MAX % n);
-    let mut out = Vec::with_capacity(k);
     let mut buf = [0u8; 8];
-    while out.len() < k {
-        t.challenge_bytes(b"index", &mut buf);
+    loop {
+        t.challenge_bytes(label, &mut buf);
         let x = u64::from_le_bytes(buf);
         if x < zone {
-            out.push((x % n) as usize);
+            return x % n;
         }
     }
-    out
+}
+
+/// `k` distinct values below `n`, ascending; all of them when `k ≥ n`.
+pub fn draw_distinct(t: &mut Transcript, label: &'static [u8], n: u64, k: usize) -> Vec<u64> {
+    if k as u64 >= n {
+        return (0..n).collect();
+    }
+    let mut picked = std::collections::BTreeSet::new();
+    while picked.len() < k {
+        picked.insert(draw_below(t, label, n));
+    }
+    picked.into_iter().collect()
 }
 
 /// The full challenge for a delivery claim: `k` entries drawn uniformly

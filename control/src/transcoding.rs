@@ -133,17 +133,10 @@ pub fn challenge(root: &[u8; 32], nonce: &[u8; 32], n: usize) -> Vec<usize> {
     t.append_message(b"root", root);
     t.append_message(b"nonce", nonce);
     t.append_u64(b"n", n as u64);
-    let zone = u64::MAX - (u64::MAX % n as u64);
-    let mut picked = std::collections::BTreeSet::new();
-    let mut buf = [0u8; 8];
-    while picked.len() < k {
-        t.challenge_bytes(b"index", &mut buf);
-        let x = u64::from_le_bytes(buf);
-        if x < zone {
-            picked.insert((x % n as u64) as usize);
-        }
-    }
-    picked.into_iter().collect()
+    crate::sample::draw_distinct(&mut t, b"index", n as u64, k)
+        .into_iter()
+        .map(|i| i as usize)
+        .collect()
 }
 
 /// Frames compared in each checked segment.
@@ -153,22 +146,15 @@ pub const FRAMES_PER_SEGMENT: usize = 2;
 /// `index` of a commitment, which has `frames` frames: `FRAMES_PER_SEGMENT`
 /// distinct ones drawn like the challenge, or all of a shorter segment.
 pub fn frames_to_check(root: &[u8; 32], nonce: &[u8; 32], index: usize, frames: u32) -> Vec<u32> {
-    let k = FRAMES_PER_SEGMENT.min(frames as usize);
+    let k = FRAMES_PER_SEGMENT;
     let mut t = Transcript::new(b"meshcast transcode audit v1");
     t.append_message(b"root", root);
     t.append_message(b"nonce", nonce);
     t.append_u64(b"segment", index as u64);
-    let zone = u64::MAX - (u64::MAX % frames.max(1) as u64);
-    let mut picked = std::collections::BTreeSet::new();
-    let mut buf = [0u8; 8];
-    while picked.len() < k {
-        t.challenge_bytes(b"frame", &mut buf);
-        let x = u64::from_le_bytes(buf);
-        if x < zone {
-            picked.insert((x % frames as u64) as u32);
-        }
-    }
-    picked.into_iter().collect()
+    crate::sample::draw_distinct(&mut t, b"frame", frames as u64, k)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect()
 }
 
 /// A job the HUB leases to a worker: one chunk of one video.
