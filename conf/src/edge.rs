@@ -336,16 +336,28 @@ impl<'de> Deserialize<'de> for HostPattern {
     }
 }
 
-/// Where a site's content comes from: `http://host:port` or `https://host:port`.
+/// Where a site's content comes from: `http://host:port`,
+/// `https://host:port`, or `network`: media from the storage nodes'
+/// shards (through the edge's own network origin on loopback), the rest
+/// from the HUB.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub tls: bool,
     pub host: String,
     pub port: u16,
+    pub network: bool,
 }
 
 impl Origin {
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "network" {
+            return Ok(Origin {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 0,
+                network: true,
+            });
+        }
         const HELP: &str = "expected an origin URL such as \"http://127.0.0.1:8000\" or \"https://origin.example.com\"";
         let uri: http::Uri = text
             .parse()
@@ -375,7 +387,12 @@ impl Origin {
             .trim_end_matches(']')
             .to_string();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        Ok(Origin { tls, host, port })
+        Ok(Origin {
+            tls,
+            host,
+            port,
+            network: false,
+        })
     }
 
     /// `host:port`, bracketing IPv6 literals.
@@ -563,6 +580,14 @@ impl EdgeConfig {
                     .into(),
             ));
         }
+        if self.node.is_none() {
+            if let Some(i) = self.sites.iter().position(|s| s.origin.network) {
+                return Err((
+                    format!("site[{i}].origin"),
+                    "origin = \"network\" reads shards with this edge's node key from its HUB: add a [node] section".into(),
+                ));
+            }
+        }
         if let Some(n) = &self.node {
             for (key, url) in [("node.hub", &n.hub), ("node.advertise", &n.advertise)] {
                 if !(url.starts_with("http://") || url.starts_with("https://"))
@@ -668,11 +693,21 @@ origin = "http://127.0.0.1:8000"
             Origin {
                 tls: false,
                 host: "127.0.0.1".into(),
-                port: 8000
+                port: 8000,
+                network: false,
             }
         );
         assert_eq!(c.sites[0].hosts, vec![HostPattern::Any]);
         assert_eq!(c.sites[0].playlist_ttl.0, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_network_as_origin_needs_a_node_identity() {
+        let src = MINIMAL.replace("origin = \"http://127.0.0.1:8000\"", "origin = \"network\"");
+        assert_ne!(src, MINIMAL);
+        let e = err(&src);
+        assert!(e.contains("site[0].origin") && e.contains("[node]"), "{e}");
+        assert!(Origin::parse("network").unwrap().network);
     }
 
     #[test]

@@ -18,6 +18,85 @@ pub struct HubConfig {
     pub log: HubLog,
     #[serde(default)]
     pub ledger: HubLedger,
+    #[serde(default)]
+    pub storage: HubStorage,
+}
+
+/// `[storage]`: how published media is cut for storage nodes. With at
+/// least `data_shards + parity_shards` admitted storage nodes up, each
+/// segment and init segment is sealed and coded onto them after it is
+/// published; with fewer, the hub keeps serving it alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubStorage {
+    /// Shards any `data_shards` of which give an object back (`k`).
+    #[serde(default = "default_data_shards")]
+    pub data_shards: usize,
+    /// Extra shards: this many storage nodes may be lost (`m`).
+    #[serde(default = "default_parity_shards")]
+    pub parity_shards: usize,
+    /// A storage node silent this long loses its shards: they are rebuilt
+    /// from the others onto other nodes.
+    #[serde(default = "default_grace")]
+    pub grace: Seconds,
+    /// How often the hub looks for shards to rebuild.
+    #[serde(default = "default_repair_interval")]
+    pub repair_interval: Seconds,
+    /// Rebuilt shard bytes put per second, at most (so repair does not
+    /// starve viewers of the nodes' bandwidth).
+    #[serde(default = "default_repair_rate")]
+    pub repair_rate: ByteSize,
+    /// How often each storage node is audited.
+    #[serde(default = "default_audit_interval")]
+    pub audit_interval: Seconds,
+    /// How long a node has to answer an audit.
+    #[serde(default = "default_audit_timeout")]
+    pub audit_timeout: Seconds,
+    /// Failed or late audits in a row that get a node slashed (and its
+    /// shards rebuilt elsewhere).
+    #[serde(default = "default_slash_after")]
+    pub slash_after: u32,
+}
+
+impl Default for HubStorage {
+    fn default() -> Self {
+        HubStorage {
+            data_shards: default_data_shards(),
+            parity_shards: default_parity_shards(),
+            grace: default_grace(),
+            repair_interval: default_repair_interval(),
+            repair_rate: default_repair_rate(),
+            audit_interval: default_audit_interval(),
+            audit_timeout: default_audit_timeout(),
+            slash_after: default_slash_after(),
+        }
+    }
+}
+
+fn default_grace() -> Seconds {
+    Seconds(Duration::from_secs(600))
+}
+fn default_repair_interval() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+fn default_audit_interval() -> Seconds {
+    Seconds(Duration::from_secs(3600))
+}
+fn default_audit_timeout() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+fn default_slash_after() -> u32 {
+    3
+}
+fn default_repair_rate() -> ByteSize {
+    ByteSize(16 << 20)
+}
+
+fn default_data_shards() -> usize {
+    4
+}
+fn default_parity_shards() -> usize {
+    2
 }
 
 /// The ledger validator every hub embeds.
@@ -341,6 +420,29 @@ impl HubConfig {
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
+        let st = &self.storage;
+        if st.audit_interval.0.is_zero() || st.audit_timeout.0.is_zero() || st.slash_after == 0 {
+            return Err((
+                "storage.audit_interval".into(),
+                "audits need a nonzero audit_interval and audit_timeout, and slash_after of at least 1".into(),
+            ));
+        }
+        if st.repair_rate.0 < 1024 || st.repair_interval.0.is_zero() {
+            return Err((
+                "storage.repair_rate".into(),
+                "repair needs a rate of at least 1KiB (a second) and a nonzero repair_interval"
+                    .into(),
+            ));
+        }
+        if st.data_shards == 0 || st.parity_shards == 0 || st.data_shards + st.parity_shards > 255 {
+            return Err((
+                "storage.data_shards".into(),
+                format!(
+                    "k = {}, m = {}: each at least 1 and at most 255 shards in all",
+                    st.data_shards, st.parity_shards
+                ),
+            ));
+        }
         for (i, edge) in self.hub.edges.iter().enumerate() {
             if !(edge.starts_with("http://") || edge.starts_with("https://"))
                 || edge.parse::<http::Uri>().is_err()

@@ -1,9 +1,12 @@
 //! `meshcast worker` configuration: the node's key and HUB, and what work
-//! it takes. A worker opens no port: it pulls jobs from its HUB.
+//! it takes. A transcoding worker opens no port: it pulls jobs from its
+//! HUB. A storage node listens: the HUB puts shards on it and audits it,
+//! edges read shards from it.
 
 use crate::error::ConfError;
-use crate::units::Seconds;
+use crate::units::{ByteSize, Seconds};
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,7 +36,7 @@ pub struct WorkerNode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSection {
-    /// Work this node does: "transcode".
+    /// Work this node does: "transcode", "storage", or both.
     #[serde(default = "default_roles")]
     pub roles: Vec<String>,
     /// Jobs worked on at once (each runs one ffmpeg, which uses every core).
@@ -44,6 +47,28 @@ pub struct WorkerSection {
     /// The ffmpeg program to run (a path, or a name looked up in PATH).
     #[serde(default = "default_ffmpeg")]
     pub ffmpeg: PathBuf,
+    /// Storage role: where shards are kept.
+    pub storage_dir: Option<PathBuf>,
+    /// Storage role: how many bytes of shards this node offers.
+    pub capacity: Option<ByteSize>,
+    /// Storage role: the address to listen on for the HUB and edges.
+    pub listen: Option<SocketAddr>,
+    /// Storage role: the base URL others reach `listen` at (default
+    /// `http://{listen}`, which needs a specific address).
+    pub advertise: Option<String>,
+}
+
+impl WorkerSection {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// The base URL a storage node registers.
+    pub fn storage_url(&self) -> Option<String> {
+        self.advertise
+            .clone()
+            .or_else(|| self.listen.map(|l| format!("http://{l}")))
+    }
 }
 
 fn default_ffmpeg() -> PathBuf {
@@ -61,7 +86,7 @@ fn default_parallel() -> usize {
 }
 
 /// Roles a worker may take.
-pub const WORKER_ROLES: [&str; 1] = ["transcode"];
+pub const WORKER_ROLES: [&str; 2] = ["transcode", "storage"];
 
 impl WorkerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfError> {
@@ -101,7 +126,40 @@ impl WorkerConfig {
         if !(1..=64).contains(&self.worker.parallel_jobs) {
             return Err(("worker.parallel_jobs".into(), "1 to 64".into()));
         }
+        if self.worker.has_role("storage") {
+            self.validate_storage()?;
+        }
         Ok(())
+    }
+
+    fn validate_storage(&self) -> Result<(), (String, String)> {
+        let w = &self.worker;
+        let need = |key: &str, example: &str| {
+            (
+                format!("worker.{key}"),
+                format!("the storage role needs {key}, e.g. {key} = {example}"),
+            )
+        };
+        if w.storage_dir.is_none() {
+            return Err(need("storage_dir", "\"/var/lib/meshcast/shards\""));
+        }
+        if w.capacity.is_none_or(|c| c.0 == 0) {
+            return Err(need("capacity", "\"100GiB\""));
+        }
+        let Some(listen) = w.listen else {
+            return Err(need("listen", "\"0.0.0.0:9100\""));
+        };
+        match &w.advertise {
+            Some(a) if !(a.starts_with("http://") || a.starts_with("https://")) => Err((
+                "worker.advertise".into(),
+                format!("{a:?} is not a base URL like \"http://203.0.113.5:9100\""),
+            )),
+            None if listen.ip().is_unspecified() => Err((
+                "worker.advertise".into(),
+                format!("listen = \"{listen}\" is every address: say which one others reach, e.g. advertise = \"http://203.0.113.5:{}\"", listen.port()),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -124,6 +182,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("worker.roles[1]") && e.contains("mining"), "{e}");
+        let storage = OK.replace("scratch\"\n", "scratch\"\nroles = [\"storage\"]\n");
+        let e = WorkerConfig::parse(Path::new("worker.toml"), &storage)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker.storage_dir"), "{e}");
+        let full = storage.replace(
+            "roles = [\"storage\"]\n",
+            "roles = [\"storage\"]\nstorage_dir = \"s\"\ncapacity = \"1GiB\"\nlisten = \"0.0.0.0:9100\"\n",
+        );
+        let e = WorkerConfig::parse(Path::new("worker.toml"), &full)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker.advertise"), "{e}");
+        let c = WorkerConfig::parse(
+            Path::new("worker.toml"),
+            &full.replace("0.0.0.0", "127.0.0.1"),
+        )
+        .unwrap();
+        assert_eq!(c.worker.storage_url().unwrap(), "http://127.0.0.1:9100");
+        assert_eq!(c.worker.capacity.unwrap().0, 1 << 30);
         let bad = OK.replace("http://127.0.0.1:8000", "127.0.0.1:8000");
         let e = WorkerConfig::parse(Path::new("worker.toml"), &bad)
             .unwrap_err()

@@ -105,14 +105,42 @@ impl NodeKey {
         self.signing.to_bytes()
     }
 
+    /// The X25519 secret content keys are wrapped for: the Ed25519 key's
+    /// scalar (as libsodium's `crypto_sign_ed25519_sk_to_curve25519`), so
+    /// a node needs no second key file. Keep it in memory only.
+    pub fn x25519_secret(&self) -> [u8; 32] {
+        self.signing.to_scalar_bytes()
+    }
+
     pub(crate) fn signing(&self) -> &SigningKey {
         &self.signing
     }
 }
 
+/// The X25519 public key that goes with a node's Ed25519 public key (the
+/// birationally equivalent Montgomery point).
+pub fn x25519_public(public: &VerifyingKey) -> [u8; 32] {
+    public.to_montgomery().to_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_content_key_wrapped_for_a_nodes_public_key_opens_with_its_key_file() {
+        let node = NodeKey::generate().unwrap();
+        let public = x25519_public(&node.public());
+        assert_eq!(meshcast_shards::public_key(&node.x25519_secret()), public);
+        let key = meshcast_shards::ContentKey::random();
+        let w = meshcast_shards::wrap_key(&key, &public, "v").unwrap();
+        assert_eq!(
+            meshcast_shards::unwrap_key(&w, &node.x25519_secret(), "v").unwrap(),
+            key
+        );
+        let other = NodeKey::generate().unwrap();
+        assert!(meshcast_shards::unwrap_key(&w, &other.x25519_secret(), "v").is_err());
+    }
 
     #[test]
     fn save_load_and_refuse_loose_permissions() {

@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod identity;
 pub mod merkle;
 pub mod messages;
+pub mod placement;
 pub mod receipt;
 pub mod sample;
 pub mod storage;

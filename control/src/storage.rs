@@ -28,6 +28,11 @@ use meshcast_shards::{verify, CHUNK};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+/// HUB → storage node: the challenge (body: `Challenge`).
+pub const AUDIT: &str = "meshcast-storage-audit-v1";
+/// Storage node → HUB: its answer (body: `Answer`).
+pub const AUDIT_ANSWER: &str = "meshcast-storage-answer-v1";
+
 /// Chunks drawn from each shard in one audit.
 pub const SLICES_PER_SHARD: usize = 7;
 

@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod freshness;
 pub mod http_rules;
 pub mod metrics;
+pub mod network;
 pub mod path;
 pub mod pipeline;
 pub mod quic;

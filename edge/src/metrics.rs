@@ -23,6 +23,8 @@ pub struct Metrics {
     pub hub_up: prometheus::IntGauge,
     pub client_connections: prometheus::IntGauge,
     pub connections_refused: IntCounterVec,
+    pub network_objects: IntCounterVec,
+    pub network_shards: IntCounterVec,
 }
 
 impl Metrics {
@@ -77,6 +79,8 @@ impl Metrics {
                 g
             },
             connections_refused: counter_vec("meshcast_connections_refused_total", "Client connections closed by the TCP door before the pipeline, by reason (full, per_address, evicted to make room, header_timeout, head_too_large, bad_preface)", &["reason"]),
+            network_objects: counter_vec("meshcast_network_objects_total", "Media objects the network origin answered, by where they came from (network: decoded from shards; hub: the HUB's origin)", &["from"]),
+            network_shards: counter_vec("meshcast_network_shards_total", "Shard fetches of the network origin, by outcome (ok, failed, hedged: a spare started because one was slow)", &["outcome"]),
             registry,
         }
     }

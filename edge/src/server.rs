@@ -162,6 +162,23 @@ fn connection_cap(open_files: u64) -> usize {
     open_files.saturating_sub(reserve).max(1) as usize
 }
 
+/// The loopback origin for sites whose origin is the network, if any is.
+fn network_origin(
+    config: &EdgeConfig,
+    metrics: &'static Metrics,
+) -> Result<Option<crate::network::NetworkOrigin>, EdgeError> {
+    let (true, Some(n)) = (config.sites.iter().any(|s| s.origin.network), &config.node) else {
+        return Ok(None);
+    };
+    let key = NodeKey::load(&n.key)?;
+    let http =
+        crate::delivery::hub_client::http_client(n.hub_ca.as_deref()).map_err(EdgeError::HubCa)?;
+    let origin = crate::network::NetworkOrigin::bind(n.hub.clone(), key, http, metrics)
+        .map_err(|e| EdgeError::Sites(format!("the network origin cannot bind loopback: {e}")))?;
+    tracing::info!(addr = %crate::network::origin_addr(), "network origin listening");
+    Ok(Some(origin))
+}
+
 /// Everything a reload may change, built (and so validated) up front.
 fn build_state(config: &EdgeConfig) -> Result<EdgeState, EdgeError> {
     Ok(EdgeState {
@@ -193,10 +210,12 @@ pub fn check(path: &Path) -> Result<EdgeConfig, EdgeError> {
 
 /// Runs the edge until it is told to stop. Never returns.
 pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
+    let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+    // Bound before the sites are built: they proxy to its address.
+    let network = network_origin(&config, metrics)?;
     let state = build_state(&config)?;
     crate::replies::set_server_name(&config.edge.server_name);
     let open_files = raise_open_files_limit();
-    let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
     let c = &config.cache;
     let storage: &'static TieredStorage = Box::leak(Box::new(TieredStorage::new(
         &c.dir,
@@ -321,6 +340,10 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
         )
         .map_err(|e| EdgeError::Tls(e.to_string()))?;
         server.add_service(background_service("meshcast quic door", door));
+    }
+
+    if let Some(network) = network {
+        server.add_service(background_service("meshcast network origin", network));
     }
 
     if let Some(client) = hub_client {

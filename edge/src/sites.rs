@@ -30,11 +30,17 @@ impl Site {
     /// Resolves the origin once, here, so requests never block on DNS.
     pub fn build(number: usize, c: &SiteConfig) -> Result<Site, String> {
         let authority = c.origin.authority();
-        let origin_addr = authority
-            .to_socket_addrs()
-            .map_err(|e| format!("site {number}: cannot resolve origin {authority}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("site {number}: origin {authority} resolves to no address"))?;
+        let origin_addr = if c.origin.network {
+            crate::network::origin_addr()
+        } else {
+            authority
+                .to_socket_addrs()
+                .map_err(|e| format!("site {number}: cannot resolve origin {authority}: {e}"))?
+                .next()
+                .ok_or_else(|| {
+                    format!("site {number}: origin {authority} resolves to no address")
+                })?
+        };
         Ok(Site {
             number,
             hosts: c.hosts.clone(),

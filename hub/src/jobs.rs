@@ -172,6 +172,17 @@ async fn process(hub: &Arc<Hub>, id: &str) -> Result<(), String> {
     }
     let _ = std::fs::remove_dir_all(data.join("work").join(id));
     let _ = std::fs::remove_file(&input);
+    // Ready from the HUB's origin now; onto the network as well.
+    let (hub, id) = (hub.clone(), id.to_string());
+    tokio::spawn(async move {
+        match crate::placement::place(&hub, &id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(video = %id, objects = n, "video placed on storage nodes"),
+            Err(e) => {
+                tracing::warn!(video = %id, error = %e, "placing shards failed; the hub keeps serving it")
+            }
+        }
+    });
     Ok(())
 }
 

@@ -229,6 +229,26 @@ impl HubLedger {
         }
     }
 
+    /// Queues a slash of `offender` for failed storage audits (`audit`:
+    /// the hash of the envelope the verdict rests on).
+    pub fn slash_storage(&self, offender: [u8; 32], audit: [u8; 32], reason: &str) {
+        self.submit(vec![Action::Slash {
+            offender,
+            evidence: Evidence::Storage {
+                audit,
+                reason: bounded_reason(reason),
+            },
+        }]);
+    }
+
+    /// The latest committed block's height and hash (audits draw from it).
+    pub fn latest_block(&self) -> Option<(u64, [u8; 32])> {
+        let n = self.running.node.lock().unwrap_or_else(|p| p.into_inner());
+        let height = n.height();
+        let block = n.block(height).ok().flatten()?;
+        Some((height, block.block.hash()))
+    }
+
     /// Queues a slash of `offender` for a false transcode: its signed
     /// commitment (`envelope`, wire form), the challenge's nonce and the
     /// failed segment's index, which the chain re-checks.

@@ -9,6 +9,7 @@
 mod accounts;
 mod admission;
 mod api;
+mod audits;
 mod blobs;
 mod catalog;
 mod claims;
@@ -17,9 +18,11 @@ mod jobs;
 mod ledger;
 mod nodes;
 mod origin;
+mod placement;
 mod player;
 mod probes;
 mod registry;
+mod repair;
 pub mod rewards;
 mod tokens;
 mod tus;
@@ -74,6 +77,8 @@ pub struct Hub {
     work: work::Work,
     /// Accounts and API keys.
     accounts: accounts::Accounts,
+    /// Where each video's shards are, and its content key.
+    placements: placement::Placements,
 }
 
 /// The hub's own key for every path, and each signed video's owner for
@@ -240,6 +245,8 @@ struct Metrics {
     tokens: prometheus::IntCounterVec,
     slashes: prometheus::IntCounter,
     probes: prometheus::IntCounterVec,
+    shards_placed: prometheus::IntCounter,
+    shards_repaired: prometheus::IntCounter,
 }
 
 fn counter_vec(
@@ -329,7 +336,25 @@ impl Metrics {
         registry
             .register(Box::new(slashes.clone()))
             .expect("unique");
+        let shards_placed = prometheus::IntCounter::new(
+            "meshcast_hub_shards_placed_total",
+            "Shards put on storage nodes",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(shards_placed.clone()))
+            .expect("unique");
+        let shards_repaired = prometheus::IntCounter::new(
+            "meshcast_hub_shards_repaired_total",
+            "Shards rebuilt from the others and put on another node",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(shards_repaired.clone()))
+            .expect("unique");
         Metrics {
+            shards_placed,
+            shards_repaired,
             registry,
             upload_bytes,
             transcodes,
@@ -366,6 +391,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         .unwrap_or_else(|| data.join("admin.key"));
     let accounts = accounts::Accounts::open(&data.join("accounts.redb"), &admin_key)?;
     let ledger = ledger::HubLedger::start(&config, &key).await?;
+    let placements = placement::Placements::open(&data.join("placement.redb"))?;
     // A catalog that cannot list its videos stops the start: serving on
     // without the owners' keys would refuse their viewers.
     let issuers = build_issuers(&key, &catalog)?;
@@ -385,6 +411,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         ledger,
         accounts,
         work: Default::default(),
+        placements,
     });
     // Rewards for epochs settled before a crash or restart: the chain pays
     // each reference once, so what it already has is skipped.
@@ -397,6 +424,8 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         hub.jobs.enqueue(id.clone());
     }
     tokio::spawn(jobs::worker(hub.clone(), queue));
+    tokio::spawn(repair::run(hub.clone()));
+    tokio::spawn(audits::run(hub.clone()));
     let probe_every = config.hub.probe_interval.0;
     if !probe_every.is_zero() {
         tokio::spawn(probes::run(hub.clone(), probe_every));
@@ -421,6 +450,7 @@ fn router(hub: Arc<Hub>) -> Router {
         .merge(player::routes())
         .merge(nodes::routes())
         .merge(work::routes())
+        .merge(placement::routes())
         .merge(claims::routes())
         .merge(tokens::routes())
         .layer(axum::middleware::from_fn(tus::cors))

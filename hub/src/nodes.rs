@@ -127,6 +127,7 @@ async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
             last_rejection: None,
             slashes: Vec::new(),
             probes: Default::default(),
+            audits: Default::default(),
         });
         n.addr = reg.addr.clone();
         n.roles = reg.roles.clone();

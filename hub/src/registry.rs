@@ -46,6 +46,25 @@ pub struct NodeRecord {
     /// What the HUB's probes found on it.
     #[serde(default)]
     pub probes: crate::probes::ProbeStats,
+    /// How its storage audits went.
+    #[serde(default)]
+    pub audits: AuditStats,
+}
+
+/// A storage node's audit record on this HUB.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditStats {
+    pub passed: u64,
+    pub failed: u64,
+    pub late: u64,
+    /// Failed or late audits since the last one it passed (or its last
+    /// slash): at `[storage] slash_after` it is slashed and its shards
+    /// are rebuilt elsewhere.
+    pub failing: u32,
+    /// Unix milliseconds of the last audit it passed.
+    pub last_passed_ms: u64,
+    /// The last verdict, for operators.
+    pub last: Option<String>,
 }
 
 /// One slash for a fabricated claim; `evidence` names the claim envelope
@@ -403,6 +422,7 @@ mod tests {
             last_rejection: None,
             slashes: Vec::new(),
             probes: Default::default(),
+            audits: Default::default(),
         }
     }
 

@@ -71,6 +71,9 @@ pub const DEFAULT_MIN_EDGE_STAKE: u64 = 10_000_000;
 /// a 5 % slash outweighs what a cheater could take before its first audit
 /// (one chunk's pay).
 pub const DEFAULT_MIN_TRANSCODE_STAKE: u64 = 10_000_000;
+/// Stake a storage node needs on a new network (µMESH): a failed audit's
+/// slash must outweigh the storage fees of the shards it dropped.
+pub const DEFAULT_MIN_STORAGE_STAKE: u64 = 10_000_000;
 
 impl Default for Params {
     /// The one definition of a new network's economics: what `meshcast
@@ -85,6 +88,7 @@ impl Default for Params {
             min_stake: [
                 ("edge".to_string(), DEFAULT_MIN_EDGE_STAKE),
                 ("transcode".to_string(), DEFAULT_MIN_TRANSCODE_STAKE),
+                ("storage".to_string(), DEFAULT_MIN_STORAGE_STAKE),
             ]
             .into(),
             epoch_secs: 60,
@@ -499,6 +503,17 @@ impl State {
                             ));
                         }
                         format!("slash-delivery/{}/{}", short(offender), short(claim))
+                    }
+                    Evidence::Storage { audit, reason } => {
+                        if !self.authorities.contains(&from) {
+                            return Err(TxError::NotAuthority(short(&from)));
+                        }
+                        if reason.is_empty() || reason.len() > 512 {
+                            return Err(TxError::BadEvidence(
+                                "a storage slash needs a reason of 1 to 512 bytes",
+                            ));
+                        }
+                        format!("slash-storage/{}/{}", short(offender), short(audit))
                     }
                     Evidence::Transcode {
                         commitment,

@@ -177,6 +177,16 @@ pub enum Evidence {
         index: u32,
         reason: String,
     },
+    /// Storage audits an authority judged failed or late, repeatedly:
+    /// `audit` is the BLAKE3 of the envelope the verdict rests on (the
+    /// node-signed answer, or the HUB-signed challenge it never answered
+    /// in time), which the HUB serves with the challenge and the shards'
+    /// roots for anyone to re-judge. Authority only; each audit counts once.
+    Storage {
+        #[serde(with = "hex32")]
+        audit: [u8; 32],
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

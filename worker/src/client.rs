@@ -101,11 +101,24 @@ impl Client {
         Ok((status, bytes.to_vec()))
     }
 
+    /// Registers a worker that opens no port.
     pub async fn register(&self, roles: &[String]) -> Result<(), WorkerError> {
+        self.register_at(roles, "", 0).await.map(|_| ())
+    }
+
+    /// Registers with the base URL others reach this node at and the bytes
+    /// it offers; returns the HUB's public key (hex), which signs what the
+    /// HUB asks of it.
+    pub async fn register_at(
+        &self,
+        roles: &[String],
+        addr: &str,
+        capacity_bytes: u64,
+    ) -> Result<String, WorkerError> {
         let reg = Register {
-            addr: String::new(),
+            addr: addr.to_string(),
             roles: roles.to_vec(),
-            capacity_bytes: 0,
+            capacity_bytes,
             version: env!("CARGO_PKG_VERSION").into(),
         };
         let body = serde_json::to_vec(&reg).expect("serializes");
@@ -114,14 +127,12 @@ impl Client {
             .await?
         {
             (200, b) => {
-                let admitted = serde_json::from_slice::<messages::HubInfo>(&b)
-                    .ok()
-                    .and_then(|i| i.admission)
-                    .is_none_or(|a| a.admitted());
-                if !admitted {
-                    tracing::warn!("registered, but not admitted: bond the stake the transcode role needs from this node's key");
+                let info = serde_json::from_slice::<messages::HubInfo>(&b)
+                    .map_err(|e| WorkerError::Hub(format!("registration answer: {e}")))?;
+                if !info.admission.is_none_or(|a| a.admitted()) {
+                    tracing::warn!(?roles, "registered, but not admitted: bond the stake its roles need from this node's key");
                 }
-                Ok(())
+                Ok(info.hub)
             }
             (s, b) => Err(hub_error("registration", s, &b)),
         }

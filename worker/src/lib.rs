@@ -6,11 +6,15 @@
 //! no protocol rules of its own (those are `meshcast-control`'s) and no
 //! media logic (`meshcast-transcode`'s); it must not decide what is paid.
 //!
+//! With the storage role it also listens (`storage.rs`): it keeps the
+//! shards its HUB signs for and serves them to edges and audits.
+//!
 //! Each step is a public function so that a test can drive a worker that
 //! lies (replacing some of its output between encoding and committing).
 
 mod client;
 mod run;
+pub mod storage;
 
 pub use client::{Client, CommitAnswer, WorkerError};
 pub use run::{commitment_for, encode, run, upload_output, work_one};

@@ -30,8 +30,11 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
 /// Runs the worker until the process is stopped.
 pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let key = NodeKey::load(&config.node.key)?;
-    check_ffmpeg(&config.worker.ffmpeg).await?;
-    meshcast_transcode::use_ffmpeg(config.worker.ffmpeg.clone());
+    let transcodes = config.worker.has_role("transcode");
+    if transcodes {
+        check_ffmpeg(&config.worker.ffmpeg).await?;
+        meshcast_transcode::use_ffmpeg(config.worker.ffmpeg.clone());
+    }
     let client = Arc::new(Client::new(
         &config.node.hub,
         key,
@@ -39,13 +42,24 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     )?);
     std::fs::create_dir_all(&config.worker.scratch_dir)?;
     let roles = config.worker.roles.clone();
+    let addr = config.worker.storage_url().unwrap_or_default();
+    let capacity = config.worker.capacity.map_or(0, |c| c.0);
     let mut delays = retry_delays();
-    while let Err(e) = client.register(&roles).await {
-        let wait = delays.next().unwrap_or(Duration::from_secs(30));
-        tracing::warn!(error = %e, retry_in = ?wait, "cannot register with the HUB");
-        tokio::time::sleep(wait).await;
-    }
-    tracing::info!(node = %client.id(), hub = %config.node.hub, "worker registered");
+    let hub_key = loop {
+        match client.register_at(&roles, &addr, capacity).await {
+            Ok(k) => break k,
+            Err(e) => {
+                let wait = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot register with the HUB");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    tracing::info!(node = %client.id(), hub = %config.node.hub, ?roles, "worker registered");
+    let storage = match config.worker.has_role("storage") {
+        true => Some(serve_storage(&config, &hub_key, NodeKey::load(&config.node.key)?).await?),
+        false => None,
+    };
     let beat = config.node.heartbeat.0;
     let heart = client.clone();
     tokio::spawn(async move {
@@ -54,23 +68,62 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
             match heart.heartbeat().await {
                 Ok(true) => {}
                 Ok(false) => {
-                    let _ = heart.register(&roles).await;
+                    let _ = heart.register_at(&roles, &addr, capacity).await;
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
         }
     });
     let mut loops = Vec::new();
-    for _ in 0..config.worker.parallel_jobs {
+    for _ in 0..config
+        .worker
+        .parallel_jobs
+        .min(if transcodes { 64 } else { 0 })
+    {
         let (client, scratch) = (client.clone(), config.worker.scratch_dir.clone());
         loops.push(tokio::spawn(
             async move { job_loop(&client, &scratch).await },
         ));
     }
+    loops.extend(storage);
     for l in loops {
         let _ = l.await;
     }
     Ok(())
+}
+
+/// Opens the shard store and serves it on `[worker] listen`.
+async fn serve_storage(
+    config: &WorkerConfig,
+    hub_key: &str,
+    key: NodeKey,
+) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
+    let w = &config.worker;
+    let (Some(dir), Some(capacity), Some(listen)) = (&w.storage_dir, w.capacity, w.listen) else {
+        return Err(WorkerError::Hub(
+            "the storage role needs storage_dir, capacity and listen".into(),
+        ));
+    };
+    let mut hub = [0u8; 32];
+    hex::decode_to_slice(hub_key, &mut hub).map_err(|_| {
+        WorkerError::Hub(format!("the HUB's key {hub_key:?} is not 32 bytes of hex"))
+    })?;
+    let storage = Arc::new(crate::storage::Storage::open(
+        dir.clone(),
+        capacity.0,
+        hub,
+        key,
+    )?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| WorkerError::Hub(format!("[worker] listen = \"{listen}\": {e}")))?;
+    tracing::info!(%listen, dir = %dir.display(), capacity = capacity.0, "storage node listening");
+    let app = crate::storage::router(storage);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "storage listener stopped");
+        }
+    }))
 }
 
 /// The configured ffmpeg runs and has libx264, or a reason to stop.
