@@ -108,6 +108,27 @@ async fn wait_admitted(
     bail!("the hub did not admit {n} nodes within 20 s; its nodes: {last}")
 }
 
+/// Storage nodes `meshcast up` runs (for 2 data + 1 parity shard).
+const STORAGE_NODES: usize = 3;
+
+/// Waits until the video's shards are on the storage nodes.
+async fn wait_placed(client: &reqwest::Client, hub: &str, id: &str) -> anyhow::Result<()> {
+    let bar = ProgressBar::new_spinner().with_message("placing shards on the storage nodes");
+    for _ in 0..1200 {
+        bar.tick();
+        let r = client
+            .get(format!("{hub}/v1/placements/{id}"))
+            .send()
+            .await?;
+        if r.status().is_success() {
+            bar.finish_with_message("placed on the storage nodes");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the video was not placed on the storage nodes within 2 minutes; see hub.log")
+}
+
 /// Creates the demo account with the hub's admin key; returns its API key.
 async fn demo_account(
     client: &reqwest::Client,
@@ -202,7 +223,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The edges' keys first: the hub's own chain starts with them bonded
     // (the demo's faucet), so they are admitted from the first block.
     let mut edge_keys = Vec::new();
-    for name in ["edge1", "edge2", "worker1", "worker2"] {
+    for name in [
+        "edge1", "edge2", "worker1", "worker2", "storage1", "storage2", "storage3",
+    ] {
         let key = dir.join(format!("{name}.key"));
         if !key.exists() {
             meshcast_control::identity::NodeKey::generate()?.save(&key)?;
@@ -214,7 +237,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let hub_toml =
         format!(
-        "[hub]\nlisten = \"127.0.0.1:{hub_port}\"\ndata_dir = \"{}\"\nedges = [\"{}\", \"{}\"]\n{}[ledger]\nbonded_nodes = [{}]\ndelivery_epoch = \"10s\"\n[transcode]\nchunk_segments = 2\n",
+        "[hub]\nlisten = \"127.0.0.1:{hub_port}\"\ndata_dir = \"{}\"\nedges = [\"{}\", \"{}\"]\n{}[ledger]\nbonded_nodes = [{}]\ndelivery_epoch = \"10s\"\n[transcode]\nchunk_segments = 2\n[storage]\ndata_shards = 2\nparity_shards = 1\n",
         dir.join("hub").display(),
         edges[0],
         edges[1],
@@ -228,7 +251,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         // scripts do not. The epoch length is the network's (10 s, set in
         // the hub's genesis, so credits show up within seconds).
         let edge_toml = format!(
-            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\n[cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"256MiB\"\n[log]\naccess = \"{}\"\n[node]\nkey = \"{}\"\nhub = \"{hub_url}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nack_grace = \"3s\"\n[[site]]\nhosts = [\"*\"]\norigin = \"{hub_url}\"\n[site.tokens]\npaths = [\"/v/\"]\n",
+            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\n[cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"256MiB\"\n[log]\naccess = \"{}\"\n[node]\nkey = \"{}\"\nhub = \"{hub_url}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nack_grace = \"3s\"\n[[site]]\nhosts = [\"*\"]\norigin = \"network\"\n[site.tokens]\npaths = [\"/v/\"]\n",
             dir.join(format!("edge{}-cache", i + 1)).display(),
             dir.join(format!("edge{}-access.log", i + 1)).display(),
             key.display(),
@@ -246,6 +269,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             dir.join(format!("worker{i}-scratch")).display(),
         );
         std::fs::write(dir.join(format!("worker{i}.toml")), worker_toml)?;
+    }
+    // Three storage nodes keep the media as 2 + 1 shards (any two give
+    // it back); the edges' origin is the network.
+    for i in 1..=STORAGE_NODES {
+        let storage_toml = format!(
+            "[node]\nkey = \"{}\"\nhub = \"{hub_url}\"\n[worker]\nroles = [\"storage\"]\nscratch_dir = \"{}\"\nstorage_dir = \"{}\"\ncapacity = \"10GiB\"\nlisten = \"127.0.0.1:{}\"\n",
+            dir.join(format!("storage{i}.key")).display(),
+            dir.join(format!("storage{i}-scratch")).display(),
+            dir.join(format!("storage{i}-shards")).display(),
+            free_port()?,
+        );
+        std::fs::write(dir.join(format!("storage{i}.toml")), storage_toml)?;
     }
     let cfg = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let mut children = Children(Vec::new());
@@ -271,6 +306,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             &dir.join(format!("worker{i}.log")),
         )?);
     }
+    for i in 1..=STORAGE_NODES {
+        children.0.push(spawn(
+            &exe,
+            &["worker", "--config", &cfg(&format!("storage{i}.toml"))],
+            &dir.join(format!("storage{i}.log")),
+        )?);
+    }
     let client = reqwest::Client::new();
     wait_healthy(
         &client,
@@ -293,11 +335,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &mut children.0[2],
     )
     .await?;
-    wait_admitted(&client, &hub_url, edges.len() + 2, &mut children).await?;
+    wait_admitted(
+        &client,
+        &hub_url,
+        edges.len() + 2 + STORAGE_NODES,
+        &mut children,
+    )
+    .await?;
     let api_key = demo_account(&client, &hub_url, &dir.join("hub").join("admin.key")).await?;
     let client = authorized(&api_key)?;
     eprintln!(
-        "hub {hub_url}, edges {} and {}, two transcode workers (registered, staked, admitted)",
+        "hub {hub_url}, edges {} and {}, two transcode workers, three storage nodes (registered, staked, admitted)",
         edges[0], edges[1]
     );
 
@@ -353,6 +401,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     bar.finish_with_message("ready");
+    wait_placed(&client, &hub_url, &id).await?;
     // A token for a session key of our own: good for watching with any
     // player (ffmpeg, VLC); `meshcast play --ack` gets its own to ack with.
     let session = meshcast_control::identity::NodeKey::generate()?;
@@ -371,6 +420,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "api_key": api_key,
         "edges": edges,
         "ledger": format!("{hub_url}/v1/ledger/status"),
+        "placement": format!("{hub_url}/v1/placements/{id}"),
         "videos": [{ "id": id, "hls": tok["hls"], "dash": tok["dash"], "player": status["player"],
                      "token_expires": tok["expires"] }],
     });
@@ -397,6 +447,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!(
         "Upload another video:  curl -H 'Authorization: Bearer {api_key}' -H 'Tus-Resumable: 1.0.0' -H \"Upload-Length: $(stat -c %s my.mp4)\" -X POST -i {hub_url}/v1/videos   (then PATCH the file to the Location it returns; any tus client works)"
     );
+    println!("Where its shards are:  {hub_url}/v1/placements/{id}");
     println!("Delivery credits:      {hub_url}/v1/nodes");
     println!("Ledger (rewards paid): {hub_url}/v1/ledger/status, /v1/ledger/accounts/<edge key>");
     println!("Data and logs: {}\nCtrl-C stops everything.", dir.display());

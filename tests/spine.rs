@@ -363,6 +363,28 @@ async fn meshcast_up_brings_up_a_playable_network() {
     }
     let facts = facts.expect("ready file written");
     assert_eq!(facts["edges"].as_array().unwrap().len(), 2);
+    // The edges' origin is the network: with the hub's copy of the media
+    // deleted, every frame still plays through both (their caches are cold).
+    let placed = get_json(
+        &reqwest::Client::new(),
+        facts["placement"].as_str().unwrap(),
+    )
+    .await;
+    let objects = placed["objects"]
+        .as_array()
+        .expect("placed on storage nodes");
+    assert!(objects.len() >= 4, "{placed}");
+    for o in objects {
+        let nodes: std::collections::BTreeSet<&str> = o["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(nodes.len(), 3, "2 + 1 shards on three nodes: {o}");
+        let h = o["hash"].as_str().unwrap();
+        std::fs::remove_file(dir.join("net/hub/blobs").join(&h[..2]).join(h)).unwrap();
+    }
     let hls = facts["videos"][0]["hls"].as_array().unwrap();
     assert_eq!(hls.len(), 2);
     for url in hls {

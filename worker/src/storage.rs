@@ -198,7 +198,7 @@ impl Storage {
                 )
             })?;
         let env = self
-            .from_hub(&self.verifier, &wire)
+            .signed_by_hub(&self.verifier, &wire)
             .map_err(|(status, why)| {
                 let reason = if status == StatusCode::FORBIDDEN {
                     "not the hub"
