@@ -34,11 +34,16 @@ pub async fn run(hub: Arc<Hub>) {
     let mut answers = Verifier::new(AUDIT_ANSWER, MAX_SKEW_SECS);
     loop {
         tokio::time::sleep(st.audit_interval.0).await;
-        let Ok(nodes) = hub.storage_nodes() else {
+        // Every admitted storage node holding shards, in good standing or
+        // not: a failing one must keep being audited to reach its slash.
+        let Ok(nodes) = hub.registry.nodes() else {
             continue;
         };
         let held = held_by_node(&hub);
-        for node in nodes {
+        let storage = nodes
+            .into_iter()
+            .filter(|n| n.roles.iter().any(|r| r == "storage") && hub.admission(n).admitted());
+        for node in storage {
             let Some(shards) = held.get(&node.id) else {
                 continue;
             };

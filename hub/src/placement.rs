@@ -22,6 +22,7 @@ use meshcast_control::placement::{
 use meshcast_shards::{ContentKey, Layout};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -140,7 +141,8 @@ fn stored_on_network(path: &str) -> bool {
 }
 
 impl Hub {
-    /// Admitted storage nodes that are up, with an address.
+    /// Admitted storage nodes that are up, with an address, and in good
+    /// standing: none failing its audits now, none slashed for them.
     pub(crate) fn storage_nodes(&self) -> Result<Vec<NodeRecord>, HubError> {
         let now = now_secs();
         Ok(self
@@ -149,7 +151,32 @@ impl Hub {
             .into_iter()
             .filter(|n| n.roles.iter().any(|r| r == "storage") && !n.addr.is_empty())
             .filter(|n| crate::admission::is_up(n, now) && self.admission(n).admitted())
+            .filter(|n| {
+                n.audits.failing == 0
+                    && !n
+                        .slashes
+                        .iter()
+                        .any(|s| s.reason.contains("storage audits"))
+            })
             .collect())
+    }
+
+    /// Bytes of shards placed on each node, over every video.
+    pub(crate) fn placed_bytes(&self) -> Result<HashMap<String, u64>, HubError> {
+        let mut used: HashMap<String, u64> = HashMap::new();
+        for video in self.placements.videos()? {
+            for o in self
+                .placements
+                .get(&video)?
+                .map(|s| s.objects)
+                .unwrap_or_default()
+            {
+                for sh in o.shards {
+                    *used.entry(sh.node).or_default() += sh.len;
+                }
+            }
+        }
+        Ok(used)
     }
 }
 
@@ -232,6 +259,7 @@ pub async fn place(hub: &Arc<Hub>, video: &str) -> Result<usize, String> {
         return Ok(0);
     }
     let key = hub.placements.key(video).map_err(|e| e.to_string())?;
+    let mut used = hub.placed_bytes().map_err(|e| e.to_string())?;
     let files: Vec<_> = hub
         .catalog
         .files(video)
@@ -255,7 +283,25 @@ pub async fn place(hub: &Arc<Hub>, video: &str) -> Result<usize, String> {
         let object = format!("{video}/{path}");
         let sealed = meshcast_shards::seal(&key, &object, &plain);
         let shards = meshcast_shards::encode(layout, &sealed);
-        let targets = choose(&nodes, &object, layout.total());
+        // Only nodes with room for a shard (what they said they offer,
+        // less what is placed on them).
+        let room: Vec<NodeRecord> = nodes
+            .iter()
+            .filter(|n| {
+                used.get(&n.id).copied().unwrap_or(0) + shards[0].len() as u64 <= n.capacity_bytes
+            })
+            .cloned()
+            .collect();
+        if room.len() < layout.total() {
+            return Err(format!(
+                "{path}: only {} storage nodes have room for its shards",
+                room.len()
+            ));
+        }
+        let targets = choose(&room, &object, layout.total());
+        for n in &targets {
+            *used.entry(n.id.clone()).or_default() += shards[0].len() as u64;
+        }
         let puts = shards
             .into_iter()
             .enumerate()

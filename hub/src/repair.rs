@@ -90,12 +90,14 @@ async fn round(hub: &Arc<Hub>, http: &reqwest::Client, pace: &Pace) -> Result<()
             if missing.is_empty() {
                 continue;
             }
+            let used = hub.placed_bytes().map_err(|e| e.to_string())?;
             let ctx = Ctx {
                 hub,
                 http,
                 pace,
                 addrs: &addrs,
                 healthy: &healthy,
+                used,
                 layout,
             };
             match rebuild(&ctx, &video, object, &missing).await {
@@ -121,6 +123,8 @@ struct Ctx<'a> {
     pace: &'a Pace,
     addrs: &'a HashMap<String, String>,
     healthy: &'a [NodeRecord],
+    /// Bytes placed on each node (capacity check).
+    used: HashMap<String, u64>,
     layout: Layout,
 }
 
@@ -178,6 +182,10 @@ async fn rebuild(
             .healthy
             .iter()
             .filter(|n| !holding.contains(n.id.as_str()))
+            .filter(|n| {
+                ctx.used.get(&n.id).copied().unwrap_or(0) + shards[j].len() as u64
+                    <= n.capacity_bytes
+            })
             .cloned()
             .collect();
         let Some(node) = crate::placement::choose(&free, &object_name, 1)

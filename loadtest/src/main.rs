@@ -14,6 +14,7 @@ mod procstat;
 mod receipts;
 mod report;
 mod servers;
+mod shards;
 mod transcode;
 mod viewers;
 mod wrk;
@@ -138,6 +139,17 @@ enum Command {
         /// Worker processes in the second run.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+    },
+    /// Storage on the network: misses from shards vs from the hub, and the repair of two lost nodes.
+    Shards {
+        #[command(flatten)]
+        common: Common,
+        /// Length of the generated 1080p source (default 40; 8 with --quick).
+        #[arg(long)]
+        secs: Option<u32>,
+        /// The hub's `[storage] repair_rate` in the repair run.
+        #[arg(long, default_value = "1GiB")]
+        repair_rate: String,
     },
     /// (Used by `connections`: one process of flood attackers.)
     #[command(hide = true)]
@@ -265,6 +277,18 @@ fn main() -> anyhow::Result<()> {
                 common,
             };
             rt.block_on(transcode::run(opts))
+        }
+        Command::Shards {
+            common,
+            secs,
+            repair_rate,
+        } => {
+            let opts = shards::Options {
+                secs: secs.unwrap_or(if common.quick { 8 } else { 40 }),
+                repair_rate,
+                common,
+            };
+            rt.block_on(shards::run(opts))
         }
         Command::FloodClient {
             to,

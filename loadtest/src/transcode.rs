@@ -26,7 +26,7 @@ fn cpu_with_children(pids: &[u32]) -> f64 {
     procstat::cpu_seconds(pids) + procstat::children_cpu_seconds(pids)
 }
 
-fn make_source(path: &Path, secs: u32) -> anyhow::Result<()> {
+pub(crate) fn make_source(path: &Path, secs: u32) -> anyhow::Result<()> {
     let status = Command::new("ffmpeg")
         .args([
             "-loglevel",
@@ -57,7 +57,7 @@ fn make_source(path: &Path, secs: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Procs(Vec<Child>);
+pub(crate) struct Procs(pub(crate) Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -68,7 +68,7 @@ impl Drop for Procs {
     }
 }
 
-fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
     Ok(Command::new(exe)
         .args(args)
         .env("MESHCAST_LOG", "warn")
@@ -77,7 +77,7 @@ fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
-async fn json(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+pub(crate) async fn json(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     Ok(req.send().await?.json().await?)
 }
 

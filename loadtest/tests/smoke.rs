@@ -96,3 +96,19 @@ fn ledger_quick_commits_every_transfer() {
     assert_eq!(r["finality_ms"]["samples"], 5, "{r}");
     assert!(r["blocks"].as_u64().unwrap() >= 1, "{r}");
 }
+
+#[test]
+fn shards_quick_misses_from_both_origins_and_repairs() {
+    let r = run(&["shards", "--quick", "--json"]);
+    for origin in ["hub_origin", "network"] {
+        assert!(
+            r["misses"][origin]["segments"].as_u64().unwrap() >= 1,
+            "{r}"
+        );
+        assert!(
+            r["misses"][origin]["mb_per_s_p50"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+    }
+    assert!(r["repair"]["rebuilt_mb"].as_f64().unwrap() > 0.0, "{r}");
+}
