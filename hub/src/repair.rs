@@ -40,7 +40,7 @@ pub async fn run(hub: Arc<Hub>) {
     };
     loop {
         tokio::time::sleep(st.repair_interval.0).await;
-        if let Err(e) = round(&hub, &http, &pace).await {
+        if let Err(e) = round(&hub, &http, (&pace, per_sec)).await {
             tracing::warn!(error = %e, "a repair round failed");
         }
     }
@@ -64,7 +64,11 @@ fn lost_nodes(hub: &Hub, nodes: &[NodeRecord]) -> HashSet<String> {
         .collect()
 }
 
-async fn round(hub: &Arc<Hub>, http: &reqwest::Client, pace: &Pace) -> Result<(), String> {
+async fn round(
+    hub: &Arc<Hub>,
+    http: &reqwest::Client,
+    (pace, per_sec): (&Pace, NonZeroU32),
+) -> Result<(), String> {
     let nodes = hub.registry.nodes().map_err(|e| e.to_string())?;
     let lost = lost_nodes(hub, &nodes);
     if lost.is_empty() {
@@ -98,6 +102,7 @@ async fn round(hub: &Arc<Hub>, http: &reqwest::Client, pace: &Pace) -> Result<()
                 addrs: &addrs,
                 healthy: &healthy,
                 used,
+                per_sec,
                 layout,
             };
             match rebuild(&ctx, &video, object, &missing).await {
@@ -123,6 +128,8 @@ struct Ctx<'a> {
     pace: &'a Pace,
     addrs: &'a HashMap<String, String>,
     healthy: &'a [NodeRecord],
+    /// The pace in KiB a second.
+    per_sec: NonZeroU32,
     /// Bytes placed on each node (capacity check).
     used: HashMap<String, u64>,
     layout: Layout,
@@ -158,8 +165,22 @@ async fn rebuild(
 ) -> Result<usize, String> {
     let total = ctx.layout.total();
     let mut got: Vec<Option<Vec<u8>>> = vec![None; total];
+    // `k` of the others at once; the rest one by one if some fail.
+    let others: Vec<usize> = (0..total).filter(|j| !missing.contains(j)).collect();
+    let (first, rest) = others.split_at(ctx.layout.data.min(others.len()));
+    let fetched =
+        futures_util::future::join_all(first.iter().map(|&j| fetch(ctx, object, j))).await;
     let mut have = 0;
-    for j in (0..total).filter(|j| !missing.contains(j)) {
+    for (&j, r) in first.iter().zip(fetched) {
+        match r {
+            Ok(b) => {
+                got[j] = Some(b);
+                have += 1;
+            }
+            Err(e) => tracing::warn!(error = %e, "a shard for repair failed"),
+        }
+    }
+    for &j in rest {
         if have == ctx.layout.data {
             break;
         }
@@ -198,7 +219,11 @@ async fn rebuild(
             return Err(format!("{object_name}: shard {j} rebuilt to other bytes"));
         }
         let kib = NonZeroU32::new(shards[j].len().div_ceil(1024).max(1) as u32).expect("nonzero");
-        let _ = ctx.pace.until_n_ready(kib).await;
+        if ctx.pace.until_n_ready(kib).await.is_err() {
+            // Larger than the burst: wait its share of a second by hand.
+            let secs = kib.get() as f64 / ctx.per_sec.get() as f64;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+        }
         let name = object.shards[j].name.clone();
         let placed = put_shard(ctx.hub, ctx.http, node, &name, shards[j].clone()).await?;
         object.shards[j] = placed;
