@@ -9,7 +9,7 @@
 
 use crate::procstat;
 use crate::servers::meshcast_binary;
-use crate::transcode::{json, make_source, spawn, Procs};
+use crate::transcode::{json, make_source, spawn, wait_hub, Procs};
 use crate::Common;
 use anyhow::{bail, Context};
 use meshcast_control::identity::NodeKey;
@@ -80,15 +80,7 @@ async fn start(o: &Options, dir: &Path) -> anyhow::Result<Net> {
     )?]);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{hub}/healthz")).send().await.is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "the hub did not start; see {}",
-                dir.join("hub.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_hub(&client, &hub, dir, deadline).await?;
     for i in 0..STORAGE {
         procs.0.push(spawn(
             &exe,

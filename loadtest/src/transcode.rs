@@ -77,6 +77,25 @@ pub(crate) fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Chi
         .spawn()?)
 }
 
+/// Waits for the hub's health check, or says where its log is.
+pub(crate) async fn wait_hub(
+    client: &reqwest::Client,
+    hub: &str,
+    dir: &Path,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    while client.get(format!("{hub}/healthz")).send().await.is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "the hub did not start; see {}",
+                dir.join("hub.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 pub(crate) async fn json(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     Ok(req.send().await?.json().await?)
 }
@@ -115,15 +134,7 @@ async fn start(o: &Options, dir: &Path, workers: usize) -> anyhow::Result<(Procs
     )?]);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{hub}/healthz")).send().await.is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "the hub did not start; see {}",
-                dir.join("hub.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_hub(&client, &hub, dir, deadline).await?;
     for i in 0..workers {
         let cfg = dir.join(format!("worker{i}.toml"));
         procs.0.push(spawn(
