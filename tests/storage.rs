@@ -13,9 +13,9 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::hub::*;
-use support::{free_port, Edge};
+use support::{eventually, free_port, Edge};
 
 struct StorageNode {
     child: Child,
@@ -75,8 +75,7 @@ fn start_storage(dir: PathBuf, key: &NodeKey) -> StorageNode {
 }
 
 async fn wait_storage_nodes_up(hub: &Hub, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("storage nodes up", Duration::from_secs(30), || async {
         let v = get_json(&hub.client(), &hub.url("/v1/nodes")).await;
         let up = v["nodes"]
             .as_array()
@@ -84,32 +83,21 @@ async fn wait_storage_nodes_up(hub: &Hub, n: usize) {
             .iter()
             .filter(|n| n["roles"][0] == "storage" && n["state"] == "up" && n["admitted"] == true)
             .count();
-        if up >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "storage nodes up: {up} of {n}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (up >= n).then_some(()).ok_or(format!("{up} of {n}: {v}"))
+    })
+    .await
 }
 
 async fn wait_placed(hub: &Hub, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = hub
-            .client()
-            .get(hub.url(&format!("/v1/placements/{id}")))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 200 {
-            return r.json().await.unwrap();
+    eventually("the video placed", Duration::from_secs(60), || async {
+        let url = hub.url(&format!("/v1/placements/{id}"));
+        let r = hub.client().get(url).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => Ok(r.json().await.unwrap()),
+            s => Err(format!("placements answer {s}")),
         }
-        assert!(Instant::now() < deadline, "the video was never placed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Every file under `dir`, read.
@@ -126,8 +114,7 @@ fn files_in(dir: &std::path::Path) -> Vec<Vec<u8>> {
 /// The placement, once every shard is on a live node and each object's
 /// shards are on distinct nodes (repair done).
 async fn wait_repaired(hub: &Hub, id: &str, live: &BTreeSet<String>) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually("repaired", Duration::from_secs(60), || async {
         let placed = wait_placed(hub, id).await;
         let whole = placed["objects"].as_array().unwrap().iter().all(|o| {
             let on: BTreeSet<&str> = o["shards"]
@@ -138,12 +125,9 @@ async fn wait_repaired(hub: &Hub, id: &str, live: &BTreeSet<String>) -> Value {
                 .collect();
             on.len() == 6 && on.iter().all(|n| live.contains(*n))
         });
-        if whole {
-            return placed;
-        }
-        assert!(Instant::now() < deadline, "never repaired: {placed}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        whole.then_some(placed.clone()).ok_or(placed.to_string())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,20 +332,16 @@ async fn network_edge_with(hub: &Hub, key: &NodeKey, port: u16) -> Edge {
     edge.launch().await;
     // Registered (so the hub answers its placement questions).
     let id = key.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually("the edge admitted", Duration::from_secs(20), || async {
         let v = get_json(&hub.client(), &hub.url("/v1/nodes")).await;
-        if v["nodes"]
-            .as_array()
-            .unwrap()
+        let nodes = v["nodes"].as_array().unwrap();
+        let admitted = nodes
             .iter()
-            .any(|n| n["id"] == id.as_str() && n["admitted"] == true)
-        {
-            return edge;
-        }
-        assert!(Instant::now() < deadline, "edge never registered: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .any(|n| n["id"] == id.as_str() && n["admitted"] == true);
+        admitted.then_some(()).ok_or(v.to_string())
+    })
+    .await;
+    edge
 }
 
 /// What a storage node keeps: only shards its HUB signed for, each once,
@@ -400,7 +380,7 @@ async fn a_storage_node_keeps_only_what_its_hub_signed_for() {
     let put = |name: &str, header: Option<String>, body: Vec<u8>| {
         let mut r = http.put(url(name)).body(body);
         if let Some(h) = header {
-            r = r.header("meshcast-envelope", h);
+            r = r.header(meshcast_control::placement::STORE_HEADER, h);
         }
         r.send()
     };
@@ -584,26 +564,19 @@ async fn audits_slash_nodes_that_lost_altered_or_sat_on_shards_and_never_an_hone
         .unwrap()
         .success());
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    eventually("every cheater slashed", Duration::from_secs(90), || async {
         let mut slashed = Vec::new();
         for n in &nodes[..3] {
-            slashed.push(
-                !node_json(&hub, &n.id).await["slashes"]
-                    .as_array()
-                    .unwrap()
-                    .is_empty(),
-            );
+            let rec = node_json(&hub, &n.id).await;
+            slashed.push(!rec["slashes"].as_array().unwrap().is_empty());
         }
-        if slashed.iter().all(|s| *s) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every cheater slashed: {slashed:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        slashed
+            .iter()
+            .all(|s| *s)
+            .then_some(())
+            .ok_or(format!("{slashed:?}"))
+    })
+    .await;
     let _ = Command::new("kill").args(["-CONT", &frozen]).status();
     for (i, n) in nodes[..3].iter().enumerate() {
         let rec = node_json(&hub, &n.id).await;
@@ -627,11 +600,17 @@ async fn audits_slash_nodes_that_lost_altered_or_sat_on_shards_and_never_an_hone
             _ => assert!(audits["failed"].as_u64().unwrap() >= 2, "{audits}"),
         }
         // The chain takes the slash: stake down by slash_bps (5 %) at least once.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while stake(&hub, &keys[i]).await >= before {
-            assert!(Instant::now() < deadline, "node {i}'s stake never slashed");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually(
+            "the cheater's stake slashed",
+            Duration::from_secs(30),
+            || async {
+                let now = stake(&hub, &keys[i]).await;
+                (now < before)
+                    .then_some(())
+                    .ok_or(format!("node {i}: {now}"))
+            },
+        )
+        .await;
     }
     // The honest three passed audits, none failed, stake whole.
     for (i, n) in nodes.iter().enumerate().skip(3) {

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 /// HUB → storage node: keep this shard (the envelope rides in the
 /// `meshcast-envelope` header of the PUT that carries the bytes).
 pub const STORE: &str = "meshcast-storage-store-v1";
+/// The header a shard's PUT carries its `Store` envelope in (hex).
+pub const STORE_HEADER: &str = "meshcast-envelope";
 /// Edge → HUB: where are this video's shards.
 pub const PLACEMENT: &str = "meshcast-storage-placement-v1";
 

@@ -99,10 +99,11 @@ pub fn challenge(node: &str, block: [u8; 32], held: &[Held], deadline_ms: u64) -
 }
 
 /// The slices a node holding the shards answers with (`read` gives a
-/// shard's bytes and outboard tree, `None` if it lost them).
-pub fn answer<'a>(
+/// shard's bytes and outboard tree, `None` if it lost them; one shard is
+/// held at a time).
+pub fn answer<D: AsRef<[u8]>>(
     c: &Challenge,
-    mut read: impl FnMut(&str) -> Option<(&'a [u8], &'a [u8])>,
+    mut read: impl FnMut(&str) -> Option<(D, D)>,
 ) -> Answer {
     let mut slices = Vec::new();
     for (shard, chunks) in &c.asked {
@@ -110,6 +111,7 @@ pub fn answer<'a>(
             continue;
         };
         for &chunk in chunks {
+            let (data, tree) = (data.as_ref(), tree.as_ref());
             if let Ok(bytes) = meshcast_shards::extract(data, tree, chunk * CHUNK, CHUNK) {
                 slices.push(Slice {
                     shard: shard.clone(),

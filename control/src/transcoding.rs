@@ -122,6 +122,15 @@ pub fn sample_size(n: usize, fraction: f64, miss_probability: f64) -> usize {
     n
 }
 
+/// The transcript every draw of one check starts from: the commitment's
+/// root and the HUB's nonce.
+fn audit_transcript(root: &[u8; 32], nonce: &[u8; 32]) -> Transcript {
+    let mut t = Transcript::new(b"meshcast transcode audit v1");
+    t.append_message(b"root", root);
+    t.append_message(b"nonce", nonce);
+    t
+}
+
 /// The segments to check: `sample_size` distinct indices of `n`, sorted,
 /// drawn from a transcript over the commitment's root and the HUB's nonce.
 pub fn challenge(root: &[u8; 32], nonce: &[u8; 32], n: usize) -> Vec<usize> {
@@ -129,9 +138,7 @@ pub fn challenge(root: &[u8; 32], nonce: &[u8; 32], n: usize) -> Vec<usize> {
     if k >= n {
         return (0..n).collect();
     }
-    let mut t = Transcript::new(b"meshcast transcode audit v1");
-    t.append_message(b"root", root);
-    t.append_message(b"nonce", nonce);
+    let mut t = audit_transcript(root, nonce);
     t.append_u64(b"n", n as u64);
     crate::sample::draw_distinct(&mut t, b"index", n as u64, k)
         .into_iter()
@@ -147,9 +154,7 @@ pub const FRAMES_PER_SEGMENT: usize = 2;
 /// distinct ones drawn like the challenge, or all of a shorter segment.
 pub fn frames_to_check(root: &[u8; 32], nonce: &[u8; 32], index: usize, frames: u32) -> Vec<u32> {
     let k = FRAMES_PER_SEGMENT;
-    let mut t = Transcript::new(b"meshcast transcode audit v1");
-    t.append_message(b"root", root);
-    t.append_message(b"nonce", nonce);
+    let mut t = audit_transcript(root, nonce);
     t.append_u64(b"segment", index as u64);
     crate::sample::draw_distinct(&mut t, b"frame", frames as u64, k)
         .into_iter()

@@ -166,7 +166,7 @@ fn late_swapped_and_replayed_answers_fail() {
     let theirs = answer(&challenge("m", block(1), &held, NOW + 5_000), read);
     assert!(matches!(judge(&c, &held, &theirs, NOW), Verdict::Failed(_)));
     // Nothing at all.
-    let empty = answer(&c, |_| None);
+    let empty = answer(&c, |_| None::<(&[u8], &[u8])>);
     assert!(
         matches!(judge(&c, &held, &empty, NOW), Verdict::Failed(f) if f.len() == 6 * SLICES_PER_SHARD)
     );

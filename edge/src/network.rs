@@ -44,12 +44,18 @@ struct Known {
     key: ContentKey,
 }
 
+/// The loopback listener, bound at start, and what serves it.
 pub struct NetworkOrigin {
+    reader: Arc<Reader>,
+    listener: parking_lot::Mutex<Option<std::net::TcpListener>>,
+}
+
+/// Reads objects from the network (and the rest from the HUB).
+struct Reader {
     hub: String,
     key: NodeKey,
     http: reqwest::Client,
     known: parking_lot::Mutex<HashMap<String, Arc<Known>>>,
-    listener: parking_lot::Mutex<Option<std::net::TcpListener>>,
     metrics: &'static crate::metrics::Metrics,
 }
 
@@ -66,15 +72,19 @@ impl NetworkOrigin {
         listener.set_nonblocking(true)?;
         let _ = ADDR.set(listener.local_addr()?);
         Ok(NetworkOrigin {
-            hub: hub.trim_end_matches('/').to_string(),
-            key,
-            http,
-            known: Default::default(),
+            reader: Arc::new(Reader {
+                hub: hub.trim_end_matches('/').to_string(),
+                key,
+                http,
+                known: Default::default(),
+                metrics,
+            }),
             listener: parking_lot::Mutex::new(Some(listener)),
-            metrics,
         })
     }
+}
 
+impl Reader {
     /// The video's placement and content key, asked of the HUB at most
     /// once a minute.
     async fn placement(&self, video: &str) -> Result<Arc<Known>, String> {
@@ -118,7 +128,7 @@ impl NetworkOrigin {
     }
 
     /// One whole shard, checked against its root.
-    async fn shard(&self, object: &PlacedObject, i: usize) -> Result<Vec<u8>, String> {
+    async fn shard(&self, object: &PlacedObject, i: usize) -> Result<bytes::Bytes, String> {
         let s = &object.shards[i];
         let url = format!("{}/v1/shards/{}", s.addr.trim_end_matches('/'), s.name);
         let r = self
@@ -134,7 +144,7 @@ impl NetworkOrigin {
         if bytes.len() as u64 != s.len || *blake3::hash(&bytes).as_bytes() != s.root {
             return Err(format!("{url}: not the shard the HUB placed"));
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     /// Any `k` verified shards of `object`: `k` asked at once, a spare
@@ -143,9 +153,9 @@ impl NetworkOrigin {
         &self,
         object: &PlacedObject,
         k: usize,
-    ) -> Result<Vec<Option<Vec<u8>>>, String> {
+    ) -> Result<Vec<Option<bytes::Bytes>>, String> {
         let total = object.shards.len();
-        let mut got: Vec<Option<Vec<u8>>> = vec![None; total];
+        let mut got: Vec<Option<bytes::Bytes>> = vec![None; total];
         let mut pending = FuturesUnordered::new();
         let start = |i: usize| async move { (i, self.shard(object, i).await) };
         let mut next = 0;
@@ -271,15 +281,12 @@ fn stored_on_network(path: &str) -> bool {
     path.ends_with(".m4s") || path.ends_with(".mp4")
 }
 
-async fn other(
-    State(origin): State<Arc<NetworkOrigin>>,
-    request: axum::extract::Request,
-) -> Response {
+async fn other(State(origin): State<Arc<Reader>>, request: axum::extract::Request) -> Response {
     origin.ask_hub(request).await
 }
 
 async fn serve(
-    State(origin): State<Arc<NetworkOrigin>>,
+    State(origin): State<Arc<Reader>>,
     UrlPath((video, path)): UrlPath<(String, String)>,
     request: axum::extract::Request,
 ) -> Response {
@@ -335,18 +342,10 @@ impl pingora_core::services::background::BackgroundService for NetworkOrigin {
                 return;
             }
         };
-        let me = Arc::new(NetworkOrigin {
-            hub: self.hub.clone(),
-            key: NodeKey::from_seed(self.key.seed()),
-            http: self.http.clone(),
-            known: Default::default(),
-            listener: Default::default(),
-            metrics: self.metrics,
-        });
         let app = Router::new()
             .route("/v/{video}/{*path}", axum::routing::any(serve))
             .fallback(other)
-            .with_state(me);
+            .with_state(self.reader.clone());
         tokio::select! {
             r = axum::serve(listener, app) => if let Err(e) = r {
                 tracing::error!(error = %e, "the network origin stopped");

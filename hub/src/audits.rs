@@ -169,6 +169,7 @@ fn record(
         if a.failing >= st.slash_after {
             slash = true;
             a.failing = 0;
+            a.slashed += 1;
         }
         n
     });
@@ -205,11 +206,6 @@ fn pay(hub: &Hub, node: &NodeRecord, shards: &[(String, Held)], since_ms: u64, a
         return;
     };
     let interval = hub.config.storage.audit_interval.0.as_millis() as u64;
-    let held_ms = if since_ms == 0 {
-        interval
-    } else {
-        at_ms.saturating_sub(since_ms).min(2 * interval)
-    };
     let mut bytes: HashMap<[u8; 32], u64> = HashMap::new();
     for (video, h) in shards {
         let payer = match hub.catalog.video(video) {
@@ -224,10 +220,86 @@ fn pay(hub: &Hub, node: &NodeRecord, shards: &[(String, Held)], since_ms: u64, a
             payer,
             node: key,
             work: Work::Storage {
-                byte_hours: (b as u128 * held_ms as u128 / 3_600_000) as u64,
+                byte_hours: byte_hours(b, (since_ms, at_ms), interval),
             },
             reference: format!("storage/{}/{at_ms}/{}", node.id, hex::encode(&payer[..8])),
         })
         .collect();
     hub.ledger.submit(actions);
+}
+
+/// What a passed audit at `at_ms` pays for `bytes` held: the time since
+/// the last passed audit (`since_ms`, 0 for none), at most two intervals
+/// (a node that failed or sat out audits is not paid for that time), one
+/// interval for a node's first pass; in byte-hours.
+fn byte_hours(bytes: u64, (since_ms, at_ms): (u64, u64), interval_ms: u64) -> u64 {
+    let held_ms = if since_ms == 0 {
+        interval_ms
+    } else {
+        at_ms.saturating_sub(since_ms).min(2 * interval_ms)
+    };
+    (bytes as u128 * held_ms as u128 / 3_600_000) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{byte_hours, open_answer};
+    use meshcast_control::envelope::{Envelope, Verifier};
+    use meshcast_control::identity::NodeKey;
+    use meshcast_control::storage::{Answer, AUDIT, AUDIT_ANSWER};
+
+    #[test]
+    fn only_the_audited_nodes_own_fresh_answer_is_judged() {
+        let key = NodeKey::generate().unwrap();
+        let mut node = crate::registry::test_node(&key.id());
+        node.key = hex::encode(key.public().to_bytes());
+        let answer = Answer {
+            node: key.id(),
+            block: [1; 32],
+            slices: vec![],
+        };
+        let body = serde_json::to_vec(&answer).unwrap();
+        let now = crate::nodes::now_secs();
+        let sealed = |by: &NodeKey, domain: &str| {
+            Envelope::seal(by, domain, body.clone(), now)
+                .unwrap()
+                .encode()
+        };
+        let mut v = Verifier::new(AUDIT_ANSWER, meshcast_control::messages::MAX_SKEW_SECS);
+        let own = sealed(&key, AUDIT_ANSWER);
+        assert_eq!(open_answer(&mut v, &node, &own), Some(answer));
+        assert_eq!(open_answer(&mut v, &node, &own), None, "replayed");
+        // Another node's signature over the same answer: the stranger may
+        // hold the shards, but it is not the one audited (or paid).
+        let stranger = NodeKey::generate().unwrap();
+        assert_eq!(
+            open_answer(&mut v, &node, &sealed(&stranger, AUDIT_ANSWER)),
+            None
+        );
+        assert_eq!(
+            open_answer(&mut v, &node, &sealed(&key, AUDIT)),
+            None,
+            "another domain"
+        );
+        assert_eq!(open_answer(&mut v, &node, b"not an envelope"), None);
+    }
+
+    const HOUR: u64 = 3_600_000;
+    const GB: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_passed_audit_pays_the_time_since_the_last_and_no_more_than_two_intervals() {
+        // Hourly audits of 1 GB: one GB-hour per pass on time.
+        assert_eq!(byte_hours(GB, (HOUR, 2 * HOUR), HOUR), GB);
+        // The first pass pays one interval, whatever came before it.
+        assert_eq!(byte_hours(GB, (0, 50 * HOUR), HOUR), GB);
+        // A node that failed (or sat on) ten audits and then passes one is
+        // paid for two intervals, not for the eleven hours it did not prove.
+        assert_eq!(byte_hours(GB, (HOUR, 12 * HOUR), HOUR), 2 * GB);
+        // Audits sooner than the interval pay only the time elapsed, so
+        // asking twice cannot pay twice.
+        assert_eq!(byte_hours(GB, (HOUR, HOUR + HOUR / 4), HOUR), GB / 4);
+        // A clock that went back pays nothing.
+        assert_eq!(byte_hours(GB, (5 * HOUR, 4 * HOUR), HOUR), 0);
+    }
 }

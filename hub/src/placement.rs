@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use meshcast_control::envelope::Envelope;
 use meshcast_control::placement::{
     shard_name, PlacedObject, PlacedShard, Placement, PlacementRequest, Store, PLACEMENT, STORE,
+    STORE_HEADER,
 };
 use meshcast_shards::{ContentKey, Layout};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -78,6 +79,19 @@ impl Placements {
 
     /// The video's content key, made on first use.
     pub fn key(&self, video: &str) -> Result<ContentKey, HubError> {
+        // Edges ask for it on every placement question: a read, unless it
+        // is the first time.
+        {
+            let txn = self.db.begin_read().map_err(err)?;
+            let t = txn.open_table(KEYS).map_err(err)?;
+            let found = t
+                .get(video)
+                .map_err(err)?
+                .and_then(|v| <[u8; 32]>::try_from(v.value()).ok());
+            if let Some(k) = found {
+                return Ok(ContentKey::from_bytes(k));
+            }
+        }
         let txn = self.db.begin_write().map_err(err)?;
         let key = {
             let mut t = txn.open_table(KEYS).map_err(err)?;
@@ -151,13 +165,7 @@ impl Hub {
             .into_iter()
             .filter(|n| n.roles.iter().any(|r| r == "storage") && !n.addr.is_empty())
             .filter(|n| crate::admission::is_up(n, now) && self.admission(n).admitted())
-            .filter(|n| {
-                n.audits.failing == 0
-                    && !n
-                        .slashes
-                        .iter()
-                        .any(|s| s.reason.contains("storage audits"))
-            })
+            .filter(|n| n.audits.in_good_standing())
             .collect())
     }
 
@@ -219,7 +227,7 @@ pub(crate) async fn put_shard(
     let url = format!("{}/v1/shards/{name}", node.addr.trim_end_matches('/'));
     let r = http
         .put(&url)
-        .header(envelope_header(), hex::encode(env.encode()))
+        .header(STORE_HEADER, hex::encode(env.encode()))
         .body(shard)
         .send()
         .await
@@ -235,11 +243,6 @@ pub(crate) async fn put_shard(
         len: store.len,
         root: store.root,
     })
-}
-
-/// The header storage nodes read the `Store` envelope from.
-fn envelope_header() -> &'static str {
-    "meshcast-envelope"
 }
 
 /// Seals, codes and places every media object of `video`; the number

@@ -53,6 +53,7 @@ pub struct NodeRecord {
 
 /// A storage node's audit record on this HUB.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AuditStats {
     pub passed: u64,
     pub failed: u64,
@@ -61,10 +62,20 @@ pub struct AuditStats {
     /// slash): at `[storage] slash_after` it is slashed and its shards
     /// are rebuilt elsewhere.
     pub failing: u32,
+    /// Times it was slashed for audits; one is enough to keep new shards
+    /// off it and have its old ones rebuilt elsewhere.
+    pub slashed: u32,
     /// Unix milliseconds of the last audit it passed.
     pub last_passed_ms: u64,
     /// The last verdict, for operators.
     pub last: Option<String>,
+}
+
+impl AuditStats {
+    /// No audit failing now and never slashed for audits: may take shards.
+    pub fn in_good_standing(&self) -> bool {
+        self.failing == 0 && self.slashed == 0
+    }
 }
 
 /// One slash for a fabricated claim; `evidence` names the claim envelope
@@ -400,11 +411,17 @@ impl SettleView for TxnView<'_> {
     }
 }
 
+/// A bare record for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn test_node(id: &str) -> NodeRecord {
+    tests::node(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn node(id: &str) -> NodeRecord {
+    pub(super) fn node(id: &str) -> NodeRecord {
         NodeRecord {
             id: id.into(),
             key: String::new(),

@@ -54,12 +54,7 @@ fn lost_nodes(hub: &Hub, nodes: &[NodeRecord]) -> HashSet<String> {
     nodes
         .iter()
         .filter(|n| n.roles.iter().any(|r| r == "storage"))
-        .filter(|n| {
-            now.saturating_sub(n.last_seen) > grace
-                || n.slashes
-                    .iter()
-                    .any(|s| s.reason.contains("storage audits"))
-        })
+        .filter(|n| now.saturating_sub(n.last_seen) > grace || n.audits.slashed > 0)
         .map(|n| n.id.clone())
         .collect()
 }
@@ -81,6 +76,7 @@ async fn round(
         .filter(|n| !lost.contains(&n.id))
         .collect();
     let addrs: HashMap<String, String> = nodes.into_iter().map(|n| (n.id, n.addr)).collect();
+    let mut used = hub.placed_bytes().map_err(|e| e.to_string())?;
     for video in hub.placements.videos().map_err(|e| e.to_string())? {
         let Some(mut stored) = hub.placements.get(&video).map_err(|e| e.to_string())? else {
             continue;
@@ -94,18 +90,17 @@ async fn round(
             if missing.is_empty() {
                 continue;
             }
-            let used = hub.placed_bytes().map_err(|e| e.to_string())?;
-            let ctx = Ctx {
+            let mut ctx = Ctx {
                 hub,
                 http,
                 pace,
                 addrs: &addrs,
                 healthy: &healthy,
-                used,
+                used: &mut used,
                 per_sec,
                 layout,
             };
-            match rebuild(&ctx, &video, object, &missing).await {
+            match rebuild(&mut ctx, &video, object, &missing).await {
                 Ok(n) => {
                     hub.metrics.shards_repaired.inc_by(n as u64);
                     hub.placements
@@ -130,8 +125,9 @@ struct Ctx<'a> {
     healthy: &'a [NodeRecord],
     /// The pace in KiB a second.
     per_sec: NonZeroU32,
-    /// Bytes placed on each node (capacity check).
-    used: HashMap<String, u64>,
+    /// Bytes placed on each node (capacity check), kept current as shards
+    /// are put.
+    used: &'a mut HashMap<String, u64>,
     layout: Layout,
 }
 
@@ -158,7 +154,7 @@ async fn fetch(ctx: &Ctx<'_>, object: &StoredObject, j: usize) -> Result<Vec<u8>
 
 /// Rebuilds `missing` shards of `object` onto new nodes; how many.
 async fn rebuild(
-    ctx: &Ctx<'_>,
+    ctx: &mut Ctx<'_>,
     video: &str,
     object: &mut StoredObject,
     missing: &[usize],
@@ -226,6 +222,7 @@ async fn rebuild(
         }
         let name = object.shards[j].name.clone();
         let placed = put_shard(ctx.hub, ctx.http, node, &name, shards[j].clone()).await?;
+        *ctx.used.entry(placed.node.clone()).or_default() += placed.len;
         object.shards[j] = placed;
         done += 1;
     }

@@ -9,7 +9,9 @@
 
 use crate::procstat;
 use crate::servers::meshcast_binary;
-use crate::transcode::{json, make_source, spawn, wait_hub, Procs};
+use crate::transcode::{
+    bench_account, json, make_source, spawn, upload, wait_admitted, wait_hub, Procs,
+};
 use crate::Common;
 use anyhow::{bail, Context};
 use meshcast_control::identity::NodeKey;
@@ -95,61 +97,16 @@ async fn start(o: &Options, dir: &Path) -> anyhow::Result<Net> {
             &dir.join(format!("edge{i}.log")),
         )?);
     }
-    loop {
-        let nodes = json(client.get(format!("{hub}/v1/nodes")))
-            .await
-            .unwrap_or_default();
-        let admitted = nodes["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| n["admitted"] == true)
-            .count();
-        if admitted >= STORAGE + 2 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the nodes were not admitted: {nodes}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_admitted(&client, &hub, STORAGE + 2, deadline).await?;
     let edges = [edges[0].clone(), edges[1].clone()];
     Ok(Net { procs, hub, edges })
 }
 
 /// Uploads `source` and waits until it is ready and placed.
 async fn publish(net: &Net, dir: &Path, source: &Path) -> anyhow::Result<(String, Value)> {
-    let admin = std::fs::read_to_string(dir.join("data/admin.key"))?
-        .trim()
-        .to_string();
     let c = reqwest::Client::new();
-    let account = json(
-        c.post(format!("{}/v1/accounts", net.hub))
-            .bearer_auth(admin)
-            .json(&json!({"name": "bench"})),
-    )
-    .await?;
-    let api_key = account["api_key"]
-        .as_str()
-        .context("no API key")?
-        .to_string();
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {api_key}").parse()?,
-    );
-    let client = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()?;
-    let upload = meshcast_hub::tus_client::upload_file(
-        &client,
-        &format!("{}/v1/videos", net.hub),
-        source,
-        8 << 20,
-        |_, _| {},
-    )
-    .await?;
-    let id = meshcast_hub::tus_client::video_id(&upload).to_string();
+    let api_key = bench_account(&c, &net.hub, dir).await?;
+    let (id, client) = upload(&net.hub, &api_key, source).await?;
     loop {
         let v = json(client.get(format!("{}/v1/videos/{id}", net.hub))).await?;
         if v["status"] == "failed" {

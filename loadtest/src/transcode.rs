@@ -77,6 +77,33 @@ pub(crate) fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Chi
         .spawn()?)
 }
 
+/// Waits until the hub admits `n` nodes.
+pub(crate) async fn wait_admitted(
+    client: &reqwest::Client,
+    hub: &str,
+    n: usize,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        let nodes = json(client.get(format!("{hub}/v1/nodes")))
+            .await
+            .unwrap_or_default();
+        let admitted = nodes["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["admitted"] == true)
+            .count();
+        if admitted >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{admitted} of {n} nodes admitted: {nodes}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits for the hub's health check, or says where its log is.
 pub(crate) async fn wait_hub(
     client: &reqwest::Client,
@@ -143,24 +170,17 @@ async fn start(o: &Options, dir: &Path, workers: usize) -> anyhow::Result<(Procs
             &dir.join(format!("worker{i}.log")),
         )?);
     }
-    while workers > 0 {
-        let nodes = json(client.get(format!("{hub}/v1/nodes")))
-            .await
-            .unwrap_or_default();
-        let admitted = nodes["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| n["admitted"] == true)
-            .count();
-        if admitted >= workers {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the workers were not admitted: {nodes}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_admitted(&client, &hub, workers, deadline).await?;
+    let api_key = bench_account(&client, &hub, dir).await?;
+    Ok((procs, hub, api_key))
+}
+
+/// A "bench" account made with the hub's admin key (in `dir/data`); its API key.
+pub(crate) async fn bench_account(
+    client: &reqwest::Client,
+    hub: &str,
+    dir: &Path,
+) -> anyhow::Result<String> {
     let admin = std::fs::read_to_string(dir.join("data/admin.key"))?
         .trim()
         .to_string();
@@ -171,18 +191,19 @@ async fn start(o: &Options, dir: &Path, workers: usize) -> anyhow::Result<(Procs
             .json(&json!({"name": "bench"})),
     )
     .await?;
-    let api_key = account["api_key"]
+    Ok(account["api_key"]
         .as_str()
         .context("no API key")?
-        .to_string();
-    Ok((procs, hub, api_key))
+        .to_string())
 }
 
-/// One transcode of `source`: wall seconds, HUB CPU, workers' CPU, and
-/// who did which chunk.
-async fn one_run(o: &Options, dir: &Path, source: &Path, workers: usize) -> anyhow::Result<Value> {
-    let (procs, hub, api_key) = start(o, dir, workers).await?;
-    let pids: Vec<u32> = procs.0.iter().map(|c| c.id()).collect();
+/// Uploads `source` over tus as the account of `api_key`; the video id and
+/// a client that speaks for that account.
+pub(crate) async fn upload(
+    hub: &str,
+    api_key: &str,
+    source: &Path,
+) -> anyhow::Result<(String, reqwest::Client)> {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -199,7 +220,18 @@ async fn one_run(o: &Options, dir: &Path, source: &Path, workers: usize) -> anyh
         |_, _| {},
     )
     .await?;
-    let id = meshcast_hub::tus_client::video_id(&upload).to_string();
+    Ok((
+        meshcast_hub::tus_client::video_id(&upload).to_string(),
+        client,
+    ))
+}
+
+/// One transcode of `source`: wall seconds, HUB CPU, workers' CPU, and
+/// who did which chunk.
+async fn one_run(o: &Options, dir: &Path, source: &Path, workers: usize) -> anyhow::Result<Value> {
+    let (procs, hub, api_key) = start(o, dir, workers).await?;
+    let pids: Vec<u32> = procs.0.iter().map(|c| c.id()).collect();
+    let (id, client) = upload(&hub, &api_key, source).await?;
     let (hub_cpu0, workers_cpu0) = (cpu_with_children(&pids[..1]), cpu_with_children(&pids[1..]));
     let t0 = Instant::now();
     let video = loop {

@@ -580,3 +580,21 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// Polls `check` until it gives `Some` (every 50 ms, the interval only
+/// paces the polling: each pass asks the condition itself), failing with
+/// `what` and the last `Err` after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

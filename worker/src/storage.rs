@@ -15,14 +15,11 @@ use axum::Router;
 use meshcast_control::envelope::{Envelope, Verifier};
 use meshcast_control::identity::NodeKey;
 use meshcast_control::messages::MAX_SKEW_SECS;
-use meshcast_control::placement::{Store, STORE};
+use meshcast_control::placement::{Store, STORE, STORE_HEADER};
 use meshcast_control::storage::{Challenge, AUDIT, AUDIT_ANSWER};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// The header a PUT carries its HUB-signed `Store` envelope in (hex).
-pub const ENVELOPE_HEADER: &str = "meshcast-envelope";
 
 pub struct Storage {
     dir: PathBuf,
@@ -163,14 +160,7 @@ impl Storage {
                 format!("a challenge for node {}, not this one", c.node),
             ));
         }
-        let kept: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)> = c
-            .asked
-            .iter()
-            .filter_map(|(name, _)| self.read(name).map(|d| (name.clone(), d)))
-            .collect();
-        let answer = meshcast_control::storage::answer(&c, |name| {
-            kept.get(name).map(|(d, t)| (d.as_slice(), t.as_slice()))
-        });
+        let answer = meshcast_control::storage::answer(&c, |name| self.read(name));
         let body = serde_json::to_vec(&answer).expect("serializes");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -188,13 +178,13 @@ impl Storage {
             Box::new(refuse(status, why))
         };
         let wire = headers
-            .get(ENVELOPE_HEADER)
+            .get(STORE_HEADER)
             .and_then(|h| hex::decode(h.as_bytes()).ok())
             .ok_or_else(|| {
                 bad(
                     "unsigned",
                     StatusCode::UNAUTHORIZED,
-                    format!("no valid {ENVELOPE_HEADER} header"),
+                    format!("no valid {STORE_HEADER} header"),
                 )
             })?;
         let env = self
