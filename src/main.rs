@@ -15,6 +15,14 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Gives the calling thread's free pages back to the system (mimalloc keeps
+/// them for reuse otherwise, long after a flood of connections is gone).
+fn trim_memory() {
+    // SAFETY: mi_collect only walks and releases the allocator's own free
+    // pages; it is safe to call from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 #[derive(Parser)]
 #[command(
     name = "meshcast",
@@ -251,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             init_tracing(&parsed.log.level);
+            meshcast_edge::tcp::set_memory_trim(trim_memory);
             meshcast_edge::server::run(config, parsed).context("edge failed to start")?;
             Ok(())
         }

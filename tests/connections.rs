@@ -78,7 +78,7 @@ async fn silent_and_slow_clients_are_closed_on_time() {
     let said = read_until_closed(&mut silent, Duration::from_secs(10)).await;
     assert!(said.is_empty(), "{}", String::from_utf8_lossy(&said));
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    assert!(waited >= Duration::from_millis(850), "{waited:?}");
 
     // Half a request line, then nothing: 408 and close.
     let mut partial = TcpStream::connect(("127.0.0.1", edge.port)).await.unwrap();
@@ -127,6 +127,10 @@ async fn silent_and_slow_clients_are_closed_on_time() {
     let metrics = edge.metrics().await;
     assert!(
         metrics.contains("meshcast_connections_refused_total{reason=\"header_timeout\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshcast_connections_refused_total{reason=\"silent\"} 1"),
         "{metrics}"
     );
 }
@@ -205,12 +209,19 @@ async fn an_idle_flood_makes_room_for_viewers_and_one_address_gets_its_share() {
     assert!(String::from_utf8_lossy(&reply).contains("from your address"));
 
     // Two more from another address fill the edge. A viewer arriving now
-    // is served: the oldest idle connection is closed (without a word) to
-    // make room, not the viewer refused.
+    // is served: the oldest silent connection is closed (without a word)
+    // to make room, not the viewer refused.
     for _ in 0..2 {
         held.push(connect_from("127.0.0.3", edge.port).await);
     }
     wait_open(&edge, 5).await;
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("meshcast_connections_waiting{kind=\"seated\"} 5"),
+        "{metrics}"
+    );
+
+    // A viewer that speaks at once is let in.
     let mut viewer = connect_from("127.0.0.4", edge.port).await;
     viewer
         .write_all(b"GET /seg/room.m4s?len=3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -231,6 +242,106 @@ async fn an_idle_flood_makes_room_for_viewers_and_one_address_gets_its_share() {
     );
     assert!(
         metrics.contains("meshcast_connections_refused_total{reason=\"per_address\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Reads one response with a `Content-Length` body from a kept-alive
+/// connection; its status line.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .expect("the connection stays open");
+        assert!(
+            n > 0,
+            "closed mid-response: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .expect("a content-length");
+            if buf.len() >= end + 4 + length {
+                return status_of(&buf);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_full_a_silent_newcomer_takes_nobodys_place() {
+    let (_origin, edge) = edge_with(
+        "header_timeout = \"2s\"\nheader_timeout_when_full = \"500ms\"\nmax_connections = 3\nmax_connections_per_ip = 3",
+    )
+    .await;
+    // Three viewers fill the edge and keep their connections between
+    // requests (no first-byte deadline ends those).
+    let mut viewers = Vec::new();
+    for i in 0..3 {
+        let mut v = connect_from(&format!("127.0.0.{}", 10 + i), edge.port).await;
+        v.write_all(b"GET /seg/ka.m4s?len=3 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut v).await.starts_with("HTTP/1.1 200"));
+        viewers.push(v);
+    }
+    wait_open(&edge, 3).await;
+
+    // A newcomer that says nothing takes nobody's place: the kernel holds
+    // it first (TCP_DEFER_ACCEPT, about header_timeout), then it stands
+    // for header_timeout_when_full and is closed without a word.
+    let started = Instant::now();
+    let mut silent = connect_from("127.0.0.20", edge.port).await;
+    let said = read_until_closed(&mut silent, Duration::from_secs(20)).await;
+    assert!(said.is_empty(), "{}", String::from_utf8_lossy(&said));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(450), "{waited:?}");
+    eprintln!("a silent newcomer was closed after {waited:?}");
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("meshcast_connections_refused_total{reason=\"silent_when_full\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("reason=\"evicted\""), "{metrics}");
+    for v in &mut viewers {
+        v.write_all(b"GET /seg/ka.m4s?len=3 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(
+            read_response(v).await.starts_with("HTTP/1.1 200"),
+            "still served"
+        );
+    }
+
+    // A newcomer that speaks at once is let in: the viewer waiting longest
+    // between requests makes room for it.
+    let mut speaker = connect_from("127.0.0.21", edge.port).await;
+    speaker
+        .write_all(b"GET /seg/ka.m4s?len=3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_until_closed(&mut speaker, Duration::from_secs(10)).await;
+    assert!(
+        status_of(&reply).starts_with("HTTP/1.1 200"),
+        "{}",
+        status_of(&reply)
+    );
+    let closed = read_until_closed(&mut viewers[0], Duration::from_secs(10)).await;
+    assert!(closed.is_empty(), "{}", String::from_utf8_lossy(&closed));
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("meshcast_connections_refused_total{reason=\"evicted\"} 1"),
         "{metrics}"
     );
 }

@@ -140,6 +140,13 @@ pub struct EdgeSection {
     /// `client_header_timeout`), however slowly the bytes trickle in.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Seconds,
+    /// While the edge is at `max_connections`, a new connection must send
+    /// its first byte within this to be let in (taking the place of the
+    /// longest-silent connection); one that stays silent is closed (the
+    /// kernel holds it for about `header_timeout` first, at no cost), so
+    /// silent floods cycle this slowly instead of evicting each other.
+    #[serde(default = "default_header_timeout_when_full")]
+    pub header_timeout_when_full: Seconds,
     /// A client that takes no byte of the response for this long is cut
     /// off (nginx's `send_timeout`).
     #[serde(default = "default_send_timeout")]
@@ -168,6 +175,10 @@ fn default_client_read() -> Seconds {
 
 fn default_header_timeout() -> Seconds {
     Seconds(Duration::from_secs(10))
+}
+
+fn default_header_timeout_when_full() -> Seconds {
+    Seconds(Duration::from_secs(1))
 }
 
 fn default_send_timeout() -> Seconds {
@@ -502,6 +513,16 @@ impl EdgeConfig {
             if t < Duration::from_secs(1) || t > Duration::from_secs(3600) {
                 return Err((key.into(), "1s to 1h".into()));
             }
+        }
+        let when_full = e.header_timeout_when_full.0;
+        if when_full < Duration::from_millis(100) || when_full > e.header_timeout.0 {
+            return Err((
+                "edge.header_timeout_when_full".into(),
+                format!(
+                    "100ms to header_timeout ({}s)",
+                    e.header_timeout.0.as_secs_f64()
+                ),
+            ));
         }
         if e.max_connections == 0 || e.max_connections_per_ip == 0 {
             return Err((

@@ -158,6 +158,34 @@ impl Connections {
     /// by the evictions still closing); with none waiting, `Full`. A new
     /// slot starts waiting; `busy` makes it exempt at once (QUIC).
     pub fn admit(self: &Arc<Self>, peer: Option<IpAddr>, busy: bool) -> Result<Slot, Refusal> {
+        self.take(peer, busy, true)
+    }
+
+    /// As [`admit`](Self::admit), but `Full` at the limit: nobody is told
+    /// to close (the TCP lobby makes room among its own silent guests
+    /// first).
+    pub fn try_admit(self: &Arc<Self>, peer: Option<IpAddr>, busy: bool) -> Result<Slot, Refusal> {
+        self.take(peer, busy, false)
+    }
+
+    /// Whether `peer` is under its share now (for a connection that holds
+    /// no slot yet).
+    pub fn address_has_room(&self, peer: IpAddr) -> bool {
+        let inner = self.inner.lock();
+        inner
+            .per_address
+            .get(&counted_as(peer))
+            .copied()
+            .unwrap_or(0)
+            < self.max_per_address
+    }
+
+    fn take(
+        self: &Arc<Self>,
+        peer: Option<IpAddr>,
+        busy: bool,
+        evict: bool,
+    ) -> Result<Slot, Refusal> {
         let address = peer.map(counted_as);
         let mut inner = self.inner.lock();
         if let Some(ip) = address {
@@ -165,7 +193,9 @@ impl Connections {
                 return Err(Refusal::PerAddress);
             }
         }
-        if self.total.load(Ordering::Acquire) >= self.max_total && !inner.evict_longest_waiting() {
+        if self.total.load(Ordering::Acquire) >= self.max_total
+            && !(evict && inner.evict_longest_waiting())
+        {
             return Err(Refusal::Full);
         }
         self.total.fetch_add(1, Ordering::AcqRel);
@@ -187,6 +217,11 @@ impl Connections {
             key,
             state,
         })
+    }
+
+    /// The most connections the table admits.
+    pub fn limit(&self) -> usize {
+        self.max_total
     }
 
     /// Connections open now.
@@ -387,7 +422,10 @@ mod tests {
                 .collect()
         };
         assert_eq!(evicted.len(), 1, "{evicted:?}");
-        assert!(evicted[0] % 10 != 0 && evicted[0] < 500, "{evicted:?}");
+        assert!(
+            !evicted[0].is_multiple_of(10) && evicted[0] < 500,
+            "{evicted:?}"
+        );
     }
 
     #[test]

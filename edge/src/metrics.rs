@@ -23,6 +23,7 @@ pub struct Metrics {
     pub hub_up: prometheus::IntGauge,
     pub client_connections: prometheus::IntGauge,
     pub connections_refused: IntCounterVec,
+    pub connections_waiting: IntGaugeVec,
     pub network_objects: IntCounterVec,
     pub network_shards: IntCounterVec,
 }
@@ -78,7 +79,8 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
-            connections_refused: counter_vec("meshcast_connections_refused_total", "Client connections closed by the TCP door before the pipeline, by reason (full, per_address, evicted to make room, header_timeout, head_too_large, bad_preface)", &["reason"]),
+            connections_refused: counter_vec("meshcast_connections_refused_total", "Client connections closed by the TCP door before the pipeline, by reason (full, per_address, evicted to make room, silent: no byte within header_timeout, silent_when_full: none within header_timeout_when_full, header_timeout, head_too_large, bad_preface, tls_handshake)", &["reason"]),
+            connections_waiting: gauge_vec("meshcast_connections_waiting", "TCP/TLS connections in the lobby waiting for their first byte (seated: holding a place; standing: arrived while the edge was full)", &["kind"]),
             network_objects: counter_vec("meshcast_network_objects_total", "Media objects the network origin answered, by where they came from (network: decoded from shards; hub: the HUB's origin)", &["from"]),
             network_shards: counter_vec("meshcast_network_shards_total", "Shard fetches of the network origin, by outcome (ok, failed, hedged: a spare started because one was slow)", &["outcome"]),
             registry,

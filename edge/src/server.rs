@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{EdgePipeline, EdgeState, Shared};
 use crate::quic::{QuicDoor, QuicLimits};
 use crate::sites::Sites;
-use crate::tcp::{TcpDoor, TcpLimits};
+use crate::tcp::{TcpDoor, TcpLimits, TcpService};
 use arc_swap::ArcSwap;
 use meshcast_conf::{ConfError, EdgeConfig};
 use meshcast_control::identity::NodeKey;
@@ -22,7 +22,6 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -40,6 +39,8 @@ pub enum EdgeError {
     AccessLog(std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
     #[error("node key: {0}")]
     Key(#[from] meshcast_control::identity::KeyError),
     #[error("ack log {0}: {1}")]
@@ -281,7 +282,6 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     );
     let door = TcpDoor::new(
         proxy.clone(),
-        connections.clone(),
         TcpLimits {
             header_timeout: config.edge.header_timeout.0,
             keepalive_timeout: config.edge.keepalive_timeout.0,
@@ -289,13 +289,12 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
         },
         metrics,
     );
-    let mut tcp = Service::new("meshcast edge".into(), door);
-    // The door reads request heads itself; Pingora's 64 KiB read buffer
-    // per connection would only sit idle (it was most of an idle
-    // connection's memory).
-    let buffers = L4BufferSettings::new(0, pingora_core::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE);
+    // Every TCP and TLS listener feeds the door's lobby, which holds a
+    // connection as a bare socket until its first byte; bound here so
+    // that an address in use stops the start with its name.
+    let mut listeners = Vec::new();
     for addr in &config.edge.listen {
-        tcp.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+        listeners.push((bind_listener(*addr)?, None));
     }
     if !config.edge.listen_tls.is_empty() {
         let (Some(cert), Some(key)) = (&config.edge.tls_cert, &config.edge.tls_key) else {
@@ -308,14 +307,16 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
                 TlsSettings::intermediate(&cert.to_string_lossy(), &key.to_string_lossy())
                     .map_err(|e| EdgeError::Tls(e.to_string()))?;
             tls.enable_h2();
-            tcp.add_listener(
-                ListenerConfig::tcp(addr.to_string())
-                    .tls(tls)
-                    .l4_buffer(buffers),
-            );
+            listeners.push((bind_listener(*addr)?, Some(tls.build())));
         }
     }
-    server.add_service(tcp);
+    server.add_service(TcpService::new(
+        listeners,
+        door,
+        connections.clone(),
+        config.edge.header_timeout_when_full.0,
+        metrics,
+    ));
 
     if !config.edge.listen_quic.is_empty() {
         let (Some(cert), Some(key)) = (&config.edge.tls_cert, &config.edge.tls_key) else {
@@ -412,4 +413,9 @@ fn spawn_reloader(path: PathBuf, shared: Arc<Shared>) {
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the reload thread");
     }
+}
+
+/// Binds a client listener, or says which address could not be had.
+fn bind_listener(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, EdgeError> {
+    crate::tcp::bind(addr).map_err(|e| EdgeError::Listen(addr, e))
 }

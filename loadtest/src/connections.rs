@@ -2,12 +2,15 @@
 //!
 //! 1. Memory per idle connection: N plain TCP connects that send nothing,
 //!    spread over many loopback addresses; resident memory of the server's
-//!    processes before, with them open (once the server reports them all
-//!    open), and after they close.
+//!    processes (once settled) before, with half and with all of them open
+//!    (once the server reports them open), and after they close; the cost
+//!    of a connection is the slope from half to all.
 //! 2. A flood on the edge: `idle` silent connections and `slow` slowloris
 //!    ones (a header byte a second), each reconnecting whenever the edge
-//!    closes it, while normal clients fetch a cached object at a fixed rate;
-//!    their p99 and errors against a quiet run, and the edge's memory.
+//!    closes it, while normal clients fetch a cached object at a fixed rate
+//!    on connections opened before the clock starts (as wrk does) and new
+//!    viewers each open a connection of their own; their p99 and errors
+//!    against a quiet run, and the edge's memory.
 
 use crate::openloop::{self, OpenLoop};
 use crate::origin::Origin;
@@ -101,24 +104,50 @@ async fn connect(i: usize, to: SocketAddr) -> std::io::Result<tokio::net::TcpStr
     socket.connect(to).await
 }
 
-/// Memory of `server` with `n` idle connections: (before, with, after) in
-/// bytes of resident memory.
-async fn idle_memory(server: &Server, n: usize) -> anyhow::Result<(u64, u64, u64, u64)> {
+/// Resident memory of `pids` once it stops moving (two reads 250 ms apart
+/// within 64 KiB, at most 5 s): a server still settling after its start
+/// would otherwise be charged to the connections.
+async fn settled_rss(pids: &[u32]) -> u64 {
+    let mut last = procstat::rss(pids);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = procstat::rss(pids);
+        if now.abs_diff(last) < 64 << 10 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Memory of `server` with `n` idle connections: (before, with half of
+/// them, with all, after they close) in bytes of resident memory. What a
+/// connection costs is the slope between half and all, so that memory the
+/// server allocates once (its first connections, buffers that grow) is not
+/// charged per connection.
+async fn idle_memory(server: &Server, n: usize) -> anyhow::Result<[u64; 4]> {
     let addr: SocketAddr = server.base.trim_start_matches("http://").parse()?;
     let pids = server.pids();
-    let before = procstat::rss(&pids);
+    let before = settled_rss(&pids).await;
     let mut held = Vec::with_capacity(n);
-    for i in 0..n {
-        held.push(connect(i, addr).await?);
+    let mut levels = Vec::new();
+    for part in [n / 2, n - n / 2] {
+        for _ in 0..part {
+            held.push(connect(held.len(), addr).await?);
+        }
+        let want = held.len() as u64;
+        let seen = wait_open(server, |open| open >= want).await?;
+        anyhow::ensure!(
+            seen >= want,
+            "{} shows {seen} of {want} connections open",
+            server.name
+        );
+        levels.push(settled_rss(&pids).await);
     }
-    let seen = wait_open(server, |open| open >= n as u64).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let with = procstat::rss(&pids);
     drop(held);
     wait_open(server, |open| open == 0).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = procstat::rss(&pids);
-    Ok((before, with, after, seen))
+    let after = settled_rss(&pids).await;
+    Ok([before, levels[0], levels[1], after])
 }
 
 /// One attacker: connects, then says nothing (`slow: false`) or trickles
@@ -241,6 +270,47 @@ async fn refused_connections(edge: &Server) -> anyhow::Result<serde_json::Value>
     Ok(serde_json::Value::Object(out))
 }
 
+/// New viewers: one every `every` for `secs`, each on a connection of its
+/// own (connect, request, whole response), timed from when it was due.
+async fn new_viewers(url: &str, secs: f64, every: Duration) -> serde_json::Value {
+    let n = (secs / every.as_secs_f64()) as usize;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let url = url.to_string();
+            tokio::spawn(async move {
+                let due = start + every * i as u32;
+                tokio::time::sleep_until(due.into()).await;
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("client");
+                let ok = match client.get(&url).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                ok.then(|| due.elapsed().as_micros() as u64)
+            })
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(n);
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Some(us)) => lat.push(us),
+            _ => errors += 1,
+        }
+    }
+    lat.sort_unstable();
+    json!({"viewers": n, "errors": errors,
+           "p50_ms": openloop::percentile(&lat, 50.0) as f64 / 1000.0,
+           "p99_ms": openloop::percentile(&lat, 99.0) as f64 / 1000.0})
+}
+
+/// A new viewer every this often, beside the steady clients.
+const NEW_VIEWER_EVERY: Duration = Duration::from_millis(50);
+
 fn load_json(o: &OpenLoop) -> serde_json::Value {
     json!({"offered_rps": o.offered_rps, "achieved_rps": o.achieved_rps,
            "p50_ms": o.p50_us as f64 / 1000.0, "p99_ms": o.p99_us as f64 / 1000.0, "errors": o.errors})
@@ -253,8 +323,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let origin = Origin::start(4.0, 10).await?;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    let per_conn = |(b, w, _, _): (u64, u64, u64, u64), n: usize| {
-        w.saturating_sub(b) as f64 / n as f64 / 1024.0
+    let per_conn = |[_, half, all, _]: [u64; 4], n: usize| {
+        all.saturating_sub(half) as f64 / (n - n / 2) as f64 / 1024.0
     };
 
     // 1. Idle connections, side by side. Neither server may time them out
@@ -277,7 +347,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     reqwest::get(&url).await?.bytes().await?;
     eprintln!("quiet run: {} req/s for {} s…", o.rps, o.secs);
     let cpu0 = procstat::cpu_seconds(&edge.pids());
-    let quiet = openloop::run(&url, o.rps, o.secs, 16).await;
+    let (quiet, quiet_new) = tokio::join!(
+        openloop::run(&url, o.rps, o.secs, 16),
+        new_viewers(&url, o.secs, NEW_VIEWER_EVERY)
+    );
     let quiet_cpu = procstat::cpu_seconds(&edge.pids()) - cpu0;
     let addr: SocketAddr = edge.base.trim_start_matches("http://").parse()?;
     // Attackers in child processes, at most PER_PROCESS sockets each: one
@@ -311,7 +384,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     .await?;
     eprintln!("flood: {reached} attacker connections open; normal load again…");
     let cpu0 = procstat::cpu_seconds(&edge.pids());
-    let flooded = openloop::run(&url, o.rps, o.secs, 16).await;
+    let (flooded, flood_new) = tokio::join!(
+        openloop::run(&url, o.rps, o.secs, 16),
+        new_viewers(&url, o.secs, NEW_VIEWER_EVERY)
+    );
     let flood_cpu = procstat::cpu_seconds(&edge.pids()) - cpu0;
     let open_at_end = open_connections(&edge).await?;
     let refused = refused_connections(&edge).await.unwrap_or_default();
@@ -336,10 +412,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let report = json!({
         "idle": {
             "connections": o.idle,
-            "meshcast": {"rss_before_mib": mib(m.0), "rss_open_mib": mib(m.1), "rss_after_mib": mib(m.2),
-                         "seen_open": m.3, "kib_per_connection": per_conn(m, o.idle)},
-            "nginx": {"rss_before_mib": mib(n.0), "rss_open_mib": mib(n.1), "rss_after_mib": mib(n.2),
-                      "seen_open": n.3, "kib_per_connection": per_conn(n, o.idle)},
+            "meshcast": {"rss_before_mib": mib(m[0]), "rss_half_mib": mib(m[1]), "rss_open_mib": mib(m[2]),
+                         "rss_after_mib": mib(m[3]), "kib_per_connection": per_conn(m, o.idle)},
+            "nginx": {"rss_before_mib": mib(n[0]), "rss_half_mib": mib(n[1]), "rss_open_mib": mib(n[2]),
+                      "rss_after_mib": mib(n[3]), "kib_per_connection": per_conn(n, o.idle)},
             "ratio": per_conn(m, o.idle) / per_conn(n, o.idle).max(1e-9),
         },
         "flood": {
@@ -347,6 +423,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             "open_at_end": open_at_end, "attacker_reconnects": reconnects, "refused": refused,
             "quiet": load_json(&quiet), "flooded": load_json(&flooded),
             "p99_ratio": flooded.p99_us as f64 / quiet.p99_us.max(1) as f64,
+            "new_viewers_quiet": quiet_new, "new_viewers_flood": flood_new,
             "edge_cpu_quiet": quiet_cpu / o.secs, "edge_cpu_flood": flood_cpu / o.secs,
             "edge_rss_flood_mib": mib(rss_flood), "edge_peak_rss_mib": mib(peak), "edge_rss_after_mib": mib(rss_after),
         },
@@ -367,8 +444,9 @@ fn markdown(r: &serde_json::Value) -> String {
     let f = &r["flood"];
     let row = |name: &str, v: &serde_json::Value| {
         format!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
             v["rss_before_mib"].as_f64().unwrap_or(0.0),
+            v["rss_half_mib"].as_f64().unwrap_or(0.0),
             v["rss_open_mib"].as_f64().unwrap_or(0.0),
             v["rss_after_mib"].as_f64().unwrap_or(0.0),
             v["kib_per_connection"].as_f64().unwrap_or(0.0)
@@ -384,9 +462,11 @@ fn markdown(r: &serde_json::Value) -> String {
         )
     };
     format!(
-        "### {} idle connections\n\n| server | RSS before MiB | with them MiB | after close MiB | KiB / connection |\n|---|---|---|---|---|\n{}{}\nmeshcast ÷ nginx per connection: {:.2}\n\n\
+        "### {} idle connections\n\n| server | RSS before MiB | with half MiB | with all MiB | after close MiB | KiB / connection (half → all) |\n|---|---|---|---|---|---|\n{}{}\nmeshcast ÷ nginx per connection: {:.2}\n\n\
          ### Flood: {} silent + {} slowloris connections (reconnecting), normal clients at a fixed rate\n\n\
          | run | achieved req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|\n{}{}\n\
+         New viewers (a fresh connection every {} ms: connect, request, response): quiet p50 {} ms, p99 {} ms, errors {}; \
+         flood p50 {} ms, p99 {} ms, errors {}\n\n\
          p99 flood ÷ quiet: {:.2}; attacker connections open when the load began {}, at its end {}; reconnects {}; \
          closed by the door {}; edge RSS in the flood {:.1} MiB (peak {:.1}), after {:.1} MiB; \
          edge CPU (cores busy) quiet {:.2}, flood {:.2}\n",
@@ -398,6 +478,13 @@ fn markdown(r: &serde_json::Value) -> String {
         f["slow"],
         load("quiet", &f["quiet"]),
         load("flood", &f["flooded"]),
+        NEW_VIEWER_EVERY.as_millis(),
+        f["new_viewers_quiet"]["p50_ms"],
+        f["new_viewers_quiet"]["p99_ms"],
+        f["new_viewers_quiet"]["errors"],
+        f["new_viewers_flood"]["p50_ms"],
+        f["new_viewers_flood"]["p99_ms"],
+        f["new_viewers_flood"]["errors"],
         f["p99_ratio"].as_f64().unwrap_or(0.0),
         f["reached_open"],
         f["open_at_end"],

@@ -108,7 +108,7 @@ enum Command {
     Connections {
         #[command(flatten)]
         common: Common,
-        /// Idle connections in the memory test (default 5000; 500 with --quick).
+        /// Idle connections in the memory test (default 10000; 500 with --quick).
         #[arg(long)]
         idle: Option<usize>,
         /// Silent connections in the flood (default 20000; 500 with --quick).
@@ -257,7 +257,7 @@ fn main() -> anyhow::Result<()> {
             let q = common.quick;
             let opts = connections::Options {
                 attacker_nice: attacker_nice.clamp(0, 19),
-                idle: idle.unwrap_or(if q { 500 } else { 5_000 }),
+                idle: idle.unwrap_or(if q { 500 } else { 10_000 }),
                 flood_idle: flood_idle.unwrap_or(if q { 500 } else { 20_000 }),
                 flood_slow: flood_slow.unwrap_or(if q { 100 } else { 3_000 }),
                 secs: secs.unwrap_or(if q { 2.0 } else { 10.0 }),

@@ -22,19 +22,30 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// `connections` connections share the rate; request k of connection c is
 /// due at `start + (k * connections + c) / rps`, as wrk2 schedules them.
+/// As wrk does, every connection is opened (one untimed request) before
+/// the clock starts: what is timed is requests, not connection set-up.
 pub async fn run(url: &str, rps: f64, secs: f64, connections: usize) -> OpenLoop {
     let total = (rps * secs).max(connections as f64) as usize;
     let per_conn = total / connections;
     let interval = Duration::from_secs_f64(1.0 / rps.max(1.0));
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .expect("client");
+        if let Ok(r) = client.get(url).send().await {
+            let _ = r.bytes().await;
+        }
+        clients.push(client);
+    }
     let start = Instant::now() + Duration::from_millis(100);
-    let tasks: Vec<_> = (0..connections)
-        .map(|c| {
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, client)| {
             let url = url.to_string();
             tokio::spawn(async move {
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .build()
-                    .expect("client");
                 let mut lat = Vec::with_capacity(per_conn);
                 let mut errors = 0u64;
                 for k in 0..per_conn {

@@ -1,41 +1,49 @@
-//! The TCP door: HTTP/1.1, h2c and TLS (HTTP/1.1 or HTTP/2 by ALPN) from
-//! Pingora's listeners, guarded before the pipeline sees a byte.
+//! The TCP door: HTTP/1.1, h2c and TLS (HTTP/1.1 or HTTP/2 by ALPN),
+//! guarded before the pipeline sees a byte.
 //!
-//! Pingora would hand a new connection straight to its HTTP code, which
-//! (with h2c on) first waits, with no deadline, for 24 bytes to tell
-//! HTTP/2 from HTTP/1: a silent client, a short request line or 14 bytes
-//! of garbage held a connection forever. This door instead
-//! - admits the connection against `max_connections` and
-//!   `max_connections_per_ip` ([`Connections`]; when full, the oldest
-//!   connection waiting for a request is closed to make room; 503 and close
-//!   when none is waiting or the address has its share);
-//! - reads each HTTP/1 request head itself (`head.rs`): its first byte
-//!   within `header_timeout` of the connect (or `keepalive_timeout` of the
-//!   last response), the whole head within `header_timeout` of its first
-//!   byte, at most `max_request_header_size` (408 / 431 and close);
-//! - tells HTTP/2 by the whole preface, and answers a broken one with
-//!   GOAWAY(PROTOCOL_ERROR);
-//! - then gives the bytes back (`replay.rs`) and lets Pingora's HTTP code
+//! - The lobby (`lobby.rs`, a thread of its own) accepts every connection,
+//!   admits it against `max_connections` and `max_connections_per_ip`
+//!   ([`Connections`]) and holds it as a bare socket until its first byte
+//!   (`header_timeout`); when the edge is full a newcomer that speaks
+//!   within `header_timeout_when_full` takes the place of the longest
+//!   silent one (`room.rs`), and a newcomer over its address's share gets
+//!   503.
+//! - A connection that spoke is handed to the door (`service.rs`) on a
+//!   worker thread: TLS handshake (within `header_timeout`), then each
+//!   HTTP/1 request head is read here (`head.rs`): whole within
+//!   `header_timeout` of its first byte, the next one's first byte within
+//!   `keepalive_timeout` of the last response, at most
+//!   `max_request_header_size` (408 / 431 and close).
+//! - HTTP/2 is told by ALPN or by the whole cleartext preface; a broken
+//!   preface gets GOAWAY(PROTOCOL_ERROR).
+//! - The bytes read are given back (`replay.rs`) and Pingora's HTTP code
 //!   and the one `ProxyHttp` pipeline do the rest, connection reuse
-//!   included.
+//!   included. (Pingora, left alone, waited with no deadline for 24 bytes
+//!   to tell HTTP/2 from HTTP/1, and spawned 8.8 KiB of task per
+//!   connection before it had sent anything.)
 
 mod head;
+mod lobby;
 mod replay;
+mod room;
+mod service;
 
 pub use head::{Head, HeadScan, H2_PREFACE};
+pub use lobby::set_memory_trim;
+pub use service::{bind, TcpService};
 
-use crate::connections::{Connections, Slot};
+use crate::connections::Slot;
 use crate::metrics::Metrics;
 use crate::pipeline::EdgePipeline;
-use async_trait::async_trait;
 use bytes::BytesMut;
+use lobby::Arrival;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use replay::Replay;
-use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +60,6 @@ pub struct TcpLimits {
 
 pub struct TcpDoor {
     proxy: Arc<HttpProxy<EdgePipeline>>,
-    connections: Arc<Connections>,
     limits: TcpLimits,
     metrics: &'static Metrics,
 }
@@ -78,13 +85,11 @@ const FIRST_READ: usize = 1024;
 impl TcpDoor {
     pub fn new(
         proxy: Arc<HttpProxy<EdgePipeline>>,
-        connections: Arc<Connections>,
         limits: TcpLimits,
         metrics: &'static Metrics,
     ) -> Self {
         TcpDoor {
             proxy,
-            connections,
             limits,
             metrics,
         }
@@ -94,12 +99,11 @@ impl TcpDoor {
     /// head is read here, then replayed to Pingora.
     async fn serve_http1(
         &self,
-        stream: Stream,
+        mut conn: Replay,
         slot: &Slot,
         shutdown: &ShutdownWatch,
         cleartext: bool,
     ) {
-        let mut conn = Replay::new(stream);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         // One head buffer for the connection: each head is split off and
@@ -214,37 +218,40 @@ impl TcpDoor {
     }
 }
 
-#[async_trait]
-impl ServerApp for TcpDoor {
-    async fn process_new(
-        self: &Arc<Self>,
-        mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let peer: Option<IpAddr> = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let h2_by_alpn = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let slot = match self.connections.admit(peer, h2_by_alpn) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                self.refused(refusal.label());
-                if !h2_by_alpn {
-                    refuse_http1(&mut stream, 503, refusal.reason()).await;
-                }
-                return None;
-            }
+impl TcpDoor {
+    /// A connection the lobby handed over (it has spoken): TLS handshake
+    /// if its listener has TLS, then HTTP/2 (by ALPN) or HTTP/1 requests
+    /// until it ends. The slot goes when this returns.
+    pub async fn serve_arrival(&self, arrival: Arrival, shutdown: &ShutdownWatch) {
+        let Arrival { stream, slot, tls } = arrival;
+        let Ok(tcp) = tokio::net::TcpStream::from_std(stream) else {
+            return;
         };
-        if h2_by_alpn {
+        let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
+        let mut l4 = pingora_core::protocols::l4::stream::Stream::from(tcp);
+        l4.set_socket_digest(digest);
+        let Some(acceptor) = tls else {
+            // No write buffer on this stream: the replay gathers small writes.
+            let conn = Replay::coalescing(Box::new(l4));
+            return self.serve_http1(conn, &slot, shutdown, true).await;
+        };
+        let handshake = acceptor.tls_handshake(l4);
+        let stream: Stream = match tokio::time::timeout(self.limits.header_timeout, handshake).await
+        {
+            Ok(Ok(tls)) => Box::new(tls),
+            _ => return self.refused("tls_handshake"),
+        };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // The door cannot see HTTP/2 streams come and go: never evicted.
+            slot.set_busy(true);
             let _ = ServerApp::process_new(&self.proxy, stream, shutdown).await;
         } else {
-            let cleartext = stream.get_ssl_digest().is_none();
-            self.serve_http1(stream, &slot, shutdown, cleartext).await;
+            self.serve_http1(Replay::new(stream), &slot, shutdown, false)
+                .await;
         }
-        None
     }
 
-    async fn cleanup(&self) {
+    pub(crate) async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
     }
 }
@@ -271,19 +278,24 @@ const FAREWELL: Duration = Duration::from_secs(5);
 
 /// Answers `status` with `reason` in plain HTTP/1.1, and closes.
 async fn refuse_http1(stream: &mut Stream, status: u16, reason: &str) {
+    farewell(stream, &refusal_bytes(status, reason)).await;
+}
+
+/// The edge's own HTTP/1.1 answer `status`, saying `reason`, closing.
+fn refusal_bytes(status: u16, reason: &str) -> Vec<u8> {
     let text = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Error");
     let body = format!("{reason}\n");
-    let reply = format!(
+    format!(
         "HTTP/1.1 {status} {text}\r\nServer: {}\r\nContent-Type: text/plain; charset=utf-8\r\n\
          Content-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n\
          Connection: close\r\n\r\n{body}",
         crate::replies::server_name(),
         body.len()
-    );
-    farewell(stream, reply.as_bytes()).await;
+    )
+    .into_bytes()
 }
 
 /// The server's preface (an empty SETTINGS) and GOAWAY(PROTOCOL_ERROR),

@@ -2,6 +2,10 @@
 //! request head it waited for), then reads on from the socket. Everything
 //! else is the inner stream's. Pingora's own rewind exists only on plain
 //! TCP streams; this works the same over TLS, so both go one way.
+//!
+//! For sockets from the lobby (`lobby.rs`; they have no write buffer) it also gathers small writes, as tokio's `BufWriter` would, so
+//! a response head and a small body leave in one send; its buffer is
+//! allocated at the first write, so a parked connection holds none.
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
@@ -12,21 +16,54 @@ use pingora_core::protocols::{
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 #[derive(Debug)]
 pub struct Replay {
     replay: Bytes,
     inner: Stream,
+    /// Gathered writes (`coalescing` streams only) and how much of them
+    /// is sent.
+    gather: Option<(Vec<u8>, usize)>,
 }
+
+/// Writes smaller than this are gathered (Pingora's own write buffer size).
+const GATHER: usize = 1460;
 
 impl Replay {
     pub fn new(inner: Stream) -> Self {
         Replay {
             replay: Bytes::new(),
             inner,
+            gather: None,
         }
+    }
+
+    /// A stream whose small writes are gathered (it has no buffer of its
+    /// own).
+    pub fn coalescing(inner: Stream) -> Self {
+        Replay {
+            gather: Some((Vec::new(), 0)),
+            ..Replay::new(inner)
+        }
+    }
+
+    /// Sends what is gathered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some((buf, sent)) = &mut self.gather else {
+            return Poll::Ready(Ok(()));
+        };
+        while *sent < buf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[*sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *sent += n;
+        }
+        buf.clear();
+        *sent = 0;
+        Poll::Ready(Ok(()))
     }
 
     /// Bytes to be read again before any from the socket.
@@ -67,7 +104,24 @@ impl AsyncWrite for Replay {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let me = &mut *self;
+        let gathered = match &me.gather {
+            None => return Pin::new(&mut me.inner).poll_write(cx, buf),
+            Some((g, _)) => g.len(),
+        };
+        if gathered + buf.len() > GATHER {
+            ready!(me.poll_drain(cx))?;
+        }
+        if buf.len() >= GATHER {
+            return Pin::new(&mut me.inner).poll_write(cx, buf);
+        }
+        if let Some((g, _)) = &mut me.gather {
+            if g.capacity() == 0 {
+                g.reserve_exact(GATHER);
+            }
+            g.extend_from_slice(buf);
+        }
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_write_vectored(
@@ -75,18 +129,28 @@ impl AsyncWrite for Replay {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.gather.is_some() {
+            // One slice at a time through the gathering path.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.gather.is_none() && self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -94,6 +158,7 @@ impl AsyncWrite for Replay {
 #[async_trait]
 impl Shutdown for Replay {
     async fn shutdown(&mut self) {
+        let _ = std::future::poll_fn(|cx| self.poll_drain(cx)).await;
         self.inner.shutdown().await
     }
 }
@@ -154,5 +219,59 @@ impl Peek for Replay {
         }
         buf.copy_from_slice(&self.replay[..buf.len()]);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (Stream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, (server, _)) =
+            tokio::join!(client, async { listener.accept().await.unwrap() });
+        let server: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(server));
+        (server, client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn replayed_bytes_come_first_and_gathered_writes_keep_their_order() {
+        let (server, mut client) = pair().await;
+        let mut conn = Replay::coalescing(server);
+        conn.replay(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"));
+        client.write_all(b"then the socket").await.unwrap();
+        let mut got = vec![0u8; 18];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
+        let mut rest = vec![0u8; 15];
+        conn.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"then the socket");
+
+        // Small writes are gathered, a large one goes out after them.
+        let large = vec![b'x'; 10_000];
+        conn.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        conn.write_all(b"Content-Length: 10005\r\n\r\n")
+            .await
+            .unwrap();
+        conn.write_all(b"small").await.unwrap();
+        conn.write_all(&large).await.unwrap();
+        conn.flush().await.unwrap();
+        let want = [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 10005\r\n\r\nsmall"[..],
+            &large,
+        ]
+        .concat();
+        let mut seen = vec![0u8; want.len()];
+        client.read_exact(&mut seen).await.unwrap();
+        assert_eq!(seen, want);
+
+        // Nothing stays behind at shutdown.
+        conn.write_all(b"bye").await.unwrap();
+        Shutdown::shutdown(&mut conn).await;
+        let mut tail = Vec::new();
+        client.read_to_end(&mut tail).await.unwrap();
+        assert_eq!(tail, b"bye");
     }
 }
