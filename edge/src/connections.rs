@@ -89,26 +89,43 @@ struct State {
 pub struct Slot {
     table: Arc<Connections>,
     address: Option<IpAddr>,
-    key: usize,
-    state: Arc<State>,
+    /// Its entry in the table's list (key and state), which the table's
+    /// eviction samples; none while parked (`park`).
+    listed: Option<(usize, Arc<State>)>,
 }
 
 impl Slot {
     /// Marks a request in progress (`true`) or the connection waiting for
     /// one (`false`; it may then be evicted when the edge is full, the
-    /// longest waiting first).
+    /// longest waiting first). Nothing for a parked slot.
     pub fn set_busy(&self, busy: bool) {
+        let Some((_, state)) = &self.listed else {
+            return;
+        };
         if !busy {
             let now = self.table.clock.fetch_add(1, Ordering::Relaxed);
-            self.state.since.store(now, Ordering::Relaxed);
+            state.since.store(now, Ordering::Relaxed);
         }
-        self.state.busy.store(busy, Ordering::Release);
+        state.busy.store(busy, Ordering::Release);
     }
 
     /// Resolves when the table wants this connection closed for a
-    /// newcomer.
+    /// newcomer (never, for a parked slot: its holder evicts it itself).
     pub async fn evicted(&self) {
-        self.state.evict.notified().await
+        match &self.listed {
+            Some((_, state)) => state.evict.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Lists a parked slot, so that the table's eviction may choose it
+    /// (busy at first).
+    pub fn list(&mut self) {
+        if self.listed.is_none() {
+            let state = self.table.new_state(true);
+            let key = self.table.inner.lock().slots.insert(state.clone());
+            self.listed = Some((key, state));
+        }
     }
 }
 
@@ -158,14 +175,7 @@ impl Connections {
     /// by the evictions still closing); with none waiting, `Full`. A new
     /// slot starts waiting; `busy` makes it exempt at once (QUIC).
     pub fn admit(self: &Arc<Self>, peer: Option<IpAddr>, busy: bool) -> Result<Slot, Refusal> {
-        self.take(peer, busy, true)
-    }
-
-    /// As [`admit`](Self::admit), but `Full` at the limit: nobody is told
-    /// to close (the TCP lobby makes room among its own silent guests
-    /// first).
-    pub fn try_admit(self: &Arc<Self>, peer: Option<IpAddr>, busy: bool) -> Result<Slot, Refusal> {
-        self.take(peer, busy, false)
+        self.take(peer, busy, true, false)
     }
 
     /// Whether `peer` is under its share now (for a connection that holds
@@ -180,11 +190,21 @@ impl Connections {
             < self.max_per_address
     }
 
+    /// A place for a connection that its holder keeps and evicts itself
+    /// (the TCP lobby's silent guests): counted like any, but not listed
+    /// for the table's eviction and with no state of its own (a few dozen
+    /// bytes fewer for each of many parked connections) until
+    /// [`Slot::list`]. `Full` at the limit.
+    pub fn try_park(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<Slot, Refusal> {
+        self.take(peer, true, false, true)
+    }
+
     fn take(
         self: &Arc<Self>,
         peer: Option<IpAddr>,
         busy: bool,
         evict: bool,
+        parked: bool,
     ) -> Result<Slot, Refusal> {
         let address = peer.map(counted_as);
         let mut inner = self.inner.lock();
@@ -205,17 +225,22 @@ impl Connections {
         if let Some(ip) = address {
             *inner.per_address.entry(ip).or_insert(0) += 1;
         }
-        let state = Arc::new(State {
-            busy: AtomicBool::new(busy),
-            since: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
-            evict: Notify::new(),
+        let listed = (!parked).then(|| {
+            let state = self.new_state(busy);
+            (inner.slots.insert(state.clone()), state)
         });
-        let key = inner.slots.insert(state.clone());
         Ok(Slot {
             table: self.clone(),
             address,
-            key,
-            state,
+            listed,
+        })
+    }
+
+    fn new_state(&self, busy: bool) -> Arc<State> {
+        Arc::new(State {
+            busy: AtomicBool::new(busy),
+            since: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
+            evict: Notify::new(),
         })
     }
 
@@ -274,12 +299,10 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut inner = self.table.inner.lock();
         // Still listed (not evicted, its key not taken by another since).
-        if inner
-            .slots
-            .get(self.key)
-            .is_some_and(|s| Arc::ptr_eq(s, &self.state))
-        {
-            inner.slots.remove(self.key);
+        if let Some((key, state)) = &self.listed {
+            if inner.slots.get(*key).is_some_and(|s| Arc::ptr_eq(s, state)) {
+                inner.slots.remove(*key);
+            }
         }
         if let Some(ip) = self.address {
             if let Some(n) = inner.per_address.get_mut(&ip) {
@@ -416,8 +439,8 @@ mod tests {
                 .filter(|i| {
                     !inner
                         .slots
-                        .get(slots[*i].key)
-                        .is_some_and(|s| Arc::ptr_eq(s, &slots[*i].state))
+                        .get(slots[*i].listed.as_ref().unwrap().0)
+                        .is_some_and(|s| Arc::ptr_eq(s, &slots[*i].listed.as_ref().unwrap().1))
                 })
                 .collect()
         };
@@ -426,6 +449,28 @@ mod tests {
             !evicted[0].is_multiple_of(10) && evicted[0] < 500,
             "{evicted:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn parked_slots_count_but_only_listed_ones_are_evicted_by_the_table() {
+        let t = Connections::new(2, 2, None);
+        let mut parked = t.try_park(ip("10.0.0.1")).unwrap();
+        let _other = t.try_park(ip("10.0.0.1")).unwrap();
+        assert_eq!(t.try_park(ip("10.0.0.2")).unwrap_err(), Refusal::Full);
+        assert_eq!(
+            t.admit_waiting(ip("10.0.0.3")).unwrap_err(),
+            Refusal::Full,
+            "parked ones are not the table's to evict"
+        );
+        assert!(!t.address_has_room("10.0.0.1".parse().unwrap()));
+        parked.list();
+        parked.set_busy(false);
+        let _newcomer = t
+            .admit_waiting(ip("10.0.0.3"))
+            .expect("a listed waiting slot makes room");
+        tokio::time::timeout(std::time::Duration::from_secs(1), parked.evicted())
+            .await
+            .expect("told to close");
     }
 
     #[test]

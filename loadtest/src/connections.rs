@@ -2,9 +2,9 @@
 //!
 //! 1. Memory per idle connection: N plain TCP connects that send nothing,
 //!    spread over many loopback addresses; resident memory of the server's
-//!    processes (once settled) before, with half and with all of them open
-//!    (once the server reports them open), and after they close; the cost
-//!    of a connection is the slope from half to all.
+//!    processes (once settled) before, with each quarter of them open (once
+//!    the server reports them open), and after they close; the cost of a
+//!    connection is the least-squares slope over the quarters.
 //! 2. A flood on the edge: `idle` silent connections and `slow` slowloris
 //!    ones (a header byte a second), each reconnecting whenever the edge
 //!    closes it, while normal clients fetch a cached object at a fixed rate
@@ -120,19 +120,21 @@ async fn settled_rss(pids: &[u32]) -> u64 {
     last
 }
 
-/// Memory of `server` with `n` idle connections: (before, with half of
-/// them, with all, after they close) in bytes of resident memory. What a
-/// connection costs is the slope between half and all, so that memory the
-/// server allocates once (its first connections, buffers that grow) is not
-/// charged per connection.
-async fn idle_memory(server: &Server, n: usize) -> anyhow::Result<[u64; 4]> {
+/// Memory of `server` with `n` idle connections: resident bytes before,
+/// with each quarter of them open (n/4, n/2, 3n/4, n), and after they
+/// close. What a connection costs is the least-squares slope over the four
+/// quarters, so that memory the server touches once (its first
+/// connections, code run for the first time) is not charged per
+/// connection, and the allocator's steps (it takes memory from the system
+/// in large pieces) are averaged out.
+async fn idle_memory(server: &Server, n: usize) -> anyhow::Result<IdleMemory> {
     let addr: SocketAddr = server.base.trim_start_matches("http://").parse()?;
     let pids = server.pids();
     let before = settled_rss(&pids).await;
     let mut held = Vec::with_capacity(n);
     let mut levels = Vec::new();
-    for part in [n / 2, n - n / 2] {
-        for _ in 0..part {
+    for quarter in 1..=4 {
+        while held.len() < n * quarter / 4 {
             held.push(connect(held.len(), addr).await?);
         }
         let want = held.len() as u64;
@@ -142,12 +144,36 @@ async fn idle_memory(server: &Server, n: usize) -> anyhow::Result<[u64; 4]> {
             "{} shows {seen} of {want} connections open",
             server.name
         );
-        levels.push(settled_rss(&pids).await);
+        levels.push((want as f64, settled_rss(&pids).await as f64));
     }
     drop(held);
     wait_open(server, |open| open == 0).await?;
     let after = settled_rss(&pids).await;
-    Ok([before, levels[0], levels[1], after])
+    Ok(IdleMemory {
+        before,
+        open: levels[3].1 as u64,
+        after,
+        bytes_per_connection: slope(&levels),
+    })
+}
+
+struct IdleMemory {
+    before: u64,
+    open: u64,
+    after: u64,
+    bytes_per_connection: f64,
+}
+
+/// The least-squares slope of `points` (x, y).
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    sxy / sxx.max(f64::MIN_POSITIVE)
 }
 
 /// One attacker: connects, then says nothing (`slow: false`) or trickles
@@ -323,9 +349,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let origin = Origin::start(4.0, 10).await?;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    let per_conn = |[_, half, all, _]: [u64; 4], n: usize| {
-        all.saturating_sub(half) as f64 / (n - n / 2) as f64 / 1024.0
-    };
+    let per_conn = |m: &IdleMemory| m.bytes_per_connection / 1024.0;
+    let overall = |m: &IdleMemory| m.open.saturating_sub(m.before) as f64 / o.idle as f64 / 1024.0;
 
     // 1. Idle connections, side by side. Neither server may time them out
     // while they are counted.
@@ -412,11 +437,13 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let report = json!({
         "idle": {
             "connections": o.idle,
-            "meshcast": {"rss_before_mib": mib(m[0]), "rss_half_mib": mib(m[1]), "rss_open_mib": mib(m[2]),
-                         "rss_after_mib": mib(m[3]), "kib_per_connection": per_conn(m, o.idle)},
-            "nginx": {"rss_before_mib": mib(n[0]), "rss_half_mib": mib(n[1]), "rss_open_mib": mib(n[2]),
-                      "rss_after_mib": mib(n[3]), "kib_per_connection": per_conn(n, o.idle)},
-            "ratio": per_conn(m, o.idle) / per_conn(n, o.idle).max(1e-9),
+            "meshcast": {"rss_before_mib": mib(m.before), "rss_open_mib": mib(m.open),
+                         "rss_after_mib": mib(m.after), "kib_per_connection": per_conn(&m),
+                         "kib_per_connection_overall": overall(&m)},
+            "nginx": {"rss_before_mib": mib(n.before), "rss_open_mib": mib(n.open),
+                      "rss_after_mib": mib(n.after), "kib_per_connection": per_conn(&n),
+                      "kib_per_connection_overall": overall(&n)},
+            "ratio": per_conn(&m) / per_conn(&n).max(1e-9),
         },
         "flood": {
             "idle": o.flood_idle, "slow": o.flood_slow, "reached_open": reached,
@@ -444,12 +471,12 @@ fn markdown(r: &serde_json::Value) -> String {
     let f = &r["flood"];
     let row = |name: &str, v: &serde_json::Value| {
         format!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
             v["rss_before_mib"].as_f64().unwrap_or(0.0),
-            v["rss_half_mib"].as_f64().unwrap_or(0.0),
             v["rss_open_mib"].as_f64().unwrap_or(0.0),
             v["rss_after_mib"].as_f64().unwrap_or(0.0),
-            v["kib_per_connection"].as_f64().unwrap_or(0.0)
+            v["kib_per_connection"].as_f64().unwrap_or(0.0),
+            v["kib_per_connection_overall"].as_f64().unwrap_or(0.0)
         )
     };
     let load = |name: &str, v: &serde_json::Value| {
@@ -462,7 +489,7 @@ fn markdown(r: &serde_json::Value) -> String {
         )
     };
     format!(
-        "### {} idle connections\n\n| server | RSS before MiB | with half MiB | with all MiB | after close MiB | KiB / connection (half → all) |\n|---|---|---|---|---|---|\n{}{}\nmeshcast ÷ nginx per connection: {:.2}\n\n\
+        "### {} idle connections\n\n| server | RSS before MiB | with all MiB | after close MiB | KiB / connection (slope over the quarters) | (with all − before) ÷ N |\n|---|---|---|---|---|---|\n{}{}\nmeshcast ÷ nginx per connection: {:.2}\n\n\
          ### Flood: {} silent + {} slowloris connections (reconnecting), normal clients at a fixed rate\n\n\
          | run | achieved req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|\n{}{}\n\
          New viewers (a fresh connection every {} ms: connect, request, response): quiet p50 {} ms, p99 {} ms, errors {}; \

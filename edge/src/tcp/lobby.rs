@@ -28,7 +28,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use pingora_core::listeners::tls::Acceptor;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -143,8 +143,8 @@ fn set_defer_accept(listener: &TcpListener, secs: u32) -> io::Result<()> {
 
 struct Guest {
     stream: TcpStream,
-    peer: SocketAddr,
-    listener: usize,
+    ip: IpAddr,
+    listener: u32,
     /// Seated guests hold their place; standing ones have none yet.
     slot: Option<Slot>,
 }
@@ -311,19 +311,20 @@ impl Lobby {
     /// A newcomer: seated if there is room, standing if the edge is full,
     /// refused if its address has its share.
     fn arrive(&mut self, stream: TcpStream, peer: SocketAddr, listener: usize, now: Instant) {
+        let ip = peer.ip();
         let _ = stream.set_nodelay(true);
         let mut guest = Guest {
             stream,
-            peer,
-            listener,
+            ip,
+            listener: listener as u32,
             slot: None,
         };
-        let kind = match self.connections.try_admit(Some(peer.ip()), true) {
+        let kind = match self.connections.try_park(Some(ip)) {
             Ok(slot) => {
                 guest.slot = Some(slot);
                 Kind::Seated
             }
-            Err(Refusal::Full) if self.connections.address_has_room(peer.ip()) => {
+            Err(Refusal::Full) if self.connections.address_has_room(ip) => {
                 if matches!(guest.stream.peek(&mut [0u8]), Ok(1)) {
                     // It has spoken already: no need to stand.
                     return self.speak(guest, Kind::Standing);
@@ -380,12 +381,12 @@ impl Lobby {
     fn speak(&mut self, mut guest: Guest, kind: Kind) {
         let slot = match (kind, guest.slot.take()) {
             (Kind::Seated, Some(slot)) => slot,
-            _ => match self.admit_speaker(guest.peer) {
+            _ => match self.admit_speaker(guest.ip) {
                 Ok(slot) => slot,
                 Err(refusal) => return self.refuse(guest, refusal),
             },
         };
-        let tls = self.listeners[guest.listener].1.clone();
+        let tls = self.listeners[guest.listener as usize].1.clone();
         // SAFETY: the descriptor moves from the mio stream to the std one;
         // nothing else owns it.
         let stream = unsafe { std::net::TcpStream::from_raw_fd(guest.stream.into_raw_fd()) };
@@ -401,14 +402,14 @@ impl Lobby {
     /// A place for a standing guest that spoke: the longest-seated silent
     /// guest makes room; with none, a connection waiting between requests
     /// (the table's own eviction).
-    fn admit_speaker(&mut self, peer: SocketAddr) -> Result<Slot, Refusal> {
-        match self.connections.try_admit(Some(peer.ip()), true) {
+    fn admit_speaker(&mut self, ip: IpAddr) -> Result<Slot, Refusal> {
+        match self.connections.try_park(Some(ip)) {
             Err(Refusal::Full) => {
                 if let Some(oldest) = self.room.evict_oldest_seated() {
                     reset(oldest);
                     self.refused("evicted");
                 }
-                self.connections.admit(Some(peer.ip()), true)
+                self.connections.admit(Some(ip), true)
             }
             placed => placed,
         }
@@ -490,7 +491,7 @@ impl Lobby {
                 _ => break,
             }
         }
-        if self.listeners[guest.listener].1.is_none() {
+        if self.listeners[guest.listener as usize].1.is_none() {
             let _ = guest
                 .stream
                 .write_all(&super::refusal_bytes(503, refusal.reason()));

@@ -223,7 +223,13 @@ impl TcpDoor {
     /// if its listener has TLS, then HTTP/2 (by ALPN) or HTTP/1 requests
     /// until it ends. The slot goes when this returns.
     pub async fn serve_arrival(&self, arrival: Arrival, shutdown: &ShutdownWatch) {
-        let Arrival { stream, slot, tls } = arrival;
+        let Arrival {
+            stream,
+            mut slot,
+            tls,
+        } = arrival;
+        // From here the table's eviction may choose it between requests.
+        slot.list();
         let Ok(tcp) = tokio::net::TcpStream::from_std(stream) else {
             return;
         };
