@@ -158,9 +158,6 @@ struct Lobby {
     paused_until: Option<Instant>,
     /// The most guests since memory was last given back.
     peak: usize,
-    /// xorshift64 state for the seated guests' jitter (nothing to keep
-    /// secret: it only spreads deadlines).
-    jitter_state: u64,
     /// TCP_DEFER_ACCEPT is on (the edge is full).
     deferring: bool,
     header_timeout: Duration,
@@ -200,7 +197,6 @@ pub fn start(
         paused_until: None,
         deferring: false,
         peak: 0,
-        jitter_state: std::process::id() as u64 | 1 << 40,
         header_timeout: settings.header_timeout,
         room: Room::new(settings.header_timeout, settings.grace),
         // A sixteenth more than the limit, from the descriptors the edge
@@ -298,16 +294,6 @@ impl Lobby {
         }
     }
 
-    /// A fraction in [0, 0.1): how much early the next seated guest is
-    /// due.
-    fn jitter(&mut self) -> f64 {
-        let x = &mut self.jitter_state;
-        *x ^= *x << 13;
-        *x ^= *x >> 7;
-        *x ^= *x << 17;
-        (*x >> 11) as f64 / (1u64 << 53) as f64 / 10.0
-    }
-
     /// A newcomer: seated if there is room, standing if the edge is full,
     /// refused if its address has its share.
     fn arrive(&mut self, stream: TcpStream, peer: SocketAddr, listener: usize, now: Instant) {
@@ -344,7 +330,7 @@ impl Lobby {
         }
         let placed = match kind {
             Kind::Seated => {
-                let early = self.header_timeout.mul_f64(self.jitter());
+                let early = self.header_timeout.mul_f64(super::jitter() / 10.0);
                 self.room.seat(now, early, guest)
             }
             Kind::Standing => {

@@ -205,7 +205,12 @@ impl TcpDoor {
             };
             debug_assert!(n > 0);
             if started {
-                deadline = Instant::now() + self.limits.header_timeout;
+                // Up to a tenth early, as the lobby's first-byte deadlines:
+                // trickling connections that came in one burst would
+                // otherwise all be answered 408, reconnect and trickle in
+                // step, waking the workers in bursts.
+                let early = self.limits.header_timeout.mul_f64(jitter() / 10.0);
+                deadline = Instant::now() + self.limits.header_timeout - early;
             }
             match scan.scan(buf) {
                 Head::Partial => continue,
@@ -260,6 +265,19 @@ impl TcpDoor {
     pub(crate) async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
     }
+}
+
+/// A fraction in [0, 1), different for each call (splitmix64 over a
+/// shared counter: it only spreads deadlines, nothing depends on it being
+/// unpredictable).
+fn jitter() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0x2545_F491_4F6C_DD1D);
+    let mut z = NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Resolves once the server is shutting down.
