@@ -49,15 +49,28 @@ async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Vec<u8> {
 /// Waits until the edge reports `n` client connections open.
 async fn wait_open(edge: &Edge, n: u64) {
     let want = format!("meshcast_client_connections {n}\n");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = edge.metrics().await;
-        if metrics.contains(&want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never {n} open:\n{metrics}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("{n} connections open"),
+        Duration::from_secs(10),
+        || async {
+            let metrics = edge.metrics().await;
+            if metrics.contains(&want) {
+                Ok(())
+            } else {
+                Err(metrics)
+            }
+        },
+    )
+    .await
+}
+
+/// A new client from `source` asks for `path` once (`Connection: close`);
+/// the status line of what it got before the edge closed.
+async fn get_once(source: &str, port: u16, path: &str) -> String {
+    let mut s = connect_from(source, port).await;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    status_of(&read_until_closed(&mut s, Duration::from_secs(10)).await)
 }
 
 fn status_of(reply: &[u8]) -> String {
@@ -222,17 +235,8 @@ async fn an_idle_flood_makes_room_for_viewers_and_one_address_gets_its_share() {
     );
 
     // A viewer that speaks at once is let in.
-    let mut viewer = connect_from("127.0.0.4", edge.port).await;
-    viewer
-        .write_all(b"GET /seg/room.m4s?len=3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let reply = read_until_closed(&mut viewer, Duration::from_secs(10)).await;
-    assert!(
-        status_of(&reply).starts_with("HTTP/1.1 200"),
-        "{}",
-        status_of(&reply)
-    );
+    let status = get_once("127.0.0.4", edge.port, "/seg/room.m4s?len=3").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     let evicted = read_until_closed(&mut held[0], Duration::from_secs(10)).await;
     assert!(evicted.is_empty(), "{}", String::from_utf8_lossy(&evicted));
     let metrics = edge.metrics().await;
@@ -326,17 +330,8 @@ async fn while_full_a_silent_newcomer_takes_nobodys_place() {
 
     // A newcomer that speaks at once is let in: the viewer waiting longest
     // between requests makes room for it.
-    let mut speaker = connect_from("127.0.0.21", edge.port).await;
-    speaker
-        .write_all(b"GET /seg/ka.m4s?len=3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let reply = read_until_closed(&mut speaker, Duration::from_secs(10)).await;
-    assert!(
-        status_of(&reply).starts_with("HTTP/1.1 200"),
-        "{}",
-        status_of(&reply)
-    );
+    let status = get_once("127.0.0.21", edge.port, "/seg/ka.m4s?len=3").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     let closed = read_until_closed(&mut viewers[0], Duration::from_secs(10)).await;
     assert!(closed.is_empty(), "{}", String::from_utf8_lossy(&closed));
     let metrics = edge.metrics().await;

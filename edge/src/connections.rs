@@ -175,7 +175,7 @@ impl Connections {
     /// by the evictions still closing); with none waiting, `Full`. A new
     /// slot starts waiting; `busy` makes it exempt at once (QUIC).
     pub fn admit(self: &Arc<Self>, peer: Option<IpAddr>, busy: bool) -> Result<Slot, Refusal> {
-        self.take(peer, busy, true, false)
+        self.take(peer, Some(busy))
     }
 
     /// Whether `peer` is under its share now (for a connection that holds
@@ -196,16 +196,12 @@ impl Connections {
     /// bytes fewer for each of many parked connections) until
     /// [`Slot::list`]. `Full` at the limit.
     pub fn try_park(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<Slot, Refusal> {
-        self.take(peer, true, false, true)
+        self.take(peer, None)
     }
 
-    fn take(
-        self: &Arc<Self>,
-        peer: Option<IpAddr>,
-        busy: bool,
-        evict: bool,
-        parked: bool,
-    ) -> Result<Slot, Refusal> {
+    /// `listed`: `Some(busy)` lists the slot for the table's eviction (and
+    /// may evict to make room); `None` parks it (and never evicts).
+    fn take(self: &Arc<Self>, peer: Option<IpAddr>, listed: Option<bool>) -> Result<Slot, Refusal> {
         let address = peer.map(counted_as);
         let mut inner = self.inner.lock();
         if let Some(ip) = address {
@@ -214,7 +210,7 @@ impl Connections {
             }
         }
         if self.total.load(Ordering::Acquire) >= self.max_total
-            && !(evict && inner.evict_longest_waiting())
+            && !(listed.is_some() && inner.evict_longest_waiting())
         {
             return Err(Refusal::Full);
         }
@@ -225,7 +221,7 @@ impl Connections {
         if let Some(ip) = address {
             *inner.per_address.entry(ip).or_insert(0) += 1;
         }
-        let listed = (!parked).then(|| {
+        let listed = listed.map(|busy| {
             let state = self.new_state(busy);
             (inner.slots.insert(state.clone()), state)
         });

@@ -160,7 +160,6 @@ struct Lobby {
     peak: usize,
     /// TCP_DEFER_ACCEPT is on (the edge is full).
     deferring: bool,
-    header_timeout: Duration,
     room: Room<Guest>,
     standing_places: usize,
     connections: Arc<Connections>,
@@ -197,7 +196,6 @@ pub fn start(
         paused_until: None,
         deferring: false,
         peak: 0,
-        header_timeout: settings.header_timeout,
         room: Room::new(settings.header_timeout, settings.grace),
         // A sixteenth more than the limit, from the descriptors the edge
         // keeps spare (a tenth of the open-files limit).
@@ -313,7 +311,7 @@ impl Lobby {
             Err(Refusal::Full) if self.connections.address_has_room(ip) => {
                 if matches!(guest.stream.peek(&mut [0u8]), Ok(1)) {
                     // It has spoken already: no need to stand.
-                    return self.speak(guest, Kind::Standing);
+                    return self.speak(guest);
                 }
                 Kind::Standing
             }
@@ -329,10 +327,7 @@ impl Lobby {
             return;
         }
         let placed = match kind {
-            Kind::Seated => {
-                let early = self.header_timeout.mul_f64(super::jitter() / 10.0);
-                self.room.seat(now, early, guest)
-            }
+            Kind::Seated => self.room.seat(now, super::jitter(), guest),
             Kind::Standing => {
                 // The longest-standing guest has had its chance to speak.
                 if self.room.standing() >= self.standing_places {
@@ -359,15 +354,20 @@ impl Lobby {
             // Gone without a byte: nothing for the workers to do.
             return;
         }
-        self.speak(guest, kind);
+        debug_assert_eq!(
+            kind == Kind::Seated,
+            guest.slot.is_some(),
+            "seated guests hold a place"
+        );
+        self.speak(guest);
     }
 
     /// Hands a guest that spoke to the door, seating it first if it was
     /// standing.
-    fn speak(&mut self, mut guest: Guest, kind: Kind) {
-        let slot = match (kind, guest.slot.take()) {
-            (Kind::Seated, Some(slot)) => slot,
-            _ => match self.admit_speaker(guest.ip) {
+    fn speak(&mut self, mut guest: Guest) {
+        let slot = match guest.slot.take() {
+            Some(slot) => slot,
+            None => match self.admit_speaker(guest.ip) {
                 Ok(slot) => slot,
                 Err(refusal) => return self.refuse(guest, refusal),
             },
@@ -436,7 +436,7 @@ impl Lobby {
         // those past `header_timeout` — the first-byte deadline of every
         // connection — and stands for `grace` more.
         let secs = if full {
-            self.header_timeout.as_secs().max(1) as u32
+            self.room.header_timeout().as_secs().max(1) as u32
         } else {
             0
         };

@@ -54,11 +54,13 @@ impl<T> Room<T> {
         }
     }
 
-    /// Seats an admitted guest that arrived `now`, due `early` (at most a
-    /// tenth of `header_timeout`) before its full wait; its token.
-    pub fn seat(&mut self, now: Instant, early: Duration, guest: T) -> u64 {
+    /// Seats an admitted guest that arrived `now`, due `jitter` (in
+    /// [0, 1]) of a tenth of `header_timeout` before its full wait; its
+    /// token.
+    pub fn seat(&mut self, now: Instant, jitter: f64, guest: T) -> u64 {
         let token = self.token();
-        let due = now + self.header_timeout - early.min(self.header_timeout / 10);
+        let early = (self.header_timeout / 10).mul_f64(jitter.clamp(0.0, 1.0));
+        let due = now + self.header_timeout - early;
         self.seated.insert(token, (due, guest));
         self.seated_due.push(Reverse((due, token)));
         token
@@ -70,6 +72,11 @@ impl<T> Room<T> {
         let token = self.token();
         self.standing.insert(token, (now + self.grace, guest));
         token
+    }
+
+    /// How long a seated guest may wait for its first byte, at most.
+    pub fn header_timeout(&self) -> Duration {
+        self.header_timeout
     }
 
     /// The token the next guest will get.
@@ -155,9 +162,9 @@ mod tests {
     fn guests_leave_expire_and_are_evicted_in_arrival_order() {
         let t0 = Instant::now();
         let mut room = Room::new(10 * SECOND, SECOND);
-        let a = room.seat(t0, Duration::ZERO, "a");
-        let b = room.seat(t0 + SECOND, Duration::ZERO, "b");
-        let c = room.seat(t0 + 2 * SECOND, Duration::ZERO, "c");
+        let a = room.seat(t0, 0.0, "a");
+        let b = room.seat(t0 + SECOND, 0.0, "b");
+        let c = room.seat(t0 + 2 * SECOND, 0.0, "c");
         let s = room.stand(t0 + 2 * SECOND, "standing");
         assert_eq!(room.leave(b), Some((Kind::Seated, "b")));
         assert_eq!(room.leave(b), None, "a token is used once");
@@ -185,7 +192,7 @@ mod tests {
     fn a_standing_guest_that_speaks_is_told_apart_from_a_seated_one() {
         let t0 = Instant::now();
         let mut room = Room::new(10 * SECOND, SECOND);
-        let seated = room.seat(t0, Duration::ZERO, 1);
+        let seated = room.seat(t0, 0.0, 1);
         let standing = room.stand(t0, 2);
         let newer = room.stand(t0, 3);
         assert_eq!(room.leave(standing), Some((Kind::Standing, 2)));
@@ -205,7 +212,7 @@ mod tests {
         for i in 0..10_000u32 {
             let at = t0 + ms * i;
             if i % 2 == 0 {
-                room.seat(at, Duration::ZERO, i);
+                room.seat(at, 0.0, i);
             } else {
                 room.stand(at, i);
             }
@@ -224,9 +231,9 @@ mod tests {
     fn seated_guests_are_due_early_by_their_jitter_and_never_late() {
         let t0 = Instant::now();
         let mut room = Room::new(10 * SECOND, SECOND);
-        room.seat(t0, Duration::ZERO, "full wait");
-        room.seat(t0, SECOND / 2, "half a second early");
-        room.seat(t0, 5 * SECOND, "at most a tenth early");
+        room.seat(t0, 0.0, "full wait");
+        room.seat(t0, 0.5, "half a second early");
+        room.seat(t0, 7.0, "at most a tenth early");
         assert_eq!(
             room.expire(t0 + 9 * SECOND - Duration::from_nanos(1)),
             Vec::<&str>::new()
@@ -239,8 +246,8 @@ mod tests {
         assert_eq!(room.next_deadline(), Some(t0 + 10 * SECOND));
         assert_eq!(room.expire(t0 + 10 * SECOND), vec!["full wait"]);
         // Arrival order still decides who makes room.
-        room.seat(t0, Duration::ZERO, "first");
-        room.seat(t0, SECOND, "second, due sooner");
+        room.seat(t0, 0.0, "first");
+        room.seat(t0, 1.0, "second, due sooner");
         assert_eq!(room.evict_oldest_seated(), Some("first"));
     }
 }
