@@ -148,6 +148,47 @@ async fn silent_and_slow_clients_are_closed_on_time() {
     );
 }
 
+/// Waits until the lobby reports `n` admitted connections waiting for a
+/// request.
+async fn wait_seated(edge: &Edge, n: u64) {
+    let want = format!("meshcast_connections_waiting{{kind=\"seated\"}} {n}\n");
+    eventually(
+        &format!("{n} connections waiting in the lobby"),
+        Duration::from_secs(10),
+        || async {
+            let metrics = edge.metrics().await;
+            if metrics.contains(&want) {
+                Ok(())
+            } else {
+                Err(metrics)
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_head_is_gathered_in_the_lobby_and_served_whole() {
+    let (_origin, edge) = edge_with("header_timeout = \"5s\"").await;
+    // A head sent in pieces stays in the lobby (no worker sees it) until
+    // its empty line: the part sent so far keeps it waiting there.
+    let mut s = TcpStream::connect(("127.0.0.1", edge.port)).await.unwrap();
+    s.write_all(b"GET /seg/pieces.m4s?len=7 HT").await.unwrap();
+    wait_seated(&edge, 1).await;
+    s.write_all(b"TP/1.1\r\nHost: a\r\n").await.unwrap();
+    wait_seated(&edge, 1).await;
+    s.write_all(b"\r\n").await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // From then on the door reads its requests, as on any connection.
+    wait_seated(&edge, 0).await;
+    s.write_all(b"GET /seg/second.m4s?len=9 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&reply), "HTTP/1.1 200 OK");
+    assert!(reply.ends_with(&body_for("second.m4s", 9)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_requests_without_host_get_400_and_close() {
     let (_origin, edge) = edge_with("").await;

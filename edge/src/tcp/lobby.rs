@@ -1,7 +1,9 @@
 //! The TCP door's lobby: a thread of its own accepts every TCP and TLS
 //! connection and holds it, as a bare socket in its own epoll set, until
-//! its first byte. Only a connection that speaks gets a task, buffers and
-//! the pipeline ([`Arrival`], handed to the door on the worker threads).
+//! it has a request: on cleartext, its whole first head (`guest.rs`); on
+//! TLS, its first byte. Only then does it get a task, buffers and the
+//! pipeline ([`Arrival`], handed to the door on the worker threads), so a
+//! client trickling its head wakes only this thread.
 //!
 //! Why not Pingora's accept loop: it spawns a task per connection at
 //! accept whose future holds the TLS handshake state inline (8.8 KiB
@@ -10,7 +12,7 @@
 //! flood of connections that reconnect whenever they are closed is
 //! accepted, timed out and evicted on this thread, never on the threads
 //! serving requests: when the edge is full, a newcomer stands (no slot)
-//! and is seated, evicting the longest-seated silent guest, only if it
+//! and is seated, evicting the longest-seated guest, only if it
 //! speaks within `grace` (a newcomer that speaks takes a seat, a silent
 //! one never does). The lobby never stops accepting, so a viewer is never
 //! left in the kernel's backlog behind attackers: when every standing
@@ -21,13 +23,15 @@
 //! Written by hand on `mio` (which tokio is built on): no crate parks
 //! sockets without a task per socket.
 
+use super::guest::{answer_and_close, reset, Guest, Heard};
 use super::room::{Kind, Room};
 use crate::connections::{Connections, Refusal, Slot};
 use crate::metrics::Metrics;
+use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use pingora_core::listeners::tls::Acceptor;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +44,9 @@ pub struct Arrival {
     pub stream: std::net::TcpStream,
     pub slot: Slot,
     pub tls: Option<Arc<Acceptor>>,
+    /// What the lobby read of the first request (cleartext only): a whole
+    /// head, or as much as the door needs to refuse it.
+    pub head: BytesMut,
 }
 
 /// A listening socket and, for TLS listeners, its acceptor.
@@ -54,6 +61,8 @@ pub struct LobbySettings {
     /// How long a newcomer that arrived while the edge was full may take
     /// to speak.
     pub grace: Duration,
+    /// The largest request head (the lobby reads no more of one).
+    pub max_header_bytes: usize,
 }
 
 /// Stops the lobby's thread when dropped.
@@ -111,15 +120,6 @@ fn lower_priority() {
     }
 }
 
-/// Closes a guest that never spoke with a reset rather than a FIN (as
-/// nginx's `reset_timedout_connection`): nothing is lost, and the edge
-/// keeps no TIME_WAIT state or FIN exchange for it — a silent flood's
-/// closes cost one packet each.
-fn reset(guest: Guest) {
-    let socket = socket2::SockRef::from(&guest.stream);
-    let _ = socket.set_linger(Some(Duration::ZERO));
-}
-
 /// TCP_DEFER_ACCEPT on `listener` (0: off). socket2 has no setter for it.
 fn set_defer_accept(listener: &TcpListener, secs: u32) -> io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -141,14 +141,6 @@ fn set_defer_accept(listener: &TcpListener, secs: u32) -> io::Result<()> {
     }
 }
 
-struct Guest {
-    stream: TcpStream,
-    ip: IpAddr,
-    listener: u32,
-    /// Seated guests hold their place; standing ones have none yet.
-    slot: Option<Slot>,
-}
-
 struct Lobby {
     poll: Poll,
     listeners: Vec<(TcpListener, Option<Arc<Acceptor>>)>,
@@ -161,6 +153,7 @@ struct Lobby {
     /// TCP_DEFER_ACCEPT is on (the edge is full).
     deferring: bool,
     room: Room<Guest>,
+    max_header_bytes: usize,
     standing_places: usize,
     connections: Arc<Connections>,
     handoff: mpsc::Sender<Arrival>,
@@ -197,6 +190,7 @@ pub fn start(
         deferring: false,
         peak: 0,
         room: Room::new(settings.header_timeout, settings.grace),
+        max_header_bytes: settings.max_header_bytes,
         // A sixteenth more than the limit, from the descriptors the edge
         // keeps spare (a tenth of the open-files limit).
         standing_places: (connections.limit() / 16).max(16),
@@ -302,6 +296,7 @@ impl Lobby {
             ip,
             listener: listener as u32,
             slot: None,
+            head: None,
         };
         let kind = match self.connections.try_park(Some(ip)) {
             Ok(slot) => {
@@ -309,7 +304,8 @@ impl Lobby {
                 Kind::Seated
             }
             Err(Refusal::Full) if self.connections.address_has_room(ip) => {
-                if matches!(guest.stream.peek(&mut [0u8]), Ok(1)) {
+                let tls = self.listeners[listener].1.is_some();
+                if tls && matches!(guest.stream.peek(&mut [0u8]), Ok(1)) {
                     // It has spoken already: no need to stand.
                     return self.speak(guest);
                 }
@@ -345,21 +341,82 @@ impl Lobby {
     /// The guest behind `token` is readable: it spoke, or (`hung_up`) it
     /// may have closed its side, perhaps after sending a request.
     fn spoke(&mut self, token: u64, hung_up: bool) {
-        let Some((kind, mut guest)) = self.room.leave(token) else {
+        let (header_timeout, early) =
+            (self.room.header_timeout(), self.room.early(super::jitter()));
+        let Some((kind, guest)) = self.room.guest_mut(token) else {
             return; // an event from before it left
         };
-        // It leaves this epoll set for tokio's.
+        if self.listeners[guest.listener as usize].1.is_some() {
+            // TLS: the handshake is the workers'.
+            return self.hand_over_at_first_byte(token, hung_up);
+        }
+        let began = !guest.has_spoken();
+        match guest.listen(self.max_header_bytes, header_timeout, early) {
+            Heard::Nothing => {}
+            Heard::Partial if !began => {}
+            Heard::Partial => self.began_a_head(token, kind),
+            Heard::Gone => drop(self.leave(token)),
+            Heard::Enough => {
+                if let Some(guest) = self.leave(token) {
+                    self.speak(guest);
+                }
+            }
+        }
+    }
+
+    /// The guest behind `token` leaves the room and this epoll set.
+    fn leave(&mut self, token: u64) -> Option<Guest> {
+        let (_, mut guest) = self.room.leave(token)?;
         let _ = self.poll.registry().deregister(&mut guest.stream);
+        Some(guest)
+    }
+
+    /// A TLS guest that spoke goes to the door (one gone without a byte
+    /// leaves nothing to do).
+    fn hand_over_at_first_byte(&mut self, token: u64, hung_up: bool) {
+        let Some(guest) = self.leave(token) else {
+            return;
+        };
         if hung_up && !matches!(guest.stream.peek(&mut [0u8]), Ok(1)) {
-            // Gone without a byte: nothing for the workers to do.
             return;
         }
-        debug_assert_eq!(
-            kind == Kind::Seated,
-            guest.slot.is_some(),
-            "seated guests hold a place"
-        );
         self.speak(guest);
+    }
+
+    /// The guest behind `token` sent the first part of a head: now due
+    /// whole by its head's deadline, seated first if it was standing.
+    fn began_a_head(&mut self, token: u64, kind: Kind) {
+        if kind == Kind::Seated {
+            if let Some((_, guest)) = self.room.guest_mut(token) {
+                let due = guest.head.as_ref().map(|h| h.due);
+                debug_assert!(guest.slot.is_some(), "seated guests hold a place");
+                if let Some(due) = due {
+                    self.room.reschedule(token, due);
+                }
+            }
+            return;
+        }
+        let Some((_, mut guest)) = self.room.leave(token) else {
+            return;
+        };
+        match self.admit_speaker(guest.ip) {
+            Ok(slot) => guest.slot = Some(slot),
+            Err(refusal) => {
+                let _ = self.poll.registry().deregister(&mut guest.stream);
+                return self.refuse(guest, refusal);
+            }
+        }
+        let due = guest.head.as_ref().map_or_else(Instant::now, |h| h.due);
+        let seat = self.room.next_token();
+        let registry = self.poll.registry();
+        if registry
+            .reregister(&mut guest.stream, Token(seat as usize), Interest::READABLE)
+            .is_err()
+        {
+            return; // closed: its slot goes with it
+        }
+        let placed = self.room.seat_until(due, guest);
+        debug_assert_eq!(placed, seat);
     }
 
     /// Hands a guest that spoke to the door, seating it first if it was
@@ -373,12 +430,18 @@ impl Lobby {
             },
         };
         let tls = self.listeners[guest.listener as usize].1.clone();
+        let head = guest.head.take().map(|h| h.bytes).unwrap_or_default();
         // SAFETY: the descriptor moves from the mio stream to the std one;
         // nothing else owns it.
         let stream = unsafe { std::net::TcpStream::from_raw_fd(guest.stream.into_raw_fd()) };
         if self
             .handoff
-            .blocking_send(Arrival { stream, slot, tls })
+            .blocking_send(Arrival {
+                stream,
+                slot,
+                tls,
+                head,
+            })
             .is_err()
         {
             self.stop.store(true, Ordering::Release); // the door is gone
@@ -456,6 +519,13 @@ impl Lobby {
     /// Closes guests whose wait ran out, without a word.
     fn expire(&mut self, now: Instant) {
         for guest in self.room.expire(now) {
+            if guest.has_spoken() {
+                // Its head did not arrive in time: 408, as the door says.
+                self.refused("header_timeout");
+                let answer = super::refusal_bytes(408, "the request head did not arrive in time");
+                answer_and_close(guest, Some(&answer));
+                continue;
+            }
             self.refused(if guest.slot.is_some() {
                 "silent"
             } else {
@@ -466,23 +536,12 @@ impl Lobby {
     }
 
     /// 503 with the reason (on cleartext; a TLS guest is only closed), then
-    /// close. What the client already sent is read first, so that the
-    /// close is a FIN and not a reset that could lose the answer.
-    fn refuse(&self, mut guest: Guest, refusal: Refusal) {
+    /// close.
+    fn refuse(&self, guest: Guest, refusal: Refusal) {
         self.refused(refusal.label());
-        let mut sink = [0u8; 4096];
-        for _ in 0..16 {
-            match guest.stream.read(&mut sink) {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
-        }
-        if self.listeners[guest.listener as usize].1.is_none() {
-            let _ = guest
-                .stream
-                .write_all(&super::refusal_bytes(503, refusal.reason()));
-        }
-        let _ = guest.stream.shutdown(std::net::Shutdown::Write);
+        let cleartext = self.listeners[guest.listener as usize].1.is_none();
+        let answer = cleartext.then(|| super::refusal_bytes(503, refusal.reason()));
+        answer_and_close(guest, answer.as_deref());
     }
 
     fn refused(&self, reason: &str) {

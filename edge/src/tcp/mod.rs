@@ -22,6 +22,7 @@
 //!   to tell HTTP/2 from HTTP/1, and spawned 8.8 KiB of task per
 //!   connection before it had sent anything.)
 
+mod guest;
 mod head;
 mod lobby;
 mod replay;
@@ -100,16 +101,18 @@ impl TcpDoor {
     async fn serve_http1(
         &self,
         mut conn: Replay,
+        first_head: BytesMut,
         slot: &Slot,
         shutdown: &ShutdownWatch,
         cleartext: bool,
     ) {
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
-        // One head buffer for the connection: each head is split off and
-        // replayed, and once Pingora has read it the allocation is free to
-        // take the next (no allocation per keep-alive request).
-        let mut buf = BytesMut::new();
+        // One head buffer for the connection, starting with what the lobby
+        // read: each head is split off and replayed, and once Pingora has
+        // read it the allocation is free to take the next (no allocation
+        // per keep-alive request).
+        let mut buf = first_head;
         let mut watch = shutdown.clone();
         loop {
             let idle = if first {
@@ -189,6 +192,13 @@ impl TcpDoor {
         let max = self.limits.max_header_bytes;
         let mut scan = HeadScan::new(max, h2c);
         let mut deadline = Instant::now() + idle;
+        if !buf.is_empty() {
+            // Read by the lobby, within its own deadlines.
+            match scan.scan(buf) {
+                Head::Partial => deadline = Instant::now() + self.limits.header_timeout,
+                verdict => return Self::read_of(verdict),
+            }
+        }
         loop {
             // The scan refuses a head at `max`, so the buffer never grows
             // past it.
@@ -214,11 +224,19 @@ impl TcpDoor {
             }
             match scan.scan(buf) {
                 Head::Partial => continue,
-                Head::Http1 => return Read::Http1,
-                Head::Http2 => return Read::Http2,
-                Head::BadPreface => return Read::BadPreface,
-                Head::TooLarge => return Read::Refuse(431, "the request head is too large"),
+                verdict => return Self::read_of(verdict),
             }
+        }
+    }
+
+    /// What a head that is not partial comes to.
+    fn read_of(verdict: Head) -> Read {
+        match verdict {
+            Head::Http1 => Read::Http1,
+            Head::Http2 => Read::Http2,
+            Head::BadPreface => Read::BadPreface,
+            Head::TooLarge => Read::Refuse(431, "the request head is too large"),
+            Head::Partial => unreachable!("a partial head is read on"),
         }
     }
 }
@@ -232,6 +250,7 @@ impl TcpDoor {
             stream,
             mut slot,
             tls,
+            head,
         } = arrival;
         // From here the table's eviction may choose it between requests.
         slot.list();
@@ -244,7 +263,7 @@ impl TcpDoor {
         let Some(acceptor) = tls else {
             // No write buffer on this stream: the replay gathers small writes.
             let conn = Replay::coalescing(Box::new(l4));
-            return self.serve_http1(conn, &slot, shutdown, true).await;
+            return self.serve_http1(conn, head, &slot, shutdown, true).await;
         };
         let handshake = acceptor.tls_handshake(l4);
         let stream: Stream = match tokio::time::timeout(self.limits.header_timeout, handshake).await
@@ -257,7 +276,7 @@ impl TcpDoor {
             slot.set_busy(true);
             let _ = ServerApp::process_new(&self.proxy, stream, shutdown).await;
         } else {
-            self.serve_http1(Replay::new(stream), &slot, shutdown, false)
+            self.serve_http1(Replay::new(stream), head, &slot, shutdown, false)
                 .await;
         }
     }

@@ -1,10 +1,12 @@
-//! Where connections wait for their first byte (sans-IO: the lobby's
+//! Where connections wait for their first request (sans-IO: the lobby's
 //! thread owns the sockets and the clock, this owns the order).
 //!
 //! Two kinds of guest, each in arrival order:
 //! - **seated**: admitted (holding a [`Slot`](crate::connections::Slot)),
-//!   due to speak within `header_timeout`; when the edge is full and a
-//!   newcomer speaks, the longest-seated one is the first to go;
+//!   due to speak within `header_timeout` (and, once they began a head,
+//!   due whole by a deadline of the lobby's: [`Room::reschedule`]); when
+//!   the edge is full and a newcomer speaks, the longest-seated one is
+//!   the first to go;
 //! - **standing**: arrived while the edge was full, held without a slot
 //!   for at most `grace` (less if newer ones need the standing places),
 //!   and seated only if they speak. A silent newcomer therefore never
@@ -58,12 +60,45 @@ impl<T> Room<T> {
     /// [0, 1]) of a tenth of `header_timeout` before its full wait; its
     /// token.
     pub fn seat(&mut self, now: Instant, jitter: f64, guest: T) -> u64 {
+        self.seat_until(self.due(now, jitter), guest)
+    }
+
+    /// `header_timeout` from `from`, less `jitter` (in [0, 1]) of a tenth
+    /// of it.
+    pub fn due(&self, from: Instant, jitter: f64) -> Instant {
+        from + self.header_timeout - self.early(jitter)
+    }
+
+    /// How much earlier than `header_timeout` a wait of `jitter` ends.
+    pub fn early(&self, jitter: f64) -> Duration {
+        (self.header_timeout / 10).mul_f64(jitter.clamp(0.0, 1.0))
+    }
+
+    /// Seats an admitted guest due at `due`; its token.
+    pub fn seat_until(&mut self, due: Instant, guest: T) -> u64 {
         let token = self.token();
-        let early = (self.header_timeout / 10).mul_f64(jitter.clamp(0.0, 1.0));
-        let due = now + self.header_timeout - early;
         self.seated.insert(token, (due, guest));
         self.seated_due.push(Reverse((due, token)));
         token
+    }
+
+    /// The guest behind `token`, left where it is.
+    pub fn guest_mut(&mut self, token: u64) -> Option<(Kind, &mut T)> {
+        if let Some((_, g)) = self.seated.get_mut(&token) {
+            return Some((Kind::Seated, g));
+        }
+        self.standing
+            .get_mut(&token)
+            .map(|(_, g)| (Kind::Standing, g))
+    }
+
+    /// A seated guest is now due at `due` instead (it started its head);
+    /// it keeps its place in arrival order.
+    pub fn reschedule(&mut self, token: u64, due: Instant) {
+        if let Some((at, _)) = self.seated.get_mut(&token) {
+            *at = due;
+            self.seated_due.push(Reverse((due, token)));
+        }
     }
 
     /// Lets a guest that arrived `now` while the edge was full stand; its
@@ -119,8 +154,11 @@ impl<T> Room<T> {
                 break;
             }
             self.seated_due.pop();
-            if let Some((_, guest)) = self.seated.remove(&token) {
-                out.push(guest);
+            // Skipped: a guest that left, or one rescheduled since.
+            if self.seated.get(&token).is_some_and(|(at, _)| *at == due) {
+                if let Some((_, guest)) = self.seated.remove(&token) {
+                    out.push(guest);
+                }
             }
         }
         while let Some(entry) = self.standing.first_entry() {
@@ -245,6 +283,16 @@ mod tests {
         );
         assert_eq!(room.next_deadline(), Some(t0 + 10 * SECOND));
         assert_eq!(room.expire(t0 + 10 * SECOND), vec!["full wait"]);
+        // A guest rescheduled later (it began its head) is not closed at
+        // its old deadline, and one rescheduled sooner is.
+        let later = room.seat(t0, 0.0, "rescheduled later");
+        let sooner = room.seat(t0, 0.0, "rescheduled sooner");
+        room.reschedule(later, t0 + 20 * SECOND);
+        room.reschedule(sooner, t0 + 11 * SECOND);
+        assert_eq!(room.expire(t0 + 19 * SECOND), vec!["rescheduled sooner"]);
+        assert_eq!(room.leave(sooner), None);
+        assert_eq!(room.guest_mut(later).map(|(k, _)| k), Some(Kind::Seated));
+        assert_eq!(room.expire(t0 + 20 * SECOND), vec!["rescheduled later"]);
         // Arrival order still decides who makes room.
         room.seat(t0, 0.0, "first");
         room.seat(t0, 1.0, "second, due sooner");

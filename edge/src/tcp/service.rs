@@ -54,6 +54,7 @@ impl TcpService {
         let settings = LobbySettings {
             header_timeout: door.limits.header_timeout,
             grace,
+            max_header_bytes: door.limits.max_header_bytes,
         };
         TcpService {
             listeners: listeners
