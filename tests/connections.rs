@@ -46,22 +46,24 @@ async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Vec<u8> {
     out
 }
 
+/// Waits until the edge's metrics hold the line `want` (`what`, for the
+/// failure message).
+async fn wait_metric(edge: &Edge, want: String, what: String) {
+    eventually(&what, Duration::from_secs(10), || async {
+        let metrics = edge.metrics().await;
+        if metrics.contains(&want) {
+            Ok(())
+        } else {
+            Err(metrics)
+        }
+    })
+    .await
+}
+
 /// Waits until the edge reports `n` client connections open.
 async fn wait_open(edge: &Edge, n: u64) {
     let want = format!("meshcast_client_connections {n}\n");
-    eventually(
-        &format!("{n} connections open"),
-        Duration::from_secs(10),
-        || async {
-            let metrics = edge.metrics().await;
-            if metrics.contains(&want) {
-                Ok(())
-            } else {
-                Err(metrics)
-            }
-        },
-    )
-    .await
+    wait_metric(edge, want, format!("{n} connections open")).await
 }
 
 /// A new client from `source` asks for `path` once (`Connection: close`);
@@ -152,19 +154,7 @@ async fn silent_and_slow_clients_are_closed_on_time() {
 /// request.
 async fn wait_seated(edge: &Edge, n: u64) {
     let want = format!("meshcast_connections_waiting{{kind=\"seated\"}} {n}\n");
-    eventually(
-        &format!("{n} connections waiting in the lobby"),
-        Duration::from_secs(10),
-        || async {
-            let metrics = edge.metrics().await;
-            if metrics.contains(&want) {
-                Ok(())
-            } else {
-                Err(metrics)
-            }
-        },
-    )
-    .await
+    wait_metric(edge, want, format!("{n} connections waiting in the lobby")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(super) struct Guest {
     pub stream: TcpStream,
@@ -31,8 +31,6 @@ pub(super) struct Guest {
 pub(super) struct Speech {
     pub bytes: BytesMut,
     scan: HeadScan,
-    /// When the whole head is due (from its first byte).
-    pub due: Instant,
 }
 
 /// What a guest's socket had to say.
@@ -42,8 +40,11 @@ pub(super) enum Heard {
     Nothing,
     /// Closed or broken, before its head was whole: nothing to answer.
     Gone,
-    /// Part of a head; more is to come.
-    Partial,
+    /// The first part of a head (its deadline starts now); more is to
+    /// come.
+    Began,
+    /// More of a head begun before; more is to come.
+    More,
     /// A head the door can act on: whole, the h2 preface, a broken
     /// preface, or one past the size limit (the door answers those).
     Enough,
@@ -53,10 +54,10 @@ pub(super) enum Heard {
 const READ: usize = 4096;
 
 impl Guest {
-    /// Reads what the guest sent (until the socket would block or its
-    /// head is whole), starting its head's deadline, `header_timeout`
-    /// less `early`, at the first byte.
-    pub fn listen(&mut self, max: usize, header_timeout: Duration, early: Duration) -> Heard {
+    /// Reads what the guest sent, until the socket would block or its
+    /// head is whole (at most `max` bytes of head).
+    pub fn listen(&mut self, max: usize) -> Heard {
+        let began = self.head.is_none();
         let mut chunk = [0u8; READ];
         loop {
             let speech = self.head.get_or_insert_with(|| {
@@ -65,7 +66,6 @@ impl Guest {
                     // A connection's first request may be h2 (prior
                     // knowledge) on a cleartext door.
                     scan: HeadScan::new(max, true),
-                    due: Instant::now() + header_timeout - early,
                 })
             });
             let room = READ.min(max.saturating_sub(speech.bytes.len())).max(1);
@@ -82,7 +82,7 @@ impl Guest {
                         self.head = None;
                         return Heard::Nothing;
                     }
-                    return Heard::Partial;
+                    return if began { Heard::Began } else { Heard::More };
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Heard::Gone,

@@ -341,8 +341,6 @@ impl Lobby {
     /// The guest behind `token` is readable: it spoke, or (`hung_up`) it
     /// may have closed its side, perhaps after sending a request.
     fn spoke(&mut self, token: u64, hung_up: bool) {
-        let (header_timeout, early) =
-            (self.room.header_timeout(), self.room.early(super::jitter()));
         let Some((kind, guest)) = self.room.guest_mut(token) else {
             return; // an event from before it left
         };
@@ -350,11 +348,14 @@ impl Lobby {
             // TLS: the handshake is the workers'.
             return self.hand_over_at_first_byte(token, hung_up);
         }
-        let began = !guest.has_spoken();
-        match guest.listen(self.max_header_bytes, header_timeout, early) {
-            Heard::Nothing => {}
-            Heard::Partial if !began => {}
-            Heard::Partial => self.began_a_head(token, kind),
+        match guest.listen(self.max_header_bytes) {
+            Heard::Nothing | Heard::More => {}
+            Heard::Began => {
+                // The whole head is due `header_timeout` from its first
+                // byte, jittered as first bytes are.
+                let due = self.room.due(Instant::now(), super::jitter());
+                self.began_a_head(token, kind, due);
+            }
             Heard::Gone => drop(self.leave(token)),
             Heard::Enough => {
                 if let Some(guest) = self.leave(token) {
@@ -384,17 +385,10 @@ impl Lobby {
     }
 
     /// The guest behind `token` sent the first part of a head: now due
-    /// whole by its head's deadline, seated first if it was standing.
-    fn began_a_head(&mut self, token: u64, kind: Kind) {
+    /// whole at `due`, seated first if it was standing.
+    fn began_a_head(&mut self, token: u64, kind: Kind, due: Instant) {
         if kind == Kind::Seated {
-            if let Some((_, guest)) = self.room.guest_mut(token) {
-                let due = guest.head.as_ref().map(|h| h.due);
-                debug_assert!(guest.slot.is_some(), "seated guests hold a place");
-                if let Some(due) = due {
-                    self.room.reschedule(token, due);
-                }
-            }
-            return;
+            return self.room.reschedule(token, due);
         }
         let Some((_, mut guest)) = self.room.leave(token) else {
             return;
@@ -406,7 +400,6 @@ impl Lobby {
                 return self.refuse(guest, refusal);
             }
         }
-        let due = guest.head.as_ref().map_or_else(Instant::now, |h| h.due);
         let seat = self.room.next_token();
         let registry = self.poll.registry();
         if registry

@@ -66,12 +66,7 @@ impl<T> Room<T> {
     /// `header_timeout` from `from`, less `jitter` (in [0, 1]) of a tenth
     /// of it.
     pub fn due(&self, from: Instant, jitter: f64) -> Instant {
-        from + self.header_timeout - self.early(jitter)
-    }
-
-    /// How much earlier than `header_timeout` a wait of `jitter` ends.
-    pub fn early(&self, jitter: f64) -> Duration {
-        (self.header_timeout / 10).mul_f64(jitter.clamp(0.0, 1.0))
+        from + self.header_timeout - (self.header_timeout / 10).mul_f64(jitter.clamp(0.0, 1.0))
     }
 
     /// Seats an admitted guest due at `due`; its token.
