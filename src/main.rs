@@ -89,6 +89,10 @@ enum Command {
         /// Take each segment's duration, like a live player.
         #[arg(long)]
         realtime: bool,
+        /// Fetch over a WebRTC data channel to a node the hub picks (needs a
+        /// token: --ack or a /t/TOKEN/ URL); HTTP per request if it fails.
+        #[arg(long)]
+        webrtc: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -325,11 +329,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ack,
             hub,
             realtime,
+            webrtc,
             json,
         } => {
             init_tracing("warn");
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(play::run(url, ack, hub, realtime, json))
+            let options = meshcast_player::Options {
+                url,
+                ack,
+                hub,
+                realtime,
+                batch: 16,
+                webrtc,
+            };
+            rt.block_on(play::run(options, json))
         }
         Command::Token {
             key,

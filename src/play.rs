@@ -6,21 +6,9 @@ use meshcast_control::identity::NodeKey;
 use meshcast_control::token::{self, TokenClaims};
 use std::path::Path;
 
-pub async fn run(
-    url: String,
-    ack: bool,
-    hub: Option<String>,
-    realtime: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let report = meshcast_player::play(meshcast_player::Options {
-        url,
-        ack,
-        hub,
-        realtime,
-        batch: 16,
-    })
-    .await?;
+pub async fn run(options: meshcast_player::Options, json: bool) -> anyhow::Result<()> {
+    let ack = options.ack;
+    let report = meshcast_player::play(options).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -29,6 +17,12 @@ pub async fn run(
             report.url, report.bytes, report.requests, report.segments, report.seconds,
             report.receipts, report.acks_sent, report.acks_accepted, report.acked_bytes
         );
+        if let Some(node) = &report.rtc_node {
+            println!(
+                "  over WebRTC from node {node}: {} responses, {} fell back to HTTP",
+                report.rtc_responses, report.http_fallbacks
+            );
+        }
         for r in &report.refused {
             println!("  refused: {r}");
         }

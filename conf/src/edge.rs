@@ -113,6 +113,20 @@ pub struct EdgeSection {
     /// A QUIC connection idle this long is closed.
     #[serde(default = "default_quic_idle")]
     pub quic_idle_timeout: Seconds,
+    /// Serve browsers over WebRTC data channels, signalled through the
+    /// HUB (needs `[node]`): for nodes behind NAT that open no port.
+    #[serde(default)]
+    pub webrtc: bool,
+    /// The address offered as the ICE host candidate; by default the one
+    /// this host reaches the HUB from.
+    pub webrtc_address: Option<std::net::IpAddr>,
+    /// STUN servers ("host:port") the node asks for its public address, to
+    /// offer as a server-reflexive candidate; none needed on one network.
+    #[serde(default)]
+    pub webrtc_stun: Vec<String>,
+    /// WebRTC peers at once; offers beyond are answered with an error.
+    #[serde(default = "default_webrtc_peers")]
+    pub webrtc_max_peers: usize,
     /// Admin listener: `/metrics`, `/healthz`, `POST /purge`.
     pub admin: Option<SocketAddr>,
     /// Bearer key that `POST /purge` must present; purge is refused without one.
@@ -435,6 +449,9 @@ impl Default for LogSection {
 fn default_quic_streams() -> u32 {
     100
 }
+fn default_webrtc_peers() -> usize {
+    256
+}
 fn default_quic_connections() -> usize {
     10_000
 }
@@ -539,10 +556,29 @@ impl EdgeConfig {
                 ),
             ));
         }
-        if e.listen.is_empty() && e.listen_tls.is_empty() {
+        if e.webrtc && self.node.is_none() {
+            return Err((
+                "edge.webrtc".into(),
+                "WebRTC offers come through the HUB: add a [node] section with `hub = \"http://HUB:PORT\"`".into(),
+            ));
+        }
+        if let Some(bad) = e.webrtc_stun.iter().find(|s| {
+            s.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        }) {
+            return Err((
+                "edge.webrtc_stun".into(),
+                format!("{bad:?} is not host:port, e.g. \"stun.example.org:3478\""),
+            ));
+        }
+        if e.webrtc_max_peers == 0 {
+            return Err(("edge.webrtc_max_peers".into(), "at least 1".into()));
+        }
+        if e.listen.is_empty() && e.listen_tls.is_empty() && !e.webrtc {
             return Err((
                 "edge".into(),
-                "no listener: set `listen = [\"0.0.0.0:80\"]` and/or `listen_tls`".into(),
+                "no listener: set `listen = [\"0.0.0.0:80\"]`, `listen_tls`, or `webrtc = true`"
+                    .into(),
             ));
         }
         for (key, list) in [

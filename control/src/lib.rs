@@ -3,7 +3,8 @@
 //! playback tokens (PASETO), delivery receipts and acks, Merkle commitments
 //! over batches, challenge sampling derived from a transcript the prover
 //! has already committed to, the audit of delivery claims, and the
-//! challenges and verdicts of proof of transcoding and proof of storage. It opens no
+//! challenges and verdicts of proof of transcoding and proof of storage,
+//! and the WebRTC door's framing and signalling bodies. It opens no
 //! sockets and touches no disk beyond loading and saving a key file;
 //! servers (edge, hub) call it and keep their own state.
 
@@ -14,6 +15,7 @@ pub mod merkle;
 pub mod messages;
 pub mod placement;
 pub mod receipt;
+pub mod rtc;
 pub mod sample;
 pub mod storage;
 pub mod token;

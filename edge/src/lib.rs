@@ -19,6 +19,7 @@ pub mod path;
 pub mod pipeline;
 pub mod quic;
 pub mod replies;
+pub mod rtc;
 pub mod server;
 pub mod sites;
 pub mod tcp;

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub connections_waiting: IntGaugeVec,
     pub network_objects: IntCounterVec,
     pub network_shards: IntCounterVec,
+    pub rtc_peers: IntCounterVec,
 }
 
 impl Metrics {
@@ -83,6 +84,7 @@ impl Metrics {
             connections_waiting: gauge_vec("meshcast_connections_waiting", "TCP/TLS connections in the lobby waiting for their first byte (seated: holding a place; standing: arrived while the edge was full)", &["kind"]),
             network_objects: counter_vec("meshcast_network_objects_total", "Media objects the network origin answered, by where they came from (network: decoded from shards; hub: the HUB's origin)", &["from"]),
             network_shards: counter_vec("meshcast_network_shards_total", "Shard fetches of the network origin, by outcome (ok, failed, hedged: a spare started because one was slow)", &["outcome"]),
+            rtc_peers: counter_vec("meshcast_rtc_peers_total", "WebRTC offers relayed by the HUB, by outcome (answered: a peer started; refused: no answer, e.g. the node is at webrtc_max_peers or the offer is unusable)", &["outcome"]),
             registry,
         }
     }

@@ -172,7 +172,17 @@ impl ProxyHttp for EdgePipeline {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.proto = if session.as_downstream().is_custom() {
-            "HTTP/3"
+            // Two doors hand the pipeline custom sessions; the WebRTC
+            // one tags its summary.
+            if session
+                .as_downstream()
+                .request_summary()
+                .ends_with(crate::rtc::session::SUMMARY_TAG)
+            {
+                "WebRTC"
+            } else {
+                "HTTP/3"
+            }
         } else if session.is_http2() {
             "HTTP/2"
         } else {

@@ -347,6 +347,18 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
         server.add_service(background_service("meshcast network origin", network));
     }
 
+    if let (true, Some(client)) = (config.edge.webrtc, &hub_client) {
+        let door = crate::rtc::RtcDoor::new(
+            client.link(),
+            proxy.clone(),
+            config.edge.webrtc_address,
+            config.edge.webrtc_max_peers,
+            config.edge.webrtc_stun.clone(),
+            metrics,
+        );
+        server.add_service(background_service("meshcast webrtc door", door));
+    }
+
     if let Some(client) = hub_client {
         server.add_service(background_service(
             "meshcast hub client",

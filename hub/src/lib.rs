@@ -24,6 +24,7 @@ mod probes;
 mod registry;
 mod repair;
 pub mod rewards;
+mod rtc;
 mod tokens;
 mod tus;
 pub mod tus_client;
@@ -79,6 +80,8 @@ pub struct Hub {
     accounts: accounts::Accounts,
     /// Where each video's shards are, and its content key.
     placements: placement::Placements,
+    /// WebRTC signalling between viewers and nodes behind NAT.
+    rtc: rtc::Signalling,
 }
 
 /// The hub's own key for every path, and each signed video's owner for
@@ -412,6 +415,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         accounts,
         work: Default::default(),
         placements,
+        rtc: rtc::Signalling::new(config.hub.token_rate),
     });
     // Rewards for epochs settled before a crash or restart: the chain pays
     // each reference once, so what it already has is skipped.
@@ -453,6 +457,7 @@ fn router(hub: Arc<Hub>) -> Router {
         .merge(placement::routes())
         .merge(claims::routes())
         .merge(tokens::routes())
+        .merge(rtc::routes())
         .layer(axum::middleware::from_fn(tus::cors))
         .with_state(hub)
         .merge(ledger_api)

@@ -75,6 +75,41 @@ pub fn open_envelope(
     }
 }
 
+/// The registered, admitted node behind a signed request (with `role`,
+/// when one is needed), or why not; it is marked seen now.
+pub fn admitted_node(hub: &Hub, id: &str, role: Option<&str>) -> Result<(), Box<Response>> {
+    let node = match hub.registry.node(id) {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Err(Box::new(refuse(
+                StatusCode::NOT_FOUND,
+                format!("node {id} is not registered; register first"),
+            )))
+        }
+        Err(e) => return Err(Box::new(refuse(StatusCode::INTERNAL_SERVER_ERROR, e))),
+    };
+    if let Some(role) = role.filter(|r| !node.roles.iter().any(|have| have == r)) {
+        return Err(Box::new(refuse(
+            StatusCode::FORBIDDEN,
+            format!("node {id} did not register the {role} role"),
+        )));
+    }
+    let a = hub.admission(&node);
+    if !a.admitted() {
+        return Err(Box::new(refuse(
+            StatusCode::FORBIDDEN,
+            Hub::not_admitted(&node, a),
+        )));
+    }
+    let now = now_secs();
+    let _ = hub.registry.upsert_node(id, |cur| {
+        let mut n = cur.unwrap_or(node.clone());
+        n.last_seen = now;
+        n
+    });
+    Ok(())
+}
+
 fn info(hub: &Hub, node: &NodeRecord) -> HubInfo {
     HubInfo {
         hub: hex::encode(hub.key.public().to_bytes()),
@@ -207,6 +242,7 @@ async fn list(State(hub): State<Arc<Hub>>) -> Response {
                     v["stake"] = json!(a.stake);
                     v["stake_needed"] = json!(a.needed);
                     v["admitted"] = json!(a.admitted());
+                    v["webrtc"] = json!(hub.rtc.is_polling(&n.id, now));
                     v
                 })
                 .collect();

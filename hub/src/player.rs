@@ -17,7 +17,8 @@ use std::sync::Arc;
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
         .route("/play/{id}", get(page))
-        .route("/assets/meshcast-acks.js", get(plugin))
+        .route("/assets/meshcast-acks.js", get(|| script(PLUGIN)))
+        .route("/assets/meshcast-rtc.js", get(|| script(RTC_LOADER)))
         .route("/assets/{*path}", get(asset))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
 }
@@ -26,13 +27,16 @@ pub fn routes() -> Router<Arc<Hub>> {
 /// repo as plain JS.
 const PLUGIN: &str = include_str!("../../player/js/meshcast-acks.js");
 
-async fn plugin() -> Response {
+/// The hls.js loader that fetches over a WebRTC data channel.
+const RTC_LOADER: &str = include_str!("../../player/js/meshcast-rtc.js");
+
+async fn script(text: &'static str) -> Response {
     (
         [
             ("content-type", "text/javascript"),
             ("cache-control", "public, max-age=300"),
         ],
-        PLUGIN,
+        text,
     )
         .into_response()
 }
@@ -142,6 +146,18 @@ async function prepare() {
   const session = await MeshcastAcks.start({ video: '{ID}' });
   window.meshcast.acks = session.stats;
   video.addEventListener('ended', () => session.flush().then(() => note('acks flushed')));
+  // ?via=webrtc: playlists, segments and acks over a data channel to a
+  // node the hub picks; HTTPS per request when it fails.
+  if (new URLSearchParams(location.search).get('via') === 'webrtc') {
+    await new Promise((ok) => load('/assets/meshcast-rtc.js', ok));
+    try {
+      const rtc = await MeshcastRtc.connect({ token: session.token });
+      session.post = rtc.poster();
+      session.rtc = rtc;
+      window.meshcast.rtc = rtc.stats;
+      note('webrtc open');
+    } catch (e) { note('webrtc unavailable: ' + e); }
+  }
   return { base: session.url(''), session };
 }
 prepare().then(({ base, session }) => {
@@ -172,7 +188,8 @@ prepare().then(({ base, session }) => {
   } else {
     window.meshcast.engine = 'hls.js';
     load('/assets/hls.js/dist/hls.min.js', () => {
-      const h = new Hls(session ? { loader: session.loader(Hls) } : {});
+      const loader = session && (session.rtc ? session.rtc.loader(Hls, session) : session.loader(Hls));
+      const h = new Hls(loader ? { loader } : {});
       h.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) fail('hls.js: ' + d.type + ' ' + d.details); else note('hls.js recovered: ' + d.details); });
       h.loadSource(base + 'master.m3u8');
       h.attachMedia(video);

@@ -55,7 +55,7 @@ impl RateLimit {
         }
     }
 
-    fn allow(&self, ip: IpAddr) -> bool {
+    pub fn allow(&self, ip: IpAddr) -> bool {
         if self.limiter.len() > RATE_KEYS_PRUNE_AT {
             self.limiter.retain_recent();
         }

@@ -74,6 +74,7 @@
       this.keys = keys;
       this.token = token;
       this.pending = [];
+      this.post = null;
       this.nodeKeys = new Map();
       this.stats = { receipts: 0, bytes: 0, acked: 0, ackedBytes: 0, refused: [], errors: [] };
       this.timer = setInterval(() => this.flush(), opts.flushMs || 2000);
@@ -115,15 +116,18 @@
     async flush(unloading) {
       if (this.pending.length === 0) return this.stats;
       const acks = this.pending.splice(0);
+      const body = JSON.stringify({ token: this.token, acks });
       try {
-        const resp = await fetch(this.ackUrl, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ token: this.token, acks }),
-          keepalive: !!unloading,
-        });
-        const v = await resp.json();
-        if (!resp.ok) throw new Error('acks refused: ' + (v.error || resp.status));
+        // `post` (e.g. MeshcastRtc's poster) sends them another way.
+        const { ok, status, json: v } = this.post && !unloading
+          ? await this.post(this.ackUrl, body)
+          : await fetch(this.ackUrl, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body,
+            keepalive: !!unloading,
+          }).then(async (r) => ({ ok: r.ok, status: r.status, json: await r.json() }));
+        if (!ok) throw new Error('acks refused: ' + (v.error || status));
         this.stats.acked += v.accepted;
         this.stats.ackedBytes += v.bytes;
         for (const r of v.refused || []) this.stats.refused.push(r.reason);

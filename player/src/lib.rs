@@ -16,6 +16,8 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 use url::Url;
 
+pub mod rtc;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlayError {
     #[error("{0}")]
@@ -40,6 +42,9 @@ pub struct Options {
     pub realtime: bool,
     /// Receipts per ack batch.
     pub batch: usize,
+    /// Fetch over a WebRTC data channel to a node the HUB picks (HTTP per
+    /// request when the channel fails).
+    pub webrtc: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -56,6 +61,12 @@ pub struct Report {
     pub acks_accepted: u64,
     pub acked_bytes: u64,
     pub refused: Vec<String>,
+    /// Responses that came over the WebRTC data channel.
+    pub rtc_responses: u64,
+    /// Requests the channel failed and HTTP answered instead.
+    pub http_fallbacks: u64,
+    /// The node the WebRTC channel went to.
+    pub rtc_node: Option<String>,
     pub seconds: f64,
 }
 
@@ -70,6 +81,14 @@ pub struct Client {
     base: Url,
     batch: usize,
     report: Report,
+    rtc: Option<rtc::RtcChannel>,
+}
+
+/// A response, whichever way it came.
+struct Fetched {
+    status: u16,
+    receipt: Option<String>,
+    body: Vec<u8>,
 }
 
 /// `(edge base, video id, path after /v/{id}/)` of a playback URL.
@@ -109,7 +128,58 @@ impl Client {
             base,
             batch: 16,
             report: Report::default(),
+            rtc: None,
         }
+    }
+
+    /// Over the data channel when there is one (HTTP when it fails), else
+    /// HTTP.
+    async fn fetch(&mut self, url: &Url) -> Result<Fetched, String> {
+        if let Some(ch) = &self.rtc {
+            let path = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_string(),
+            };
+            let host = url.host_str().unwrap_or("").to_string();
+            match ch
+                .request("GET", &path, vec![("host".into(), host)], None)
+                .await
+            {
+                Ok(r) => {
+                    self.report.rtc_responses += 1;
+                    return Ok(Fetched {
+                        status: r.status,
+                        receipt: r.header("meshcast-receipt").map(str::to_string),
+                        body: r.body,
+                    });
+                }
+                Err(e) => {
+                    // A channel that failed once is done: the rest goes over
+                    // HTTP at once instead of each waiting out a timeout.
+                    tracing::warn!(%url, error = %e, "WebRTC fetch failed; over HTTP from now on");
+                    self.report.http_fallbacks += 1;
+                    self.drop_channel();
+                }
+            }
+        }
+        let resp = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let receipt = resp
+            .headers()
+            .get("meshcast-receipt")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.bytes().await.map_err(|e| e.to_string())?.to_vec();
+        Ok(Fetched {
+            status,
+            receipt,
+            body,
+        })
     }
 
     pub fn report(&self) -> &Report {
@@ -122,20 +192,12 @@ impl Client {
             url: url.to_string(),
             reason,
         };
-        let resp = self
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        let receipt = resp
-            .headers()
-            .get("meshcast-receipt")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
-        if !status.is_success() {
+        let Fetched {
+            status,
+            receipt,
+            body,
+        } = self.fetch(url).await.map_err(fail)?;
+        if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&body);
             return Err(fail(format!("{status}: {}", text.trim())));
         }
@@ -157,7 +219,7 @@ impl Client {
                 reason: "no Meshcast-Receipt header on a tokened response".into(),
             });
         }
-        Ok(body.to_vec())
+        Ok(body)
     }
 
     /// A receipt must be signed by the edge, name our token, and cover
@@ -187,6 +249,57 @@ impl Client {
         Ok(())
     }
 
+    fn drop_channel(&mut self) {
+        self.rtc = None;
+    }
+
+    /// POSTs an ack batch to the edge, over the data channel if there is
+    /// one (acks ride the same channel as the bytes they acknowledge).
+    async fn post_acks(
+        &mut self,
+        url: &Url,
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value), PlayError> {
+        let fail = |reason: String| PlayError::Fetch {
+            url: url.to_string(),
+            reason,
+        };
+        if let Some(ch) = &self.rtc {
+            let headers = vec![
+                ("host".into(), url.host_str().unwrap_or("").to_string()),
+                ("content-type".into(), "application/json".into()),
+                ("content-length".into(), body.len().to_string()),
+            ];
+            match ch
+                .request("POST", url.path(), headers, Some(body.clone().into()))
+                .await
+            {
+                Ok(r) => {
+                    self.report.rtc_responses += 1;
+                    return Ok((
+                        r.status,
+                        serde_json::from_slice(&r.body).unwrap_or_default(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "acks over WebRTC failed; over HTTP from now on");
+                    self.report.http_fallbacks += 1;
+                    self.drop_channel();
+                }
+            }
+        }
+        let resp = self
+            .http
+            .post(url.clone())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or_default()))
+    }
+
     /// Sends the queued acks.
     pub async fn flush(&mut self) -> Result<(), PlayError> {
         let (Some(key), Some(token)) = (&self.key, &self.token) else {
@@ -209,19 +322,10 @@ impl Client {
         }
         let n = acks.len() as u64;
         let url = self.base.join("/v1/acks").expect("a fixed path joins");
-        let resp = self
-            .http
-            .post(url.clone())
-            .json(&serde_json::json!({ "token": token, "acks": acks }))
-            .send()
-            .await
-            .map_err(|e| PlayError::Fetch {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().await.unwrap_or_default();
-        if !status.is_success() {
+        let body = serde_json::to_vec(&serde_json::json!({ "token": token, "acks": acks }))
+            .expect("acks serialize");
+        let (status, v) = self.post_acks(&url, body).await?;
+        if !(200..300).contains(&status) {
             return Err(PlayError::Fetch {
                 url: url.to_string(),
                 reason: format!("{status}: {}", v["error"]),
@@ -364,7 +468,13 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
             o.url
         ))
     })?;
+    if o.webrtc && !o.ack && !url.path().starts_with("/t/") {
+        return Err(PlayError::Usage(
+            "--webrtc needs a token: pass a /t/TOKEN/… URL or --ack".into(),
+        ));
+    }
     let mut key = None;
+    let mut hub = o.hub.clone();
     let mut token = url
         .path()
         .strip_prefix("/t/")
@@ -372,11 +482,12 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
         .map(str::to_string);
     if o.ack {
         let k = session_key()?;
-        let hub = match &o.hub {
+        let h = match &hub {
             Some(h) => h.clone(),
             None => discover_hub(&http, &base).await?,
         };
-        let steered = fetch_token(&http, &hub, &video, &k).await?;
+        let steered = fetch_token(&http, &h, &video, &k).await?;
+        hub = Some(h);
         base = steered.edge(&base);
         let t = steered.token;
         url = base
@@ -396,7 +507,20 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
             url: url.to_string(),
             ..Report::default()
         },
+        rtc: None,
     };
+    if o.webrtc {
+        let h = match hub {
+            Some(h) => h,
+            None => discover_hub(&s.http, &s.base).await?,
+        };
+        let t = s.token.clone().expect("checked above: there is a token");
+        let ch = rtc::RtcChannel::connect(&s.http, &h, &t)
+            .await
+            .map_err(PlayError::Hub)?;
+        s.report.rtc_node = Some(ch.node.clone());
+        s.rtc = Some(ch);
+    }
     let body = s.get(&url).await?;
     match parse(&url, &body)? {
         Playlist::MediaPlaylist(_) => {

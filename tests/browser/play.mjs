@@ -58,6 +58,7 @@ async function playOnce(target) {
       null, { timeout: 15000, polling: 100 }).catch(() => {});
     result = await page.evaluate((types) => ({
       acks: window.meshcast.acks || null,
+      rtc: window.meshcast.rtc || null,
       ended: window.meshcast.events.includes('ended'),
       engine: window.meshcast.engine,
       events: window.meshcast.events,

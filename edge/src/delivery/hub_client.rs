@@ -36,6 +36,39 @@ pub fn saved_issuers(acks_dir: &std::path::Path) -> Vec<messages::Issuer> {
         .unwrap_or_default()
 }
 
+/// The node's signed line to its HUB: every call is an envelope sealed
+/// with the node key.
+#[derive(Clone)]
+pub struct HubLink {
+    http: reqwest::Client,
+    pub hub: String,
+    book: Arc<Book>,
+}
+
+impl HubLink {
+    /// POSTs `body` sealed for `domain`; the status and body of the answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        domain: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let env = Envelope::seal(self.book.signer.key(), domain, body, now_ms() / 1000)
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.hub))
+            .header("content-type", "application/octet-stream")
+            .body(env.encode())
+            .send()
+            .await
+            .map_err(|e| format!("{}{path}: {e}", self.hub))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        Ok((status, bytes.to_vec()))
+    }
+}
+
 pub struct HubClient {
     pub delivery: Arc<Delivery>,
     pub book: Arc<Book>,
@@ -91,7 +124,7 @@ fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 /// each plus up to as much again at random, so the edges that lost a HUB
 /// together do not all come back in the same instant. `seed` fixes the
 /// randomness (tests); `None` draws it.
-fn retry_delays(seed: Option<u64>) -> impl Iterator<Item = Duration> {
+pub(crate) fn retry_delays(seed: Option<u64>) -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder;
     let builder = backon::ExponentialBuilder::new()
         .with_min_delay(Duration::from_secs(1))
@@ -178,19 +211,16 @@ impl HubClient {
         domain: &str,
         body: Vec<u8>,
     ) -> Result<(u16, Vec<u8>), String> {
-        let env = Envelope::seal(self.book.signer.key(), domain, body, now_ms() / 1000)
-            .map_err(|e| e.to_string())?;
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.hub))
-            .header("content-type", "application/octet-stream")
-            .body(env.encode())
-            .send()
-            .await
-            .map_err(|e| format!("{}{path}: {e}", self.hub))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-        Ok((status, bytes.to_vec()))
+        self.link().post(path, domain, body).await
+    }
+
+    /// What another part of the node needs to send the HUB signed messages.
+    pub fn link(&self) -> HubLink {
+        HubLink {
+            http: self.http.clone(),
+            hub: self.hub.clone(),
+            book: self.book.clone(),
+        }
     }
 
     /// Takes what a HUB answer says about the network: the epoch length

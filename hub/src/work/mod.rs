@@ -139,37 +139,6 @@ fn lease_refusal(e: LeaseError) -> Response {
     refuse(status, e)
 }
 
-/// A registered, admitted node with the transcode role, or why not.
-fn worker_node(hub: &Hub, id: &str) -> Result<(), Response> {
-    let node = match hub.registry.node(id) {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return Err(refuse(
-                StatusCode::NOT_FOUND,
-                format!("node {id} is not registered; register first"),
-            ))
-        }
-        Err(e) => return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e)),
-    };
-    if !node.roles.iter().any(|r| r == "transcode") {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            format!("node {id} did not register the transcode role"),
-        ));
-    }
-    let a = hub.admission(&node);
-    if !a.admitted() {
-        return Err(refuse(StatusCode::FORBIDDEN, Hub::not_admitted(&node, a)));
-    }
-    let now = now_secs();
-    let _ = hub.registry.upsert_node(id, |cur| {
-        let mut n = cur.unwrap_or(node.clone());
-        n.last_seen = now;
-        n
-    });
-    Ok(())
-}
-
 /// `POST /v1/work/lease`: the oldest chunk this worker may take, within
 /// `LONG_POLL`, or 204.
 async fn lease(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
@@ -177,8 +146,8 @@ async fn lease(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    if let Err(r) = worker_node(&hub, &id) {
-        return r;
+    if let Err(r) = crate::nodes::admitted_node(&hub, &id, Some("transcode")) {
+        return *r;
     }
     let deadline = tokio::time::Instant::now() + LONG_POLL;
     let lease_secs = hub.config.transcode.lease.0.as_secs().max(1);

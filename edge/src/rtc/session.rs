@@ -1,0 +1,353 @@
+//! One request on a WebRTC data channel as a Pingora custom server session,
+//! so that `HttpProxy::process_new_http` runs the same pipeline for it as
+//! for the HTTP doors. Frames go to the peer task (`peer.rs`) through a
+//! bounded channel: a slow browser holds its responses back there, not in
+//! this edge's memory.
+
+use super::peer::{Out, Shared as Flags};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use http::HeaderMap;
+use meshcast_control::rtc::{chunks, Frame, RequestHead, ResponseHead};
+use pingora_core::protocols::http::custom::server::Session as CustomSession;
+use pingora_core::protocols::http::custom::CustomMessageWrite;
+use pingora_core::protocols::http::HttpTask;
+use pingora_core::protocols::l4::socket::SocketAddr;
+use pingora_core::protocols::Digest;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What `request_summary` ends with; the pipeline reads it to tell this
+/// door's custom sessions from the QUIC door's.
+pub const SUMMARY_TAG: &str = "(WebRTC)";
+
+pub struct RtcSession {
+    id: u32,
+    req: RequestHeader,
+    body: Option<mpsc::UnboundedReceiver<Bytes>>,
+    out: mpsc::Sender<Out>,
+    flags: Arc<Flags>,
+    response: Option<ResponseHeader>,
+    client: Option<SocketAddr>,
+    body_sent: usize,
+    body_read: usize,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    drain_timeout: Option<Duration>,
+}
+
+fn gone() -> Box<Error> {
+    Error::explain(ErrorType::WriteError, "WebRTC peer went away").into_down()
+}
+
+impl RtcSession {
+    /// The request `head` names; `body` carries its body frames (None: it
+    /// has none).
+    pub fn new(
+        id: u32,
+        head: RequestHead,
+        body: Option<mpsc::UnboundedReceiver<Bytes>>,
+        out: mpsc::Sender<Out>,
+        flags: Arc<Flags>,
+        client: std::net::SocketAddr,
+    ) -> Result<Self> {
+        let method = http::Method::from_bytes(head.method.as_bytes())
+            .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?;
+        if !head.path.starts_with('/') {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "path must start with /");
+        }
+        let mut req = RequestHeader::build(method, head.path.as_bytes(), Some(head.headers.len()))?;
+        for (name, value) in head.headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?;
+            let value = http::HeaderValue::from_str(&value)
+                .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?;
+            req.append_header(name, value)?;
+        }
+        Ok(RtcSession {
+            id,
+            req,
+            body,
+            out,
+            flags,
+            response: None,
+            client: Some(SocketAddr::Inet(client)),
+            body_sent: 0,
+            body_read: 0,
+            read_timeout: None,
+            write_timeout: None,
+            drain_timeout: None,
+        })
+    }
+
+    async fn send(&self, frame: Frame) -> Result<()> {
+        if self.flags.cancelled.load(Ordering::Relaxed) {
+            return Err(gone());
+        }
+        self.out
+            .send(Out::Frame(self.id, frame))
+            .await
+            .map_err(|_| gone())
+    }
+
+    async fn finish_body(&mut self) -> Result<()> {
+        if !self.flags.finished.swap(true, Ordering::Relaxed) {
+            self.send(Frame::End).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CustomSession for RtcSession {
+    fn req_header(&self) -> &RequestHeader {
+        &self.req
+    }
+
+    fn req_header_mut(&mut self) -> &mut RequestHeader {
+        &mut self.req
+    }
+
+    async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        let Some(rx) = self.body.as_mut() else {
+            return Ok(None);
+        };
+        match rx.recv().await {
+            Some(b) => {
+                self.body_read += b.len();
+                Ok(Some(b))
+            }
+            None => {
+                self.body = None;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn drain_request_body(&mut self) -> Result<()> {
+        while self.read_body_bytes().await?.is_some() {}
+        Ok(())
+    }
+
+    async fn write_response_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+        self.write_response_header_ref(&resp, end).await
+    }
+
+    async fn write_response_header_ref(&mut self, resp: &ResponseHeader, end: bool) -> Result<()> {
+        if resp.status.is_informational() || self.response.is_some() {
+            // 1xx are not relayed over this door; one head per request.
+            return Ok(());
+        }
+        let headers = resp
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        self.send(Frame::Response(ResponseHead {
+            status: resp.status.as_u16(),
+            headers,
+        }))
+        .await?;
+        self.response = Some(resp.clone());
+        if end {
+            self.finish_body().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
+        self.body_sent += data.len();
+        for frame in chunks(&data) {
+            self.send(frame).await?;
+        }
+        if end {
+            self.finish_body().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_trailers(&mut self, _trailers: HeaderMap) -> Result<()> {
+        // No trailers on this door; the body is complete.
+        self.finish_body().await
+    }
+
+    async fn response_duplex_vec(&mut self, tasks: Vec<HttpTask>) -> Result<bool> {
+        let mut end_stream = false;
+        for task in tasks {
+            end_stream = match task {
+                HttpTask::Header(header, end) => {
+                    self.write_response_header(header, false).await?;
+                    end
+                }
+                HttpTask::Body(data, end) => {
+                    if let Some(d) = data {
+                        self.write_body(d, false).await?;
+                    }
+                    end
+                }
+                HttpTask::UpgradedBody(..) => {
+                    return Error::e_explain(
+                        ErrorType::InternalError,
+                        "upgraded body on a WebRTC session",
+                    );
+                }
+                HttpTask::Trailer(_) | HttpTask::Done => true,
+                HttpTask::Failed(e) => return Err(e),
+            } || end_stream;
+        }
+        if end_stream {
+            self.finish_body().await?;
+        }
+        Ok(end_stream)
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    fn get_read_timeout(&self) -> Option<Duration> {
+        self.read_timeout
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.write_timeout = timeout;
+    }
+
+    fn get_write_timeout(&self) -> Option<Duration> {
+        self.write_timeout
+    }
+
+    fn set_total_drain_timeout(&mut self, timeout: Option<Duration>) {
+        self.drain_timeout = timeout;
+    }
+
+    fn get_total_drain_timeout(&self) -> Option<Duration> {
+        self.drain_timeout
+    }
+
+    fn request_summary(&self) -> String {
+        format!(
+            "{} {}, Host: {} {SUMMARY_TAG}",
+            self.req.method,
+            self.req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            self.req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+        )
+    }
+
+    fn response_written(&self) -> Option<&ResponseHeader> {
+        self.response.as_ref()
+    }
+
+    async fn shutdown(&mut self, _code: u32, _ctx: &str) {
+        self.flags.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    fn is_body_done(&mut self) -> bool {
+        self.body.is_none()
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.finish_body().await
+    }
+
+    fn is_body_empty(&mut self) -> bool {
+        self.body.is_none() && self.body_read == 0
+    }
+
+    async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
+        if no_body_expected || self.body.is_none() {
+            // Nothing to read; a peer going away shows up as a failed write.
+            std::future::pending::<()>().await;
+        }
+        self.read_body_bytes().await
+    }
+
+    fn body_bytes_sent(&self) -> usize {
+        self.body_sent
+    }
+
+    fn body_bytes_read(&self) -> usize {
+        self.body_read
+    }
+
+    fn digest(&self) -> Option<&Digest> {
+        None
+    }
+
+    fn digest_mut(&mut self) -> Option<&mut Digest> {
+        None
+    }
+
+    fn client_addr(&self) -> Option<&SocketAddr> {
+        self.client.as_ref()
+    }
+
+    fn server_addr(&self) -> Option<&SocketAddr> {
+        None
+    }
+
+    fn pseudo_raw_h1_request_header(&self) -> Bytes {
+        let mut text = format!("{} {} HTTP/1.1\r\n", self.req.method, self.req.uri);
+        for (k, v) in self.req.headers.iter() {
+            text.push_str(&format!(
+                "{}: {}\r\n",
+                k,
+                String::from_utf8_lossy(v.as_bytes())
+            ));
+        }
+        text.push_str("\r\n");
+        Bytes::from(text)
+    }
+
+    fn enable_retry_buffering(&mut self) {}
+
+    fn retry_buffer_truncated(&self) -> bool {
+        false
+    }
+
+    fn get_retry_buffer(&self) -> Option<Bytes> {
+        None
+    }
+
+    async fn finish_custom(&mut self) -> Result<()> {
+        self.finish_body().await
+    }
+
+    fn take_custom_message_reader(
+        &mut self,
+    ) -> Option<Box<dyn Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>> {
+        None
+    }
+
+    fn restore_custom_message_reader(
+        &mut self,
+        _reader: Box<dyn Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn take_custom_message_writer(&mut self) -> Option<Box<dyn CustomMessageWrite>> {
+        None
+    }
+
+    fn restore_custom_message_writer(
+        &mut self,
+        _writer: Box<dyn CustomMessageWrite>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}

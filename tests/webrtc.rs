@@ -1,0 +1,445 @@
+//! The WebRTC door end to end through the real binaries: a hub, an edge
+//! with `webrtc = true` that polls it for offers, and `meshcast play
+//! --webrtc` fetching every playlist and segment over a data channel and
+//! sending its acks back over it, credited exactly. On loopback here.
+
+mod support;
+
+use meshcast_control::identity::NodeKey;
+use serde_json::Value;
+use std::time::Duration;
+use support::hub::*;
+use support::*;
+
+/// The edge's node key (made on first use), as hex.
+fn edge_key(edge: &Edge) -> String {
+    let key = edge.dir.join("node.key");
+    if !key.exists() {
+        NodeKey::generate().unwrap().save(&key).unwrap();
+    }
+    hex::encode(NodeKey::load(&key).unwrap().public().to_bytes())
+}
+
+fn node_extra(edge: &Edge, hub: &Hub) -> String {
+    format!(
+        "[site.tokens]\npaths = [\"/v/\"]\n[node]\nkey = \"{}\"\nhub = \"{}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nack_grace = \"3s\"\nheartbeat = \"1s\"\n",
+        edge.dir.join("node.key").display(),
+        hub.url(""),
+        edge.url(""),
+        edge.dir.join("state").display()
+    )
+}
+
+/// Turns on the WebRTC door in an edge's written config.
+fn enable_webrtc(edge: &Edge) {
+    let text = std::fs::read_to_string(&edge.config).unwrap();
+    let text = text.replacen("[edge]\n", "[edge]\nwebrtc = true\n", 1);
+    std::fs::write(&edge.config, text).unwrap();
+}
+
+async fn node_record(hub: &Hub, node: &str) -> Result<Value, String> {
+    let v = get_json(&hub.client(), &hub.url("/v1/nodes")).await;
+    v["nodes"]
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["id"] == node).cloned())
+        .ok_or_else(|| format!("node {node} not listed: {v}"))
+}
+
+fn play(args: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+        .arg("play")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meshcast play: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_fetches_everything_over_the_data_channel_and_is_credited_exactly() {
+    let edge_port = free_port();
+    let mut hub = Hub::config(&format!("http://127.0.0.1:{edge_port}"));
+    let mut edge = Edge::config(hub.addr(), "");
+    hub.bond_at_genesis(&[edge_key(&edge)]);
+    hub.launch().await;
+    edge.port = edge_port;
+    edge.write_config(hub.addr(), &node_extra(&edge, &hub));
+    enable_webrtc(&edge);
+    let edge = edge.start().await;
+    let node = NodeKey::load(&edge.dir.join("node.key")).unwrap().id();
+    let src = hub.dir.join("clip.mp4");
+    make_video(&src, 4, "640x360");
+    let id = hub.publish(&src).await;
+    eventually(
+        "the edge polls the hub for offers",
+        Duration::from_secs(20),
+        || async {
+            let n = node_record(&hub, &node).await?;
+            (n["webrtc"] == true && n["admitted"] == true)
+                .then_some(())
+                .ok_or(format!("{n}"))
+        },
+    )
+    .await;
+
+    let url = edge.url(&format!("/v/{id}/master.m3u8"));
+    let report = play(&["--ack", "--webrtc", "--json", "--hub", &hub.url(""), &url]);
+    assert_eq!(report["rtc_node"], node, "{report}");
+    assert_eq!(report["http_fallbacks"], 0, "{report}");
+    // Every fetch and every ack batch came over the channel.
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(
+        report["rtc_responses"].as_u64().unwrap() > requests,
+        "{report}"
+    );
+    let bytes = report["receipt_bytes"].as_u64().unwrap();
+    assert!(bytes > 100_000, "{report}");
+    assert_eq!(report["acked_bytes"].as_u64(), Some(bytes), "{report}");
+    assert_eq!(report["acks_accepted"], report["receipts"], "{report}");
+    assert!(report["segments"].as_u64().unwrap() >= 2, "{report}");
+
+    // The same pipeline: its access log names the door.
+    let log = std::fs::read_to_string(edge.dir.join("access.log")).unwrap_or_default();
+    let over_rtc = log.lines().filter(|l| l.contains("WebRTC")).count() as u64;
+    assert!(over_rtc > requests, "{over_rtc} WebRTC lines:\n{log}");
+    assert_eq!(
+        edge.metric("meshcast_rtc_peers_total{outcome=\"answered\"}")
+            .await,
+        1.0
+    );
+
+    // Credited exactly what was acknowledged over the channel.
+    eventually(
+        "the hub credits the acked bytes",
+        Duration::from_secs(40),
+        || async {
+            let n = node_record(&hub, &node).await?;
+            let credited = n["credited_bytes"].as_u64().unwrap_or(0);
+            assert!(
+                credited <= bytes,
+                "credited {credited} > delivered {bytes}: {n}"
+            );
+            (credited == bytes).then_some(()).ok_or(format!("{n}"))
+        },
+    )
+    .await;
+}
+
+/// A home network behind NAT, made of two network namespaces: `home` (the
+/// node, 10.232.N.2) routes through `router`, which masquerades it to
+/// 10.231.N.2 on a veth pair to the host (10.231.N.1). No port is
+/// forwarded and the host has no route into the home network.
+struct Nat {
+    home: String,
+    router: String,
+    host_link: String,
+    n: u32,
+}
+
+impl Nat {
+    /// None (with the reason) when this machine cannot make namespaces.
+    fn try_new() -> Result<Nat, String> {
+        let n = 20 + std::process::id() % 200;
+        let nat = Nat {
+            home: format!("mc-home-{n}"),
+            router: format!("mc-rtr-{n}"),
+            host_link: format!("mch{n}"),
+            n,
+        };
+        let (h, r, up, down, home_if) = (
+            nat.home.as_str(),
+            nat.router.as_str(),
+            nat.host_link.as_str(),
+            format!("mcd{n}"),
+            format!("mci{n}"),
+        );
+        let (host_ip, router_up, router_down, home_ip) = (
+            format!("10.231.{n}.1/24"),
+            format!("10.231.{n}.2/24"),
+            format!("10.232.{n}.1/24"),
+            format!("10.232.{n}.2/24"),
+        );
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["ip", "netns", "add", h],
+            vec!["ip", "netns", "add", r],
+            vec![
+                "ip", "link", "add", up, "type", "veth", "peer", "name", "mcu", "netns", r,
+            ],
+            vec!["ip", "addr", "add", &host_ip, "dev", up],
+            vec!["ip", "link", "set", up, "up"],
+            vec!["ip", "-n", r, "addr", "add", &router_up, "dev", "mcu"],
+            vec!["ip", "-n", r, "link", "set", "mcu", "up"],
+            vec!["ip", "-n", r, "link", "set", "lo", "up"],
+            vec![
+                "ip", "-n", r, "link", "add", &down, "type", "veth", "peer", "name", &home_if,
+                "netns", h,
+            ],
+            vec!["ip", "-n", r, "addr", "add", &router_down, "dev", &down],
+            vec!["ip", "-n", r, "link", "set", &down, "up"],
+            vec!["ip", "-n", h, "addr", "add", &home_ip, "dev", &home_if],
+            vec!["ip", "-n", h, "link", "set", &home_if, "up"],
+            vec!["ip", "-n", h, "link", "set", "lo", "up"],
+            vec![
+                "ip",
+                "-n",
+                h,
+                "route",
+                "add",
+                "default",
+                "via",
+                &router_down[..router_down.len() - 3],
+            ],
+            vec![
+                "ip",
+                "netns",
+                "exec",
+                r,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+            vec![
+                "ip",
+                "netns",
+                "exec",
+                r,
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "mcu",
+                "-j",
+                "MASQUERADE",
+            ],
+        ];
+        for step in steps {
+            let out = std::process::Command::new(step[0])
+                .args(&step[1..])
+                .output()
+                .map_err(|e| format!("{}: {e}", step.join(" ")))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{}: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(nat)
+    }
+
+    fn host_ip(&self) -> String {
+        format!("10.231.{}.1", self.n)
+    }
+}
+
+impl Drop for Nat {
+    fn drop(&mut self) {
+        for args in [
+            vec!["link", "del", self.host_link.as_str()],
+            vec!["netns", "del", self.home.as_str()],
+            vec!["netns", "del", self.router.as_str()],
+        ] {
+            let _ = std::process::Command::new("ip").args(args).output();
+        }
+    }
+}
+
+/// The WebRTC node: on loopback an ordinary edge process, behind NAT the
+/// same binary run inside the home namespace.
+struct Node {
+    child: std::process::Child,
+    id: String,
+    /// Its config and state (removed when dropped, after the process).
+    edge: Edge,
+}
+
+impl Node {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.edge.dir.join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Net {
+    hub: Hub,
+    /// An HTTP edge on the host: serves the page, the fallback.
+    edge: Edge,
+    node: Node,
+    id: String,
+    _nat: Option<Nat>,
+}
+
+/// A hub, an HTTP edge, and a WebRTC node (behind NAT when `nat`), both
+/// bonded; a published `secs`-second video; the node polling for offers.
+async fn network(nat: Option<Nat>, secs: u32) -> Net {
+    let edge_port = free_port();
+    let mut hub = Hub::config(&format!("http://127.0.0.1:{edge_port}"));
+    let mut edge = Edge::config(hub.addr(), "");
+    let node_edge = Edge::config(hub.addr(), "");
+    hub.bond_at_genesis(&[edge_key(&edge), edge_key(&node_edge)]);
+    // Reached from the home namespace through the NAT, so on every address.
+    let text = std::fs::read_to_string(&hub.config).unwrap();
+    std::fs::write(
+        &hub.config,
+        text.replacen("listen = \"127.0.0.1:", "listen = \"0.0.0.0:", 1),
+    )
+    .unwrap();
+    hub.launch().await;
+    edge.port = edge_port;
+    edge.write_config(hub.addr(), &node_extra(&edge, &hub));
+    let edge = edge.start().await;
+
+    // The node reaches the hub (its origin and its signalling) at the
+    // host's address on the NAT's far side, or on loopback.
+    let hub_addr: std::net::SocketAddr = match &nat {
+        Some(n) => format!("{}:{}", n.host_ip(), hub.port).parse().unwrap(),
+        None => hub.addr(),
+    };
+    let hub_url = format!("http://{hub_addr}");
+    let extra = node_extra(&node_edge, &hub).replace(&hub.url(""), &hub_url);
+    node_edge.write_config(hub_addr, &extra);
+    enable_webrtc(&node_edge);
+    let bin = env!("CARGO_BIN_EXE_meshcast");
+    let mut cmd = match &nat {
+        Some(n) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", &n.home, bin]);
+            c
+        }
+        None => std::process::Command::new(bin),
+    };
+    let child = cmd
+        .args(["edge", "--config"])
+        .arg(&node_edge.config)
+        .env("MESHCAST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the WebRTC node");
+    let id = NodeKey::load(&node_edge.dir.join("node.key")).unwrap().id();
+    let node = Node {
+        child,
+        id,
+        edge: node_edge,
+    };
+    let src = hub.dir.join("clip.mp4");
+    make_video(&src, secs, "640x360");
+    let video = hub.publish(&src).await;
+    eventually(
+        "the node polls the hub for offers",
+        Duration::from_secs(30),
+        || async {
+            let n = node_record(&hub, &node.id).await?;
+            (n["webrtc"] == true && n["admitted"] == true)
+                .then_some(())
+                .ok_or(format!("{n}"))
+        },
+    )
+    .await;
+    Net {
+        hub,
+        edge,
+        node,
+        id: video,
+        _nat: nat,
+    }
+}
+
+/// Chromium with the node's and its own real addresses in ICE (no mDNS
+/// names, which a node cannot resolve) and loopback allowed.
+const RTC_CHROMIUM: &str =
+    "--disable-features=WebRtcHideLocalIpsWithMdns --allow-loopback-in-peer-connection";
+
+/// Plays `?via=webrtc` in Chromium through the HTTP edge's page; checks
+/// that every media request took the data channel and the node is credited
+/// exactly what the page acknowledged.
+async fn chromium_plays_over_the_channel(net: &Net) {
+    let page = net.edge.url(&format!("/play/{}?via=webrtc", net.id));
+    let result = play_in_chromium_with(&page, RTC_CHROMIUM);
+    assert_eq!(result["ended"], true, "{result}");
+    assert_eq!(result["errors"], serde_json::json!([]), "{result}");
+    let rtc = &result["rtc"];
+    assert_eq!(rtc["node"], net.node.id.as_str(), "{result}");
+    assert_eq!(rtc["http"], 0, "every request over the channel: {result}");
+    assert!(rtc["rtc"].as_u64().unwrap() >= 4, "{result}");
+    let acks = &result["acks"];
+    let acked = acks["ackedBytes"].as_u64().unwrap();
+    assert!(acked > 100_000, "{result}");
+    assert_eq!(acks["bytes"].as_u64(), Some(acked), "{result}");
+    assert_eq!(acks["errors"], serde_json::json!([]), "{result}");
+    eventually(
+        "the node is credited the acked bytes",
+        Duration::from_secs(40),
+        || async {
+            let n = node_record(&net.hub, &net.node.id).await?;
+            let credited = n["credited_bytes"].as_u64().unwrap_or(0);
+            assert!(
+                credited <= acked,
+                "credited {credited} > acked {acked}: {n}"
+            );
+            (credited == acked).then_some(()).ok_or(format!("{n}"))
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_from_a_node_behind_nat_over_the_data_channel() {
+    let nat = match Nat::try_new() {
+        Ok(n) => Some(n),
+        Err(why) => {
+            // CI without CAP_NET_ADMIN: the same test on loopback.
+            eprintln!("no network namespaces ({why}); on loopback instead");
+            None
+        }
+    };
+    let net = network(nat, 4).await;
+    chromium_plays_over_the_channel(&net).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_falls_back_to_http_when_the_node_dies_mid_play() {
+    let mut net = network(None, 12).await;
+    let page = net.edge.url(&format!("/play/{}?via=webrtc", net.id));
+    let browser = tokio::task::spawn_blocking(move || play_in_chromium_with(&page, RTC_CHROMIUM));
+    let node = &mut net.node;
+    eventually(
+        "segments served over the channel",
+        Duration::from_secs(40),
+        || async {
+            let log = node.access_log();
+            let n = log
+                .lines()
+                .filter(|l| l.contains("WebRTC") && l.contains(".m4s"))
+                .count();
+            (n >= 3).then_some(()).ok_or(format!("{n} segments so far"))
+        },
+    )
+    .await;
+    net.node.kill();
+    let result = browser.await.unwrap();
+    assert_eq!(result["ended"], true, "{result}");
+    assert_eq!(result["errors"], serde_json::json!([]), "{result}");
+    let rtc = &result["rtc"];
+    assert!(rtc["rtc"].as_u64().unwrap() >= 3, "{result}");
+    assert!(
+        rtc["http"].as_u64().unwrap() >= 1,
+        "the rest over HTTP: {result}"
+    );
+}
