@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 ensure_packages cmake:cmake gcc:cc g++:c++ pkg-config:pkg-config procps:kill curl:curl openssl:openssl \
-  ffmpeg:ffmpeg chromium:chromium nodejs:node npm:npm nginx:nginx wrk:wrk
+  ffmpeg:ffmpeg chromium:chromium nodejs:node npm:npm nginx:nginx wrk:wrk \
+  iproute2:ip iptables:iptables
 ensure_rust
 npm ci --no-audit --no-fund --loglevel=error
 # A clean clone never reuses incremental state; skipping it saves disk and time.

@@ -30,11 +30,34 @@ fn node_extra(edge: &Edge, hub: &Hub) -> String {
     )
 }
 
-/// Turns on the WebRTC door in an edge's written config.
-fn enable_webrtc(edge: &Edge) {
+/// Turns on the WebRTC door in an edge's written config, with `extra`
+/// more lines of `[edge]`.
+fn enable_webrtc(edge: &Edge, extra: &str) {
     let text = std::fs::read_to_string(&edge.config).unwrap();
-    let text = text.replacen("[edge]\n", "[edge]\nwebrtc = true\n", 1);
+    let text = text.replacen("[edge]\n", &format!("[edge]\nwebrtc = true\n{extra}"), 1);
     std::fs::write(&edge.config, text).unwrap();
+}
+
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>;
+
+/// A STUN server (RFC 8489 binding requests only) on `ip`: its address,
+/// and the sources it has answered.
+async fn stun_server(ip: std::net::IpAddr) -> (std::net::SocketAddr, Seen) {
+    use meshcast_control::rtc::stun;
+    let socket = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let seen = Seen::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            if let Some(reply) = stun::binding_success(&buf[..n], from) {
+                let _ = socket.send_to(&reply, from).await;
+                log.lock().unwrap().push(from);
+            }
+        }
+    });
+    (addr, seen)
 }
 
 async fn node_record(hub: &Hub, node: &str) -> Result<Value, String> {
@@ -68,7 +91,7 @@ async fn a_player_fetches_everything_over_the_data_channel_and_is_credited_exact
     hub.launch().await;
     edge.port = edge_port;
     edge.write_config(hub.addr(), &node_extra(&edge, &hub));
-    enable_webrtc(&edge);
+    enable_webrtc(&edge, "");
     let edge = edge.start().await;
     let node = NodeKey::load(&edge.dir.join("node.key")).unwrap().id();
     let src = hub.dir.join("clip.mp4");
@@ -138,17 +161,30 @@ struct Nat {
     router: String,
     host_link: String,
     n: u32,
+    /// The host's primary address: the browser's, on the internet side.
+    primary: std::net::IpAddr,
 }
 
 impl Nat {
     /// None (with the reason) when this machine cannot make namespaces.
     fn try_new() -> Result<Nat, String> {
         let n = 20 + std::process::id() % 200;
+        // Chromium's ICE socket is bound to the wildcard address and its
+        // candidate is the host's primary one: replies into the NAT must
+        // come from that address (as from a browser on the internet), or
+        // the router's connection tracking drops them.
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        probe
+            .connect("203.0.113.1:9")
+            .map_err(|e| format!("no default route: {e}"))?;
+        let primary_ip = probe.local_addr().map_err(|e| e.to_string())?.ip();
+        let primary = primary_ip.to_string();
         let nat = Nat {
             home: format!("mc-home-{n}"),
             router: format!("mc-rtr-{n}"),
             host_link: format!("mch{n}"),
             n,
+            primary: primary_ip,
         };
         let (h, r, up, down, home_if) = (
             nat.home.as_str(),
@@ -163,6 +199,7 @@ impl Nat {
             format!("10.232.{n}.1/24"),
             format!("10.232.{n}.2/24"),
         );
+        let wan = format!("10.231.{n}.0/24");
         let steps: Vec<Vec<&str>> = vec![
             vec!["ip", "netns", "add", h],
             vec!["ip", "netns", "add", r],
@@ -171,9 +208,22 @@ impl Nat {
             ],
             vec!["ip", "addr", "add", &host_ip, "dev", up],
             vec!["ip", "link", "set", up, "up"],
+            vec!["ip", "route", "replace", &wan, "dev", up, "src", &primary],
             vec!["ip", "-n", r, "addr", "add", &router_up, "dev", "mcu"],
             vec!["ip", "-n", r, "link", "set", "mcu", "up"],
             vec!["ip", "-n", r, "link", "set", "lo", "up"],
+            // The router's uplink is the host: its every address is reached
+            // through it, as the internet is through a home router's.
+            vec![
+                "ip",
+                "-n",
+                r,
+                "route",
+                "add",
+                "default",
+                "via",
+                &host_ip[..host_ip.len() - 3],
+            ],
             vec![
                 "ip", "-n", r, "link", "add", &down, "type", "veth", "peer", "name", &home_if,
                 "netns", h,
@@ -283,7 +333,9 @@ struct Net {
     edge: Edge,
     node: Node,
     id: String,
-    _nat: Option<Nat>,
+    /// Behind NAT: who asked the host's STUN server for their address.
+    stun_seen: Option<Seen>,
+    nat: Option<Nat>,
 }
 
 /// A hub, an HTTP edge, and a WebRTC node (behind NAT when `nat`), both
@@ -315,7 +367,16 @@ async fn network(nat: Option<Nat>, secs: u32) -> Net {
     let hub_url = format!("http://{hub_addr}");
     let extra = node_extra(&node_edge, &hub).replace(&hub.url(""), &hub_url);
     node_edge.write_config(hub_addr, &extra);
-    enable_webrtc(&node_edge);
+    // Behind the NAT the node asks a STUN server on the host's primary
+    // address (the internet side) for its public address.
+    let stun = match &nat {
+        Some(n) => Some(stun_server(n.primary).await),
+        None => None,
+    };
+    let stun_line = stun
+        .as_ref()
+        .map_or(String::new(), |(a, _)| format!("webrtc_stun = [\"{a}\"]\n"));
+    enable_webrtc(&node_edge, &stun_line);
     let bin = env!("CARGO_BIN_EXE_meshcast");
     let mut cmd = match &nat {
         Some(n) => {
@@ -328,7 +389,11 @@ async fn network(nat: Option<Nat>, secs: u32) -> Net {
     let child = cmd
         .args(["edge", "--config"])
         .arg(&node_edge.config)
-        .env("MESHCAST_LOG", "warn")
+        // NODE_LOG=is=trace,str0m=debug shows the node's ICE checks.
+        .env(
+            "MESHCAST_LOG",
+            std::env::var("NODE_LOG").unwrap_or("warn".into()),
+        )
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start the WebRTC node");
@@ -357,7 +422,8 @@ async fn network(nat: Option<Nat>, secs: u32) -> Net {
         edge,
         node,
         id: video,
-        _nat: nat,
+        stun_seen: stun.map(|(_, seen)| seen),
+        nat,
     }
 }
 
@@ -369,7 +435,7 @@ const RTC_CHROMIUM: &str =
 /// Plays `?via=webrtc` in Chromium through the HTTP edge's page; checks
 /// that every media request took the data channel and the node is credited
 /// exactly what the page acknowledged.
-async fn chromium_plays_over_the_channel(net: &Net) {
+async fn chromium_plays_over_the_channel(net: &Net) -> Value {
     let page = net.edge.url(&format!("/play/{}?via=webrtc", net.id));
     let result = play_in_chromium_with(&page, RTC_CHROMIUM);
     assert_eq!(result["ended"], true, "{result}");
@@ -397,6 +463,7 @@ async fn chromium_plays_over_the_channel(net: &Net) {
         },
     )
     .await;
+    result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,7 +477,22 @@ async fn chromium_plays_from_a_node_behind_nat_over_the_data_channel() {
         }
     };
     let net = network(nat, 4).await;
-    chromium_plays_over_the_channel(&net).await;
+    let result = chromium_plays_over_the_channel(&net).await;
+    if let (Some(nat), Some(seen)) = (&net.nat, &net.stun_seen) {
+        // The node learned its public address (the router's) by STUN and
+        // offered it as a server-reflexive candidate.
+        let public = format!("10.231.{}.2", nat.n);
+        let asked = seen.lock().unwrap().clone();
+        assert!(
+            asked.iter().any(|a| a.ip().to_string() == public),
+            "STUN requests came from {asked:?}"
+        );
+        let offered = result["rtc"]["candidates"].to_string();
+        assert!(
+            offered.contains(&public) && offered.contains("typ srflx"),
+            "{offered}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -193,6 +193,85 @@ pub fn chunks(data: &bytes::Bytes) -> impl Iterator<Item = Frame> + '_ {
         .map(move |at| Frame::Body(data.slice(at..(at + MAX_CHUNK).min(data.len()))))
 }
 
+/// STUN (RFC 8489) binding, the one exchange a node needs to learn its
+/// public address: written here because str0m's STUN parser is ICE's and
+/// refuses messages without MESSAGE-INTEGRITY, which plain STUN servers
+/// neither send nor expect.
+pub mod stun {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    pub const COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+    const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    const MAPPED_ADDRESS: u16 = 0x0001;
+
+    /// A binding request with transaction id `trans` (no attributes).
+    pub fn binding_request(trans: [u8; 12]) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        out[1] = 0x01;
+        out[4..8].copy_from_slice(&COOKIE);
+        out[8..].copy_from_slice(&trans);
+        out
+    }
+
+    /// The mapped address in a binding success for `trans`, if `msg` is one.
+    pub fn mapped_address(msg: &[u8], trans: [u8; 12]) -> Option<SocketAddr> {
+        if msg.len() < 20 || msg[..2] != [0x01, 0x01] || msg[4..8] != COOKIE || msg[8..20] != trans
+        {
+            return None;
+        }
+        let len = u16::from_be_bytes([msg[2], msg[3]]) as usize;
+        let attrs = msg.get(20..20 + len)?;
+        let mut at = 0;
+        let mut plain = None;
+        while at + 4 <= attrs.len() {
+            let kind = u16::from_be_bytes([attrs[at], attrs[at + 1]]);
+            let alen = u16::from_be_bytes([attrs[at + 2], attrs[at + 3]]) as usize;
+            let value = attrs.get(at + 4..at + 4 + alen)?;
+            match kind {
+                XOR_MAPPED_ADDRESS => return address(value, &msg[4..20]),
+                MAPPED_ADDRESS => plain = address(value, &[0; 16]),
+                _ => {}
+            }
+            at += 4 + alen.div_ceil(4) * 4;
+        }
+        plain
+    }
+
+    /// An address attribute's value, XORed with `mask` (cookie + id).
+    fn address(v: &[u8], mask: &[u8]) -> Option<SocketAddr> {
+        let port = u16::from_be_bytes([v.get(2)? ^ mask[0], v.get(3)? ^ mask[1]]);
+        let ip = match v.get(1)? {
+            1 if v.len() >= 8 => IpAddr::V4(Ipv4Addr::from(std::array::from_fn::<u8, 4, _>(|i| {
+                v[4 + i] ^ mask[i]
+            }))),
+            2 if v.len() >= 20 => {
+                IpAddr::V6(Ipv6Addr::from(std::array::from_fn::<u8, 16, _>(|i| {
+                    v[4 + i] ^ mask[i]
+                })))
+            }
+            _ => return None,
+        };
+        Some(SocketAddr::new(ip, port))
+    }
+
+    /// A binding success mapping `request`'s sender to `mapped` (IPv4), as
+    /// a STUN server answers; for tests that play one.
+    pub fn binding_success(request: &[u8], mapped: SocketAddr) -> Option<Vec<u8>> {
+        let SocketAddr::V4(v4) = mapped else {
+            return None;
+        };
+        if request.len() < 20 || request[..2] != [0, 1] || request[4..8] != COOKIE {
+            return None;
+        }
+        let mut out = vec![0x01, 0x01, 0, 12];
+        out.extend_from_slice(&request[4..20]);
+        out.extend_from_slice(&[0x00, 0x20, 0, 8, 0, 1]);
+        out.extend_from_slice(&(v4.port() ^ 0x2112).to_be_bytes());
+        out.extend(v4.ip().octets().iter().zip(COOKIE).map(|(b, c)| b ^ c));
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +329,35 @@ mod tests {
         assert_eq!(
             Frame::decode(&long),
             Err(FrameError::TooLong(MAX_FRAME + 1))
+        );
+    }
+
+    #[test]
+    fn a_stun_binding_round_trips_and_strangers_are_ignored() {
+        let trans = [7u8; 12];
+        let req = stun::binding_request(trans);
+        let public: std::net::SocketAddr = "203.0.113.7:40000".parse().unwrap();
+        let reply = stun::binding_success(&req, public).unwrap();
+        assert_eq!(stun::mapped_address(&reply, trans), Some(public));
+        // Another transaction's reply, a request, junk: no address.
+        assert_eq!(stun::mapped_address(&reply, [8u8; 12]), None);
+        assert_eq!(stun::mapped_address(&req, trans), None);
+        assert_eq!(stun::mapped_address(&reply[..22], trans), None);
+        assert_eq!(stun::mapped_address(b"junk", trans), None);
+        // RFC 5769 §2.2: a server's IPv4 response (XOR-MAPPED-ADDRESS
+        // 192.0.2.1:32853), with other attributes before it.
+        let vector = hex::decode(concat!(
+            "0101003c2112a442b7e7a701bc34d686fa87dfae",
+            "8022000b7465737420766563746f7220",
+            "002000080001a147e112a643",
+            "000800142b91f599fd9e90c38c7489f92af9ba53f06be7d7",
+            "80280004c07d4c96"
+        ))
+        .unwrap();
+        let trans: [u8; 12] = vector[8..20].try_into().unwrap();
+        assert_eq!(
+            stun::mapped_address(&vector, trans),
+            Some("192.0.2.1:32853".parse().unwrap())
         );
     }
 

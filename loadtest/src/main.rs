@@ -13,6 +13,7 @@ mod origin;
 mod procstat;
 mod receipts;
 mod report;
+mod rtc;
 mod servers;
 mod shards;
 mod transcode;
@@ -140,6 +141,17 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
+    /// Objects over the WebRTC door's data channel vs HTTP/1.1 from the same edge: time to first byte and throughput.
+    Rtc {
+        #[command(flatten)]
+        common: Common,
+        /// Requests per object per run (default 40; 5 with --quick).
+        #[arg(long)]
+        requests: Option<usize>,
+        /// Runs per door, alternating (default 5; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
     /// Storage on the network: misses from shards vs from the hub, and the repair of two lost nodes.
     Shards {
         #[command(flatten)]
@@ -202,6 +214,18 @@ fn main() -> anyhow::Result<()> {
                 common,
             };
             rt.block_on(compare::run(opts))
+        }
+        Command::Rtc {
+            common,
+            requests,
+            rounds,
+        } => {
+            let opts = rtc::Options {
+                requests: requests.unwrap_or(if common.quick { 5 } else { 40 }),
+                rounds: rounds.unwrap_or(if common.quick { 1 } else { 5 }),
+                common,
+            };
+            rt.block_on(rtc::run(opts))
         }
         Command::Http3 {
             common,

@@ -186,7 +186,10 @@
       dc.addEventListener('open', ok);
       setTimeout(() => fail(new Error('the data channel did not open')), opts.openMs || 10000);
     });
-    return new Channel(pc, dc, v.node && v.node.id, hubBase);
+    const channel = new Channel(pc, dc, v.node && v.node.id, hubBase);
+    // The node's ICE candidates, to see how it offered itself.
+    channel.stats.candidates = v.answer.sdp.split(/\r?\n/).filter((l) => l.startsWith('a=candidate'));
+    return channel;
   }
 
   global.MeshcastRtc = { connect };

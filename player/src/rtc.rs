@@ -25,6 +25,8 @@ const MAX_BODY: usize = 256 << 20;
 
 #[derive(Debug)]
 pub struct RtcResponse {
+    /// From the request's send to its response head.
+    pub ttfb: Duration,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -158,6 +160,8 @@ impl RtcChannel {
 }
 
 struct Pending {
+    sent: Instant,
+    ttfb: Duration,
     head: Option<ResponseHead>,
     body: Vec<u8>,
     reply: oneshot::Sender<Result<RtcResponse, String>>,
@@ -266,6 +270,8 @@ impl Driver {
         self.waiting.insert(
             id,
             Pending {
+                sent: Instant::now(),
+                ttfb: Duration::ZERO,
                 head: None,
                 body: Vec::new(),
                 reply: c.reply,
@@ -282,7 +288,10 @@ impl Driver {
             return;
         };
         match frame {
-            Frame::Response(h) => p.head = Some(h),
+            Frame::Response(h) => {
+                p.ttfb = p.sent.elapsed();
+                p.head = Some(h);
+            }
             Frame::Body(b) if p.body.len() + b.len() <= MAX_BODY => p.body.extend_from_slice(&b),
             Frame::Body(_) => {
                 let p = self.waiting.remove(&id).expect("looked up above");
@@ -294,6 +303,7 @@ impl Driver {
                 let p = self.waiting.remove(&id).expect("looked up above");
                 let result = match p.head {
                     Some(h) => Ok(RtcResponse {
+                        ttfb: p.ttfb,
                         status: h.status,
                         headers: h.headers,
                         body: p.body,

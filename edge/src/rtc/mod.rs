@@ -73,40 +73,32 @@ fn address_towards(hub: &str) -> Option<IpAddr> {
 }
 
 /// `socket`'s address as the STUN server `server` ("host:port") sees it: a
-/// binding request (RFC 8489), three tries half a second apart.
+/// binding request, three tries half a second apart.
 async fn reflexive(socket: &UdpSocket, server: &str) -> Result<SocketAddr, String> {
-    use str0m::ice::{StunMessage, StunMessageBuilder, TransId};
+    use meshcast_control::rtc::stun;
     let target = tokio::net::lookup_host(server)
         .await
         .map_err(|e| format!("{server}: {e}"))?
         .find(|a| a.is_ipv4() == socket.local_addr().is_ok_and(|l| l.is_ipv4()))
         .ok_or_else(|| format!("{server}: no address of the socket's family"))?;
-    let trans = TransId::new();
-    let mut request = [0u8; 128];
-    let n = StunMessageBuilder::new()
-        .binding()
-        .request()
-        .build(trans)
-        .to_bytes(None, &mut request, |_, _| [0; 20])
-        .map_err(|e| e.to_string())?;
+    let mut trans = [0u8; 12];
+    getrandom::fill(&mut trans).map_err(|e| e.to_string())?;
+    let request = stun::binding_request(trans);
     let mut buf = [0u8; 1500];
     for _ in 0..3 {
         socket
-            .send_to(&request[..n], target)
+            .send_to(&request, target)
             .await
             .map_err(|e| format!("{server}: {e}"))?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
         while let Ok(Ok((len, from))) =
             tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
         {
-            let Ok(reply) = StunMessage::parse(&buf[..len]) else {
-                continue;
-            };
-            if from == target && reply.trans_id() == trans && reply.is_successful_binding_response()
+            if let Some(mapped) = (from == target)
+                .then(|| stun::mapped_address(&buf[..len], trans))
+                .flatten()
             {
-                return reply
-                    .mapped_address()
-                    .ok_or_else(|| format!("{server}: no XOR-MAPPED-ADDRESS in the reply"));
+                return Ok(mapped);
             }
         }
     }
@@ -123,7 +115,11 @@ pub fn accept(
     let offer: SdpOffer =
         serde_json::from_value(offer.clone()).map_err(|e| format!("not an SDP offer: {e}"))?;
     let local = socket.local_addr().map_err(|e| e.to_string())?;
-    let mut rtc = RtcConfig::new().build(Instant::now());
+    // Buffered counts until acknowledged, so it caps the data in flight:
+    // str0m's 128 KiB default is under 1 MB/s at a 100 ms round trip.
+    let mut rtc = RtcConfig::new()
+        .set_sctp_max_buffered_amount(peer::SCTP_BUFFER)
+        .build(Instant::now());
     let host = Candidate::host(local, "udp").map_err(|e| e.to_string())?;
     rtc.add_local_candidate(host)
         .ok_or("the host candidate was refused")?;
@@ -276,5 +272,33 @@ impl BackgroundService for RtcDoor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stun_server_tells_the_node_its_public_address() {
+        let public: SocketAddr = "203.0.113.7:40000".parse().unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            let (n, from) = server.recv_from(&mut buf).await.unwrap();
+            let reply = meshcast_control::rtc::stun::binding_success(&buf[..n], public).unwrap();
+            server.send_to(&reply, from).await.unwrap();
+        });
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(reflexive(&socket, &addr.to_string()).await, Ok(public));
+    }
+
+    #[tokio::test]
+    async fn a_silent_stun_server_is_an_error_not_a_hang() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let got = reflexive(&socket, &silent.local_addr().unwrap().to_string()).await;
+        assert!(got.unwrap_err().contains("no STUN reply"));
     }
 }

@@ -29,6 +29,9 @@ const MAX_REQUEST_BODY: usize = 2 << 20;
 /// Writes stop above this much buffered on the channel and resume below
 /// `LOW_WATER` (the channel's buffered-amount-low event).
 const HIGH_WATER: usize = 1 << 20;
+/// str0m's cap on buffered (unacknowledged) bytes: above the high-water
+/// mark, so a frame is refused only when the peer is truly behind.
+pub const SCTP_BUFFER: usize = HIGH_WATER + 2 * meshcast_control::rtc::MAX_FRAME;
 const LOW_WATER: usize = 256 << 10;
 /// Response frames queued between the pipeline and this task.
 const OUT_QUEUE: usize = 64;
