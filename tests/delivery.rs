@@ -25,30 +25,6 @@ struct Net {
     node: String,
 }
 
-/// The edge's node key (made on first use), as hex.
-fn edge_key(edge: &Edge) -> String {
-    let key = edge.dir.join("node.key");
-    if !key.exists() {
-        NodeKey::generate().unwrap().save(&key).unwrap();
-    }
-    hex::encode(NodeKey::load(&key).unwrap().public().to_bytes())
-}
-
-/// The `[node]` section and token rule an edge of `hub` gets: a grace
-/// longer than the plugin's 2 s ack interval. No epoch length: the edge
-/// takes the network's (2 s on the test hub's chain) from the hub.
-fn node_extra(edge: &Edge, hub: &Hub) -> String {
-    edge_key(edge);
-    let key = edge.dir.join("node.key");
-    format!(
-        "[site.tokens]\npaths = [\"/v/\"]\n[node]\nkey = \"{}\"\nhub = \"{}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nack_grace = \"3s\"\nheartbeat = \"1s\"\n",
-        key.display(),
-        hub.url(""),
-        edge.url(""),
-        edge.dir.join("state").display()
-    )
-}
-
 async fn network() -> Net {
     let edge_port = free_port();
     let mut hub = Hub::config(&format!("http://127.0.0.1:{edge_port}"));
@@ -129,16 +105,7 @@ async fn wait_credit(hub: &Hub, node: &str, bytes: u64) -> Value {
 }
 
 fn play(url: &str) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
-        .args(["play", "--ack", "--json", url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "meshcast play: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    meshcast_play(&["--ack", "--json", url])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

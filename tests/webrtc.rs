@@ -11,25 +11,6 @@ use std::time::Duration;
 use support::hub::*;
 use support::*;
 
-/// The edge's node key (made on first use), as hex.
-fn edge_key(edge: &Edge) -> String {
-    let key = edge.dir.join("node.key");
-    if !key.exists() {
-        NodeKey::generate().unwrap().save(&key).unwrap();
-    }
-    hex::encode(NodeKey::load(&key).unwrap().public().to_bytes())
-}
-
-fn node_extra(edge: &Edge, hub: &Hub) -> String {
-    format!(
-        "[site.tokens]\npaths = [\"/v/\"]\n[node]\nkey = \"{}\"\nhub = \"{}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nack_grace = \"3s\"\nheartbeat = \"1s\"\n",
-        edge.dir.join("node.key").display(),
-        hub.url(""),
-        edge.url(""),
-        edge.dir.join("state").display()
-    )
-}
-
 /// Turns on the WebRTC door in an edge's written config, with `extra`
 /// more lines of `[edge]`.
 fn enable_webrtc(edge: &Edge, extra: &str) {
@@ -60,26 +41,30 @@ async fn stun_server(ip: std::net::IpAddr) -> (std::net::SocketAddr, Seen) {
     (addr, seen)
 }
 
+/// Waits until the hub has credited `node` exactly `bytes`; fails on more.
+async fn wait_credited(hub: &Hub, node: &str, bytes: u64) {
+    eventually(
+        "the hub credits the acked bytes",
+        Duration::from_secs(40),
+        || async {
+            let n = node_record(hub, node).await?;
+            let credited = n["credited_bytes"].as_u64().unwrap_or(0);
+            assert!(
+                credited <= bytes,
+                "credited {credited} > acked {bytes}: {n}"
+            );
+            (credited == bytes).then_some(()).ok_or(format!("{n}"))
+        },
+    )
+    .await;
+}
+
 async fn node_record(hub: &Hub, node: &str) -> Result<Value, String> {
     let v = get_json(&hub.client(), &hub.url("/v1/nodes")).await;
     v["nodes"]
         .as_array()
         .and_then(|l| l.iter().find(|n| n["id"] == node).cloned())
         .ok_or_else(|| format!("node {node} not listed: {v}"))
-}
-
-fn play(args: &[&str]) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
-        .arg("play")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "meshcast play: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +95,7 @@ async fn a_player_fetches_everything_over_the_data_channel_and_is_credited_exact
     .await;
 
     let url = edge.url(&format!("/v/{id}/master.m3u8"));
-    let report = play(&["--ack", "--webrtc", "--json", "--hub", &hub.url(""), &url]);
+    let report = meshcast_play(&["--ack", "--webrtc", "--json", "--hub", &hub.url(""), &url]);
     assert_eq!(report["rtc_node"], node, "{report}");
     assert_eq!(report["http_fallbacks"], 0, "{report}");
     // Every fetch and every ack batch came over the channel.
@@ -136,20 +121,7 @@ async fn a_player_fetches_everything_over_the_data_channel_and_is_credited_exact
     );
 
     // Credited exactly what was acknowledged over the channel.
-    eventually(
-        "the hub credits the acked bytes",
-        Duration::from_secs(40),
-        || async {
-            let n = node_record(&hub, &node).await?;
-            let credited = n["credited_bytes"].as_u64().unwrap_or(0);
-            assert!(
-                credited <= bytes,
-                "credited {credited} > delivered {bytes}: {n}"
-            );
-            (credited == bytes).then_some(()).ok_or(format!("{n}"))
-        },
-    )
-    .await;
+    wait_credited(&hub, &node, bytes).await;
 }
 
 /// A home network behind NAT, made of two network namespaces: `home` (the
@@ -449,20 +421,7 @@ async fn chromium_plays_over_the_channel(net: &Net) -> Value {
     assert!(acked > 100_000, "{result}");
     assert_eq!(acks["bytes"].as_u64(), Some(acked), "{result}");
     assert_eq!(acks["errors"], serde_json::json!([]), "{result}");
-    eventually(
-        "the node is credited the acked bytes",
-        Duration::from_secs(40),
-        || async {
-            let n = node_record(&net.hub, &net.node.id).await?;
-            let credited = n["credited_bytes"].as_u64().unwrap_or(0);
-            assert!(
-                credited <= acked,
-                "credited {credited} > acked {acked}: {n}"
-            );
-            (credited == acked).then_some(()).ok_or(format!("{n}"))
-        },
-    )
-    .await;
+    wait_credited(&net.hub, &net.node.id, acked).await;
     result
 }
 

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod cache;
 mod cache_status;
 pub mod connections;
+mod custom_session;
 pub mod delivery;
 pub mod freshness;
 pub mod http_rules;

@@ -333,3 +333,43 @@ pub fn play_in_chromium_env(url: &str, env: &[(&str, &str)]) -> Value {
         )
     })
 }
+
+/// An edge's node key (made on first use), as hex.
+pub fn edge_key(edge: &super::Edge) -> String {
+    use meshcast_control::identity::NodeKey;
+    let key = edge.dir.join("node.key");
+    if !key.exists() {
+        NodeKey::generate().unwrap().save(&key).unwrap();
+    }
+    hex::encode(NodeKey::load(&key).unwrap().public().to_bytes())
+}
+
+/// The `[node]` section and token rule an edge of `hub` gets: a grace
+/// longer than the plugin's 2 s ack interval. No epoch length: the edge
+/// takes the network's (2 s on the test hub's chain) from the hub.
+pub fn node_extra(edge: &super::Edge, hub: &Hub) -> String {
+    edge_key(edge);
+    let key = edge.dir.join("node.key");
+    format!(
+        "[site.tokens]\npaths = [\"/v/\"]\n[node]\nkey = \"{}\"\nhub = \"{}\"\nadvertise = \"{}\"\nstate_dir = \"{}\"\nack_grace = \"3s\"\nheartbeat = \"1s\"\n",
+        key.display(),
+        hub.url(""),
+        edge.url(""),
+        edge.dir.join("state").display()
+    )
+}
+
+/// `meshcast play ARGS` (with `--json` among them); its report.
+pub fn meshcast_play(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshcast"))
+        .arg("play")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meshcast play: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -5,17 +5,13 @@
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
-use futures_util::Stream;
 use h3::server::RequestStream;
 use http::HeaderMap;
 use pingora_core::protocols::http::custom::server::Session as CustomSession;
-use pingora_core::protocols::http::custom::CustomMessageWrite;
 use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::l4::socket::SocketAddr;
-use pingora_core::protocols::Digest;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use std::time::Duration;
 
 type Stream3 = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
@@ -38,9 +34,7 @@ pub struct H3Session {
     body_read: usize,
     request_body_done: bool,
     finished: bool,
-    read_timeout: Option<Duration>,
-    write_timeout: Option<Duration>,
-    drain_timeout: Option<Duration>,
+    timeouts: crate::custom_session::Timeouts,
 }
 
 fn down(e: impl std::fmt::Display) -> Box<Error> {
@@ -83,9 +77,7 @@ impl H3Session {
             body_read: 0,
             request_body_done: no_body,
             finished: false,
-            read_timeout: None,
-            write_timeout: None,
-            drain_timeout: None,
+            timeouts: Default::default(),
         })
     }
 
@@ -107,13 +99,7 @@ impl H3Session {
 
 #[async_trait]
 impl CustomSession for H3Session {
-    fn req_header(&self) -> &RequestHeader {
-        &self.req
-    }
-
-    fn req_header_mut(&mut self) -> &mut RequestHeader {
-        &mut self.req
-    }
+    crate::custom_session::common_session_methods!();
 
     async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
         if self.request_body_done {
@@ -211,45 +197,8 @@ impl CustomSession for H3Session {
         Ok(end_stream)
     }
 
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
-        self.read_timeout = timeout;
-    }
-
-    fn get_read_timeout(&self) -> Option<Duration> {
-        self.read_timeout
-    }
-
-    fn set_write_timeout(&mut self, timeout: Option<Duration>) {
-        self.write_timeout = timeout;
-    }
-
-    fn get_write_timeout(&self) -> Option<Duration> {
-        self.write_timeout
-    }
-
-    fn set_total_drain_timeout(&mut self, timeout: Option<Duration>) {
-        self.drain_timeout = timeout;
-    }
-
-    fn get_total_drain_timeout(&self) -> Option<Duration> {
-        self.drain_timeout
-    }
-
     fn request_summary(&self) -> String {
-        format!(
-            "{} {}, Host: {} (HTTP/3)",
-            self.req.method,
-            self.req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            self.req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("")
-        )
-    }
-
-    fn response_written(&self) -> Option<&ResponseHeader> {
-        self.response.as_ref()
+        crate::custom_session::summary(&self.req, "(HTTP/3)")
     }
 
     async fn shutdown(&mut self, _code: u32, _ctx: &str) {
@@ -284,78 +233,7 @@ impl CustomSession for H3Session {
         self.read_body_bytes().await
     }
 
-    fn body_bytes_sent(&self) -> usize {
-        self.body_sent
-    }
-
-    fn body_bytes_read(&self) -> usize {
-        self.body_read
-    }
-
-    fn digest(&self) -> Option<&Digest> {
-        None
-    }
-
-    fn digest_mut(&mut self) -> Option<&mut Digest> {
-        None
-    }
-
-    fn client_addr(&self) -> Option<&SocketAddr> {
-        self.client.as_ref()
-    }
-
-    fn server_addr(&self) -> Option<&SocketAddr> {
-        self.server.as_ref()
-    }
-
-    fn pseudo_raw_h1_request_header(&self) -> Bytes {
-        let mut text = format!("{} {} HTTP/1.1\r\n", self.req.method, self.req.uri);
-        for (k, v) in self.req.headers.iter() {
-            text.push_str(&format!(
-                "{}: {}\r\n",
-                k,
-                String::from_utf8_lossy(v.as_bytes())
-            ));
-        }
-        text.push_str("\r\n");
-        Bytes::from(text)
-    }
-
-    fn enable_retry_buffering(&mut self) {}
-
-    fn retry_buffer_truncated(&self) -> bool {
-        false
-    }
-
-    fn get_retry_buffer(&self) -> Option<Bytes> {
-        None
-    }
-
     async fn finish_custom(&mut self) -> Result<()> {
         self.finish().await
-    }
-
-    fn take_custom_message_reader(
-        &mut self,
-    ) -> Option<Box<dyn Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>> {
-        None
-    }
-
-    fn restore_custom_message_reader(
-        &mut self,
-        _reader: Box<dyn Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>,
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    fn take_custom_message_writer(&mut self) -> Option<Box<dyn CustomMessageWrite>> {
-        None
-    }
-
-    fn restore_custom_message_writer(
-        &mut self,
-        _writer: Box<dyn CustomMessageWrite>,
-    ) -> Result<()> {
-        Ok(())
     }
 }
