@@ -768,6 +768,19 @@ origin = "http://127.0.0.1:8000"
     }
 
     #[test]
+    fn webrtc_needs_a_hub_and_stun_servers_are_host_and_port() {
+        let src = MINIMAL.replace("admin  =", "webrtc = true\nadmin  =");
+        let e = err(&src);
+        assert!(e.contains("edge.webrtc") && e.contains("[node]"), "{e}");
+        let src = MINIMAL.replace("admin  =", "webrtc_stun = [\"stun.example.org\"]\nadmin  =");
+        let e = err(&src);
+        assert!(
+            e.contains("edge.webrtc_stun") && e.contains("host:port"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_size_names_file_line_and_key() {
         let e = err(&MINIMAL.replace("\"10GiB\"", "\"10XB\""));
         assert!(e.starts_with("edge.toml:7:"), "{e}");
