@@ -27,12 +27,15 @@ pub const MAX_REQUESTS: usize = 32;
 /// A request body (acks) larger than this is refused.
 const MAX_REQUEST_BODY: usize = 2 << 20;
 /// Writes stop above this much buffered on the channel and resume below
-/// `LOW_WATER` (the channel's buffered-amount-low event).
-const HIGH_WATER: usize = 1 << 20;
+/// `LOW_WATER` (the channel's buffered-amount-low event). Buffered bytes
+/// are unacknowledged ones, so this caps what is in flight: 256 KiB is
+/// 40 Mbit/s at a 50 ms round trip, and more costs CPU, not speed
+/// (sctp-proto scans its in-flight queue per packet; BENCHMARKS.md).
+const HIGH_WATER: usize = 256 << 10;
 /// str0m's cap on buffered (unacknowledged) bytes: above the high-water
 /// mark, so a frame is refused only when the peer is truly behind.
 pub const SCTP_BUFFER: usize = HIGH_WATER + 2 * meshcast_control::rtc::MAX_FRAME;
-const LOW_WATER: usize = 256 << 10;
+const LOW_WATER: usize = 64 << 10;
 /// Response frames queued between the pipeline and this task.
 const OUT_QUEUE: usize = 64;
 
