@@ -122,6 +122,69 @@ async fn a_player_fetches_everything_over_the_data_channel_and_is_credited_exact
 
     // Credited exactly what was acknowledged over the channel.
     wait_credited(&hub, &node, bytes).await;
+
+    // A cheater cannot open a session with a token of its own making (to
+    // steer viewers and pay to a node it names), nor answer for a node.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stranger = NodeKey::generate().unwrap();
+    let forged = meshcast_control::token::issue(
+        &stranger,
+        &meshcast_control::token::TokenClaims {
+            issuer: stranger.public().to_bytes(),
+            prefix: format!("/v/{id}/"),
+            expires: now + 600,
+            budget: u64::MAX,
+            session: NodeKey::generate().unwrap().public().to_bytes(),
+            edges: vec![NodeKey::load(&edge.dir.join("node.key"))
+                .unwrap()
+                .public()
+                .to_bytes()],
+        },
+        now,
+    )
+    .unwrap();
+    let offer = serde_json::json!({"type": "offer", "sdp": "v=0\r\n"});
+    let r = hub
+        .client()
+        .post(hub.url("/v1/rtc/sessions"))
+        .json(&serde_json::json!({"token": forged, "offer": offer}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let why = r.text().await.unwrap();
+    assert_eq!(status, 403, "{why}");
+    assert!(why.contains("token"), "{why}");
+    let answer = |key: &NodeKey| {
+        let body = br#"{"id": "0123456789abcdef", "answer": {"type": "answer", "sdp": "v=0"}}"#;
+        meshcast_control::envelope::Envelope::seal(
+            key,
+            meshcast_control::rtc::ANSWER,
+            body.to_vec(),
+            now,
+        )
+        .unwrap()
+        .encode()
+    };
+    let post = |body: Vec<u8>| {
+        hub.client()
+            .post(hub.url("/v1/rtc/answer"))
+            .body(body)
+            .send()
+    };
+    // Signed by a stranger, for an offer nobody made: no viewer gets it.
+    assert_eq!(post(answer(&stranger)).await.unwrap().status(), 410);
+    // Unsigned: refused before anything is read.
+    assert_eq!(post(b"{}".to_vec()).await.unwrap().status(), 400);
+    assert_eq!(
+        edge.metric("meshcast_rtc_peers_total{outcome=\"answered\"}")
+            .await,
+        1.0,
+        "no offer reached the node"
+    );
 }
 
 /// A home network behind NAT, made of two network namespaces: `home` (the

@@ -127,23 +127,32 @@ impl Frame {
         }
     }
 
+    fn payload_hint(&self) -> usize {
+        match self {
+            Frame::Body(b) => b.len(),
+            Frame::Error(why) => why.len(),
+            Frame::End | Frame::Cancel => 0,
+            Frame::Request(_) | Frame::Response(_) => 512,
+        }
+    }
+
     /// The message for the data channel. Body frames longer than
     /// `MAX_CHUNK` are the caller's bug (split with [`chunks`]).
     pub fn encode(&self, id: u32) -> Vec<u8> {
-        let payload: Vec<u8> = match self {
-            Frame::Request(h) => serde_json::to_vec(h).expect("a head serializes"),
-            Frame::Response(h) => serde_json::to_vec(h).expect("a head serializes"),
-            Frame::Body(b) => {
-                assert!(b.len() <= MAX_CHUNK, "body frame over MAX_CHUNK");
-                b.to_vec()
-            }
-            Frame::End | Frame::Cancel => Vec::new(),
-            Frame::Error(why) => why.as_bytes().to_vec(),
-        };
-        let mut out = Vec::with_capacity(5 + payload.len());
+        let mut out = Vec::with_capacity(5 + MAX_CHUNK.min(self.payload_hint()));
         out.push(self.kind());
         out.extend_from_slice(&id.to_be_bytes());
-        out.extend_from_slice(&payload);
+        // The payload goes straight after the prefix: one copy of a body.
+        match self {
+            Frame::Request(h) => serde_json::to_writer(&mut out, h).expect("a head serializes"),
+            Frame::Response(h) => serde_json::to_writer(&mut out, h).expect("a head serializes"),
+            Frame::Body(b) => {
+                assert!(b.len() <= MAX_CHUNK, "body frame over MAX_CHUNK");
+                out.extend_from_slice(b);
+            }
+            Frame::End | Frame::Cancel => {}
+            Frame::Error(why) => out.extend_from_slice(why.as_bytes()),
+        }
         out
     }
 

@@ -173,11 +173,12 @@ impl ProxyHttp for EdgePipeline {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.proto = if session.as_downstream().is_custom() {
             // Two doors hand the pipeline custom sessions; the WebRTC
-            // one tags its summary.
+            // one marks its requests.
             if session
-                .as_downstream()
-                .request_summary()
-                .ends_with(crate::rtc::session::SUMMARY_TAG)
+                .req_header()
+                .extensions
+                .get::<crate::rtc::session::ViaWebRtc>()
+                .is_some()
             {
                 "WebRTC"
             } else {

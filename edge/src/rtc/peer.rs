@@ -121,7 +121,6 @@ impl Peer {
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
                     let (n, source) = r?;
-                    self.remote = Some(source);
                     let Ok(contents) = buf[..n].try_into() else { continue };
                     let input = Input::Receive(Instant::now(), Receive {
                         proto: Protocol::Udp,
@@ -129,7 +128,10 @@ impl Peer {
                         destination: self.local,
                         contents,
                     });
+                    // Only the peer's own packets name the client: any
+                    // stranger can send this port a datagram.
                     if self.rtc.accepts(&input) {
+                        self.remote = Some(source);
                         self.rtc.handle_input(input)?;
                     }
                 }

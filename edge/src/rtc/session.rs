@@ -18,9 +18,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// What `request_summary` ends with; the pipeline reads it to tell this
-/// door's custom sessions from the QUIC door's.
-pub const SUMMARY_TAG: &str = "(WebRTC)";
+/// Marks a request header as this door's (in its extensions, which no
+/// client can set), so the pipeline tells it from the QUIC door's
+/// without building a string per request.
+#[derive(Clone, Copy)]
+pub struct ViaWebRtc;
 
 pub struct RtcSession {
     id: u32,
@@ -64,6 +66,7 @@ impl RtcSession {
                 .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?;
             req.append_header(name, value)?;
         }
+        req.extensions_mut().insert(ViaWebRtc);
         Ok(RtcSession {
             id,
             req,
@@ -200,7 +203,7 @@ impl CustomSession for RtcSession {
     }
 
     fn request_summary(&self) -> String {
-        crate::custom_session::summary(&self.req, SUMMARY_TAG)
+        crate::custom_session::summary(&self.req, "(WebRTC)")
     }
 
     async fn shutdown(&mut self, _code: u32, _ctx: &str) {
