@@ -377,6 +377,158 @@ fn precommits_are_ledger_evidence_and_votes_verify() {
     let _ = CommitSignature::<LedgerContext>::new(s.address(), va.signature);
 }
 
+/// One signature rule (issue 19): a vote or proposal signature consensus
+/// accepts is accepted by the ledger as double-sign evidence, so no
+/// validator can sign votes that count but cannot be slashed. Played with
+/// the ZIP-215 vectors, the signatures where RFC 8032's strict rule (the
+/// ledger's before) and consensus disagree.
+#[test]
+fn every_signature_consensus_accepts_is_evidence() {
+    use malachitebft_signing_ed25519::{PublicKey, Signature};
+    let s = signer(1);
+    let ctx = LedgerContext;
+    let block = BlockHash([5; 32]);
+    let vote = ctx.new_precommit(Height(4), Round::new(1), NilOrVal::Val(block), s.address());
+    let vectors = meshcast_control::ed25519::zip215_vectors();
+    assert_eq!(vectors.len(), 196);
+    for (a, sig) in vectors {
+        let key = PublicKey::new(ed25519_consensus::VerificationKey::try_from(a).unwrap());
+        let signature = Signature::from_bytes(sig);
+        assert!(
+            s.verify_signed_vote(&vote, &signature, &key),
+            "consensus, A {}",
+            hex::encode(a)
+        );
+        let evidence = SignedVote {
+            height: 4,
+            round: 1,
+            block: block.0,
+            sig,
+        };
+        assert!(evidence.verify(&a), "ledger, A {}", hex::encode(a));
+        let proposal = meshcast_ledger::SignedProposal {
+            height: 4,
+            round: 1,
+            pol_round: -1,
+            data_hash: [6; 32],
+            sig,
+        };
+        assert!(proposal.verify(&a), "ledger proposal, A {}", hex::encode(a));
+    }
+}
+
+/// The cheater: a validator signs its votes with its real key but adds a
+/// point of order 8 to the nonce commitment R (s = r + H(R'‖A‖M)·a with
+/// R' = rB + T). The cofactored equation consensus uses accepts it, RFC
+/// 8032's strict one does not; so under the ledger's old rule its double
+/// votes counted in consensus and could not slash it. Now they do.
+#[test]
+fn a_validator_cannot_sign_votes_that_count_but_do_not_slash() {
+    use curve25519_dalek::{constants, edwards::CompressedEdwardsY, scalar::Scalar};
+    use malachitebft_signing_ed25519::Signature;
+    use sha2::{Digest, Sha512};
+    let seed = [6u8; 32];
+    let s = signer(6);
+    let dalek = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let address = s.address().0;
+    assert_eq!(dalek.verifying_key().to_bytes(), address);
+    let sign_with_torsion = |message: &[u8]| -> [u8; 64] {
+        let r = Scalar::from_bytes_mod_order_wide(&Sha512::digest(message).into());
+        let big_r = (constants::ED25519_BASEPOINT_POINT * r + constants::EIGHT_TORSION[1])
+            .compress()
+            .to_bytes();
+        let k = Scalar::from_bytes_mod_order_wide(
+            &Sha512::new()
+                .chain_update(big_r)
+                .chain_update(address)
+                .chain_update(message)
+                .finalize()
+                .into(),
+        );
+        let mut sig = [0; 64];
+        sig[..32].copy_from_slice(&big_r);
+        sig[32..].copy_from_slice((r + k * dalek.to_scalar()).as_bytes());
+        sig
+    };
+    assert!(CompressedEdwardsY(address).decompress().is_some());
+    let validators = ValidatorSet::from_genesis(&Genesis {
+        validators: vec![GenesisValidator { address, power: 1 }],
+        ..genesis(1)
+    })
+    .unwrap();
+    let key = &validators.validators()[0].public_key;
+    let ctx = LedgerContext;
+    let mut evidence = Vec::new();
+    for block in [BlockHash([1; 32]), BlockHash([2; 32])] {
+        let vote = ctx.new_precommit(Height(9), Round::new(0), NilOrVal::Val(block), s.address());
+        let sig = sign_with_torsion(&vote.sign_bytes());
+        assert!(
+            s.verify_signed_vote(&vote, &Signature::from_bytes(sig), key),
+            "consensus counts it"
+        );
+        let strict = dalek.verifying_key().verify_strict(
+            &vote.sign_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&sig),
+        );
+        assert!(strict.is_err(), "RFC 8032 strict refuses it");
+        evidence.push(SignedVote {
+            height: 9,
+            round: 0,
+            block: block.0,
+            sig,
+        });
+    }
+    assert!(
+        evidence.iter().all(|v| v.verify(&address)),
+        "the ledger takes it as evidence"
+    );
+    // And the ledger slashes on it.
+    let g = Genesis {
+        validators: vec![GenesisValidator { address, power: 1 }],
+        accounts: vec![
+            GenesisAccount {
+                address,
+                balance: 0,
+                stake: 1_000_000,
+            },
+            GenesisAccount {
+                address: signer(7).address().0,
+                balance: 1_000,
+                stake: 0,
+            },
+        ],
+        ..genesis(1)
+    };
+    let mut state = meshcast_ledger::State::from_genesis(&g).unwrap();
+    let reporter = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let tx = TxBody {
+        chain_id: g.chain_id.clone(),
+        from: signer(7).address().0,
+        nonce: 0,
+        action: meshcast_ledger::Action::Slash {
+            offender: address,
+            evidence: meshcast_ledger::Evidence::DoubleSign {
+                a: evidence[0].clone(),
+                b: evidence[1].clone(),
+            },
+        },
+    }
+    .sign(&reporter);
+    state.check(&tx).unwrap();
+    let result = state.apply_block(&meshcast_ledger::Block {
+        height: state.height + 1,
+        time_ms: 1,
+        proposer: address,
+        txs: vec![tx],
+    });
+    assert_eq!(result.results, vec![None]);
+    assert_eq!(
+        state.account(&address).unwrap().stake,
+        950_000,
+        "5 % slashed"
+    );
+}
+
 #[test]
 fn genesis_validator_sets_are_checked() {
     let mut g = genesis(2);

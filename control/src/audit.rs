@@ -18,7 +18,6 @@ use crate::merkle::{self, Batch};
 use crate::receipt::{verify_acks, verify_edges, Ack, ReceiptError};
 use crate::sample::{delivery_challenge, sample_size};
 use crate::token::{self, token_id, TokenClaims};
-use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
@@ -443,8 +442,10 @@ pub fn check_proof(
                 "receipt's byte range runs past the published object's end",
             ));
         }
-        let session = VerifyingKey::from_bytes(&tok.session)
-            .map_err(|_| fail("token's session key is not an Ed25519 key"))?;
+        if !crate::ed25519::is_key(&tok.session) {
+            return Err(fail("token's session key is not an Ed25519 key"));
+        }
+        let session = tok.session;
         acks.push(ack);
         sessions.push(session);
     }

@@ -4,7 +4,7 @@
 //! bad signatures, stale timestamps and replays. Sans-IO: time is passed in.
 
 use crate::identity::{KeyError, NodeKey};
-use ed25519_dalek::{Signature, Signer, VerifyingKey};
+use ed25519_dalek::{Signer, VerifyingKey};
 use std::collections::HashMap;
 
 const CONTEXT: &[u8] = b"meshcast-envelope-v1";
@@ -89,8 +89,9 @@ impl Envelope {
             &self.nonce,
             &self.body,
         );
-        key.verify_strict(&message, &Signature::from_bytes(&self.signature))
-            .map_err(|_| EnvelopeError::BadSignature)?;
+        if !crate::ed25519::verify(&self.sender, &message, &self.signature) {
+            return Err(EnvelopeError::BadSignature);
+        }
         Ok(key)
     }
 

@@ -9,6 +9,7 @@
 //! servers (edge, hub) call it and keep their own state.
 
 pub mod audit;
+pub mod ed25519;
 pub mod envelope;
 pub mod identity;
 pub mod merkle;

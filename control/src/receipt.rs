@@ -46,7 +46,7 @@ pub fn is_paid_media(path: &str) -> bool {
 use crate::identity::NodeKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ed25519_dalek::{Signature, Signer, VerifyingKey};
+use ed25519_dalek::Signer;
 
 const MAGIC: &[u8; 3] = b"MR2";
 const FIXED: usize = 3 + 32 + 16 + 32 + 8 + 8 + 8 + 8 + 2;
@@ -232,39 +232,37 @@ impl SignedReceipt {
         h[..16].try_into().expect("16 of 32")
     }
 
-    fn signed_part(&self) -> (&[u8], Signature) {
+    /// The bytes the edge signed, and its signature over them.
+    fn signed_part(&self) -> (&[u8], &[u8; SIG]) {
         let (signed, rest) = self.wire.split_at(self.wire.len() - SIG - SEAL);
-        let sig: [u8; SIG] = rest[..SIG].try_into().expect("64");
-        (signed, Signature::from_bytes(&sig))
+        (signed, rest[..SIG].try_into().expect("64"))
     }
 
     /// The HUB's check: the edge named in the receipt signed it.
     pub fn verify_edge(&self) -> Result<(), ReceiptError> {
-        let key = VerifyingKey::from_bytes(&self.receipt.node)
-            .map_err(|_| ReceiptError::Malformed("node is not an Ed25519 key"))?;
+        if !crate::ed25519::is_key(&self.receipt.node) {
+            return Err(ReceiptError::Malformed("node is not an Ed25519 key"));
+        }
         let (body, sig) = self.signed_part();
-        key.verify_strict(body, &sig)
-            .map_err(|_| ReceiptError::BadEdgeSignature)
+        match crate::ed25519::verify(&self.receipt.node, body, sig) {
+            true => Ok(()),
+            false => Err(ReceiptError::BadEdgeSignature),
+        }
     }
 }
 
-/// Verifies the edge signatures of many receipts at once (batch Ed25519);
-/// on failure returns the index of the first bad one.
+/// Verifies the edge signatures of many receipts at once (batch Ed25519,
+/// the workspace's one rule); on failure returns the index of the first
+/// bad one.
 pub fn verify_edges(receipts: &[&SignedReceipt]) -> Result<(), usize> {
-    let mut keys = Vec::with_capacity(receipts.len());
-    for (i, r) in receipts.iter().enumerate() {
-        keys.push(VerifyingKey::from_bytes(&r.receipt.node).map_err(|_| i)?);
-    }
-    let parts: Vec<(&[u8], Signature)> = receipts.iter().map(|r| r.signed_part()).collect();
-    let messages: Vec<&[u8]> = parts.iter().map(|p| p.0).collect();
-    let sigs: Vec<Signature> = parts.iter().map(|p| p.1).collect();
-    if receipts.is_empty() || ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
-        return Ok(());
-    }
-    for (i, r) in receipts.iter().enumerate() {
-        r.verify_edge().map_err(|_| i)?;
-    }
-    Ok(())
+    let items: Vec<crate::ed25519::Item<'_>> = receipts
+        .iter()
+        .map(|r| {
+            let (body, sig) = r.signed_part();
+            (&r.receipt.node, body, sig)
+        })
+        .collect();
+    crate::ed25519::verify_batch(&items)
 }
 
 /// A viewer's signed acknowledgement of one receipt.
@@ -313,28 +311,21 @@ impl Ack {
     }
 }
 
-/// Verifies the session signatures of many acks at once (Ed25519 batch
-/// verification); on failure finds the first bad one, so the caller can
-/// name it. `sessions[i]` is the session key acks[i] must be signed by.
-pub fn verify_acks(acks: &[Ack], sessions: &[VerifyingKey]) -> Result<(), usize> {
+/// Verifies the session signatures of many acks at once (batch Ed25519,
+/// the workspace's one rule, so the verdict on each ack does not depend
+/// on the others); on failure, the index of the first bad one, so the
+/// caller can name it. `sessions[i]` is the session key acks[i] must be
+/// signed by.
+pub fn verify_acks(acks: &[Ack], sessions: &[[u8; 32]]) -> Result<(), usize> {
     assert_eq!(acks.len(), sessions.len());
-    if acks.is_empty() {
-        return Ok(());
-    }
     let messages: Vec<Vec<u8>> = acks.iter().map(|a| ack_message(&a.receipt.wire)).collect();
-    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let sigs: Vec<Signature> = acks.iter().map(|a| Signature::from_bytes(&a.sig)).collect();
-    if ed25519_dalek::verify_batch(&refs, &sigs, sessions).is_ok() {
-        return Ok(());
-    }
-    for (i, key) in sessions.iter().enumerate() {
-        if key.verify_strict(refs[i], &sigs[i]).is_err() {
-            return Err(i);
-        }
-    }
-    // Batch and single verification disagree only on non-canonical inputs,
-    // which verify_strict refuses; all passed it, so accept.
-    Ok(())
+    let items: Vec<crate::ed25519::Item<'_>> = acks
+        .iter()
+        .zip(sessions)
+        .zip(&messages)
+        .map(|((a, key), m)| (key, m.as_slice(), &a.sig))
+        .collect();
+    crate::ed25519::verify_batch(&items)
 }
 
 #[cfg(test)]
@@ -397,8 +388,8 @@ mod tests {
         let ack = Ack::sign(&session, r.clone());
         let decoded = Ack::decode(&ack.encode()).unwrap();
         assert_eq!(decoded, ack);
-        let good = session.verifying_key();
-        let wrong = SigningKey::from_bytes(&[8; 32]).verifying_key();
+        let good = session.verifying_key().to_bytes();
+        let wrong = SigningKey::from_bytes(&[8; 32]).verifying_key().to_bytes();
         assert_eq!(
             verify_acks(&[ack.clone(), ack.clone()], &[good, good]),
             Ok(())

@@ -108,7 +108,7 @@ async fn issue(
     };
     let mut session = [0u8; 32];
     if hex::decode_to_slice(&req.session, &mut session).is_err()
-        || ed25519_dalek::VerifyingKey::from_bytes(&session).is_err()
+        || !meshcast_control::ed25519::is_key(&session)
     {
         return refuse(
             StatusCode::BAD_REQUEST,

@@ -100,9 +100,7 @@ fn metadata_policy(h: &HeaderMap) -> Result<(Policy, Option<String>), String> {
     let owner = metadata(h, &["owner"]);
     if let Some(o) = &owner {
         let mut k = [0u8; 32];
-        if hex::decode_to_slice(o, &mut k).is_err()
-            || ed25519_dalek::VerifyingKey::from_bytes(&k).is_err()
-        {
+        if hex::decode_to_slice(o, &mut k).is_err() || !meshcast_control::ed25519::is_key(&k) {
             return Err(
                 "owner must be an Ed25519 public key, 64 hex digits (meshcast keys gen prints one)"
                     .into(),

@@ -6,7 +6,8 @@
 //! it is also what a user can read in `meshcast ledger tx` output.
 
 use crate::{hex32, hex64, Address};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
+use meshcast_control::ed25519;
 use serde::{Deserialize, Serialize};
 
 const TX_DOMAIN: &[u8] = b"meshcast-ledger-tx-v1\n";
@@ -86,13 +87,11 @@ impl SignedVote {
     }
 
     pub fn verify(&self, by: &Address) -> bool {
-        VerifyingKey::from_bytes(by).is_ok_and(|k| {
-            k.verify_strict(
-                &Self::message(self.height, self.round, &self.block),
-                &Signature::from_bytes(&self.sig),
-            )
-            .is_ok()
-        })
+        ed25519::verify(
+            by,
+            &Self::message(self.height, self.round, &self.block),
+            &self.sig,
+        )
     }
 }
 
@@ -137,10 +136,7 @@ impl SignedProposal {
             by,
             &self.data_hash,
         );
-        VerifyingKey::from_bytes(by).is_ok_and(|k| {
-            k.verify_strict(&m, &Signature::from_bytes(&self.sig))
-                .is_ok()
-        })
+        ed25519::verify(by, &m, &self.sig)
     }
 }
 
@@ -256,10 +252,7 @@ impl TxBody {
 
 impl Tx {
     pub fn verify_signature(&self) -> bool {
-        VerifyingKey::from_bytes(&self.body.from).is_ok_and(|k| {
-            k.verify_strict(&self.body.signed_bytes(), &Signature::from_bytes(&self.sig))
-                .is_ok()
-        })
+        ed25519::verify(&self.body.from, &self.body.signed_bytes(), &self.sig)
     }
 
     /// BLAKE3 of the signed transaction, its id.

@@ -28,7 +28,7 @@ fn acks(n: usize) -> (ReceiptSigner, SigningKey, Vec<(String, Ack)>) {
 fn bench(c: &mut Criterion) {
     const BATCH: usize = 64;
     let (edge, session, batch) = acks(BATCH);
-    let key = session.verifying_key();
+    let key = session.verifying_key().to_bytes();
     let mut g = c.benchmark_group("acks");
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("edge_accepts_batch_of_64", |b| {

@@ -6,7 +6,6 @@ use super::gate::TokenBook;
 use crate::metrics::Metrics;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ed25519_dalek::VerifyingKey;
 use meshcast_control::messages::{issuer_allows, issuer_known, Issuer};
 use meshcast_control::receipt::{verify_acks, Ack, ReceiptSigner, SignedReceipt};
 use serde::{Deserialize, Serialize};
@@ -26,7 +25,7 @@ pub fn now_ms() -> u64 {
 /// a Pingora worker thread): one batch check, then one by one if it fails.
 async fn verify_sessions(
     candidates: Vec<(usize, Ack)>,
-    session: VerifyingKey,
+    session: [u8; 32],
     refused: &mut Vec<Refused>,
 ) -> Vec<(usize, Ack)> {
     if candidates.is_empty() {
@@ -298,12 +297,13 @@ impl Book {
         let token = tokens
             .verify(&batch.token, &known, &allows)
             .map_err(|e| (403, format!("ack batch token: {e}")))?;
-        let session = VerifyingKey::from_bytes(&token.claims.session).map_err(|_| {
-            (
+        let session = token.claims.session;
+        if !meshcast_control::ed25519::is_key(&session) {
+            return Err((
                 403,
                 "the token's session key is not an Ed25519 key".to_string(),
-            )
-        })?;
+            ));
+        }
         let mut refused = Vec::new();
         let mut candidates: Vec<(usize, Ack)> = Vec::new();
         for (index, w) in batch.acks.iter().enumerate() {
