@@ -121,6 +121,20 @@ async fn upload_transcode_and_play_through_the_edge() {
         .status,
         304
     );
+    // Ranges come from the file (tower-http's ServeFile), with our ETag.
+    let seg_url = hub.url(&format!("/v/{id}/360p/seg_00001.m4s"));
+    let part = get(&seg_url, &[("range", "bytes=100-199")]).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, seg.body[100..200]);
+    assert_eq!(
+        part.headers["content-range"],
+        format!("bytes 100-199/{}", seg.body.len()).as_str()
+    );
+    assert_eq!(part.headers["etag"], etag.as_str());
+    let tail = get(&seg_url, &[("range", "bytes=-10")]).await;
+    assert_eq!(tail.body, seg.body[seg.body.len() - 10..]);
+    let past = format!("bytes={}-", seg.body.len() + 1);
+    assert_eq!(get(&seg_url, &[("range", &past)]).await.status, 416);
     let master = get(&hub.url(&format!("/v/{id}/master.m3u8")), &[]).await;
     assert_eq!(master.headers["cache-control"], "public, max-age=5");
     assert!(master.headers.contains_key("etag"));
@@ -283,6 +297,63 @@ async fn tus_protocol_answers() {
             .status(),
         404
     );
+}
+
+/// SIGTERM stops the hub gracefully: no new connections, but an upload
+/// in flight is taken whole and answered, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_upload_in_flight_finish() {
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    hub.launch().await;
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+    let client = hub.client();
+    let url = tus_client::create(&client, &hub.url("/v1/videos"), "x.mp4", data.len() as u64)
+        .await
+        .unwrap();
+    let u: reqwest::Url = url.parse().unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", hub.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "PATCH {} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        u.path(),
+        hub.api_key.as_deref().unwrap(),
+        data.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&data[..data.len() / 2]).await.unwrap();
+    s.flush().await.unwrap();
+    hub.terminate();
+    // Stopping: the listener is closed to newcomers...
+    eventually(
+        "the hub refuses new connections",
+        Duration::from_secs(10),
+        || async {
+            match tokio::net::TcpStream::connect(("127.0.0.1", hub.port)).await {
+                Err(_) => Ok(()),
+                Ok(_) => Err("still accepting".to_string()),
+            }
+        },
+    )
+    .await;
+    // ...while the upload in flight goes on to the end.
+    s.write_all(&data[data.len() / 2..]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut answer)
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 204"), "{answer}");
+    assert!(
+        answer.contains(&format!("upload-offset: {}", data.len())),
+        "{answer}"
+    );
+    let status = hub.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    // Nothing lost: after a restart the upload is complete.
+    hub.launch().await;
+    let v = hub.video(tus_client::video_id(&url)).await;
+    assert!(v["status"].is_string() && v["status"] != "uploading", "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -226,6 +226,11 @@ pub struct HubSection {
     /// address is what the socket says unless the peer is listed here.
     #[serde(default = "default_trusted_proxies")]
     pub trusted_proxies: Vec<String>,
+    /// On SIGTERM or Ctrl-C the hub stops accepting, lets requests in
+    /// flight finish and its queued ledger transactions commit, for at most
+    /// this long each, then exits.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Seconds,
 }
 
 impl HubSection {
@@ -247,6 +252,10 @@ fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
 
 fn default_trusted_proxies() -> Vec<String> {
     vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+
+fn default_shutdown_grace() -> Seconds {
+    Seconds(Duration::from_secs(10))
 }
 
 fn default_probe_interval() -> Seconds {

@@ -188,6 +188,20 @@ impl HubLedger {
         taken
     }
 
+    /// Waits, at most `limit`, until every queued transaction is in a
+    /// block; returns how many are still queued.
+    pub async fn drain(&self, limit: std::time::Duration) -> usize {
+        let queued = || {
+            let n = self.running.node.lock().unwrap_or_else(|p| p.into_inner());
+            n.mempool_len()
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        while queued() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        queued()
+    }
+
     /// `address`'s bonded stake against what `roles` need, as the chain
     /// stands now.
     pub fn admission(&self, address: &[u8; 32], roles: &[String]) -> Admission {

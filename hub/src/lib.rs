@@ -437,12 +437,52 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
     let app = router(hub.clone());
     let listener = tokio::net::TcpListener::bind(config.hub.listen).await?;
     tracing::info!(listen = %config.hub.listen, data = %data.display(), "meshcast hub serving");
-    axum::serve(
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop_signal().await;
+        let _ = stop.send(true);
+    });
+    let requested = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .await?;
+    .with_graceful_shutdown(requested(stopping.clone()));
+    let grace = config.hub.shutdown_grace.0;
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served?,
+        _ = async { requested(stopping).await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "requests still open after the shutdown grace; closing them");
+        }
+    }
+    let left = hub.ledger.drain(grace).await;
+    if left > 0 {
+        tracing::warn!(transactions = left, "ledger transactions still queued at exit; settled work is offered again at the next start");
+    }
+    tracing::info!("meshcast hub stopped");
     Ok(())
+}
+
+/// SIGTERM (what service managers send) or Ctrl-C.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM: stopping; finishing requests in flight"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: stopping; finishing requests in flight"),
+    }
 }
 
 fn router(hub: Arc<Hub>) -> Router {
