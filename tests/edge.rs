@@ -63,6 +63,69 @@ async fn x_forwarded_for_is_appended_not_replaced() {
     assert_eq!(seen["/nostore/chained"], "198.51.100.7, 127.0.0.1");
 }
 
+/// Observability (issue 19): every origin request carries a request id
+/// (the client's when well formed, else a fresh one) that the access log
+/// names too; latencies are histograms by site; origin failures are
+/// counted by kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_reach_the_origin_and_latencies_are_histograms() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "").start().await;
+    get(
+        &edge.url("/nostore/given"),
+        &[("x-request-id", "req-42.a_b")],
+    )
+    .await;
+    get(&edge.url("/nostore/made"), &[]).await;
+    get(&edge.url("/nostore/evil"), &[("x-request-id", "a b;c")]).await;
+    let seen = origin.state.lock().unwrap().request_id.clone();
+    assert_eq!(seen["/nostore/given"], "req-42.a_b");
+    for path in ["/nostore/made", "/nostore/evil"] {
+        assert_eq!(seen[path].len(), 16, "{path}: {}", seen[path]);
+        assert!(seen[path].bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    assert_ne!(seen["/nostore/made"], seen["/nostore/evil"]);
+    let line = eventually(
+        "the access log names the request id",
+        Duration::from_secs(10),
+        || async {
+            let log = std::fs::read_to_string(edge.path().join("access.log")).unwrap_or_default();
+            log.lines()
+                .find(|l| l.contains("/nostore/given"))
+                .map(str::to_string)
+                .ok_or_else(|| "no line yet".to_string())
+        },
+    )
+    .await;
+    assert!(line.ends_with(" id=req-42.a_b"), "{line}");
+
+    let m = edge.metrics().await;
+    let total = |name: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains("site=\"*\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for name in [
+        "meshcast_request_duration_seconds_count",
+        "meshcast_time_to_first_byte_seconds_count",
+        "meshcast_origin_duration_seconds_count",
+    ] {
+        assert_eq!(total(name), 3.0, "{name}:\n{m}");
+    }
+
+    // An origin that refuses connections: counted by kind.
+    let dead = Edge::config(format!("127.0.0.1:{}", free_port()).parse().unwrap(), "")
+        .start()
+        .await;
+    assert_eq!(get(&dead.url("/seg/x.m4s"), &[]).await.status, 502);
+    let m = dead.metrics().await;
+    assert!(
+        m.contains("meshcast_upstream_errors_total{kind=\"ConnectRefused\"} 1"),
+        "{m}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_requests_make_one_origin_request_and_stream() {
     let origin = Origin::start().await;
@@ -147,7 +210,18 @@ async fn ranges_come_from_the_cached_object() {
     let origin = Origin::start().await;
     let edge = Edge::config(origin.addr, "").start().await;
     let full = body_for("r.m4s", 100_000);
-    get(&edge.url("/seg/r.m4s?len=100000"), &[]).await;
+    // A range on a miss: the edge fills its cache with the whole object
+    // (an origin that honours Range would otherwise hand it a part).
+    let first = get(
+        &edge.url("/seg/r.m4s?len=100000"),
+        &[("range", "bytes=10-19")],
+    )
+    .await;
+    assert_eq!(first.status, 206);
+    assert_eq!(first.body, &full[10..20]);
+    assert_eq!(origin.state.lock().unwrap().ranged.get("/seg/r.m4s"), None);
+    let whole = get(&edge.url("/seg/r.m4s?len=100000"), &[]).await;
+    assert_eq!(whole.body, full, "{}", whole.cache);
     let r = get(
         &edge.url("/seg/r.m4s?len=100000"),
         &[("range", "bytes=1000-1999")],

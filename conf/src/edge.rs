@@ -316,6 +316,15 @@ pub enum HostPattern {
 }
 
 impl HostPattern {
+    /// As written in the config: `*`, `*.example.com` or a host name.
+    pub fn text(&self) -> String {
+        match self {
+            HostPattern::Any => "*".into(),
+            HostPattern::Suffix(s) => format!("*{s}"),
+            HostPattern::Exact(s) => s.clone(),
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim().to_ascii_lowercase();
         if t == "*" {

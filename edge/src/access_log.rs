@@ -79,6 +79,7 @@ pub struct Entry {
     pub origin_status: Option<u16>,
     pub user_agent: String,
     pub cmcd: Vec<(String, String)>,
+    pub request_id: String,
 }
 
 impl Entry {
@@ -103,7 +104,7 @@ impl Entry {
         for (k, v) in &self.cmcd {
             line.push_str(&format!(" cmcd.{k}={v:?}"));
         }
-        line.push_str(&format!(" ua={:?}", self.user_agent));
+        line.push_str(&format!(" ua={:?} id={}", self.user_agent, self.request_id));
         line
     }
 
@@ -113,6 +114,7 @@ impl Entry {
             "uri": self.uri, "proto": self.proto, "status": self.status, "cache": self.cache,
             "bytes": self.bytes, "duration_ms": self.duration_ms, "site": self.site,
             "origin_status": self.origin_status, "user_agent": self.user_agent,
+            "request_id": self.request_id,
         });
         let cmcd: serde_json::Map<String, serde_json::Value> = self
             .cmcd

@@ -16,6 +16,7 @@ pub mod freshness;
 pub mod http_rules;
 pub mod metrics;
 pub mod network;
+mod observe;
 pub mod path;
 pub mod pipeline;
 pub mod quic;

@@ -1,6 +1,15 @@
 //! Prometheus metrics of one edge process, served on the admin listener.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets, seconds: from a memory hit on loopback to an origin
+/// that takes its time.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -27,6 +36,12 @@ pub struct Metrics {
     pub network_objects: IntCounterVec,
     pub network_shards: IntCounterVec,
     pub rtc_peers: IntCounterVec,
+    /// Request duration, first byte of the body or header written to the
+    /// client, and origin answer time, each by site.
+    pub request_seconds: HistogramVec,
+    pub first_byte_seconds: HistogramVec,
+    pub origin_seconds: HistogramVec,
+    pub upstream_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -53,7 +68,19 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
         Metrics {
+            request_seconds: histogram_vec("meshcast_request_duration_seconds", "From the request's arrival to its last byte sent, by site (its first host pattern) and cache outcome", &["site", "cache"]),
+            first_byte_seconds: histogram_vec("meshcast_time_to_first_byte_seconds", "From the request's arrival to its response header going out, by site", &["site"]),
+            origin_seconds: histogram_vec("meshcast_origin_duration_seconds", "From the request sent to the origin to its response header back, by site", &["site"]),
+            upstream_errors: counter_vec("meshcast_upstream_errors_total", "Origin fetches that failed, by kind (Pingora's error type: ConnectTimedout, ConnectRefused, ReadTimedout, ConnectionClosed, InvalidHTTPHeader, …)", &["kind"]),
             requests: counter_vec("meshcast_requests_total", "Requests answered, by status code and cache status", &["status", "cache"]),
             bytes_out: counter("meshcast_response_bytes_total", "Response body bytes sent to clients"),
             origin_fetches: counter("meshcast_origin_fetches_total", "Requests sent to origins"),

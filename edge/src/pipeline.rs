@@ -83,6 +83,18 @@ pub struct RequestCtx {
     /// The origin's 304 to a revalidation, whose every field freshens the
     /// stored response (pingora merges only a fixed few).
     not_modified: Option<http::HeaderMap>,
+    /// Sent to the origin and logged (`observe::request_id`).
+    request_id: String,
+    /// When the request went to the origin.
+    origin_sent: Option<Instant>,
+}
+
+impl RequestCtx {
+    fn site_label(&self) -> &str {
+        self.site
+            .as_ref()
+            .map_or(crate::observe::NO_SITE, |s| s.label.as_str())
+    }
 }
 
 impl EdgePipeline {
@@ -167,10 +179,14 @@ impl ProxyHttp for EdgePipeline {
             budget_charged: false,
             paid: false,
             not_modified: None,
+            request_id: String::new(),
+            origin_sent: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let incoming = session.req_header().headers.get(crate::observe::REQUEST_ID);
+        ctx.request_id = crate::observe::request_id(incoming.map(|v| v.as_bytes()));
         ctx.proto = if session.as_downstream().is_custom() {
             // Two doors hand the pipeline custom sessions; the WebRTC
             // one marks its requests.
@@ -488,6 +504,8 @@ impl ProxyHttp for EdgePipeline {
             };
             upstream.insert_header("x-forwarded-for", value)?;
         }
+        upstream.insert_header(crate::observe::REQUEST_ID, ctx.request_id.as_str())?;
+        ctx.origin_sent = Some(Instant::now());
         self.shared.metrics.origin_fetches.inc();
         Ok(())
     }
@@ -499,6 +517,7 @@ impl ProxyHttp for EdgePipeline {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.origin_status = Some(resp.status.as_u16());
+        crate::observe::origin_answered(self.shared.metrics, ctx.site_label(), ctx.origin_sent);
         if resp.status.as_u16() == 304 {
             ctx.not_modified = Some(resp.headers.clone());
         }
@@ -517,6 +536,7 @@ impl ProxyHttp for EdgePipeline {
         if resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
             return forward_interim(session, resp).await;
         }
+        crate::observe::first_byte(self.shared.metrics, ctx.site_label(), ctx.start);
         crate::http_rules::strip_targeted(resp);
         self.invalidate_after_unsafe(session, resp, ctx).await;
         let (status, age) = cache_status::describe(session, ctx.stored, ctx.origin_status);
@@ -632,6 +652,7 @@ impl ProxyHttp for EdgePipeline {
             .with_label_values(&[&status.to_string(), cache])
             .inc();
         m.bytes_out.inc_by(bytes as u64);
+        crate::observe::finished(m, ctx.site_label(), cache, ctx.start, e);
         if let (Some(t), true, false) = (&ctx.token, ctx.paid, ctx.budget_charged) {
             self.shared
                 .delivery
@@ -674,6 +695,7 @@ impl ProxyHttp for EdgePipeline {
                 .unwrap_or("-")
                 .to_string(),
             cmcd: access_log::cmcd(req),
+            request_id: ctx.request_id.clone(),
         });
     }
 }

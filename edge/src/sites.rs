@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct Site {
     /// 1-based number in the config file, for logs.
     pub number: usize,
+    /// Its first host pattern, the `site` label of its metrics.
+    pub label: String,
     pub hosts: Vec<HostPattern>,
     pub origin_addr: SocketAddr,
     pub origin_tls: bool,
@@ -43,6 +45,10 @@ impl Site {
         };
         Ok(Site {
             number,
+            label: c
+                .hosts
+                .first()
+                .map_or_else(|| format!("site {number}"), |h| h.text()),
             hosts: c.hosts.clone(),
             origin_addr,
             origin_tls: c.origin.tls,
@@ -153,6 +159,7 @@ pub fn cache_key_url(host: &str, path: &str, query: Option<&str>) -> String {
 pub fn test_site() -> Site {
     Site {
         number: 1,
+        label: "*".into(),
         hosts: vec![HostPattern::Any],
         origin_addr: "127.0.0.1:1".parse().unwrap(),
         origin_tls: false,

@@ -30,6 +30,11 @@ pub struct OriginState {
     pub conditional: HashMap<String, usize>,
     /// `X-Forwarded-For` of each path's latest request.
     pub forwarded_for: HashMap<String, String>,
+    /// Requests that carried a `Range` (an edge filling its cache must
+    /// fetch whole objects).
+    pub ranged: HashMap<String, usize>,
+    /// `X-Request-Id` of each path's latest request.
+    pub request_id: HashMap<String, String>,
 }
 
 /// An HTTP/1.1 origin. Paths choose behaviour:
@@ -161,6 +166,24 @@ async fn serve(
                 .unwrap()
                 .forwarded_for
                 .insert(path.clone(), xff);
+        }
+        if let Some(id) = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-request-id:")
+                .map(|v| v.trim().to_string())
+        }) {
+            state.lock().unwrap().request_id.insert(path.clone(), id);
+        }
+        if head
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("range:"))
+        {
+            *state
+                .lock()
+                .unwrap()
+                .ranged
+                .entry(path.clone())
+                .or_default() += 1;
         }
         *state.lock().unwrap().hits.entry(path.clone()).or_default() += 1;
         let name = path.rsplit('/').next().unwrap_or("").to_string();
