@@ -143,6 +143,12 @@ fn check_play(name: &str, engine: &str, r: &Value, types: &[String]) {
     let what = format!("{name} with {engine}");
     assert_eq!(r["ended"], true, "{what}: {r}");
     assert_eq!(r["errors"], serde_json::json!([]), "{what}: {r}");
+    // `ended` means the playhead reached the end, whoever said it.
+    let (at, duration) = (r["currentTime"].as_f64(), r["duration"].as_f64());
+    assert!(
+        matches!((at, duration), (Some(at), Some(d)) if d > 0.5 && (d - at).abs() < 0.1),
+        "{what}: ended at {at:?} of {duration:?}"
+    );
     for t in types {
         assert_eq!(r["typeSupported"][t], true, "{what}: Chromium refuses {t}");
     }

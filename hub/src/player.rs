@@ -130,7 +130,16 @@ const state = document.getElementById('state');
 const engine = new URLSearchParams(location.search).get('engine') || 'hls';
 const note = (e) => { window.meshcast.events.push(e); state.textContent = e; };
 const fail = (e) => { window.meshcast.errors.push(String(e)); state.textContent = 'error: ' + e; };
-for (const ev of ['playing', 'ended', 'waiting']) video.addEventListener(ev, () => note(ev));
+for (const ev of ['playing', 'waiting']) video.addEventListener(ev, () => note(ev));
+// The end of playback, once: the element's `ended`, or dash.js's
+// PLAYBACK_ENDED for the last period. dash.js ends playback itself (a seek
+// to the end and a pause) when its 200 ms timer finds the playhead at the
+// period's end before the element has fired `ended`; the element then never
+// fires it, so both are listened to.
+const atEnd = [];
+let over = false;
+const end = () => { if (over) return; over = true; note('ended'); atEnd.forEach((f) => f()); };
+video.addEventListener('ended', end);
 video.addEventListener('error', () => fail('video element error ' + (video.error && video.error.code)));
 function load(src, onload) { const s = document.createElement('script'); s.src = src; s.onload = onload; s.onerror = () => fail('cannot load ' + src); document.head.appendChild(s); }
 // Through an edge with a node identity, media needs a playback token: get
@@ -145,7 +154,7 @@ async function prepare() {
   await new Promise((ok) => load('/assets/meshcast-acks.js', ok));
   const session = await MeshcastAcks.start({ video: '{ID}' });
   window.meshcast.acks = session.stats;
-  video.addEventListener('ended', () => session.flush().then(() => note('acks flushed')));
+  atEnd.push(() => session.flush().then(() => note('acks flushed')));
   // ?via=webrtc: playlists, segments and acks over a data channel to a
   // node the hub picks; HTTPS per request when it fails.
   if (new URLSearchParams(location.search).get('via') === 'webrtc') {
@@ -166,6 +175,7 @@ prepare().then(({ base, session }) => {
     load('/assets/dashjs/dist/modern/umd/dash.all.min.js', () => {
       const p = dashjs.MediaPlayer().create();
       p.on(dashjs.MediaPlayer.events.ERROR, (e) => fail('dash.js: ' + JSON.stringify(e.error || e)));
+      p.on(dashjs.MediaPlayer.events.PLAYBACK_ENDED, (e) => { if (e && e.isLast) end(); });
       if (session) p.addResponseInterceptor(session.dashInterceptor());
       p.initialize(video, base + 'manifest.mpd', true);
     });

@@ -3,7 +3,9 @@
 // reached `ended`, the player's events and errors, the protocol each
 // resource came over (`nextHopProtocol`, e.g. "h3"), and where each
 // SourceBuffer's media starts (`sourceBuffers`: the A/V alignment as the
-// player and the browser present it).
+// player and the browser present it). A play that stalls also reports each
+// SourceBuffer's ranges, the MediaSource state and a timeline of element,
+// MediaSource and SourceBuffer events (the first 120).
 //   node tests/browser/play.mjs URL [timeout_seconds]
 // Environment:
 //   CHROMIUM_ARGS  extra Chromium flags (space-separated), e.g. to force QUIC
@@ -31,8 +33,41 @@ function recordSourceBuffers() {
   MediaSource.prototype.addSourceBuffer = function (type) {
     const sb = add.call(this, type);
     window.__sourceBuffers.push([type, sb]);
+    const kind = type.split('/')[0];
+    sb.addEventListener('updateend', () => {
+      try { trace('updateend ' + kind, sb.buffered.length ? sb.buffered.end(sb.buffered.length - 1).toFixed(4) : '-'); } catch (e) {}
+    });
     return sb;
   };
+  // A timeline of what the player and the browser did, for a stall report.
+  window.__trace = [];
+  const trace = (what, detail) => {
+    if (window.__trace.length >= 120) return;
+    const v = document.querySelector('video');
+    window.__trace.push([Math.round(performance.now()), what, detail === undefined ? '' : String(detail),
+      v ? v.currentTime.toFixed(4) : '-', window.__ms ? window.__ms.readyState : '-']);
+  };
+  const eos = MediaSource.prototype.endOfStream;
+  MediaSource.prototype.endOfStream = function (e) { trace('endOfStream()', e); return eos.apply(this, arguments); };
+  const Native = window.MediaSource;
+  window.MediaSource = class extends Native {
+    constructor() {
+      super();
+      window.__ms = this;
+      for (const ev of ['sourceopen', 'sourceended', 'sourceclose']) this.addEventListener(ev, () => trace(ev));
+    }
+  };
+  const dur = Object.getOwnPropertyDescriptor(Native.prototype, 'duration');
+  Object.defineProperty(Native.prototype, 'duration', {
+    get() { return dur.get.call(this); },
+    set(x) { trace('duration =', x); dur.set.call(this, x); },
+  });
+  document.addEventListener('DOMContentLoaded', () => {
+    const v = document.querySelector('video');
+    for (const ev of ['waiting', 'playing', 'ended', 'pause', 'seeking', 'seeked', 'stalled', 'durationchange', 'emptied']) {
+      v.addEventListener(ev, () => trace(ev, ev === 'durationchange' ? v.duration : undefined));
+    }
+  });
 }
 
 async function playOnce(target) {
@@ -43,7 +78,11 @@ async function playOnce(target) {
     document.addEventListener('playing', (e) => { e.target.playbackRate = r; }, true);
   }, rate);
   const consoleErrors = [];
-  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+  const consoleWarnings = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') consoleErrors.push(m.text());
+    else if (m.type() === 'warning' && consoleWarnings.length < 50) consoleWarnings.push(m.text().slice(0, 300));
+  });
   page.on('pageerror', (e) => consoleErrors.push(String(e)));
   // Failed and refused requests, to say why a player stalled.
   const badRequests = [];
@@ -81,11 +120,18 @@ async function playOnce(target) {
         events: window.meshcast && window.meshcast.events,
         currentTime: v.currentTime, duration: v.duration, readyState: v.readyState,
         buffered: ranges(v.buffered),
+        elementEnded: v.ended, paused: v.paused,
+        mediaSource: window.__ms && window.__ms.readyState,
+        sourceBufferRanges: (window.__sourceBuffers || []).map(([type, sb]) => {
+          try { return [type, ranges(sb.buffered)]; } catch (e) { return [type, String(e)]; }
+        }),
+        trace: window.__trace,
       };
     }).catch(() => ({}));
     result = { ended: false, errors: [String(e)], ...where };
   }
   result.consoleErrors = consoleErrors;
+  if (!result.ended) result.consoleWarnings = consoleWarnings;
   result.badRequests = badRequests;
   await page.close();
   return result;
@@ -103,7 +149,8 @@ if (plays === 1) {
   for (let i = 0; i < plays; i++) {
     const r = await playOnce(url);
     if (r.ended && r.errors.length === 0) ended += 1;
-    else failures.push({ play: i, currentTime: r.currentTime, duration: r.duration, buffered: r.buffered, errors: r.errors });
+    else failures.push({ play: i, currentTime: r.currentTime, duration: r.duration, buffered: r.buffered, errors: r.errors,
+      mediaSource: r.mediaSource, sourceBufferRanges: r.sourceBufferRanges, warnings: r.consoleWarnings, trace: r.trace });
   }
   console.log(JSON.stringify({ plays, ended, failures }));
   ok = ended === plays;
