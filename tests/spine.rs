@@ -121,6 +121,20 @@ async fn upload_transcode_and_play_through_the_edge() {
         .status,
         304
     );
+    // Ranges come from the file (tower-http's ServeFile), with our ETag.
+    let seg_url = hub.url(&format!("/v/{id}/360p/seg_00001.m4s"));
+    let part = get(&seg_url, &[("range", "bytes=100-199")]).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, seg.body[100..200]);
+    assert_eq!(
+        part.headers["content-range"],
+        format!("bytes 100-199/{}", seg.body.len()).as_str()
+    );
+    assert_eq!(part.headers["etag"], etag.as_str());
+    let tail = get(&seg_url, &[("range", "bytes=-10")]).await;
+    assert_eq!(tail.body, seg.body[seg.body.len() - 10..]);
+    let past = format!("bytes={}-", seg.body.len() + 1);
+    assert_eq!(get(&seg_url, &[("range", &past)]).await.status, 416);
     let master = get(&hub.url(&format!("/v/{id}/master.m3u8")), &[]).await;
     assert_eq!(master.headers["cache-control"], "public, max-age=5");
     assert!(master.headers.contains_key("etag"));

@@ -1,14 +1,19 @@
 //! The hub as the edges' origin: `/v/{id}/…` from the content-addressed
 //! store. Segments and init segments are immutable (a year); playlists and
 //! MPDs get a short max-age; everything has an ETag (its BLAKE3 hash).
+//! Files stream from disk with Range and conditional requests
+//! (`tower-http`'s `ServeFile`).
 
 use crate::Hub;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
 
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new().route("/v/{id}/{*path}", get(serve))
@@ -41,8 +46,9 @@ fn cache_control(path: &str) -> &'static str {
 async fn serve(
     State(hub): State<Arc<Hub>>,
     Path((id, path)): Path<(String, String)>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
+    let headers = request.headers();
     let status = |s: StatusCode| {
         hub.metrics
             .origin_requests
@@ -81,21 +87,32 @@ async fn serve(
         )
             .into_response();
     };
-    match tokio::fs::read(&blob).await {
-        Ok(bytes) => (
-            status(StatusCode::OK),
-            common,
-            [("content-type", file.content_type.clone())],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(blob = %blob.display(), error = %e, "blob missing");
-            (
+    // tower-http streams the file and answers Range and the date
+    // conditionals; the ETag and lifetime stay ours.
+    let mime = file
+        .content_type
+        .parse::<mime::Mime>()
+        .unwrap_or(mime::APPLICATION_OCTET_STREAM);
+    let served = ServeFile::new_with_mime(&blob, &mime)
+        .oneshot(request)
+        .await;
+    let mut response = match served {
+        Ok(r) if r.status() != StatusCode::NOT_FOUND => r.map(Body::new),
+        Ok(_) => {
+            tracing::error!(blob = %blob.display(), "blob missing");
+            return (
                 status(StatusCode::INTERNAL_SERVER_ERROR),
                 "media file missing on the hub\n",
             )
-                .into_response()
+                .into_response();
+        }
+        Err(e) => match e {},
+    };
+    status(response.status());
+    for (name, value) in common {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
         }
     }
+    response
 }
