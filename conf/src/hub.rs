@@ -297,7 +297,11 @@ impl Default for HubLog {
 pub struct TranscodeSection {
     #[serde(default = "default_segment")]
     pub segment_duration: Seconds,
-    /// x264 preset: ultrafast … veryslow.
+    /// x264 preset: ultrafast … veryslow. The default is x264's own,
+    /// medium: a video is encoded once and delivered many times, so the
+    /// encode's CPU buys quality in every byte served (and a pricier
+    /// encode makes the HUB's fidelity check, which is bound by decoding,
+    /// a smaller share of it: BENCHMARKS.md).
     #[serde(default = "default_preset")]
     pub preset: String,
     #[serde(default = "default_audio_kbps")]
@@ -384,7 +388,7 @@ fn default_segment() -> Seconds {
     Seconds(Duration::from_secs(4))
 }
 fn default_preset() -> String {
-    "veryfast".into()
+    "medium".into()
 }
 fn default_audio_kbps() -> u32 {
     128

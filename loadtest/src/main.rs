@@ -140,6 +140,9 @@ enum Command {
         /// Worker processes in the second run.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// x264 preset of the ladder (default: the hub's default).
+        #[arg(long)]
+        preset: Option<String>,
     },
     /// Objects over the WebRTC door's data channel vs HTTP/1.1 from the same edge: time to first byte and throughput.
     Rtc {
@@ -294,10 +297,12 @@ fn main() -> anyhow::Result<()> {
             common,
             secs,
             workers,
+            preset,
         } => {
             let opts = transcode::Options {
                 secs: secs.unwrap_or(if common.quick { 20 } else { 120 }),
                 workers,
+                preset,
                 common,
             };
             rt.block_on(transcode::run(opts))

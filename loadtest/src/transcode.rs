@@ -18,6 +18,8 @@ pub struct Options {
     /// Length of the generated 1080p source.
     pub secs: u32,
     pub workers: usize,
+    /// The ladder's x264 preset; `None`: the hub's default.
+    pub preset: Option<String>,
 }
 
 /// User + system CPU seconds of these processes and of their children
@@ -150,9 +152,13 @@ async fn start(o: &Options, dir: &Path, workers: usize) -> anyhow::Result<(Procs
             ),
         )?;
     }
+    let transcode = match &o.preset {
+        Some(p) => format!("[transcode]\npreset = \"{p}\"\n"),
+        None => String::new(),
+    };
     std::fs::write(
         dir.join("hub.toml"),
-        format!("[hub]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nedges = [\"http://127.0.0.1:9\"]\n[ledger]\nbonded_nodes = [{}]\n", dir.join("data").display(), keys.join(", ")),
+        format!("[hub]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nedges = [\"http://127.0.0.1:9\"]\n[ledger]\nbonded_nodes = [{}]\n{transcode}", dir.join("data").display(), keys.join(", ")),
     )?;
     let mut procs = Procs(vec![spawn(
         &exe,
