@@ -4,6 +4,7 @@
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use parking_lot::Mutex;
+use pingora_http::ResponseHeader;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub struct MemObject {
     pub hash: [u8; 16],
     pub url: String,
     pub meta: (Vec<u8>, Vec<u8>),
+    /// `meta.1` decoded, so a hit does not unpack the header again.
+    pub header: ResponseHeader,
     pub body: Bytes,
     pub body_hash: [u8; 32],
 }
@@ -30,8 +33,19 @@ pub struct MemoryTier {
     metrics: &'static Metrics,
 }
 
+/// Bytes a decoded header holds, near enough: its names and values and
+/// a map slot each.
+pub(super) fn header_size(header: &ResponseHeader) -> usize {
+    const SLOT: usize = 64;
+    header
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + SLOT)
+        .sum()
+}
+
 fn weight(obj: &MemObject) -> Option<u16> {
-    let size = obj.body.len() + obj.meta.0.len() + obj.meta.1.len();
+    let size = obj.body.len() + obj.meta.0.len() + obj.meta.1.len() + header_size(&obj.header);
     u16::try_from(size.div_ceil(UNIT).max(1)).ok()
 }
 

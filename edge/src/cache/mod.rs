@@ -24,11 +24,12 @@ use pingora_cache::storage::{
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
 use std::any::Any;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
 
 pub struct TieredStorage {
@@ -42,6 +43,7 @@ pub struct TieredStorage {
 
 struct PartialObject {
     meta: (Vec<u8>, Vec<u8>),
+    header: ResponseHeader,
     chunks: RwLock<Vec<Bytes>>,
     progress: watch::Sender<Progress>,
 }
@@ -65,6 +67,29 @@ fn tier_key(hash: &[u8; 16]) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&hash[..8]);
     u64::from_be_bytes(first)
+}
+
+/// A hit's `CacheMeta` from the serialized internal part and the header
+/// decoded when the object was stored. Unpacking a stored header (zstd,
+/// then parsing every field) is most of `CacheMeta::deserialize`; a
+/// placeholder header stands in for it and the kept one is put back.
+fn hit_meta(internal: &[u8], header: &ResponseHeader) -> Result<CacheMeta> {
+    let mut meta = CacheMeta::deserialize(internal, placeholder_header())?;
+    *meta.response_header_mut() = header.clone();
+    Ok(meta)
+}
+
+/// The smallest serialized header: `hit_meta`'s stand-in.
+fn placeholder_header() -> &'static [u8] {
+    static PLACEHOLDER: OnceLock<Vec<u8>> = OnceLock::new();
+    PLACEHOLDER.get_or_init(|| {
+        let header = ResponseHeader::build(200, Some(0)).expect("a bare 200 header builds");
+        let epoch = std::time::UNIX_EPOCH;
+        CacheMeta::new(epoch, epoch, 0, 0, header)
+            .serialize()
+            .expect("a bare 200 header serializes")
+            .1
+    })
 }
 
 fn internal(msg: impl Into<String>) -> Box<Error> {
@@ -97,7 +122,7 @@ impl TieredStorage {
     }
 
     fn partial_hit(obj: &Arc<PartialObject>) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let meta = hit_meta(&obj.meta.0, &obj.header)?;
         let hit = PartialHit {
             obj: obj.clone(),
             progress: obj.progress.subscribe(),
@@ -145,7 +170,7 @@ impl Storage for TieredStorage {
             return Self::partial_hit(&obj);
         }
         if let Some(obj) = self.memory.get(k, &bin) {
-            let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+            let meta = hit_meta(&obj.meta.0, &obj.header)?;
             return Ok(Some((meta, Box::new(CompleteHit::new(obj.body.clone())))));
         }
         let Some(disk) = &self.disk else {
@@ -167,6 +192,7 @@ impl Storage for TieredStorage {
                     hash: bin,
                     url: record.url,
                     meta: record.meta,
+                    header: meta.response_header_copy(),
                     body: body.clone(),
                     body_hash: record.body_hash,
                 });
@@ -224,6 +250,7 @@ impl Storage for TieredStorage {
         let (progress, _) = watch::channel(Progress::Writing(0));
         let obj = Arc::new(PartialObject {
             meta: meta.serialize()?,
+            header: meta.response_header_copy(),
             chunks: RwLock::new(Vec::new()),
             progress,
         });
@@ -279,6 +306,7 @@ impl Storage for TieredStorage {
                     hash: old.hash,
                     url: old.url.clone(),
                     meta: serialized.clone(),
+                    header: meta.response_header_copy(),
                     body: old.body.clone(),
                     body_hash: old.body_hash,
                 }),
@@ -486,6 +514,7 @@ impl HandleMiss for Fill {
             hash: self.hash,
             url: self.url.clone(),
             meta: self.obj.meta.clone(),
+            header: self.obj.header.clone(),
             body: body.clone(),
             body_hash,
         });
@@ -519,5 +548,49 @@ impl Drop for Fill {
             self.obj.progress.send_replace(Progress::Failed);
             self.unregister();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_hit_rebuilt_from_the_kept_header_is_the_stored_meta() {
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let mut header = ResponseHeader::build(206, Some(4)).expect("header");
+        header
+            .insert_header("content-type", "video/mp4")
+            .expect("ct");
+        header.insert_header("etag", "\"abc\"").expect("etag");
+        header
+            .append_header("vary", "accept-encoding")
+            .expect("vary");
+        let mut stored = CacheMeta::new(at(2_000), at(1_000), 30, 60, header);
+        stored.set_epoch_override(at(1_500));
+        stored.set_variance([7u8; 16]);
+        let bytes = stored.serialize().expect("serialize");
+
+        let decoded = CacheMeta::deserialize(&bytes.0, &bytes.1).expect("deserialize");
+        let hit = hit_meta(&bytes.0, decoded.response_header()).expect("hit meta");
+        assert_eq!(hit.created(), at(1_000));
+        assert_eq!(hit.epoch(), at(1_500));
+        assert!(hit.is_fresh(at(2_000)) && !hit.is_fresh(at(2_001)));
+        assert_eq!(hit.variance(), Some([7u8; 16]));
+        assert_eq!(
+            hit.serialize().expect("reserialize"),
+            bytes,
+            "every field, header included, as stored"
+        );
+    }
+
+    #[test]
+    fn a_kept_header_counts_in_the_memory_tier_weight() {
+        let mut header = ResponseHeader::build(200, None).expect("header");
+        header
+            .insert_header("x-long", "v".repeat(3000))
+            .expect("long header");
+        assert!(memory::header_size(&header) >= 3000);
     }
 }
