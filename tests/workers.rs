@@ -11,6 +11,7 @@ use meshcast_worker::{commitment_for, encode, upload_output, work_one, Client};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use support::eventually;
 use support::hub::*;
 
 struct Worker {
@@ -486,4 +487,47 @@ async fn with_workers_several_uploads_are_transcoded_at_once() {
         let (video, _) = hub.wait_done(id, Duration::from_secs(60)).await;
         assert_eq!(video["status"], "ready", "{video}");
     }
+}
+
+/// A stopping hub answers a worker's long poll at once (no work) instead
+/// of holding its shutdown for the rest of the poll, and exits 0 well
+/// inside its shutdown grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_long_polls_instead_of_waiting_them_out() {
+    let key = NodeKey::generate().unwrap();
+    let mut hub = Hub::config("http://127.0.0.1:9");
+    hub.hub_setting("shutdown_grace = \"60s\"");
+    hub.bond_at_genesis(&[hex::encode(key.public().to_bytes())]);
+    hub.launch().await;
+    let w = worker(&hub, "w", key).await;
+    let polling = tokio::spawn(async move { w.client.lease().await });
+    let metrics = hub.url("/metrics");
+    eventually("the lease is waiting", Duration::from_secs(20), || async {
+        let text = reqwest::get(&metrics)
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        match text
+            .lines()
+            .any(|l| l == "meshcast_hub_long_polls{kind=\"lease\"} 1")
+        {
+            true => Ok(()),
+            false => Err("no lease waiting".to_string()),
+        }
+    })
+    .await;
+    let stopped = Instant::now();
+    hub.terminate();
+    let answer = polling.await.unwrap();
+    assert!(
+        matches!(answer, Ok(None)),
+        "no work, not an error: {answer:?}"
+    );
+    // The poll lasts 20 s and the grace 60 s: an exit inside 15 s means
+    // neither was waited out.
+    let status = hub.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status}");
+    assert!(stopped.elapsed() < Duration::from_secs(15));
 }

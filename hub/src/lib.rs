@@ -82,6 +82,8 @@ pub struct Hub {
     placements: placement::Placements,
     /// WebRTC signalling between viewers and nodes behind NAT.
     rtc: rtc::Signalling,
+    /// Set once when the hub is told to stop (SIGTERM, Ctrl-C).
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// The hub's own key for every path, and each signed video's owner for
@@ -103,6 +105,23 @@ fn build_issuers(key: &NodeKey, catalog: &catalog::Catalog) -> Result<Vec<Issuer
 }
 
 impl Hub {
+    /// Resolves once the hub is told to stop. Long polls wait on it too,
+    /// so a stopping hub answers them at once instead of holding its
+    /// shutdown for the rest of their poll.
+    pub fn stopping(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+
+    /// Counts a long poll of `kind` until the guard drops.
+    pub(crate) fn long_poll(&self, kind: &str) -> LongPoll {
+        let gauge = self.metrics.long_polls.with_label_values(&[kind]);
+        gauge.inc();
+        LongPoll(gauge)
+    }
+
     /// Keys that may sign playback tokens, and for which paths: the hub's
     /// own for everything, each signed video's owner for that video. Kept
     /// in memory (read on every heartbeat and claim) and rebuilt only when
@@ -250,6 +269,16 @@ struct Metrics {
     probes: prometheus::IntCounterVec,
     shards_placed: prometheus::IntCounter,
     shards_repaired: prometheus::IntCounter,
+    long_polls: prometheus::IntGaugeVec,
+}
+
+/// Counts a long poll in `meshcast_hub_long_polls` while it waits.
+pub(crate) struct LongPoll(prometheus::IntGauge);
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn counter_vec(
@@ -355,7 +384,19 @@ impl Metrics {
         registry
             .register(Box::new(shards_repaired.clone()))
             .expect("unique");
+        let long_polls = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "meshcast_hub_long_polls",
+                "Long polls waiting, by kind (lease: workers; rtc: signalling)",
+            ),
+            &["kind"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(long_polls.clone()))
+            .expect("unique");
         Metrics {
+            long_polls,
             shards_placed,
             shards_repaired,
             registry,
@@ -416,6 +457,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         work: Default::default(),
         placements,
         rtc: rtc::Signalling::new(config.hub.token_rate),
+        stop: tokio::sync::watch::channel(false).0,
     });
     // Rewards for epochs settled before a crash or restart: the chain pays
     // each reference once, so what it already has is skipped.
@@ -437,23 +479,20 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
     let app = router(hub.clone());
     let listener = tokio::net::TcpListener::bind(config.hub.listen).await?;
     tracing::info!(listen = %config.hub.listen, data = %data.display(), "meshcast hub serving");
-    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let signalled = hub.clone();
     tokio::spawn(async move {
         stop_signal().await;
-        let _ = stop.send(true);
+        signalled.stop.send_replace(true);
     });
-    let requested = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(requested(stopping.clone()));
+    .with_graceful_shutdown(hub.clone().stopping());
     let grace = config.hub.shutdown_grace.0;
     tokio::select! {
         served = std::future::IntoFuture::into_future(server) => served?,
-        _ = async { requested(stopping).await; tokio::time::sleep(grace).await } => {
+        _ = async { hub.clone().stopping().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "requests still open after the shutdown grace; closing them");
         }
     }

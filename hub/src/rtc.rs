@@ -277,6 +277,7 @@ async fn poll(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     if let Err(r) = crate::nodes::admitted_node(&hub, &id, None) {
         return *r;
     }
+    let _waiting = hub.long_poll("rtc");
     let deadline = tokio::time::Instant::now() + LONG_POLL;
     loop {
         let changed = hub.rtc.changed.notified();
@@ -296,6 +297,8 @@ async fn poll(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
                 hub.rtc.board().polled(&id, now_secs());
                 return StatusCode::NO_CONTENT.into_response();
             }
+            // Stopping: no offer will come through this hub.
+            _ = hub.clone().stopping() => return StatusCode::NO_CONTENT.into_response(),
         }
     }
 }

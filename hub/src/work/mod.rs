@@ -149,6 +149,7 @@ async fn lease(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     if let Err(r) = crate::nodes::admitted_node(&hub, &id, Some("transcode")) {
         return *r;
     }
+    let _waiting = hub.long_poll("lease");
     let deadline = tokio::time::Instant::now() + LONG_POLL;
     let lease_secs = hub.config.transcode.lease.0.as_secs().max(1);
     loop {
@@ -180,6 +181,8 @@ async fn lease(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         tokio::select! {
             _ = changed => {}
             _ = tokio::time::sleep_until(deadline) => return StatusCode::NO_CONTENT.into_response(),
+            // Stopping: nothing more will be leased here.
+            _ = hub.clone().stopping() => return StatusCode::NO_CONTENT.into_response(),
         }
     }
 }
