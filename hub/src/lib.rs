@@ -108,7 +108,7 @@ impl Hub {
     /// Resolves once the hub is told to stop. Long polls wait on it too,
     /// so a stopping hub answers them at once instead of holding its
     /// shutdown for the rest of their poll.
-    pub fn stopping(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.stop.subscribe();
         async move {
             let _ = rx.wait_for(|stopped| *stopped).await;
@@ -488,11 +488,11 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(hub.clone().stopping());
+    .with_graceful_shutdown(hub.stopping());
     let grace = config.hub.shutdown_grace.0;
     tokio::select! {
         served = std::future::IntoFuture::into_future(server) => served?,
-        _ = async { hub.clone().stopping().await; tokio::time::sleep(grace).await } => {
+        _ = async { hub.stopping().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "requests still open after the shutdown grace; closing them");
         }
     }

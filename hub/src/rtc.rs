@@ -298,7 +298,7 @@ async fn poll(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
                 return StatusCode::NO_CONTENT.into_response();
             }
             // Stopping: no offer will come through this hub.
-            _ = hub.clone().stopping() => return StatusCode::NO_CONTENT.into_response(),
+            _ = hub.stopping() => return StatusCode::NO_CONTENT.into_response(),
         }
     }
 }

@@ -182,7 +182,7 @@ async fn lease(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
             _ = changed => {}
             _ = tokio::time::sleep_until(deadline) => return StatusCode::NO_CONTENT.into_response(),
             // Stopping: nothing more will be leased here.
-            _ = hub.clone().stopping() => return StatusCode::NO_CONTENT.into_response(),
+            _ = hub.stopping() => return StatusCode::NO_CONTENT.into_response(),
         }
     }
 }
