@@ -15,21 +15,99 @@ pub struct UpArgs {
     pub ready_file: Option<PathBuf>,
 }
 
-struct Children(Vec<Child>);
+/// The processes `meshcast up` started, each with its name and log, killed
+/// when dropped.
+struct Children(Vec<Node>);
+
+struct Node {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Children {
+    fn start(&mut self, exe: &Path, role: &str, config: &Path, name: &str) -> anyhow::Result<()> {
+        let log = config.with_file_name(format!("{name}.log"));
+        let config = config.to_string_lossy();
+        let child = spawn(exe, &[role, "--config", &config], &log)?;
+        self.0.push(Node {
+            name: name.to_string(),
+            child,
+            log,
+        });
+        Ok(())
+    }
+
+    /// An error naming the first process that exited, with the end of its
+    /// log (what it said on the way out).
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        for n in &mut self.0 {
+            if let Some(status) = n.child.try_wait()? {
+                let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let mut tail: Vec<&str> = text.lines().rev().take(5).collect();
+                tail.reverse();
+                bail!(
+                    "{} exited during start-up ({status}); the end of {}:\n{}",
+                    n.name,
+                    n.log.display(),
+                    tail.join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
+        for n in &mut self.0 {
+            let _ = n.child.kill();
+            let _ = n.child.wait();
         }
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// Loopback ports for the network's servers, drawn from just below the
+/// kernel's ephemeral range. A port `bind(0)` hands out lies in that range,
+/// where every process's outgoing connections take their local ports, so
+/// it can be taken before the child binds it; below it only listeners
+/// compete.
+struct Ports {
+    next: u32,
+    low: u16,
+    span: u32,
+    given: Vec<u16>,
+}
+
+impl Ports {
+    fn new() -> Ports {
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768)
+            .max(2048);
+        Ports {
+            next: std::process::id().wrapping_mul(7919),
+            low,
+            span: u32::from(low.min(16384)) - 1024,
+            given: Vec::new(),
+        }
+    }
+
+    /// A port free now for both TCP and UDP, not handed out before.
+    fn take(&mut self) -> anyhow::Result<u16> {
+        for _ in 0..self.span {
+            self.next = self.next.wrapping_add(13);
+            let port = (u32::from(self.low) - 1 - self.next % self.span) as u16;
+            let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+            if free && !self.given.contains(&port) {
+                self.given.push(port);
+                return Ok(port);
+            }
+        }
+        bail!("no free loopback port below {}", self.low)
+    }
 }
 
 /// The npm `node_modules` holding hls.js and dash.js, if set up.
@@ -60,7 +138,7 @@ async fn wait_healthy(
     client: &reqwest::Client,
     url: &str,
     what: &str,
-    child: &mut Child,
+    children: &mut Children,
 ) -> anyhow::Result<()> {
     for _ in 0..200 {
         if let Ok(r) = client.get(url).send().await {
@@ -68,9 +146,7 @@ async fn wait_healthy(
                 return Ok(());
             }
         }
-        if let Some(status) = child.try_wait()? {
-            bail!("{what} exited during start-up ({status}); see its log in the data folder");
-        }
+        children.check_running()?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("{what} did not become healthy at {url}")
@@ -98,11 +174,7 @@ async fn wait_admitted(
                 return Ok(());
             }
         }
-        for c in &mut children.0 {
-            if let Some(status) = c.try_wait()? {
-                bail!("a node exited during start-up ({status}); see the logs in the data folder");
-            }
-        }
+        children.check_running()?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the hub did not admit {n} nodes within 20 s; its nodes: {last}")
@@ -204,12 +276,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let dir = std::path::absolute(&args.dir)?;
     std::fs::create_dir_all(&dir)?;
     let exe = std::env::current_exe()?;
+    let mut ports = Ports::new();
     let (hub_port, e1, a1, e2, a2) = (
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
+        ports.take()?,
+        ports.take()?,
+        ports.take()?,
+        ports.take()?,
+        ports.take()?,
     );
     let hub_url = format!("http://127.0.0.1:{hub_port}");
     let edges = [
@@ -278,63 +351,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             dir.join(format!("storage{i}.key")).display(),
             dir.join(format!("storage{i}-scratch")).display(),
             dir.join(format!("storage{i}-shards")).display(),
-            free_port()?,
+            ports.take()?,
         );
         std::fs::write(dir.join(format!("storage{i}.toml")), storage_toml)?;
     }
-    let cfg = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let mut children = Children(Vec::new());
-    children.0.push(spawn(
-        &exe,
-        &["hub", "--config", &cfg("hub.toml")],
-        &dir.join("hub.log"),
-    )?);
-    children.0.push(spawn(
-        &exe,
-        &["edge", "--config", &cfg("edge1.toml")],
-        &dir.join("edge1.log"),
-    )?);
-    children.0.push(spawn(
-        &exe,
-        &["edge", "--config", &cfg("edge2.toml")],
-        &dir.join("edge2.log"),
-    )?);
+    children.start(&exe, "hub", &dir.join("hub.toml"), "hub")?;
+    for name in ["edge1", "edge2"] {
+        children.start(&exe, "edge", &dir.join(format!("{name}.toml")), name)?;
+    }
     for i in 1..=2 {
-        children.0.push(spawn(
-            &exe,
-            &["worker", "--config", &cfg(&format!("worker{i}.toml"))],
-            &dir.join(format!("worker{i}.log")),
-        )?);
+        let name = format!("worker{i}");
+        children.start(&exe, "worker", &dir.join(format!("{name}.toml")), &name)?;
     }
     for i in 1..=STORAGE_NODES {
-        children.0.push(spawn(
-            &exe,
-            &["worker", "--config", &cfg(&format!("storage{i}.toml"))],
-            &dir.join(format!("storage{i}.log")),
-        )?);
+        let name = format!("storage{i}");
+        children.start(&exe, "worker", &dir.join(format!("{name}.toml")), &name)?;
     }
     let client = reqwest::Client::new();
-    wait_healthy(
-        &client,
-        &format!("{hub_url}/healthz"),
-        "the hub",
-        &mut children.0[0],
-    )
-    .await?;
-    wait_healthy(
-        &client,
-        &format!("http://127.0.0.1:{a1}/healthz"),
-        "edge 1",
-        &mut children.0[1],
-    )
-    .await?;
-    wait_healthy(
-        &client,
-        &format!("http://127.0.0.1:{a2}/healthz"),
-        "edge 2",
-        &mut children.0[2],
-    )
-    .await?;
+    for (url, what) in [
+        (format!("{hub_url}/healthz"), "the hub"),
+        (format!("http://127.0.0.1:{a1}/healthz"), "edge 1"),
+        (format!("http://127.0.0.1:{a2}/healthz"), "edge 2"),
+    ] {
+        wait_healthy(&client, &url, what, &mut children).await?;
+    }
     wait_admitted(
         &client,
         &hub_url,
@@ -469,5 +510,28 @@ async fn terminate() {
             s.recv().await;
         }
         Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ports;
+
+    #[test]
+    fn ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let mut ports = Ports::new();
+        let taken: Vec<u16> = (0..50).map(|_| ports.take().unwrap()).collect();
+        let mut unique = taken.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), taken.len(), "{taken:?}");
+        for p in taken {
+            assert!(
+                p < ports.low && p >= 1024,
+                "{p} (ephemeral from {})",
+                ports.low
+            );
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
     }
 }

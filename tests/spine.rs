@@ -10,8 +10,10 @@ use support::*;
 use tokio::io::AsyncWriteExt;
 
 /// Sends a PATCH that promises `data.len()` bytes but delivers only half,
-/// then drops the connection, as a flaky mobile network would.
-async fn interrupted_patch(url: &str, key: &str, at: u64, data: &[u8]) {
+/// then drops the connection, as a flaky mobile network would — once the
+/// hub has stored all it was sent (HEAD says so), so the cut is mid-body
+/// and the offset to resume from is known.
+async fn interrupted_patch(client: &reqwest::Client, url: &str, key: &str, at: u64, data: &[u8]) {
     let u: reqwest::Url = url.parse().unwrap();
     let mut s = tokio::net::TcpStream::connect((u.host_str().unwrap(), u.port().unwrap()))
         .await
@@ -24,7 +26,18 @@ async fn interrupted_patch(url: &str, key: &str, at: u64, data: &[u8]) {
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&data[..data.len() / 2]).await.unwrap();
     s.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = at + (data.len() / 2) as u64;
+    eventually(
+        "the hub to store what the cut PATCH sent",
+        Duration::from_secs(10),
+        || async {
+            match tus_client::offset(client, url).await {
+                Ok(o) if o == sent => Ok(()),
+                other => Err(format!("offset {other:?}")),
+            }
+        },
+    )
+    .await;
     drop(s);
 }
 
@@ -44,7 +57,14 @@ async fn upload_resuming(hub: &Hub, file: &std::path::Path) -> String {
         .await
         .unwrap();
     assert_eq!(at, third as u64);
-    interrupted_patch(&url, hub.api_key.as_deref().unwrap(), at, &bytes[third..]).await;
+    interrupted_patch(
+        &client,
+        &url,
+        hub.api_key.as_deref().unwrap(),
+        at,
+        &bytes[third..],
+    )
+    .await;
     let mut resumed_at = 0;
     for _ in 0..50 {
         resumed_at = tus_client::offset(&client, &url).await.unwrap();
@@ -415,7 +435,7 @@ async fn meshcast_up_brings_up_a_playable_network() {
         .arg("--ready-file")
         .arg(&ready)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("up.stderr")).unwrap())
         .spawn()
         .unwrap();
     let mut facts = None;
@@ -426,10 +446,9 @@ async fn meshcast_up_brings_up_a_playable_network() {
                 break;
             }
         }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "meshcast up exited early"
-        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("meshcast up exited early ({status}):\n{}", up_logs(&dir));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let facts = facts.expect("ready file written");
@@ -525,6 +544,31 @@ async fn meshcast_up_brings_up_a_playable_network() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What `meshcast up` printed, and the end of each log of the processes it
+/// started: the reason it stopped, for a failure message.
+fn up_logs(dir: &std::path::Path) -> String {
+    let mut out = std::fs::read_to_string(dir.join("up.stderr")).unwrap_or_default();
+    let mut logs: Vec<_> = std::fs::read_dir(dir.join("net"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .filter(|p| !p.to_string_lossy().ends_with("-access.log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(8).collect();
+        out += &format!("--- {}\n", log.display());
+        for line in tail.into_iter().rev() {
+            out += line;
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Accounts, played by a stranger: no key, a bad key, another account's
