@@ -63,6 +63,20 @@ impl Validator {
         self.cli(&["status"]).ok()?["height"].as_u64()
     }
 
+    /// Malachite's count of vote rebroadcasts on its `/metrics`: one when
+    /// a round starts and one each time the round's rebroadcast timeout
+    /// fires with no progress.
+    fn rebroadcasts(&self) -> Option<u64> {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("{}/metrics", self.api())])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let rest = l.strip_prefix("malachitebft_core_consensus_rebroadcast_timeouts")?;
+            rest.split_whitespace().last()?.parse().ok()
+        })
+    }
+
     fn api(&self) -> String {
         let c = meshcast_conf::LedgerConfig::load(&self.home.join("ledger.toml")).unwrap();
         format!("http://{}", c.ledger.api)
@@ -98,6 +112,28 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until `v` has rebroadcast its votes `times` times at one height:
+/// each is a whole rebroadcast timeout (propose + 2 × vote) with no
+/// progress, counted by consensus itself, so "nothing committed" is
+/// observed over a window the chain defines rather than a guessed sleep.
+fn stalled(v: &Validator, times: u64) {
+    let mut since = (v.height(), v.rebroadcasts().unwrap_or(0));
+    let mut need = times;
+    wait_for(
+        &format!("{times} vote rebroadcasts at one height"),
+        Duration::from_secs(90),
+        || {
+            let now = (v.height(), v.rebroadcasts().unwrap_or(0));
+            if now.0 != since.0 {
+                // The new height's round start counts once too.
+                since = now;
+                need = times + 1;
+            }
+            now.1 >= since.1 + need
+        },
+    );
 }
 
 fn get(url: &str) -> Value {
@@ -217,7 +253,7 @@ fn four_validators_commit_survive_faults_and_slash_double_signs() {
     // Two of four down: no block commits...
     v[2].kill();
     v[3].kill();
-    std::thread::sleep(Duration::from_secs(2));
+    stalled(&v[0], 1);
     let stuck = v[0].height().unwrap();
     let pending = v[0]
         .cli(&[
@@ -232,7 +268,7 @@ fn four_validators_commit_survive_faults_and_slash_double_signs() {
         ])
         .unwrap();
     let pending_hash = pending["hash"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_secs(6));
+    stalled(&v[0], 2);
     assert_eq!(
         v[0].height().unwrap(),
         stuck,

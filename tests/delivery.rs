@@ -266,7 +266,17 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
         assert!(Instant::now() < deadline, "edge never registered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        "the edge to learn the hub's issuers",
+        Duration::from_secs(10),
+        || async {
+            match net.edge.metric("meshcast_hub_issuers").await {
+                n if n >= 1.0 => Ok(()),
+                n => Err(format!("{n} issuers")),
+            }
+        },
+    )
+    .await;
     let seg = format!("/v/{}/360p/init.mp4", net.id);
     let prefix = format!("/v/{}/", net.id);
     let session = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);

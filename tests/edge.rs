@@ -300,8 +300,8 @@ async fn stale_if_error_while_the_origin_is_down_then_502() {
     let fresh = get(&edge.url("/sie/s.m4s"), &[]).await;
     assert_eq!(fresh.status, 200);
     origin.stop();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let stale = get(&edge.url("/sie/s.m4s"), &[]).await;
+    // Fresh for 1 s: hits until then, stale once it expires.
+    let stale = until_cache_says(&edge.url("/sie/s.m4s"), "stale").await;
     assert_eq!(stale.status, 200);
     assert!(stale.cache.contains("stale"), "{}", stale.cache);
     assert_eq!(stale.body, fresh.body);
@@ -316,8 +316,7 @@ async fn revalidation_uses_304_and_clients_get_304() {
     let edge = Edge::config(origin.addr, "").start().await;
     let first = get(&edge.url("/etag/p.m3u8"), &[]).await;
     let etag = first.headers["etag"].to_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let again = get(&edge.url("/etag/p.m3u8"), &[]).await;
+    let again = until_cache_says(&edge.url("/etag/p.m3u8"), "revalidated").await;
     assert_eq!(again.status, 200);
     assert_eq!(again.body, first.body);
     assert_eq!(
@@ -469,9 +468,20 @@ async fn bad_requests_get_clear_errors() {
         .args(["-HUP", &edge.pid().to_string()])
         .status()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = get(&edge.url("/seg/a.m4s"), &[("host", "unknown.example.org")]).await;
-    assert_eq!(r.status, 421);
+    // The reload is done when the old catch-all site is gone.
+    let r = eventually(
+        "the edge to reload its sites",
+        Duration::from_secs(10),
+        || async {
+            let r = get(&edge.url("/seg/a.m4s"), &[("host", "unknown.example.org")]).await;
+            if r.status == 421 {
+                Ok(r)
+            } else {
+                Err(format!("status {}", r.status))
+            }
+        },
+    )
+    .await;
     assert!(String::from_utf8_lossy(&r.body).contains("unknown.example.org"));
     let ok = get(&edge.url("/seg/a.m4s"), &[("host", "cdn.example.com")]).await;
     assert_eq!(ok.status, 200);
@@ -601,8 +611,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
     let origin = Origin::start().await;
     let edge = Edge::config(origin.addr, "").start().await;
     get(&edge.url("/swr/w.m4s"), &[]).await;
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let stale = get(&edge.url("/swr/w.m4s"), &[]).await;
+    let stale = until_cache_says(&edge.url("/swr/w.m4s"), "stale").await;
     assert_eq!(stale.status, 200);
     assert!(
         stale.cache.contains("stale-while-revalidate"),
@@ -943,4 +952,22 @@ async fn idle_keepalive_connections_are_closed_on_time() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// GETs `url` until its cache status names `word` (the copy expired after
+/// its 1 s max-age): hits until then, which change nothing.
+async fn until_cache_says(url: &str, word: &str) -> Reply {
+    eventually(
+        &format!("the edge to answer {url} as {word}"),
+        Duration::from_secs(10),
+        || async {
+            let r = get(url, &[]).await;
+            if r.cache.contains(word) {
+                Ok(r)
+            } else {
+                Err(format!("cache status {:?}", r.cache))
+            }
+        },
+    )
+    .await
 }

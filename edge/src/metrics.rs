@@ -30,6 +30,7 @@ pub struct Metrics {
     pub ack_fsyncs: IntCounter,
     pub claims: IntCounterVec,
     pub hub_up: prometheus::IntGauge,
+    pub hub_issuers: prometheus::IntGauge,
     pub client_connections: prometheus::IntGauge,
     pub connections_refused: IntCounterVec,
     pub connections_waiting: IntGaugeVec,
@@ -99,6 +100,11 @@ impl Metrics {
             claims: counter_vec("meshcast_claims_total", "Epoch claims the hub settled, by outcome", &["outcome"]),
             hub_up: {
                 let g = prometheus::IntGauge::new("meshcast_hub_reachable", "1 when the last call to the hub succeeded").expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            hub_issuers: {
+                let g = prometheus::IntGauge::new("meshcast_hub_issuers", "Token issuers the edge has from its hub (learned or saved); 0 means it refuses every hub-issued playback token").expect("valid metric");
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },

@@ -96,9 +96,9 @@ fn build_delivery(
     delivery
         .static_issuers
         .store(Arc::new(static_issuers(config)));
-    delivery
-        .hub_issuers
-        .store(Arc::new(crate::delivery::hub_client::saved_issuers(&dir)));
+    let saved = crate::delivery::hub_client::saved_issuers(&dir);
+    metrics.hub_issuers.set(saved.len() as i64);
+    delivery.hub_issuers.store(Arc::new(saved));
     let http =
         crate::delivery::hub_client::http_client(n.hub_ca.as_deref()).map_err(EdgeError::HubCa)?;
     let client = HubClient::new(

@@ -271,6 +271,7 @@ impl HubClient {
         if let Err(e) = saved {
             tracing::warn!(error = %e, "cannot save the hub's issuer list");
         }
+        self.metrics.hub_issuers.set(info.issuers.len() as i64);
         self.delivery.hub_issuers.store(Arc::new(info.issuers));
     }
 
