@@ -85,12 +85,26 @@ fn rfc3339(unix: u64) -> Result<String, TokenError> {
 }
 
 /// Signs `claims` with `key`; `claims.issuer` must be `key`'s public key.
+/// Refuses claims every edge would refuse (a prefix that is not a path,
+/// too many edges), so no issuer mints a token that cannot be used.
 pub fn issue(key: &NodeKey, claims: &TokenClaims, now: u64) -> Result<String, TokenError> {
     assert_eq!(
         claims.issuer,
         key.public().to_bytes(),
         "issuer is the signer"
     );
+    if !claims.prefix.starts_with('/') {
+        return Err(TokenError::Sign(format!(
+            "the path prefix {:?} does not start with '/'",
+            claims.prefix
+        )));
+    }
+    if claims.edges.len() > MAX_TOKEN_EDGES {
+        return Err(TokenError::Sign(format!(
+            "a token names at most {MAX_TOKEN_EDGES} edges, not {}",
+            claims.edges.len()
+        )));
+    }
     let mut c = Claims::new().map_err(|e| TokenError::Sign(e.to_string()))?;
     let sign_err = |e: pasetors::errors::Error| TokenError::Sign(e.to_string());
     c.issuer(&hex::encode(claims.issuer)).map_err(sign_err)?;
@@ -310,6 +324,22 @@ mod tests {
         assert!(c.covers("/v/abd/720p/1.m4s").is_err());
         assert!(c.covers("/v/abc/../xyz/1.m4s").is_err());
         assert_ne!(token_id(&t), token_id(&forged));
+    }
+
+    /// Found by the `token` fuzz target: `issue` signed an empty prefix
+    /// that `verify` then called malformed.
+    #[test]
+    fn issue_refuses_what_verify_would() {
+        let hub = NodeKey::from_seed([1; 32]);
+        let mut c = claims(&hub);
+        c.prefix = String::new();
+        assert!(matches!(issue(&hub, &c, 0), Err(TokenError::Sign(e)) if e.contains("'/'")));
+        let mut c = claims(&hub);
+        c.edges = vec![[3; 32]; MAX_TOKEN_EDGES + 1];
+        assert!(matches!(issue(&hub, &c, 0), Err(TokenError::Sign(e)) if e.contains("at most")));
+        c.edges.pop();
+        let ours = |k: &[u8; 32]| *k == hub.public().to_bytes();
+        assert_eq!(verify(&issue(&hub, &c, 0).unwrap(), ours, 0).unwrap(), c);
     }
 
     #[test]
