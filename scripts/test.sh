@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, the edge's end-to-end tests,
 # and the spine tests (tus upload → transcode → edge → ffmpeg, hls.js and
-# dash.js in headless Chromium).
+# dash.js in headless Chromium), then every fuzz target for a bounded time
+# (scripts/fuzz.sh; FUZZ_SECONDS=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -22,4 +23,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
   cargo test --workspace --locked --no-fail-fast
+fi
+if [ "${FUZZ_SECONDS:-15}" != 0 ]; then
+  bash scripts/fuzz.sh
 fi
