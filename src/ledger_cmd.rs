@@ -9,12 +9,6 @@ use meshcast_ledger::state::{GenesisAccount, GenesisValidator};
 use meshcast_ledger::{Genesis, Params};
 use std::path::Path;
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 pub fn init(validators: usize, dir: &Path, chain_id: &str) -> anyhow::Result<()> {
     if validators == 0 || validators > 100 {
         bail!("--validators must be 1 to 100");
@@ -26,13 +20,14 @@ pub fn init(validators: usize, dir: &Path, chain_id: &str) -> anyhow::Result<()>
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut keys = Vec::new();
     let mut ports = Vec::new();
+    let mut free = crate::ports::Ports::new();
     for k in 1..=validators {
         let home = dir.join(format!("node{k}"));
         std::fs::create_dir_all(&home)?;
         let key = NodeKey::generate()?;
         key.save(&home.join("validator.key"))?;
         keys.push(key.public().to_bytes());
-        ports.push((free_port()?, free_port()?));
+        ports.push((free.take()?, free.take()?));
     }
     let genesis = Genesis {
         chain_id: chain_id.into(),

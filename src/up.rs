@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::ports::Ports;
+
 pub struct UpArgs {
     pub dir: PathBuf,
     pub video: Option<PathBuf>,
@@ -64,49 +66,6 @@ impl Drop for Children {
             let _ = n.child.kill();
             let _ = n.child.wait();
         }
-    }
-}
-
-/// Loopback ports for the network's servers, drawn from just below the
-/// kernel's ephemeral range. A port `bind(0)` hands out lies in that range,
-/// where every process's outgoing connections take their local ports, so
-/// it can be taken before the child binds it; below it only listeners
-/// compete.
-struct Ports {
-    next: u32,
-    low: u16,
-    span: u32,
-    given: Vec<u16>,
-}
-
-impl Ports {
-    fn new() -> Ports {
-        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-            .unwrap_or(32768)
-            .max(2048);
-        Ports {
-            next: std::process::id().wrapping_mul(7919),
-            low,
-            span: u32::from(low.min(16384)) - 1024,
-            given: Vec::new(),
-        }
-    }
-
-    /// A port free now for both TCP and UDP, not handed out before.
-    fn take(&mut self) -> anyhow::Result<u16> {
-        for _ in 0..self.span {
-            self.next = self.next.wrapping_add(13);
-            let port = (u32::from(self.low) - 1 - self.next % self.span) as u16;
-            let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
-            if free && !self.given.contains(&port) {
-                self.given.push(port);
-                return Ok(port);
-            }
-        }
-        bail!("no free loopback port below {}", self.low)
     }
 }
 
@@ -510,28 +469,5 @@ async fn terminate() {
             s.recv().await;
         }
         Err(_) => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Ports;
-
-    #[test]
-    fn ports_are_distinct_bindable_and_below_the_ephemeral_range() {
-        let mut ports = Ports::new();
-        let taken: Vec<u16> = (0..50).map(|_| ports.take().unwrap()).collect();
-        let mut unique = taken.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), taken.len(), "{taken:?}");
-        for p in taken {
-            assert!(
-                p < ports.low && p >= 1024,
-                "{p} (ephemeral from {})",
-                ports.low
-            );
-            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
-        }
     }
 }

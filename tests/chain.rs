@@ -136,6 +136,14 @@ fn stalled(v: &Validator, times: u64) {
     );
 }
 
+/// The last lines of a validator's logs, for a failure message.
+fn log_tail(v: &Validator) -> String {
+    let log = v.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+    format!("--- {}\n{tail}\n", v.home.display())
+}
+
 fn get(url: &str) -> Value {
     let out = Command::new("curl").args(["-sf", url]).output().unwrap();
     assert!(out.status.success(), "GET {url} failed");
@@ -196,11 +204,16 @@ fn four_validators_commit_survive_faults_and_slash_double_signs() {
         x.start();
     }
     let all_at = |v: &[Validator], h: u64| v.iter().all(|x| x.height().is_some_and(|y| y >= h));
-    wait_for(
-        "four validators to commit 3 blocks",
-        Duration::from_secs(60),
-        || all_at(&v, 3),
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !all_at(&v, 3) {
+        assert!(
+            Instant::now() < deadline,
+            "four validators did not commit 3 blocks in 60 s; heights {:?}; the end of their logs:\n{}",
+            v.iter().map(|x| x.height()).collect::<Vec<_>>(),
+            v.iter().map(log_tail).collect::<String>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // A transfer commits, and every validator has the same app hash there.
     let to = v[1].address();
