@@ -276,6 +276,12 @@ async fn restart_keeps_the_cache_and_corrupt_files_are_never_served() {
         1,
         "served from disk after restart"
     );
+    let tier = |t: &str| format!("meshcast_cache_hits_total{{tier=\"{t}\"}}");
+    assert_eq!(edge.metric(&tier("disk")).await, 1.0);
+    assert_eq!(edge.metric(&tier("memory")).await, 0.0);
+    // Promoted by that hit: the next comes from memory.
+    get(&edge.url("/seg/keep.m4s?len=300000"), &[]).await;
+    assert_eq!(edge.metric(&tier("memory")).await, 1.0);
 
     // Flip one byte in every body file on disk, then restart with an empty
     // memory tier: the damaged object must be refetched, never served.

@@ -19,6 +19,11 @@ pub struct Metrics {
     pub coalesced_waiters: IntCounter,
     pub cache_bytes: IntGaugeVec,
     pub cache_objects: IntGaugeVec,
+    /// Cache hits by the tier that answered (resolved once: no label
+    /// lookup per request).
+    pub hits_memory: IntCounter,
+    pub hits_disk: IntCounter,
+    pub hits_partial: IntCounter,
     pub uring_submissions: IntCounter,
     pub disk_errors: IntCounter,
     pub corrupt_objects: IntCounter,
@@ -77,6 +82,11 @@ impl Metrics {
                 .expect("unique metric");
             h
         };
+        let hits = counter_vec(
+            "meshcast_cache_hits_total",
+            "Cache hits by the tier that answered (memory; disk; partial: an object still being written, streamed to a later reader)",
+            &["tier"],
+        );
         Metrics {
             request_seconds: histogram_vec("meshcast_request_duration_seconds", "From the request's arrival to its last byte sent, by site (its first host pattern) and cache outcome", &["site", "cache"]),
             first_byte_seconds: histogram_vec("meshcast_time_to_first_byte_seconds", "From the request's arrival to its response header going out, by site", &["site"]),
@@ -88,6 +98,9 @@ impl Metrics {
             coalesced_waiters: counter("meshcast_coalesced_waiters_total", "Requests that waited for another request's origin fetch instead of making their own"),
             cache_bytes: gauge_vec("meshcast_cache_bytes", "Bytes held by each cache tier", &["tier"]),
             cache_objects: gauge_vec("meshcast_cache_objects", "Objects held by each cache tier", &["tier"]),
+            hits_memory: hits.with_label_values(&["memory"]),
+            hits_disk: hits.with_label_values(&["disk"]),
+            hits_partial: hits.with_label_values(&["partial"]),
             uring_submissions: counter("meshcast_uring_submissions_total", "io_uring submission queue entries pushed by the disk tier"),
             disk_errors: counter("meshcast_disk_errors_total", "Disk tier operations that failed (the object stays memory-only)"),
             corrupt_objects: counter("meshcast_cache_corrupt_objects_total", "Cached objects that failed their checksum and were purged"),

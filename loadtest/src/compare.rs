@@ -90,6 +90,28 @@ fn measure(
     measure_url(server, &server.url(path), o.connections, o.duration, dir)
 }
 
+/// The edge's `meshcast_cache_hits_total` by tier: which tier the
+/// measured hits came from.
+async fn tier_hits(edge: &Server) -> serde_json::Value {
+    let text = match reqwest::get(&edge.status_url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let mut hits = serde_json::Map::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("meshcast_cache_hits_total{tier=\"") else {
+            continue;
+        };
+        if let Some((tier, value)) = rest.split_once("\"} ") {
+            hits.insert(
+                tier.into(),
+                json!(value.trim().parse::<f64>().unwrap_or(0.0)),
+            );
+        }
+    }
+    serde_json::Value::Object(hits)
+}
+
 pub async fn run(o: Options) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("meshcast-loadtest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -124,6 +146,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let fm = openloop::run(&edge.url(OBJECTS[0].1), rate, secs, o.connections).await;
     let fnx = openloop::run(&nginx.url(OBJECTS[0].1), rate, secs, o.connections).await;
 
+    let hits = tier_hits(&edge).await;
     let cm = coalesce::run(&origin, &edge.base, "meshcast", o.cold).await;
     let cn = coalesce::run(&origin, &nginx.base, "nginx", o.cold).await;
 
@@ -142,6 +165,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         settings: json!({
             "duration_s": o.duration, "connections": o.connections, "rounds": o.rounds,
             "threads": o.common.threads, "cold_requests": o.cold, "quick": o.common.quick,
+            "memory_size": o.common.memory_size, "edge_hits": hits,
         }),
     };
     if o.common.json {

@@ -44,6 +44,10 @@ pub struct Common {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// The edge's memory tier (`[cache] memory_size`). Below an object's
+    /// size, its hits come from the disk tier (the page cache, as nginx's).
+    #[arg(long, default_value = "512MiB")]
+    pub memory_size: String,
 }
 
 #[derive(Subcommand)]

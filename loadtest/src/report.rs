@@ -138,6 +138,12 @@ impl CompareReport {
             self.peak.meshcast_rss as f64 / 1048576.0,
             self.peak.nginx_rss as f64 / 1048576.0
         ));
+        if let Some(hits) = self.settings.get("edge_hits") {
+            s.push_str(&format!(
+                "\nEdge memory tier {}; its hits by tier over the run: {hits}.\n",
+                self.settings["memory_size"]
+            ));
+        }
         s
     }
 }

@@ -106,11 +106,12 @@ pub async fn start_edge_custom(
         &config,
         format!(
             "[edge]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin}\"\nthreads = {}\n{edge_extra}\n\
-             [cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"512MiB\"\nlock_timeout = \"30s\"\n\
+             [cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"{}\"\nlock_timeout = \"30s\"\n\
              [log]\naccess = \"off\"\nlevel = \"warn\"\n\
              [[site]]\nhosts = [\"*\"]\norigin = \"http://{origin}\"\nstale_if_error = \"0s\"\n{site_extra}",
             common.threads,
-            dir.join("edge-cache").display()
+            dir.join("edge-cache").display(),
+            common.memory_size,
         ),
     )?;
     spawn_edge(

@@ -167,9 +167,11 @@ impl Storage for TieredStorage {
         let (k, bin) = hash_of(key);
         let partial = self.writes.lock().get(&k).map(|(_, o)| o.clone());
         if let Some(obj) = partial {
+            self.metrics.hits_partial.inc();
             return Self::partial_hit(&obj);
         }
         if let Some(obj) = self.memory.get(k, &bin) {
+            self.metrics.hits_memory.inc();
             let meta = hit_meta(&obj.meta.0, &obj.header)?;
             return Ok(Some((meta, Box::new(CompleteHit::new(obj.body.clone())))));
         }
@@ -197,6 +199,7 @@ impl Storage for TieredStorage {
                     body_hash: record.body_hash,
                 });
                 self.memory.put(k, obj);
+                self.metrics.hits_disk.inc();
                 Ok(Some((meta, Box::new(CompleteHit::new(body)))))
             }
             Ok(None) => Ok(None),
