@@ -16,6 +16,8 @@ pub struct Options {
     pub connections: usize,
     pub rounds: usize,
     pub cold: usize,
+    /// Copies of each object the load cycles through (its working set).
+    pub objects: usize,
 }
 
 pub const OBJECTS: [(&str, &str); 3] = [
@@ -25,9 +27,16 @@ pub const OBJECTS: [(&str, &str); 3] = [
 ];
 
 /// Fetches each object until the server says it came from its cache, so
-/// both are measured on hits only.
-async fn warm(server: &Server) -> anyhow::Result<()> {
+/// both are measured on hits only; with `objects` copies, fills each copy
+/// first.
+async fn warm(server: &Server, objects: usize) -> anyhow::Result<()> {
     for (_, path) in OBJECTS {
+        for n in (0..objects).filter(|_| objects > 1) {
+            reqwest::get(server.url(&format!("{path}?n={n}")))
+                .await?
+                .bytes()
+                .await?;
+        }
         let mut hit = false;
         for _ in 0..5 {
             let r = reqwest::get(server.url(path)).await?;
@@ -66,7 +75,11 @@ pub fn measure_url(
     let cpu0 = procstat::cpu_seconds(&pids);
     let r = wrk::run(url, connections, secs, dir)?;
     let cpu = procstat::cpu_seconds(&pids) - cpu0;
-    Ok(Cell {
+    Ok(cell(&r, cpu))
+}
+
+fn cell(r: &wrk::WrkResult, cpu: f64) -> Cell {
+    Cell {
         rps: r.rps(),
         mb_per_sec: r.mb_per_sec(),
         p50_ms: r.p50_us as f64 / 1000.0,
@@ -78,7 +91,7 @@ pub fn measure_url(
             0.0
         },
         errors: r.errors,
-    })
+    }
 }
 
 fn measure(
@@ -87,7 +100,11 @@ fn measure(
     o: &Options,
     dir: &std::path::Path,
 ) -> anyhow::Result<Cell> {
-    measure_url(server, &server.url(path), o.connections, o.duration, dir)
+    let pids = server.pids();
+    let cpu0 = procstat::cpu_seconds(&pids);
+    let r = wrk::run_over(&server.url(path), o.objects, o.connections, o.duration, dir)?;
+    let cpu = procstat::cpu_seconds(&pids) - cpu0;
+    Ok(cell(&r, cpu))
 }
 
 /// The edge's `meshcast_cache_hits_total` by tier: which tier the
@@ -119,8 +136,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let origin = Origin::start(4.0, 10).await?;
     let edge = servers::start_edge(&o.common, origin.addr, &dir).await?;
     let nginx = servers::start_nginx(&o.common, origin.addr, &dir).await?;
-    warm(&edge).await?;
-    warm(&nginx).await?;
+    warm(&edge, o.objects).await?;
+    warm(&nginx, o.objects).await?;
     eprintln!(
         "measuring {} s × {} round(s) per object and server…",
         o.duration, o.rounds
@@ -165,7 +182,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         settings: json!({
             "duration_s": o.duration, "connections": o.connections, "rounds": o.rounds,
             "threads": o.common.threads, "cold_requests": o.cold, "quick": o.common.quick,
-            "memory_size": o.common.memory_size, "edge_hits": hits,
+            "memory_size": o.common.memory_size, "objects": o.objects, "edge_hits": hits,
         }),
     };
     if o.common.json {

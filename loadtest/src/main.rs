@@ -68,6 +68,11 @@ enum Command {
         /// Concurrent cold requests in the coalescing test (default 1000; 200 with --quick).
         #[arg(long)]
         cold: Option<usize>,
+        /// Copies of each object the load cycles through (`?n=0…N-1`). With
+        /// N × an object's size above `--memory-size`, its hits come from
+        /// the edge's disk tier.
+        #[arg(long, default_value_t = 1)]
+        objects: usize,
     },
     /// 2 MB segment throughput over HTTP/3 vs HTTP/2 over TLS on one edge.
     Http3 {
@@ -212,12 +217,14 @@ fn main() -> anyhow::Result<()> {
             connections,
             rounds,
             cold,
+            objects,
         } => {
             let opts = compare::Options {
                 duration: duration.unwrap_or(if common.quick { 1 } else { 5 }),
                 connections,
                 rounds: rounds.unwrap_or(if common.quick { 1 } else { 3 }),
                 cold: cold.unwrap_or(if common.quick { 200 } else { 1000 }),
+                objects: objects.max(1),
                 common,
             };
             rt.block_on(compare::run(opts))

@@ -33,10 +33,30 @@ impl WrkResult {
     }
 }
 
+/// Each wrk thread cycles through `n` copies of the URL (`?n=0` … `n-1`),
+/// which caches store as `n` objects.
+fn cycle(n: usize) -> String {
+    format!(
+        "local i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(nil, wrk.path .. \"?n=\" .. (i % {n}))\nend\n"
+    )
+}
+
 pub fn run(url: &str, connections: usize, secs: u64, dir: &Path) -> anyhow::Result<WrkResult> {
-    let script = dir.join("report.lua");
+    run_over(url, 1, connections, secs, dir)
+}
+
+/// `run` over `objects` copies of `url` (one when 1: the plain URL).
+pub fn run_over(
+    url: &str,
+    objects: usize,
+    connections: usize,
+    secs: u64,
+    dir: &Path,
+) -> anyhow::Result<WrkResult> {
+    let script = dir.join(format!("report-{objects}.lua"));
     if !script.exists() {
-        std::fs::write(&script, SCRIPT)?;
+        let head = if objects > 1 { cycle(objects) } else { String::new() };
+        std::fs::write(&script, head + SCRIPT)?;
     }
     let out = std::process::Command::new("wrk")
         .args([
