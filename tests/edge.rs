@@ -977,3 +977,51 @@ async fn until_cache_says(url: &str, word: &str) -> Reply {
     )
     .await
 }
+
+/// A disk tier of 2 MiB keeps no more than 2 MiB: what its eviction
+/// policy drops is deleted from disk and refetched when asked for again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_tier_keeps_no_more_than_its_size() {
+    let origin = Origin::start().await;
+    let edge = Edge::config(origin.addr, "");
+    let text = std::fs::read_to_string(&edge.config)
+        .unwrap()
+        .replace("disk_size = \"256MiB\"", "disk_size = \"2MiB\"")
+        .replace(
+            "memory_size = \"64MiB\"",
+            "memory_size = \"1MiB\"\nmax_object_size = \"1MiB\"",
+        );
+    std::fs::write(&edge.config, text).unwrap();
+    let edge = edge.start().await;
+    let url = |i: usize| edge.url(&format!("/seg/o{i}.m4s?len=100000"));
+    for i in 0..60 {
+        assert_eq!(get(&url(i), &[]).await.status, 200);
+    }
+    for i in 0..60 {
+        assert_eq!(
+            get(&url(i), &[]).await.body,
+            body_for(&format!("o{i}.m4s"), 100_000)
+        );
+    }
+    let refetched = (0..60)
+        .filter(|i| origin.hits(&format!("/seg/o{i}.m4s")) == 2)
+        .count();
+    assert!(
+        refetched >= 30,
+        "only {refetched} of 60 evicted objects refetched"
+    );
+    eventually(
+        "evicted files to be deleted",
+        Duration::from_secs(10),
+        || async {
+            let files = edge.body_files().len();
+            let bytes = edge.metric("meshcast_cache_bytes{tier=\"disk\"}").await;
+            if files <= 21 && bytes <= (2 << 20) as f64 {
+                Ok(())
+            } else {
+                Err(format!("{files} files, {bytes} bytes"))
+            }
+        },
+    )
+    .await;
+}

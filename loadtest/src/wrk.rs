@@ -55,7 +55,11 @@ pub fn run_over(
 ) -> anyhow::Result<WrkResult> {
     let script = dir.join(format!("report-{objects}.lua"));
     if !script.exists() {
-        let head = if objects > 1 { cycle(objects) } else { String::new() };
+        let head = if objects > 1 {
+            cycle(objects)
+        } else {
+            String::new()
+        };
         std::fs::write(&script, head + SCRIPT)?;
     }
     let out = std::process::Command::new("wrk")

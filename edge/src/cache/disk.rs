@@ -26,7 +26,9 @@ pub struct DiskTier {
     root: PathBuf,
     uring: Uring,
     index: Mutex<HashMap<u64, IndexEntry>>,
-    policy: TinyUfo<u64, ()>,
+    /// TinyUFO reports evictions by a hash of its own, not our key, so
+    /// each entry carries its key as its value.
+    policy: TinyUfo<u64, u64>,
     scanned: AtomicBool,
     tmp_seq: AtomicU64,
     bytes: AtomicI64,
@@ -160,8 +162,8 @@ impl DiskTier {
             self.bytes.fetch_sub(old.size as i64, Ordering::Relaxed);
         }
         self.bytes.fetch_add(size, Ordering::Relaxed);
-        for evicted in self.policy.put(key, (), w) {
-            if let Some(gone) = self.forget(evicted.key) {
+        for evicted in self.policy.put(key, key, w) {
+            if let Some(gone) = self.forget(evicted.data) {
                 self.delete_files_later(gone.hash_hex);
             }
         }

@@ -71,8 +71,9 @@ impl MemoryTier {
         let size = obj.body.len();
         self.entries.lock().insert(key, (size, obj.url.clone()));
         self.bytes.fetch_add(size as i64, Ordering::Relaxed);
+        // `evicted.key` is TinyUFO's own hash of the key, not the key.
         for evicted in self.ufo.put(key, obj, w) {
-            self.forget(evicted.key);
+            self.forget(super::tier_key(&evicted.data.hash));
         }
         self.update_gauges();
     }
@@ -109,5 +110,51 @@ impl MemoryTier {
             .cache_bytes
             .with_label_values(&["memory"])
             .set(self.bytes.load(Ordering::Relaxed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(i: u8, size: usize) -> Arc<MemObject> {
+        let mut hash = [0u8; 16];
+        hash[0] = i;
+        hash[15] = 1;
+        Arc::new(MemObject {
+            hash,
+            url: format!("/o/{i}"),
+            meta: (Vec::new(), Vec::new()),
+            header: ResponseHeader::build(200, None).expect("a header"),
+            body: Bytes::from(vec![i; size]),
+            body_hash: [0; 32],
+        })
+    }
+
+    /// TinyUFO names what it evicts by a hash of its own: the tier must
+    /// forget those objects anyway, or its accounting (and its map of
+    /// URLs) grows past the configured size forever.
+    #[test]
+    fn the_tier_holds_no_more_than_its_size() {
+        let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        let tier = MemoryTier::new(1 << 20, metrics);
+        for i in 0..64u8 {
+            let o = object(i, 100_000);
+            tier.put(super::super::tier_key(&o.hash), o);
+        }
+        let held = tier.entries.lock().len();
+        let bytes = tier.bytes.load(Ordering::Relaxed);
+        assert!(bytes <= 1 << 20, "{bytes} bytes accounted in a 1 MiB tier");
+        assert!(
+            (1..=10).contains(&held),
+            "{held} objects of 100 KB in 1 MiB"
+        );
+        let present = (0..64u8)
+            .filter(|&i| {
+                let o = object(i, 1);
+                tier.get(super::super::tier_key(&o.hash), &o.hash).is_some()
+            })
+            .count();
+        assert_eq!(present, held, "the map lists exactly what TinyUFO holds");
     }
 }

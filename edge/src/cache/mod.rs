@@ -63,7 +63,7 @@ fn hash_of(key: &impl CacheHashKey) -> (u64, [u8; 16]) {
 }
 
 /// The 64-bit key both tiers index by: the first 8 bytes of the key hash.
-fn tier_key(hash: &[u8; 16]) -> u64 {
+pub(super) fn tier_key(hash: &[u8; 16]) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&hash[..8]);
     u64::from_be_bytes(first)
