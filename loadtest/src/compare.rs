@@ -71,9 +71,21 @@ pub fn measure_url(
     secs: u64,
     dir: &std::path::Path,
 ) -> anyhow::Result<Cell> {
+    measure_over(server, url, 1, connections, secs, dir)
+}
+
+/// `measure_url` over `objects` copies of `url` (see `wrk::run_over`).
+fn measure_over(
+    server: &Server,
+    url: &str,
+    objects: usize,
+    connections: usize,
+    secs: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<Cell> {
     let pids = server.pids();
     let cpu0 = procstat::cpu_seconds(&pids);
-    let r = wrk::run(url, connections, secs, dir)?;
+    let r = wrk::run_over(url, objects, connections, secs, dir)?;
     let cpu = procstat::cpu_seconds(&pids) - cpu0;
     Ok(cell(&r, cpu))
 }
@@ -100,11 +112,8 @@ fn measure(
     o: &Options,
     dir: &std::path::Path,
 ) -> anyhow::Result<Cell> {
-    let pids = server.pids();
-    let cpu0 = procstat::cpu_seconds(&pids);
-    let r = wrk::run_over(&server.url(path), o.objects, o.connections, o.duration, dir)?;
-    let cpu = procstat::cpu_seconds(&pids) - cpu0;
-    Ok(cell(&r, cpu))
+    let url = server.url(path);
+    measure_over(server, &url, o.objects, o.connections, o.duration, dir)
 }
 
 /// The edge's `meshcast_cache_hits_total` by tier: which tier the

@@ -41,11 +41,7 @@ fn cycle(n: usize) -> String {
     )
 }
 
-pub fn run(url: &str, connections: usize, secs: u64, dir: &Path) -> anyhow::Result<WrkResult> {
-    run_over(url, 1, connections, secs, dir)
-}
-
-/// `run` over `objects` copies of `url` (one when 1: the plain URL).
+/// A wrk run over `objects` copies of `url` (one when 1: the plain URL).
 pub fn run_over(
     url: &str,
     objects: usize,
