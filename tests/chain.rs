@@ -106,10 +106,24 @@ impl Drop for Validator {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+fn wait_for(what: &str, limit: Duration, f: impl FnMut() -> bool) {
+    wait_for_explained(what, limit, f, String::new);
+}
+
+/// `wait_for`, with `explain()` (state worth seeing) in the failure.
+fn wait_for_explained(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> bool,
+    explain: impl Fn() -> String,
+) {
     let deadline = Instant::now() + limit;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}{}",
+            explain()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -204,16 +218,18 @@ fn four_validators_commit_survive_faults_and_slash_double_signs() {
         x.start();
     }
     let all_at = |v: &[Validator], h: u64| v.iter().all(|x| x.height().is_some_and(|y| y >= h));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !all_at(&v, 3) {
-        assert!(
-            Instant::now() < deadline,
-            "four validators did not commit 3 blocks in 60 s; heights {:?}; the end of their logs:\n{}",
-            v.iter().map(|x| x.height()).collect::<Vec<_>>(),
-            v.iter().map(log_tail).collect::<String>()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_explained(
+        "four validators to commit 3 blocks",
+        Duration::from_secs(60),
+        || all_at(&v, 3),
+        || {
+            format!(
+                "; heights {:?}; the end of their logs:\n{}",
+                v.iter().map(|x| x.height()).collect::<Vec<_>>(),
+                v.iter().map(log_tail).collect::<String>()
+            )
+        },
+    );
 
     // A transfer commits, and every validator has the same app hash there.
     let to = v[1].address();

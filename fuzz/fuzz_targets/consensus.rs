@@ -19,7 +19,7 @@ use meshcast_consensus::context::{
     BlockHash, BlockValue, Height, LedgerContext, ProposalInit, ProposalPart, Signer, ValidatorSet,
 };
 use meshcast_consensus::streams::{stream_proposal, Streams};
-use meshcast_ledger::state::{GenesisAccount, GenesisValidator};
+use meshcast_ledger::state::GenesisValidator;
 use meshcast_ledger::tx::TxBody;
 use meshcast_ledger::{Action, Block, Genesis, Params};
 use std::sync::OnceLock;
@@ -53,25 +53,12 @@ fn validators() -> &'static ValidatorSet {
     static SET: OnceLock<ValidatorSet> = OnceLock::new();
     SET.get_or_init(|| {
         let keys: Vec<[u8; 32]> = (1..=4).map(|i| Signer::new([i; 32]).address().0).collect();
+        // The validator set reads only the validators; accounts and
+        // prices play no part in checking a stream.
         let genesis = Genesis {
             chain_id: "fuzz".into(),
-            params: Params {
-                delivery_price_per_gb: 1,
-                storage_price_per_gb_hour: 1,
-                transcode_price_per_second: 1,
-                unbond_delay: 1,
-                slash_bps: 500,
-                min_stake: Default::default(),
-                epoch_secs: 0,
-            },
-            accounts: keys
-                .iter()
-                .map(|k| GenesisAccount {
-                    address: *k,
-                    balance: 1_000,
-                    stake: 100,
-                })
-                .collect(),
+            params: Params::default(),
+            accounts: vec![],
             authorities: vec![],
             validators: keys
                 .iter()
