@@ -9,7 +9,7 @@ mod support;
 
 use base64::Engine;
 use meshcast_control::identity::NodeKey;
-use meshcast_control::receipt::{Ack, SignedReceipt};
+use meshcast_control::receipt::{Ack, SealedReceipt};
 use meshcast_control::token::{self, TokenClaims};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -377,7 +377,7 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
     let r = get(&net.edge.url(&format!("/t/{good_token}{seg}")), &[]).await;
     assert!(r.cache.contains("hit"), "{}", r.cache);
     let header = fetch_receipt().await;
-    let receipt = SignedReceipt::from_header(&header).unwrap();
+    let receipt = SealedReceipt::from_header(&header).unwrap();
     let ack = Ack::sign(&session, receipt.clone());
     let v = post_acks(&net.edge, &good_token, &[(header.clone(), ack.sig)]).await;
     assert_eq!(v["accepted"], 1, "{v}");
@@ -415,7 +415,7 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
 
     let header2 = fetch_receipt().await;
     let wrong = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
-    let bad = Ack::sign(&wrong, SignedReceipt::from_header(&header2).unwrap());
+    let bad = Ack::sign(&wrong, SealedReceipt::from_header(&header2).unwrap());
     let v = post_acks(&net.edge, &good_token, &[(header2.clone(), bad.sig)]).await;
     assert!(
         v["refused"][0]["reason"]
@@ -425,9 +425,9 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
         "{v}"
     );
 
-    let mut wire = SignedReceipt::from_header(&header2).unwrap().wire;
+    let mut wire = SealedReceipt::from_header(&header2).unwrap().wire;
     wire[110] ^= 0x10; // the byte count
-    let tampered = SignedReceipt::decode(&wire).unwrap();
+    let tampered = SealedReceipt::decode(&wire).unwrap();
     let t_ack = Ack::sign(&session, tampered.clone());
     let v = post_acks(
         &net.edge,
@@ -442,13 +442,13 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
             .contains("not issued by this edge"),
         "{v}"
     );
-    // A poisoned ack: a real receipt with one signature byte flipped, acked
-    // with the right session key. Taken, it would make the HUB refuse the
-    // edge's whole epoch; the edge refuses it instead.
-    let mut wire = SignedReceipt::from_header(&header2).unwrap().wire;
-    let sig_at = wire.len() - 16 - 64;
-    wire[sig_at] ^= 0x01;
-    let poisoned = SignedReceipt::decode(&wire).unwrap();
+    // A forged ack: a real receipt with one seal byte flipped, acked with
+    // the right session key. Taken, every flip would be a receipt id of its
+    // own, paid again for the same bytes; the edge refuses it instead.
+    let mut wire = SealedReceipt::from_header(&header2).unwrap().wire;
+    let seal_at = wire.len() - 16;
+    wire[seal_at] ^= 0x01;
+    let poisoned = SealedReceipt::decode(&wire).unwrap();
     let p_ack = Ack::sign(&session, poisoned.clone());
     let v = post_acks(
         &net.edge,
@@ -467,7 +467,7 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
 
     // After its epoch is claimed, an old receipt is late, not new.
     let header3 = fetch_receipt().await;
-    let late = Ack::sign(&session, SignedReceipt::from_header(&header3).unwrap());
+    let late = Ack::sign(&session, SealedReceipt::from_header(&header3).unwrap());
     tokio::time::sleep(Duration::from_secs(6)).await; // epoch (2 s) + grace (3 s) passed
     let v = post_acks(&net.edge, &good_token, &[(header3, late.sig)]).await;
     assert!(
@@ -722,7 +722,7 @@ async fn an_unstaked_node_is_refused_and_a_cheater_is_slashed() {
     use meshcast_control::audit::build_claim;
     use meshcast_control::envelope::Envelope;
     use meshcast_control::messages;
-    use meshcast_control::receipt::ReceiptSigner;
+    use meshcast_control::receipt::ReceiptSealer;
     let mut hub = Hub::config("http://127.0.0.1:1");
     hub.launch().await;
     let client = reqwest::Client::new();
@@ -757,11 +757,11 @@ async fn an_unstaked_node_is_refused_and_a_cheater_is_slashed() {
         edges: Vec::new(),
     };
     let tok = token::issue(&hub_key, &claims, start_ms / 1000 - 1).unwrap();
-    let signer = ReceiptSigner::new(NodeKey::from_seed(edge_key.seed()));
+    let sealer = ReceiptSealer::new(NodeKey::from_seed(edge_key.seed()));
     let n = meshcast_control::audit::sample_k() + 500;
     let acks: Vec<(String, Ack)> = (0..n as u64)
         .map(|i| {
-            let r = signer.sign(
+            let r = sealer.issue(
                 token::token_id(&tok),
                 [3; 32],
                 &format!("/v/abc/720p/{i}.m4s"),

@@ -10,12 +10,14 @@
 //!
 //! Why both a listing and a tree: the listing (20-odd bytes per ack) makes
 //! totals, per-token budgets and duplicate receipts exact rather than
-//! sampled; the tree binds each listed entry to a full ack (two
-//! signatures), which is what sampling checks. A listed entry without a
+//! sampled; the tree binds each listed entry to a full ack (the edge's
+//! sealed receipt and the viewer's signature), and the node's signature on
+//! the claim envelope over its root makes every leaf the edge's statement;
+//! the leaves are what sampling checks. A listed entry without a
 //! genuine ack behind it is "fabricated"; see `sample` for the bound.
 
 use crate::merkle::{self, Batch};
-use crate::receipt::{verify_acks, verify_edges, Ack, ReceiptError};
+use crate::receipt::{verify_acks, Ack};
 use crate::sample::{delivery_challenge, sample_size};
 use crate::token::{self, token_id, TokenClaims};
 use serde::{Deserialize, Serialize};
@@ -358,10 +360,10 @@ pub struct Published {
 }
 
 /// Checks the opened acks: Merkle paths, listing, claimant, epoch window,
-/// token expiry and prefix, signatures — and that each names an object the
-/// HUB published (`published(path)`), with its content id and a range
-/// inside it. A valid edge signature proves the edge said it, not that the
-/// content exists: a receipt for made-up content or bytes past an
+/// token expiry and prefix, session signatures — and that each names an
+/// object the HUB published (`published(path)`), with its content id and a
+/// range inside it. The node's signature on the claim proves the edge said
+/// it, not that the content exists: a receipt for made-up content or bytes past an
 /// object's end refuses the whole claim.
 pub fn check_proof(
     claim: &Claim,
@@ -449,9 +451,6 @@ pub fn check_proof(
         acks.push(ack);
         sessions.push(session);
     }
-    let receipts: Vec<&_> = acks.iter().map(|a| &a.receipt).collect();
-    verify_edges(&receipts)
-        .map_err(|i| entry_err(indices[i], ReceiptError::BadEdgeSignature.to_string()))?;
     verify_acks(&acks, &sessions).map_err(|i| {
         entry_err(
             indices[i],

@@ -4,7 +4,7 @@
 use ed25519_dalek::SigningKey;
 use meshcast_control::audit::{self, build_claim, AuditError, Claim, Committed};
 use meshcast_control::identity::NodeKey;
-use meshcast_control::receipt::{Ack, ReceiptSigner};
+use meshcast_control::receipt::{Ack, ReceiptSealer};
 use meshcast_control::token::{self, token_id, TokenClaims};
 
 const EPOCH_SECS: u64 = 60;
@@ -13,7 +13,7 @@ const NONCE: [u8; 32] = [42; 32];
 
 struct World {
     hub: NodeKey,
-    edge: ReceiptSigner,
+    edge: ReceiptSealer,
     session: SigningKey,
     token: String,
 }
@@ -32,7 +32,7 @@ fn world(budget: u64, expires: u64) -> World {
     let token = token::issue(&hub, &claims, 0).unwrap();
     World {
         hub,
-        edge: ReceiptSigner::new(NodeKey::from_seed([2; 32])),
+        edge: ReceiptSealer::new(NodeKey::from_seed([2; 32])),
         session,
         token,
     }
@@ -45,7 +45,7 @@ fn epoch_start_ms() -> u64 {
 fn acks(w: &World, n: usize, time_ms: u64) -> Vec<(String, Ack)> {
     (0..n)
         .map(|i| {
-            let r = w.edge.sign(
+            let r = w.edge.issue(
                 token_id(&w.token),
                 [3; 32],
                 &format!("/v/abc/720p/{i}.m4s"),
@@ -133,10 +133,10 @@ fn tampered_receipt_is_refused() {
     let w = world(u64::MAX, 4_000_000_000);
     let mut a = acks(&w, 100, epoch_start_ms());
     // The edge changes a receipt's byte count after the viewer signed it
-    // (within the object, so only the signature can tell).
+    // (within the object, so only the viewer's signature can tell).
     let mut wire = a[5].1.receipt.wire.clone();
     wire[114] ^= 0x01;
-    a[5].1.receipt = meshcast_control::receipt::SignedReceipt::decode(&wire).unwrap();
+    a[5].1.receipt = meshcast_control::receipt::SealedReceipt::decode(&wire).unwrap();
     let err = audit(&w, &build_claim(EPOCH, EPOCH_SECS, a)).unwrap_err();
     assert!(
         err.to_string().contains("signature does not verify"),
@@ -242,7 +242,7 @@ fn forged(w: &World, what: impl Fn(usize) -> (String, [u8; 32], u64)) -> Vec<(St
     (0..200)
         .map(|i| {
             let (path, content, len) = what(i);
-            let r = w.edge.sign(
+            let r = w.edge.issue(
                 token_id(&w.token),
                 content,
                 &path,
@@ -320,7 +320,7 @@ fn a_self_dealing_edge_earns_nothing_from_tokens_steered_elsewhere() {
     );
 
     // The edge the HUB chose, same token: credited exactly.
-    w.edge = ReceiptSigner::new(NodeKey::from_seed([8; 32]));
+    w.edge = ReceiptSealer::new(NodeKey::from_seed([8; 32]));
     let c = build_claim(EPOCH, EPOCH_SECS, acks(&w, 100, epoch_start_ms()));
     assert_eq!(audit(&w, &c), Ok(c.claim.bytes));
 }
@@ -375,7 +375,7 @@ fn a_token_the_hub_does_not_trust_costs_only_its_own_entries() {
     let with_minted = |signer: &SigningKey| {
         let mut all = honest.clone();
         for i in 0..200u64 {
-            let r = w.edge.sign(
+            let r = w.edge.issue(
                 token_id(&minted),
                 [3; 32],
                 &format!("/v/abc/720p/{i}.m4s"),
@@ -423,7 +423,7 @@ fn an_owner_key_earns_nothing_outside_its_own_video() {
     let foreign = token::issue(&owner, &claims, 0).unwrap();
     let mut all = honest;
     for i in 0..100u64 {
-        let r = w.edge.sign(
+        let r = w.edge.issue(
             token_id(&foreign),
             [3; 32],
             &format!("/v/abc/720p/{i}.m4s"),

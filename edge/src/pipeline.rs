@@ -257,7 +257,7 @@ impl ProxyHttp for EdgePipeline {
             .map_or(0, |d| d.as_secs());
         let delivery = &self.shared.delivery;
         let hub_issuers = delivery.hub_issuers.load();
-        let me = delivery.book.as_ref().map(|b| b.signer.node());
+        let me = delivery.book.as_ref().map(|b| b.sealer.node());
         match delivery
             .tokens
             .gate(site.tokens.as_ref(), &hub_issuers, me.as_ref(), &path, now)
@@ -579,7 +579,7 @@ impl ProxyHttp for EdgePipeline {
                     let path = path.split('?').next().unwrap_or(path);
                     let content =
                         content_id(resp.headers.get(header::ETAG).map(|v| v.as_bytes()), path);
-                    let r = book.signer.sign(
+                    let r = book.sealer.issue(
                         token.id,
                         content,
                         path,

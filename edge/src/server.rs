@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use meshcast_conf::{ConfError, EdgeConfig};
 use meshcast_control::identity::NodeKey;
 use meshcast_control::messages::Issuer;
-use meshcast_control::receipt::ReceiptSigner;
+use meshcast_control::receipt::ReceiptSealer;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
@@ -83,7 +83,7 @@ fn build_delivery(
     let epoch_ms = crate::delivery::hub_client::saved_epoch_secs(&dir)
         .map_or(n.epoch.0.as_millis() as u64, |s| s * 1000);
     let book = Book::open(
-        ReceiptSigner::new(key),
+        ReceiptSealer::new(key),
         epoch_ms,
         n.ack_grace.0.as_millis() as u64,
         n.settled_keep.0.as_millis() as u64,

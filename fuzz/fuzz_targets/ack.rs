@@ -6,7 +6,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use meshcast_control::identity::NodeKey;
-use meshcast_control::receipt::{verify_acks, Ack, ReceiptSigner};
+use meshcast_control::receipt::{verify_acks, Ack, ReceiptSealer};
 
 #[derive(Arbitrary, Debug)]
 struct Fields {
@@ -25,8 +25,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(f) = Fields::arbitrary(&mut u) else {
         return;
     };
-    let signer = ReceiptSigner::new(NodeKey::from_seed([7; 32]));
-    let receipt = signer.sign(f.token, [3; 32], &f.path, f.start, f.len, 1_000, f.serial);
+    let sealer = ReceiptSealer::new(NodeKey::from_seed([7; 32]));
+    let receipt = sealer.issue(f.token, [3; 32], &f.path, f.start, f.len, 1_000, f.serial);
     let session = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let public = session.verifying_key().to_bytes();
     let valid = Ack::sign(&session, receipt);

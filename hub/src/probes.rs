@@ -1,9 +1,9 @@
 //! Probes: the HUB plays a viewer through every admitted edge on a
 //! schedule and checks what comes back against what it knows itself — the
-//! catalog's size and BLAKE3 of the object, and a receipt the edge must
-//! sign for exactly those bytes. Disagreements are counted per node and
+//! catalog's size and BLAKE3 of the object, and a receipt from the edge
+//! for exactly those bytes. Disagreements are counted per node and
 //! shown in `GET /v1/nodes`, so an edge that serves junk, truncates, or
-//! signs receipts for bytes it did not send is seen without any viewer
+//! issues receipts for bytes it did not send is seen without any viewer
 //! having to complain.
 //!
 //! `plan` and `judge` are sans-IO (randomness and time are inputs); `run`
@@ -16,7 +16,7 @@ use crate::admission::Candidate;
 use crate::catalog::{FileRef, Status};
 use crate::nodes::now_secs;
 use crate::Hub;
-use meshcast_control::receipt::{content_id, is_paid_media, SignedReceipt};
+use meshcast_control::receipt::{content_id, is_paid_media, SealedReceipt};
 use meshcast_control::token::{self, TokenClaims};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -106,11 +106,13 @@ pub fn judge(probe: &Probe, status: u16, body: &[u8], receipt: Option<&str>) -> 
         return Err("bytes differ from the catalog's".into());
     }
     let header = receipt.ok_or("no receipt for paid media")?;
-    let r = SignedReceipt::from_header(header).map_err(|e| e.to_string())?;
-    r.verify_edge().map_err(|e| e.to_string())?;
+    // What the receipt says is checked, not who made it: only its seal
+    // could tell, which only the edge can check; the edge signs for its
+    // receipts when it claims their acks, and probes send none.
+    let r = SealedReceipt::from_header(header).map_err(|e| e.to_string())?;
     let fields = &r.receipt;
     if fields.node != probe.edge.key {
-        return Err("receipt signed by another node".into());
+        return Err("receipt names another node".into());
     }
     if fields.path != probe.path() || fields.start != 0 || fields.len != body.len() as u64 {
         return Err("receipt does not describe what was sent".into());
@@ -300,12 +302,12 @@ mod tests {
     #[test]
     fn judge_finds_junk_truncation_and_false_receipts() {
         let key = meshcast_control::identity::NodeKey::from_seed([1; 32]);
-        let signer = meshcast_control::receipt::ReceiptSigner::new(key);
+        let sealer = meshcast_control::receipt::ReceiptSealer::new(key);
         let body = b"segment one".to_vec();
         let (file, expect) = files("a")[1].clone();
         let probe = Probe {
             edge: Candidate {
-                key: signer.node(),
+                key: sealer.node(),
                 ..edge(1)
             },
             video: "a".into(),
@@ -314,8 +316,8 @@ mod tests {
         };
         let etag = crate::origin::etag(&expect.hash);
         let receipt = |path: &str, len: u64| {
-            signer
-                .sign(
+            sealer
+                .issue(
                     [0; 16],
                     content_id(Some(etag.as_bytes()), path),
                     path,

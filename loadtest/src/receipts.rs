@@ -1,6 +1,6 @@
-//! `receipts`: what signing a `Meshcast-Receipt` costs on the hot path.
+//! `receipts`: what issuing a `Meshcast-Receipt` costs on the hot path.
 //! Two edges with the same token-checked site, one with a node identity
-//! (a receipt signed per response) and one without, measured A B A B with
+//! (a receipt sealed per response) and one without, measured A B A B with
 //! wrk on tokened URLs; the ratio is requests/s with receipts ÷ without.
 
 use crate::compare::measure_url;
@@ -39,7 +39,7 @@ async fn edge(
         if !key.exists() {
             NodeKey::generate()?.save(&key)?;
         }
-        // No hub answers here: the edge signs receipts and keeps acks all
+        // No hub answers here: the edge issues receipts and keeps acks all
         // the same, which is what is measured.
         format!(
             "[node]\nkey = \"{}\"\nhub = \"http://127.0.0.1:9\"\nadvertise = \"http://127.0.0.1:9\"\nstate_dir = \"{}\"\n",

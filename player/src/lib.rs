@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::SigningKey;
 use m3u8_rs::Playlist;
-use meshcast_control::receipt::{self, Ack, SignedReceipt};
+use meshcast_control::receipt::{self, Ack, SealedReceipt};
 use meshcast_control::token::token_id;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -77,6 +77,9 @@ pub struct Client {
     http: reqwest::Client,
     key: Option<SigningKey>,
     token: Option<String>,
+    /// Keys of the edges the HUB steered this viewer to (empty: any edge);
+    /// a receipt must name one of them.
+    edge_keys: Vec<[u8; 32]>,
     pending: Vec<(String, String)>,
     base: Url,
     batch: usize,
@@ -124,6 +127,7 @@ impl Client {
             http,
             key: None,
             token: None,
+            edge_keys: Vec::new(),
             pending: Vec::new(),
             base,
             batch: 16,
@@ -222,15 +226,20 @@ impl Client {
         Ok(body)
     }
 
-    /// A receipt must be signed by the edge, name our token, and cover
-    /// exactly the bytes that arrived for the path we asked for.
+    /// A receipt must name an edge we were steered to and our token, and
+    /// cover exactly the bytes that arrived for the path we asked for (the
+    /// edge's seal is its own to check; its signature comes with its claim).
     fn check_receipt(&self, url: &Url, header: &str, got: u64) -> Result<(), PlayError> {
         let bad = |reason: String| PlayError::Receipt {
             url: url.to_string(),
             reason,
         };
-        let r = SignedReceipt::from_header(header).map_err(|e| bad(e.to_string()))?;
-        r.verify_edge().map_err(|e| bad(e.to_string()))?;
+        let r = SealedReceipt::from_header(header).map_err(|e| bad(e.to_string()))?;
+        if !self.edge_keys.is_empty() && !self.edge_keys.contains(&r.receipt.node) {
+            return Err(bad(
+                "receipt names an edge the HUB did not steer this viewer to".into(),
+            ));
+        }
         if r.receipt.len != got {
             return Err(bad(format!(
                 "receipt says {} bytes, {got} arrived",
@@ -312,7 +321,7 @@ impl Client {
         let mut urls = Vec::new();
         for (header, url) in self.pending.drain(..) {
             let r =
-                SignedReceipt::from_header(&header).map_err(|e| PlayError::Hub(e.to_string()))?;
+                SealedReceipt::from_header(&header).map_err(|e| PlayError::Hub(e.to_string()))?;
             urls.push(url);
             let ack = Ack::sign(key, r);
             acks.push(serde_json::json!({
@@ -350,6 +359,7 @@ impl Client {
 struct Steered {
     token: String,
     edges: Vec<Url>,
+    keys: Vec<[u8; 32]>,
 }
 
 impl Steered {
@@ -388,10 +398,23 @@ async fn fetch_token(
                 .collect()
         })
         .unwrap_or_default();
+    let keys = v["edges"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|e| {
+                    let mut k = [0u8; 32];
+                    hex::decode_to_slice(e["key"].as_str()?, &mut k).ok()?;
+                    Some(k)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     match v["token"].as_str() {
         Some(t) if status.is_success() => Ok(Steered {
             token: t.to_string(),
             edges,
+            keys,
         }),
         _ => Err(PlayError::Hub(format!("{url}: {status}: {}", v["error"]))),
     }
@@ -474,6 +497,7 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
         ));
     }
     let mut key = None;
+    let mut edge_keys = Vec::new();
     let mut hub = o.hub.clone();
     let mut token = url
         .path()
@@ -489,6 +513,7 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
         let steered = fetch_token(&http, &h, &video, &k).await?;
         hub = Some(h);
         base = steered.edge(&base);
+        edge_keys = steered.keys;
         let t = steered.token;
         url = base
             .join(&format!("/t/{t}/v/{video}/{rest}"))
@@ -500,6 +525,7 @@ pub async fn play(o: Options) -> Result<Report, PlayError> {
         http,
         key,
         token,
+        edge_keys,
         pending: Vec::new(),
         base,
         batch: o.batch.max(1),

@@ -265,16 +265,16 @@ fn writer(dir: PathBuf, rx: mpsc::Receiver<Job>, fsyncs: prometheus::IntCounter)
 mod tests {
     use super::*;
     use meshcast_control::identity::NodeKey;
-    use meshcast_control::receipt::ReceiptSigner;
+    use meshcast_control::receipt::ReceiptSealer;
 
     #[test]
     fn replay_keeps_whole_records_and_cuts_a_torn_tail() {
-        let edge = ReceiptSigner::new(NodeKey::from_seed([1; 32]));
+        let edge = ReceiptSealer::new(NodeKey::from_seed([1; 32]));
         let session = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
         let ack = |i: u64| {
             Ack::sign(
                 &session,
-                edge.sign([0; 16], [0; 32], "/v/a/1.m4s", 0, 100 + i, i, i),
+                edge.issue([0; 16], [0; 32], "/v/a/1.m4s", 0, 100 + i, i, i),
             )
         };
         let dir = std::env::temp_dir().join(format!("meshcast-acklog-{}", std::process::id()));

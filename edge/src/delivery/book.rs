@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use meshcast_control::messages::{issuer_allows, issuer_known, Issuer};
-use meshcast_control::receipt::{verify_acks, Ack, ReceiptSigner, SignedReceipt};
+use meshcast_control::receipt::{verify_acks, Ack, ReceiptSealer, SealedReceipt};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -123,7 +123,7 @@ pub struct Epochs {
 }
 
 pub struct Book {
-    pub signer: ReceiptSigner,
+    pub sealer: ReceiptSealer,
     serial: AtomicU64,
     /// The network's epoch length (see `adopt_epoch_ms`).
     epoch_ms: AtomicU64,
@@ -140,7 +140,7 @@ pub struct Book {
 impl Book {
     /// Opens the ack log directory and loads every unsettled epoch.
     pub fn open(
-        signer: ReceiptSigner,
+        sealer: ReceiptSealer,
         epoch_ms: u64,
         grace_ms: u64,
         settled_keep_ms: u64,
@@ -175,7 +175,7 @@ impl Book {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
         let book = Book {
-            signer,
+            sealer,
             serial: AtomicU64::new(u64::from_le_bytes(seed) >> 1),
             epoch_ms: AtomicU64::new(epoch_ms.max(1)),
             grace_ms,
@@ -308,14 +308,14 @@ impl Book {
         let mut candidates: Vec<(usize, Ack)> = Vec::new();
         for (index, w) in batch.acks.iter().enumerate() {
             let mut refuse = |reason: String| refused.push(Refused { index, reason });
-            let receipt = match SignedReceipt::from_header(&w.receipt) {
+            let receipt = match SealedReceipt::from_header(&w.receipt) {
                 Ok(r) => r,
                 Err(e) => {
                     refuse(e.to_string());
                     continue;
                 }
             };
-            if let Err(e) = self.signer.is_ours(&receipt) {
+            if let Err(e) = self.sealer.is_ours(&receipt) {
                 refuse(e.to_string());
                 continue;
             }
@@ -417,8 +417,8 @@ mod epoch_tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let metrics = Box::leak(Box::new(Metrics::new()));
-        let signer = ReceiptSigner::new(NodeKey::from_seed([3; 32]));
-        let book = Book::open(signer, 60_000, 3_000, 3_600_000, &dir, metrics).unwrap();
+        let sealer = ReceiptSealer::new(NodeKey::from_seed([3; 32]));
+        let book = Book::open(sealer, 60_000, 3_000, 3_600_000, &dir, metrics).unwrap();
         let now = 1_000_000_000_000;
         // Empty: the network's 2 s applies at once, and sealing follows it.
         assert!(book.adopt_epoch_ms(2_000, now).await);
@@ -426,8 +426,8 @@ mod epoch_tests {
         assert_eq!(book.epochs.read().await.sealed_below, (now - 3_000) / 2_000);
         // Holding acks grouped by 2 s epochs: a new length waits.
         let receipt = book
-            .signer
-            .sign([1; 16], [2; 32], "/v/a/1.m4s", 0, 10, now, 1);
+            .sealer
+            .issue([1; 16], [2; 32], "/v/a/1.m4s", 0, 10, now, 1);
         let ack = Ack::sign(&ed25519_dalek::SigningKey::from_bytes(&[4; 32]), receipt);
         {
             let epochs = book.epochs.read().await;

@@ -53,7 +53,7 @@ impl HubLink {
         domain: &str,
         body: Vec<u8>,
     ) -> Result<(u16, Vec<u8>), String> {
-        let env = Envelope::seal(self.book.signer.key(), domain, body, now_ms() / 1000)
+        let env = Envelope::seal(self.book.sealer.key(), domain, body, now_ms() / 1000)
             .map_err(|e| e.to_string())?;
         let resp = self
             .http
@@ -423,7 +423,7 @@ impl HubClient {
                 } else {
                     self.register().await.map(|()| {
                         registered = true;
-                        tracing::info!(hub = %self.hub, node = %self.book.signer.key().id(), "registered with the hub");
+                        tracing::info!(hub = %self.hub, node = %self.book.sealer.key().id(), "registered with the hub");
                     })
                 };
                 self.metrics.hub_up.set(i64::from(result.is_ok()));

@@ -41,8 +41,8 @@ impl Delivery {
     /// `GET /v1/edge`: who this edge is and where its HUB is.
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
-            "node": self.book.as_ref().map(|b| b.signer.key().id()),
-            "key": self.book.as_ref().map(|b| hex::encode(b.signer.node())),
+            "node": self.book.as_ref().map(|b| b.sealer.key().id()),
+            "key": self.book.as_ref().map(|b| hex::encode(b.sealer.node())),
             "hub": self.hub,
             "receipts": self.book.is_some(),
         })
