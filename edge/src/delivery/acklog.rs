@@ -98,6 +98,7 @@ pub fn replay(path: &Path) -> std::io::Result<Vec<(String, Ack)>> {
     File::open(path)?.read_to_end(&mut bytes)?;
     let mut out = Vec::new();
     let mut at = 0usize;
+    let mut undecodable = false;
     while bytes.len() - at >= 20 {
         let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
         let Some(payload) = bytes.get(at + 20..at + 20 + len) else {
@@ -107,6 +108,7 @@ pub fn replay(path: &Path) -> std::io::Result<Vec<(String, Ack)>> {
             break;
         }
         let Some((token, acks)) = decode_payload(payload) else {
+            undecodable = true;
             break;
         };
         out.extend(acks.into_iter().map(|a| (token.clone(), a)));
@@ -119,7 +121,12 @@ pub fn replay(path: &Path) -> std::io::Result<Vec<(String, Ack)>> {
         let torn = bytes.len() - at < 20
             || 20 + u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize
                 > bytes.len() - at;
-        if torn {
+        if undecodable {
+            let copy = path.with_extension(format!("log.undecodable-at-{at}"));
+            std::fs::copy(path, &copy)?;
+            tracing::error!(file = %path.display(), kept = at, copy = %copy.display(),
+                "ack log record is whole but does not decode (acks of an older receipt format, from before an upgrade?); kept a copy, serving on with the records before it");
+        } else if torn {
             tracing::warn!(file = %path.display(), kept = at, dropped = bytes.len() - at,
                 "cut a torn record from the ack log (written, never acknowledged)");
         } else {
@@ -301,6 +308,20 @@ mod tests {
         assert_eq!(
             std::fs::read(path.with_extension("log.damaged-at-0")).unwrap(),
             bad
+        );
+        // A whole record this build cannot read (an ack of an older receipt
+        // format) is kept aside too, under its own name.
+        let mut old = ack(5);
+        old.receipt.wire[2] = b'2';
+        let mut bytes = encode("tok-a", &[ack(1)]);
+        let first = bytes.len() as u64;
+        bytes.extend(encode("tok-d", &[old]));
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(replay(&path).unwrap().len(), 1);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), first);
+        assert_eq!(
+            std::fs::read(path.with_extension(format!("log.undecodable-at-{first}"))).unwrap(),
+            bytes
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
