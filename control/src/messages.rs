@@ -72,14 +72,46 @@ pub struct Challenge {
 
 /// Whether `key` is in `issuers` at all (for any prefix).
 pub fn issuer_known(issuers: &[Issuer], key: &[u8; 32]) -> bool {
-    let k = hex::encode(key);
-    issuers.iter().any(|i| i.key == k)
+    issuers.iter().any(|i| i.is_key(key))
 }
 
 /// Whether `issuers` lets `key` sign a token for `prefix`.
 pub fn issuer_allows(issuers: &[Issuer], key: &[u8; 32], prefix: &str) -> bool {
-    let k = hex::encode(key);
     issuers
         .iter()
-        .any(|i| i.key == k && prefix.starts_with(&i.prefix))
+        .any(|i| i.is_key(key) && prefix.starts_with(&i.prefix))
+}
+
+impl Issuer {
+    /// Whether `key` is this issuer's (asked on every tokened request:
+    /// decoded on the stack, nothing allocated).
+    fn is_key(&self, key: &[u8; 32]) -> bool {
+        let mut k = [0u8; 32];
+        hex::decode_to_slice(&self.key, &mut k).is_ok() && &k == key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuers_are_matched_by_key_and_prefix() {
+        let key = [0xab; 32];
+        let issuers = vec![
+            Issuer {
+                key: "not hex".into(),
+                prefix: "/".into(),
+            },
+            Issuer {
+                key: hex::encode(key),
+                prefix: "/v/one/".into(),
+            },
+        ];
+        assert!(issuer_known(&issuers, &key));
+        assert!(!issuer_known(&issuers, &[0xac; 32]));
+        assert!(issuer_allows(&issuers, &key, "/v/one/"));
+        assert!(!issuer_allows(&issuers, &key, "/v/two/"));
+        assert!(!issuer_allows(&issuers, &[0; 32], "/v/one/"));
+    }
 }

@@ -90,7 +90,7 @@ enum Command {
         #[arg(long)]
         rounds: Option<usize>,
     },
-    /// Requests/s with delivery receipts signed on every response ÷ without.
+    /// Requests/s with a delivery receipt on every response ÷ without.
     Receipts {
         #[command(flatten)]
         common: Common,

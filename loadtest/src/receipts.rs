@@ -120,6 +120,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             .map(|(l, a, b)| {
                 json!({"object": l, "rps_receipts_on": a.rps, "rps_receipts_off": b.rps,
                 "ratio": ratio(a.rps, b.rps), "p99_ms_on": a.p99_ms, "p99_ms_off": b.p99_ms,
+                "cpu_s_per_gb_on": a.cpu_s_per_gb, "cpu_s_per_gb_off": b.cpu_s_per_gb,
                 "errors": a.errors + b.errors})
             })
             .collect();
@@ -128,13 +129,16 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             json!({ "receipts": v, "settings": {"duration": o.duration, "connections": o.connections, "rounds": o.rounds, "threads": o.common.threads} })
         );
     } else {
-        println!("| object | req/s receipts on | req/s off | on ÷ off | p99 on | p99 off |\n|---|---|---|---|---|---|");
+        println!("| object | req/s receipts on | req/s off | on ÷ off | CPU s/GB on | off | on ÷ off | p99 on | p99 off |\n|---|---|---|---|---|---|---|---|---|");
         for (l, a, b) in &rows {
             println!(
-                "| {l} | {:.0} | {:.0} | {:.2} | {:.2} ms | {:.2} ms |",
+                "| {l} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} ms | {:.2} ms |",
                 a.rps,
                 b.rps,
                 ratio(a.rps, b.rps),
+                a.cpu_s_per_gb,
+                b.cpu_s_per_gb,
+                ratio(a.cpu_s_per_gb, b.cpu_s_per_gb),
                 a.p99_ms,
                 b.p99_ms
             );
