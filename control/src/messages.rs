@@ -72,23 +72,24 @@ pub struct Challenge {
 
 /// Whether `key` is in `issuers` at all (for any prefix).
 pub fn issuer_known(issuers: &[Issuer], key: &[u8; 32]) -> bool {
-    issuers.iter().any(|i| i.is_key(key))
+    let k = key_hex(key);
+    issuers.iter().any(|i| i.key.as_bytes() == k)
 }
 
 /// Whether `issuers` lets `key` sign a token for `prefix`.
 pub fn issuer_allows(issuers: &[Issuer], key: &[u8; 32], prefix: &str) -> bool {
+    let k = key_hex(key);
     issuers
         .iter()
-        .any(|i| i.is_key(key) && prefix.starts_with(&i.prefix))
+        .any(|i| i.key.as_bytes() == k && prefix.starts_with(&i.prefix))
 }
 
-impl Issuer {
-    /// Whether `key` is this issuer's (asked on every tokened request:
-    /// decoded on the stack, nothing allocated).
-    fn is_key(&self, key: &[u8; 32]) -> bool {
-        let mut k = [0u8; 32];
-        hex::decode_to_slice(&self.key, &mut k).is_ok() && &k == key
-    }
+/// `key` in lowercase hex, as issuer lists write it, on the stack: these
+/// are asked on every tokened request, against lists of many owners.
+fn key_hex(key: &[u8; 32]) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    hex::encode_to_slice(key, &mut k).expect("64 hex digits for 32 bytes");
+    k
 }
 
 #[cfg(test)]

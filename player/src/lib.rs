@@ -390,26 +390,16 @@ async fn fetch_token(
         .map_err(|e| PlayError::Hub(format!("{url}: {e}")))?;
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.unwrap_or_default();
-    let edges = v["edges"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .filter_map(|e| Url::parse(e["url"].as_str()?).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let keys = v["edges"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .filter_map(|e| {
-                    let mut k = [0u8; 32];
-                    hex::decode_to_slice(e["key"].as_str()?, &mut k).ok()?;
-                    Some(k)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let (mut edges, mut keys) = (Vec::new(), Vec::new());
+    for e in v["edges"].as_array().into_iter().flatten() {
+        if let Some(url) = e["url"].as_str().and_then(|u| Url::parse(u).ok()) {
+            edges.push(url);
+        }
+        let mut k = [0u8; 32];
+        if hex::decode_to_slice(e["key"].as_str().unwrap_or(""), &mut k).is_ok() {
+            keys.push(k);
+        }
+    }
     match v["token"].as_str() {
         Some(t) if status.is_success() => Ok(Steered {
             token: t.to_string(),
@@ -604,5 +594,28 @@ mod tests {
         let u = Url::parse("http://e/v/vid2/720p/playlist.m3u8").unwrap();
         assert_eq!(split_url(&u).unwrap().2, "720p/playlist.m3u8");
         assert!(split_url(&Url::parse("http://e/other").unwrap()).is_none());
+    }
+
+    /// A node the HUB did not steer this viewer to (a stranger on the path,
+    /// or a colluder answering in the steered edge's name) gets no ack.
+    #[test]
+    fn receipts_from_an_edge_the_hub_did_not_name_are_refused() {
+        use meshcast_control::identity::NodeKey;
+        use meshcast_control::receipt::ReceiptSealer;
+        let url = Url::parse("http://e/v/vid1/720p/seg1.m4s").unwrap();
+        let steered = ReceiptSealer::new(NodeKey::from_seed([1; 32]));
+        let stranger = ReceiptSealer::new(NodeKey::from_seed([2; 32]));
+        let header = |s: &ReceiptSealer| {
+            s.issue([0; 16], [0; 32], "/v/vid1/720p/seg1.m4s", 0, 10, 1, 1)
+                .header_value()
+        };
+        let mut c = Client::plain(reqwest::Client::new(), url.clone());
+        assert!(c.check_receipt(&url, &header(&stranger), 10).is_ok());
+        c.edge_keys = vec![steered.node()];
+        assert!(c.check_receipt(&url, &header(&steered), 10).is_ok());
+        let refused = c.check_receipt(&url, &header(&stranger), 10).unwrap_err();
+        assert!(refused.to_string().contains("did not steer"), "{refused}");
+        let short = c.check_receipt(&url, &header(&steered), 9).unwrap_err();
+        assert!(short.to_string().contains("10 bytes, 9 arrived"), "{short}");
     }
 }

@@ -121,19 +121,18 @@ pub fn replay(path: &Path) -> std::io::Result<Vec<(String, Ack)>> {
         let torn = bytes.len() - at < 20
             || 20 + u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize
                 > bytes.len() - at;
-        if undecodable {
-            let copy = path.with_extension(format!("log.undecodable-at-{at}"));
-            std::fs::copy(path, &copy)?;
-            tracing::error!(file = %path.display(), kept = at, copy = %copy.display(),
-                "ack log record is whole but does not decode (acks of an older receipt format, from before an upgrade?); kept a copy, serving on with the records before it");
-        } else if torn {
+        if torn && !undecodable {
             tracing::warn!(file = %path.display(), kept = at, dropped = bytes.len() - at,
                 "cut a torn record from the ack log (written, never acknowledged)");
         } else {
-            let copy = path.with_extension(format!("log.damaged-at-{at}"));
+            let (what, why) = match undecodable {
+                true => ("undecodable", "is whole but does not decode (acks of an older receipt format, from before an upgrade?)"),
+                false => ("damaged", "failed its checksum"),
+            };
+            let copy = path.with_extension(format!("log.{what}-at-{at}"));
             std::fs::copy(path, &copy)?;
             tracing::error!(file = %path.display(), kept = at, copy = %copy.display(),
-                "ack log record failed its checksum; kept a copy, serving on with the records before it");
+                "ack log record {why}; kept a copy, serving on with the records before it");
         }
         OpenOptions::new()
             .write(true)
