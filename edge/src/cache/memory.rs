@@ -27,6 +27,8 @@ pub struct MemObject {
 
 pub struct MemoryTier {
     ufo: TinyUfo<u64, Arc<MemObject>>,
+    /// The tier's size in weight units.
+    units: usize,
     /// Sizes and URLs of what TinyUFO holds, for accounting and prefix purges.
     entries: Mutex<HashMap<u64, (usize, String)>>,
     bytes: AtomicI64,
@@ -54,6 +56,7 @@ impl MemoryTier {
         let units = (capacity as usize / UNIT).max(1);
         MemoryTier {
             ufo: TinyUfo::new(units, (units / 64).max(64)),
+            units,
             entries: Mutex::new(HashMap::new()),
             bytes: AtomicI64::new(0),
             metrics,
@@ -65,8 +68,13 @@ impl MemoryTier {
     }
 
     /// Offers an object; TinyUFO may decline it or evict others for it.
+    /// One heavier than the whole tier is not offered: TinyUFO would evict
+    /// everything else before evicting it (its frequency check applies only
+    /// when one object makes room), so each such disk hit would empty the tier.
     pub fn put(&self, key: u64, obj: Arc<MemObject>) {
-        let Some(w) = weight(&obj) else { return };
+        let Some(w) = weight(&obj).filter(|&w| usize::from(w) <= self.units) else {
+            return;
+        };
         self.remove(key);
         let size = obj.body.len();
         self.entries.lock().insert(key, (size, obj.url.clone()));
@@ -156,5 +164,27 @@ mod tests {
             })
             .count();
         assert_eq!(present, held, "the map lists exactly what TinyUFO holds");
+    }
+
+    #[test]
+    fn an_object_larger_than_the_tier_evicts_nothing() {
+        let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        let tier = MemoryTier::new(1 << 20, metrics);
+        let small: Vec<_> = (0..8u8).map(|i| object(i, 50_000)).collect();
+        for o in &small {
+            tier.put(super::super::tier_key(&o.hash), o.clone());
+        }
+        let big = object(100, 2 << 20);
+        let big_key = super::super::tier_key(&big.hash);
+        tier.put(big_key, big.clone());
+        assert!(
+            tier.get(big_key, &big.hash).is_none(),
+            "2 MiB in a 1 MiB tier"
+        );
+        let kept = small
+            .iter()
+            .filter(|o| tier.get(super::super::tier_key(&o.hash), &o.hash).is_some())
+            .count();
+        assert_eq!(kept, small.len(), "the small objects stay");
     }
 }
