@@ -20,7 +20,7 @@ pub fn init(validators: usize, dir: &Path, chain_id: &str) -> anyhow::Result<()>
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut keys = Vec::new();
     let mut ports = Vec::new();
-    let mut free = crate::ports::Ports::new();
+    let mut free = meshcast_ports::Ports::new();
     for k in 1..=validators {
         let home = dir.join(format!("node{k}"));
         std::fs::create_dir_all(&home)?;

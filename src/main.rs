@@ -5,7 +5,6 @@ mod demo_origin;
 mod keys;
 mod ledger_cmd;
 mod play;
-mod ports;
 mod up;
 
 use anyhow::Context;

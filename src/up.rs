@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::ports::Ports;
+use meshcast_ports::Ports;
 
 pub struct UpArgs {
     pub dir: PathBuf,

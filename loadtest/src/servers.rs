@@ -44,10 +44,10 @@ impl Drop for Server {
     }
 }
 
+/// A port for a server the harness starts: below the ephemeral range,
+/// where the load's own outgoing connections cannot take it first.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(meshcast_ports::free_port()?)
 }
 
 async fn wait_up(url: &str, child: &mut Child, what: &str) -> anyhow::Result<()> {

@@ -30,12 +30,6 @@ const STORAGE: usize = 8;
 /// `[storage] grace` of the run, in seconds.
 const GRACE_S: u64 = 2;
 
-fn port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn key(dir: &Path, name: &str) -> anyhow::Result<String> {
     let k = NodeKey::generate()?;
     k.save(&dir.join(format!("{name}.key")))?;
@@ -51,19 +45,19 @@ struct Net {
 /// Writes every config and starts the hub, the storage nodes and the edges.
 async fn start(o: &Options, dir: &Path) -> anyhow::Result<Net> {
     let exe = meshcast_binary(&o.common)?;
-    let hub_port = port()?;
+    let hub_port = crate::servers::free_port()?;
     let hub = format!("http://127.0.0.1:{hub_port}");
     let mut keys = Vec::new();
     for i in 0..STORAGE {
         keys.push(key(dir, &format!("storage{i}"))?);
         std::fs::write(dir.join(format!("storage{i}.toml")), format!(
             "[node]\nkey = \"{}\"\nhub = \"{hub}\"\nheartbeat = \"1s\"\n[worker]\nroles = [\"storage\"]\nscratch_dir = \"{}\"\nstorage_dir = \"{}\"\ncapacity = \"10GiB\"\nlisten = \"127.0.0.1:{}\"\n",
-            dir.join(format!("storage{i}.key")).display(), dir.join("scratch").display(), dir.join(format!("shards{i}")).display(), port()?))?;
+            dir.join(format!("storage{i}.key")).display(), dir.join("scratch").display(), dir.join(format!("shards{i}")).display(), crate::servers::free_port()?))?;
     }
     let mut edges = Vec::new();
     for (i, origin) in [hub.clone(), "network".into()].iter().enumerate() {
         keys.push(key(dir, &format!("edge{i}"))?);
-        let (p, admin) = (port()?, port()?);
+        let (p, admin) = (crate::servers::free_port()?, crate::servers::free_port()?);
         let url = format!("http://127.0.0.1:{p}");
         std::fs::write(dir.join(format!("edge{i}.toml")), format!(
             "[edge]\nlisten = [\"127.0.0.1:{p}\"]\nadmin = \"127.0.0.1:{admin}\"\nthreads = {}\n[cache]\ndir = \"{}\"\ndisk_size = \"2GiB\"\nmemory_size = \"256MiB\"\n[log]\naccess = \"{}\"\n[node]\nkey = \"{}\"\nhub = \"{hub}\"\nadvertise = \"{url}\"\nstate_dir = \"{}\"\n[[site]]\nhosts = [\"*\"]\norigin = \"{origin}\"\n",

@@ -133,9 +133,7 @@ pub(crate) async fn json(req: reqwest::RequestBuilder) -> anyhow::Result<Value> 
 async fn start(o: &Options, dir: &Path, workers: usize) -> anyhow::Result<(Procs, String, String)> {
     std::fs::create_dir_all(dir)?;
     let exe = meshcast_binary(&o.common)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = crate::servers::free_port()?;
     let hub = format!("http://127.0.0.1:{port}");
     let mut keys = Vec::new();
     for i in 0..workers {

@@ -287,23 +287,9 @@ async fn serve(
     }
 }
 
-/// A port for a server a test starts. Drawn below the kernel's ephemeral
-/// range (32768+), where outgoing connections of parallel tests take their
-/// local ports, from a start that differs per test process; bindable now.
+/// A port for a server a test starts (see `meshcast_ports`).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = std::process::id().wrapping_mul(7919);
-    for _ in 0..2000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (base.wrapping_add(n.wrapping_mul(13)) % 12_000) as u16;
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if tcp.is_ok() && udp.is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between 20000 and 32000")
+    meshcast_ports::free_port().expect("a free loopback port")
 }
 
 pub struct Edge {

@@ -1,7 +1,28 @@
-//! Free loopback ports for the servers `meshcast up` and `meshcast ledger
-//! init` write into configs before the processes that bind them start.
+//! meshcast-ports owns one thing: choosing loopback ports for servers that
+//! are written into configs before the processes that bind them start
+//! (`meshcast up`, `meshcast ledger init`, the loadtest harness and the
+//! integration tests). It binds only to probe and releases at once; it
+//! must not hold sockets or know what the ports are for.
 
-use anyhow::bail;
+use std::sync::Mutex;
+
+/// Every port below the ephemeral range is taken or unbindable.
+#[derive(Debug, thiserror::Error)]
+#[error("no free loopback port below {below} (the start of the kernel's ephemeral range)")]
+pub struct NoFreePort {
+    pub below: u16,
+}
+
+/// A port from one `Ports` shared by the whole process, so two callers in
+/// one process never get the same port.
+pub fn free_port() -> Result<u16, NoFreePort> {
+    static PORTS: Mutex<Option<Ports>> = Mutex::new(None);
+    // A caller that panicked holding the lock left the list intact.
+    let mut ports = PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    ports.get_or_insert_with(Ports::new).take()
+}
 
 /// Ports drawn from just below the kernel's ephemeral range. A port
 /// `bind(0)` hands out lies in that range, where every process's outgoing
@@ -12,6 +33,12 @@ pub struct Ports {
     low: u16,
     span: u32,
     given: Vec<u16>,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Ports {
@@ -30,7 +57,7 @@ impl Ports {
     }
 
     /// A port free now for both TCP and UDP, not handed out before.
-    pub fn take(&mut self) -> anyhow::Result<u16> {
+    pub fn take(&mut self) -> Result<u16, NoFreePort> {
         for _ in 0..self.span {
             self.next = self.next.wrapping_add(13);
             let port = (u32::from(self.low) - 1 - self.next % self.span) as u16;
@@ -41,7 +68,7 @@ impl Ports {
                 return Ok(port);
             }
         }
-        bail!("no free loopback port below {}", self.low)
+        Err(NoFreePort { below: self.low })
     }
 }
 
@@ -65,5 +92,14 @@ mod tests {
             );
             std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
         }
+    }
+
+    #[test]
+    fn the_process_wide_ports_never_repeat() {
+        let taken: Vec<u16> = (0..20).map(|_| super::free_port().unwrap()).collect();
+        let mut unique = taken.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), taken.len(), "{taken:?}");
     }
 }
