@@ -22,7 +22,6 @@ pub struct MemObject {
     /// `meta.1` decoded, so a hit does not unpack the header again.
     pub header: ResponseHeader,
     pub body: Bytes,
-    pub body_hash: [u8; 32],
 }
 
 pub struct MemoryTier {
@@ -135,7 +134,6 @@ mod tests {
             meta: (Vec::new(), Vec::new()),
             header: ResponseHeader::build(200, None).expect("a header"),
             body: Bytes::from(vec![i; size]),
-            body_hash: [0; 32],
         })
     }
 

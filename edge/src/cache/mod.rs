@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use disk::{DiskTier, LoadError};
 use memory::{MemObject, MemoryTier};
-use object::MetaRecord;
+use object::{BodyCheck, MetaRecord};
 use parking_lot::{Mutex, RwLock};
 use pingora_cache::key::{CacheHashKey, CacheKey};
 use pingora_cache::storage::streaming_write::U64WriteId;
@@ -196,7 +196,6 @@ impl Storage for TieredStorage {
                     meta: record.meta,
                     header: meta.response_header_copy(),
                     body: body.clone(),
-                    body_hash: record.body_hash,
                 });
                 self.memory.put(k, obj);
                 self.metrics.hits_disk.inc();
@@ -311,7 +310,6 @@ impl Storage for TieredStorage {
                     meta: serialized.clone(),
                     header: meta.response_header_copy(),
                     body: old.body.clone(),
-                    body_hash: old.body_hash,
                 }),
             );
             updated = true;
@@ -512,14 +510,12 @@ impl HandleMiss for Fill {
             chunks.iter().for_each(|c| all.extend_from_slice(c));
             all.freeze()
         };
-        let body_hash = *blake3::hash(&body).as_bytes();
         let obj = Arc::new(MemObject {
             hash: self.hash,
             url: self.url.clone(),
             meta: self.obj.meta.clone(),
             header: self.obj.header.clone(),
             body: body.clone(),
-            body_hash,
         });
         self.storage.memory.put(self.key, obj);
         if let Some(disk) = &self.storage.disk {
@@ -527,7 +523,7 @@ impl HandleMiss for Fill {
                 hash_hex: hex::encode(self.hash),
                 url: self.url.clone(),
                 body_len: size as u64,
-                body_hash,
+                body_check: BodyCheck::of(&body),
                 meta: self.obj.meta.clone(),
             };
             if let Err(e) = disk.store(self.key, record, vec![body]).await {
