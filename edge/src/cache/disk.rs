@@ -207,17 +207,30 @@ impl DiskTier {
         }
     }
 
-    /// Loads and verifies an object. `Ok(None)` is a plain miss.
+    /// Loads and verifies an object. `Ok(None)` is a plain miss. With the
+    /// body's size in the index, meta and body are read at once (one trip
+    /// to the I/O thread, not two); the record still decides what is valid.
     pub async fn load(
         &self,
         key: u64,
         hash_hex: &str,
     ) -> Result<Option<(MetaRecord, Bytes)>, LoadError> {
-        if self.scanned.load(Ordering::Acquire) && !self.index.lock().contains_key(&key) {
+        let indexed = self.index.lock().get(&key).map(|e| e.size);
+        if indexed.is_none() && self.scanned.load(Ordering::Acquire) {
             return Ok(None);
         }
         let (meta_path, body_path) = self.paths(hash_hex);
-        let meta = match self.uring.read(&meta_path, 1024).await {
+        let (meta, body) = match indexed {
+            Some(size) => {
+                let (meta, body) = tokio::join!(
+                    self.uring.read(&meta_path, 1024),
+                    self.uring.read(&body_path, size as usize + 1)
+                );
+                (meta, Some(body))
+            }
+            None => (self.uring.read(&meta_path, 1024).await, None),
+        };
+        let meta = match meta {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -226,11 +239,15 @@ impl DiskTier {
         if record.hash_hex != hash_hex {
             return Err(CorruptObject::WrongKey.into());
         }
-        let body = match self
-            .uring
-            .read(&body_path, record.body_len as usize + 1)
-            .await
-        {
+        let body = match body {
+            Some(read) => read,
+            None => {
+                self.uring
+                    .read(&body_path, record.body_len as usize + 1)
+                    .await
+            }
+        };
+        let body = match body {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(CorruptObject::BodyLength {
