@@ -340,3 +340,64 @@ fn key_of_hex(hash_hex: &str) -> Option<u64> {
     hex::decode_to_slice(hash_hex, &mut hash).ok()?;
     Some(super::tier_key(&hash))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::object::BodyCheck;
+    use super::*;
+
+    fn tier(name: &str) -> (Arc<DiskTier>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("meshcast-disk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        (
+            DiskTier::open(&dir, 64 << 20, metrics).expect("io_uring"),
+            dir,
+        )
+    }
+
+    fn record(hash: [u8; 16], body: &[u8], body_check: BodyCheck) -> MetaRecord {
+        MetaRecord {
+            hash_hex: hex::encode(hash),
+            url: "example.com/seg.m4s".into(),
+            body_len: body.len() as u64,
+            body_check,
+            meta: (vec![1, 2, 3], vec![4, 5, 6]),
+        }
+    }
+
+    /// A cache written before XXH3 sums (`MCMETA01`, BLAKE3) is still
+    /// served after the upgrade, and still checked: a flipped byte in such
+    /// a body is corrupt, not served.
+    #[tokio::test]
+    async fn objects_of_both_record_formats_load_and_are_checked() {
+        let (tier, dir) = tier("formats");
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let old = BodyCheck::Blake3(*blake3::hash(&body).as_bytes());
+        for (i, check) in [(1u8, BodyCheck::of(&body)), (2u8, old)] {
+            let hash = [i; 16];
+            let key = super::super::tier_key(&hash);
+            let rec = record(hash, &body, check);
+            tier.store(key, rec.clone(), vec![Bytes::from(body.clone())])
+                .await
+                .expect("stored");
+            let (loaded, got) = tier
+                .load(key, &rec.hash_hex)
+                .await
+                .expect("loads")
+                .expect("present");
+            assert_eq!(loaded, rec);
+            assert_eq!(&got[..], &body[..]);
+
+            let (_, body_path) = tier.paths(&rec.hash_hex);
+            let mut bad = body.clone();
+            bad[150_000] ^= 1;
+            std::fs::write(&body_path, &bad).unwrap();
+            assert!(matches!(
+                tier.load(key, &rec.hash_hex).await,
+                Err(LoadError::Corrupt(CorruptObject::BodyChecksum))
+            ));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
