@@ -100,16 +100,23 @@ async fn round(
                 per_sec,
                 layout,
             };
-            match rebuild(&mut ctx, &video, object, &missing).await {
-                Ok(n) => {
-                    hub.metrics.shards_repaired.inc_by(n as u64);
-                    hub.placements
-                        .put(&video, &stored)
-                        .map_err(|e| e.to_string())?;
-                    tracing::info!(%video, object = %stored.objects[i].path, rebuilt = n, "repaired");
-                }
+            // Shards put before a later one fails (a node dead but not yet
+            // past its grace, say) are recorded and counted now: left out,
+            // they were persisted unseen with the next object's repair, or
+            // orphaned on their nodes when none followed.
+            let mut placed = 0;
+            let result = rebuild(&mut ctx, &video, object, &missing, &mut placed).await;
+            let path = object.path.clone();
+            if placed > 0 {
+                hub.metrics.shards_repaired.inc_by(placed as u64);
+                hub.placements
+                    .put(&video, &stored)
+                    .map_err(|e| e.to_string())?;
+            }
+            match result {
+                Ok(()) => tracing::info!(%video, object = %path, rebuilt = placed, "repaired"),
                 Err(e) => {
-                    tracing::warn!(%video, object = %object.path, error = %e, "cannot repair yet")
+                    tracing::warn!(%video, object = %path, rebuilt = placed, error = %e, "cannot repair yet")
                 }
             }
         }
@@ -152,13 +159,15 @@ async fn fetch(ctx: &Ctx<'_>, object: &StoredObject, j: usize) -> Result<Vec<u8>
     Ok(bytes.to_vec())
 }
 
-/// Rebuilds `missing` shards of `object` onto new nodes; how many.
+/// Rebuilds `missing` shards of `object` onto new nodes, counting in
+/// `placed` each one put (and written into `object`) before any failure.
 async fn rebuild(
     ctx: &mut Ctx<'_>,
     video: &str,
     object: &mut StoredObject,
     missing: &[usize],
-) -> Result<usize, String> {
+    placed: &mut usize,
+) -> Result<(), String> {
     let total = ctx.layout.total();
     let mut got: Vec<Option<Vec<u8>>> = vec![None; total];
     // `k` of the others at once; the rest one by one if some fail.
@@ -192,7 +201,6 @@ async fn rebuild(
     let sealed = meshcast_shards::decode(ctx.layout, &refs).map_err(|e| e.to_string())?;
     let shards = meshcast_shards::encode(ctx.layout, &sealed);
     let object_name = format!("{video}/{}", object.path);
-    let mut done = 0;
     for &j in missing {
         let holding: HashSet<&str> = object.shards.iter().map(|s| s.node.as_str()).collect();
         let free: Vec<NodeRecord> = ctx
@@ -221,10 +229,10 @@ async fn rebuild(
             tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
         }
         let name = object.shards[j].name.clone();
-        let placed = put_shard(ctx.hub, ctx.http, node, &name, shards[j].clone()).await?;
-        *ctx.used.entry(placed.node.clone()).or_default() += placed.len;
-        object.shards[j] = placed;
-        done += 1;
+        let put = put_shard(ctx.hub, ctx.http, node, &name, shards[j].clone()).await?;
+        *ctx.used.entry(put.node.clone()).or_default() += put.len;
+        object.shards[j] = put;
+        *placed += 1;
     }
-    Ok(done)
+    Ok(())
 }
