@@ -106,13 +106,13 @@ async fn round(
             // orphaned on their nodes when none followed.
             let mut placed = 0;
             let result = rebuild(&mut ctx, &video, object, &missing, &mut placed).await;
-            let path = object.path.clone();
             if placed > 0 {
                 hub.metrics.shards_repaired.inc_by(placed as u64);
                 hub.placements
                     .put(&video, &stored)
                     .map_err(|e| e.to_string())?;
             }
+            let path = &stored.objects[i].path;
             match result {
                 Ok(()) => tracing::info!(%video, object = %path, rebuilt = placed, "repaired"),
                 Err(e) => {

@@ -76,30 +76,19 @@ impl MetaRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut out =
             Vec::with_capacity(96 + self.url.len() + self.meta.0.len() + self.meta.1.len());
-        let magic = match self.body_check {
-            BodyCheck::Xxh3(_) => MAGIC_V2,
-            BodyCheck::Blake3(_) => MAGIC_V1,
-        };
-        out.extend_from_slice(magic);
+        let v2 = matches!(self.body_check, BodyCheck::Xxh3(_));
+        out.extend_from_slice(if v2 { MAGIC_V2 } else { MAGIC_V1 });
         put_bytes(&mut out, self.hash_hex.as_bytes());
         put_bytes(&mut out, self.url.as_bytes());
         out.extend_from_slice(&self.body_len.to_le_bytes());
-        match self.body_check {
-            BodyCheck::Xxh3(sum) => {
-                out.extend_from_slice(&sum.to_le_bytes());
-                put_bytes(&mut out, &self.meta.0);
-                put_bytes(&mut out, &self.meta.1);
-                let own = XxHash3_128::oneshot(&out);
-                out.extend_from_slice(&own.to_le_bytes());
-            }
-            BodyCheck::Blake3(sum) => {
-                out.extend_from_slice(&sum);
-                put_bytes(&mut out, &self.meta.0);
-                put_bytes(&mut out, &self.meta.1);
-                let own = blake3::hash(&out);
-                out.extend_from_slice(own.as_bytes());
-            }
+        match &self.body_check {
+            BodyCheck::Xxh3(sum) => out.extend_from_slice(&sum.to_le_bytes()),
+            BodyCheck::Blake3(sum) => out.extend_from_slice(sum),
         }
+        put_bytes(&mut out, &self.meta.0);
+        put_bytes(&mut out, &self.meta.1);
+        let (own, len) = record_sum(v2, &out);
+        out.extend_from_slice(&own[..len]);
         out
     }
 
@@ -115,12 +104,8 @@ impl MetaRecord {
             return Err(CorruptObject::Truncated);
         }
         let (content, sum) = bytes.split_at(bytes.len() - trailer);
-        let intact = if v2 {
-            XxHash3_128::oneshot(content).to_le_bytes() == sum
-        } else {
-            blake3::hash(content).as_bytes() == sum
-        };
-        if !intact {
+        let (own, len) = record_sum(v2, content);
+        if own[..len] != *sum {
             return Err(CorruptObject::MetaChecksum);
         }
         let mut r = Reader(&content[MAGIC_V2.len()..]);
@@ -155,6 +140,18 @@ impl MetaRecord {
             return Err(CorruptObject::BodyChecksum);
         }
         Ok(())
+    }
+}
+
+/// A record's checksum of itself: XXH3-128 in `MCMETA02`, BLAKE3 in
+/// `MCMETA01`; the sum and how many of its bytes are used.
+fn record_sum(v2: bool, content: &[u8]) -> ([u8; 32], usize) {
+    let mut sum = [0u8; 32];
+    if v2 {
+        sum[..16].copy_from_slice(&XxHash3_128::oneshot(content).to_le_bytes());
+        (sum, 16)
+    } else {
+        (*blake3::hash(content).as_bytes(), 32)
     }
 }
 

@@ -125,9 +125,10 @@ pub fn replay(path: &Path) -> std::io::Result<Vec<(String, Ack)>> {
             tracing::warn!(file = %path.display(), kept = at, dropped = bytes.len() - at,
                 "cut a torn record from the ack log (written, never acknowledged)");
         } else {
-            let (what, why) = match undecodable {
-                true => ("undecodable", "is whole but does not decode (acks of an older receipt format, from before an upgrade?)"),
-                false => ("damaged", "failed its checksum"),
+            let (what, why) = if undecodable {
+                ("undecodable", "is whole but does not decode (acks of an older receipt format, from before an upgrade?)")
+            } else {
+                ("damaged", "failed its checksum")
             };
             let copy = path.with_extension(format!("log.{what}-at-{at}"));
             std::fs::copy(path, &copy)?;
