@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -358,6 +359,11 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
 /// decided block `height`. Each is over `meshcast_ledger::SignedVote`'s
 /// message, so anyone can check a block was decided — and a conflicting
 /// precommit from the same validator is slashable evidence.
+#[utoipa::path(get, path = "/v1/ledger/commits/{height}", tag = meshcast_ledger::api::TAG,
+    params(("height" = u64, Path, description = "Block height, from 1")),
+    responses(
+        (status = 200, description = "`height`, `round`, `block` (value id, hex) and the validators' `signatures`", body = Object),
+        (status = 404, description = "No block at that height yet", body = Object)))]
 async fn commit(
     axum::extract::State(node): axum::extract::State<Shared>,
     axum::extract::Path(height): axum::extract::Path<u64>,
@@ -398,13 +404,21 @@ async fn commit(
     }
 }
 
-/// The ledger API plus commit certificates, for the caller to serve.
-pub fn router(running: &Running) -> axum::Router {
-    let commits = axum::Router::new()
-        .route("/v1/ledger/commits/{height}", axum::routing::get(commit))
+/// The ledger API plus commit certificates, for the caller to serve (with
+/// their OpenAPI operations).
+pub fn router(running: &Running) -> OpenApiRouter {
+    let commits = OpenApiRouter::new()
+        .routes(routes!(commit))
         .with_state(running.node.clone());
     meshcast_ledger::api::routes_with(running.node.clone(), running.on_accept.clone())
         .merge(commits)
+}
+
+/// The standalone validator's Prometheus series.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+async fn metrics(axum::extract::State(running): axum::extract::State<Arc<Running>>) -> String {
+    running.render_metrics()
 }
 
 impl Running {
@@ -430,14 +444,13 @@ pub async fn run_home(home: &Path) -> Result<(), StartError> {
         .map_err(|source| StartError::Bind { addr: api, source })?;
     info!(%api, "ledger API listening");
     let running = Arc::new(running);
-    let for_metrics = running.clone();
-    let app = router(&running).route(
-        "/metrics",
-        axum::routing::get(move || {
-            let r = for_metrics.clone();
-            async move { r.render_metrics() }
-        }),
-    );
+    let app: axum::Router = router(&running)
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(metrics))
+                .with_state(running.clone()),
+        )
+        .into();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     running.stopped().await;
     server.abort();

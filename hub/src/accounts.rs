@@ -12,17 +12,18 @@
 //! start) creates accounts and sees everything.
 
 use crate::nodes::{now_secs, refuse};
+use crate::openapi::TAG_ACCOUNTS;
 use crate::{Hub, HubError};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// account id → JSON `Account`.
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -303,23 +304,33 @@ pub(crate) fn admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Box<Response>>
     }
 }
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/accounts", post(create).get(list))
-        .route("/v1/account", get(me))
-        .route("/v1/account/keys", post(add_key).get(list_keys))
-        .route("/v1/account/keys/{key}", delete(revoke))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(me))
+        .routes(routes!(add_key, list_keys))
+        .routes(routes!(revoke))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewAccount {
+    /// A name for people; need not be unique.
     name: String,
+    /// The largest single upload (bytes); the hub's default without it.
     max_upload_bytes: Option<u64>,
+    /// What the account may keep stored (bytes); the hub's default without it.
     max_stored_bytes: Option<u64>,
 }
 
 /// `POST /v1/accounts` (admin): a new account and its first key.
+#[utoipa::path(post, path = "/v1/accounts", tag = TAG_ACCOUNTS,
+    request_body(content = NewAccount, example = json!({"name": "acme", "max_upload_bytes": 10_000_000_000u64})),
+    security(("admin_key" = [])),
+    responses(
+        (status = 201, description = "`account` and its first `api_key` (shown once)", body = Object),
+        (status = 400, description = "Not a valid account request", body = Object),
+        (status = 403, description = "Not the admin key", body = Object)))]
 async fn create(
     State(hub): State<Arc<Hub>>,
     headers: HeaderMap,
@@ -358,6 +369,11 @@ async fn create(
 }
 
 /// `GET /v1/accounts` (admin): every account with its usage.
+#[utoipa::path(get, path = "/v1/accounts", tag = TAG_ACCOUNTS,
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "`accounts`, each with its quotas and `stored_bytes`", body = Object),
+        (status = 403, description = "Not the admin key", body = Object)))]
 async fn list(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     if let Err(r) = admin(&hub, &headers) {
         return *r;
@@ -373,7 +389,7 @@ async fn list(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     Json(json!({ "accounts": rows })).into_response()
 }
 
-fn account_caller(hub: &Hub, headers: &HeaderMap) -> Result<Account, Box<Response>> {
+pub(crate) fn account_caller(hub: &Hub, headers: &HeaderMap) -> Result<Account, Box<Response>> {
     match caller(hub, headers)? {
         Caller::Account(a) => Ok(a),
         Caller::Admin => Err(Box::new(refuse(
@@ -384,6 +400,11 @@ fn account_caller(hub: &Hub, headers: &HeaderMap) -> Result<Account, Box<Respons
 }
 
 /// `GET /v1/account`: the caller's account, quotas and usage.
+#[utoipa::path(get, path = "/v1/account", tag = TAG_ACCOUNTS,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "`account` (id, name, quotas, escrow address) and `stored_bytes`", body = Object),
+        (status = 401, description = "No or a bad API key", body = Object)))]
 async fn me(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     let a = match account_caller(&hub, &headers) {
         Ok(a) => a,
@@ -396,6 +417,11 @@ async fn me(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
 }
 
 /// `POST /v1/account/keys`: another key for the caller's account.
+#[utoipa::path(post, path = "/v1/account/keys", tag = TAG_ACCOUNTS,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "`api_key`: the new key (shown once)", body = Object),
+        (status = 401, description = "No or a bad API key", body = Object)))]
 async fn add_key(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     let a = match account_caller(&hub, &headers) {
         Ok(a) => a,
@@ -408,6 +434,11 @@ async fn add_key(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
 }
 
 /// `GET /v1/account/keys`: the caller's keys (ids and dates, no secrets).
+#[utoipa::path(get, path = "/v1/account/keys", tag = TAG_ACCOUNTS,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "`keys`: id, created, revoked", body = Object),
+        (status = 401, description = "No or a bad API key", body = Object)))]
 async fn list_keys(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     let a = match account_caller(&hub, &headers) {
         Ok(a) => a,
@@ -420,6 +451,12 @@ async fn list_keys(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response 
 }
 
 /// `DELETE /v1/account/keys/{key}`: revokes one of the caller's keys.
+#[utoipa::path(delete, path = "/v1/account/keys/{key}", tag = TAG_ACCOUNTS,
+    params(("key" = String, Path, description = "The key's id (from `GET /v1/account/keys`)")),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such key of yours", body = Object)))]
 async fn revoke(
     State(hub): State<Arc<Hub>>,
     headers: HeaderMap,

@@ -2,29 +2,34 @@
 
 use crate::accounts::caller;
 use crate::catalog::{Status, VideoRecord};
+use crate::openapi::{TAG_OPERATIONS, TAG_VIDEOS};
 use crate::{tus, Hub};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, head};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/videos", get(list).post(tus::create))
-        .route("/v1/videos/{id}", get(show))
-        .route(
-            "/v1/uploads/{id}",
-            head(tus::head).patch(tus::patch).delete(tus::terminate),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, tus::create))
+        .routes(routes!(show))
+        .routes(routes!(tus::head, tus::patch, tus::terminate))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
 }
 
-fn view(hub: &Hub, v: &VideoRecord) -> Value {
+/// Liveness: answers while the process serves.
+#[utoipa::path(get, path = "/healthz", tag = TAG_OPERATIONS,
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub(crate) fn view(hub: &Hub, v: &VideoRecord) -> Value {
     let ready = v.status == Status::Ready;
     let urls = |suffix: &str| -> Vec<String> {
         if !ready {
@@ -66,10 +71,13 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 /// `?limit=N&after=ID`: a page of videos, oldest first.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// At most this many videos (1 to 100; 100 without it).
     limit: Option<usize>,
+    /// The `next` of the page before.
     after: Option<String>,
 }
 
@@ -77,6 +85,12 @@ const MAX_PAGE: usize = 100;
 
 /// `GET /v1/videos`: the caller's videos (the admin's: all), in pages of
 /// at most 100, oldest first; `next` is the `after` for the next page.
+#[utoipa::path(get, path = "/v1/videos", tag = TAG_VIDEOS, params(Page),
+    security(("api_key" = []), ("admin_key" = [])),
+    responses(
+        (status = 200, description = "`videos` (each as `GET /v1/videos/{id}` shows it) and `next`, the `after` of the next page (absent on the last)", body = Object),
+        (status = 400, description = "A bad `limit` or `after`", body = Object),
+        (status = 401, description = "No or a bad API key", body = Object)))]
 async fn list(
     State(hub): State<Arc<Hub>>,
     headers: HeaderMap,
@@ -119,6 +133,12 @@ async fn list(
 
 /// `GET /v1/videos/{id}`: everything for its owner (and the admin); a
 /// ready video's public facts for anyone (its player page is public).
+#[utoipa::path(get, path = "/v1/videos/{id}", tag = TAG_VIDEOS,
+    params(("id" = String, Path, description = "The video's id, as `POST /v1/videos` gave it")),
+    security((), ("api_key" = []), ("admin_key" = [])),
+    responses(
+        (status = 200, description = "The video: `status` (`uploading`, `transcoding`, `ready`, `failed`), `percent`, `reason`, `duration`, `renditions`, `policy`, `chunks`, and when ready its `hls`, `dash` and `player` URLs at each edge. Without its owner's key only a ready video is shown, with its public facts", body = Object),
+        (status = 404, description = "No such video (or not yours and not ready)", body = Object)))]
 async fn show(State(hub): State<Arc<Hub>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let not_found = || {
         (
@@ -151,6 +171,9 @@ async fn show(State(hub): State<Arc<Hub>>, Path(id): Path<String>, headers: Head
     Json(public).into_response()
 }
 
+/// The hub's Prometheus series, its ledger's included.
+#[utoipa::path(get, path = "/metrics", tag = TAG_OPERATIONS,
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     use prometheus::Encoder;
     let mut out = Vec::new();

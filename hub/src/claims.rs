@@ -4,23 +4,24 @@
 //! logic is `meshcast_control::audit`; this module is storage and HTTP.
 
 use crate::nodes::{now_secs, open_envelope, refuse};
+use crate::openapi::TAG_NODES;
 use crate::registry::{Decision, Pending, SettleView, Settlement};
 use crate::Hub;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use meshcast_control::audit::{self, AuditError, Checked, Claim, Opening};
 use meshcast_control::messages::{self, issuer_allows, issuer_known, Challenge};
 use meshcast_control::receipt::content_id;
 use std::sync::Arc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/claims", post(claim))
-        .route("/v1/claims/open", post(open))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(claim))
+        .routes(routes!(open))
 }
 
 /// Checks a claim's listing: epochs of the network's length (so epoch n
@@ -234,6 +235,15 @@ fn admitted(hub: &Hub, node: &str) -> Result<(), Box<Response>> {
     }
 }
 
+/// An edge's delivery claim for an epoch; answered with the challenge.
+#[utoipa::path(post, path = "/v1/claims", tag = TAG_NODES,
+    request_body(content = String, content_type = "application/octet-stream", description = "A signed envelope (domain `meshcast-claim-v1`) whose body is the epoch's claim: its receipts' Merkle root, count, bytes and tokens"),
+    responses(
+        (status = 200, description = "`{epoch, indices}`: the acks to open", body = Object),
+        (status = 400, description = "Not a valid envelope (bad signature, stale timestamp, replayed nonce) or body", body = Object),
+        (status = 403, description = "Not an admitted edge", body = Object),
+        (status = 409, description = "This epoch is settled already: its settlement, as recorded", body = Object),
+        (status = 422, description = "Refused (an epoch of the wrong length, a token its issuer may not sign, or one naming another edge): the refusal, recorded as the settlement", body = Object)))]
 async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, key, node) = match open_envelope(&hub, messages::CLAIM, &body) {
         Ok(v) => v,
@@ -315,6 +325,14 @@ async fn claim(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     .into_response()
 }
 
+/// The openings the challenge asked for; answered with the settlement.
+#[utoipa::path(post, path = "/v1/claims/open", tag = TAG_NODES,
+    request_body(content = String, content_type = "application/octet-stream", description = "A signed envelope (domain `meshcast-opening-v1`) whose body is the challenged acks with their Merkle paths"),
+    responses(
+        (status = 200, description = "The settlement: bytes credited, or the reason the claim failed", body = Object),
+        (status = 400, description = "Not a valid envelope (bad signature, stale timestamp, replayed nonce) or body", body = Object),
+        (status = 404, description = "No claim for this epoch awaits opening", body = Object),
+        (status = 409, description = "This epoch is settled already: its settlement, as recorded", body = Object)))]
 async fn open(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, key, node) = match open_envelope(&hub, messages::OPENING, &body) {
         Ok(v) => v,

@@ -17,6 +17,7 @@ mod dispatch;
 mod jobs;
 mod ledger;
 mod nodes;
+pub mod openapi;
 mod origin;
 mod placement;
 mod player;
@@ -281,7 +282,7 @@ impl Drop for LongPoll {
     }
 }
 
-fn counter_vec(
+pub(crate) fn counter_vec(
     registry: &prometheus::Registry,
     name: &str,
     help: &str,
@@ -439,12 +440,13 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
     // A catalog that cannot list its videos stops the start: serving on
     // without the owners' keys would refuse their viewers.
     let issuers = build_issuers(&key, &catalog)?;
+    let metrics = Metrics::new();
     let hub = Arc::new(Hub {
         config: config.clone(),
         catalog,
         blobs,
         jobs,
-        metrics: Metrics::new(),
+        metrics,
         uploads_busy: Default::default(),
         key,
         registry,
@@ -524,9 +526,11 @@ async fn stop_signal() {
     }
 }
 
+/// Every route, each registered with its OpenAPI operation; the finished
+/// document is served at `/v1/openapi.json`.
 fn router(hub: Arc<Hub>) -> Router {
     let ledger_api = meshcast_consensus::router(&hub.ledger.running);
-    Router::new()
+    let (router, doc) = openapi::router()
         .merge(api::routes())
         .merge(accounts::routes())
         .merge(origin::routes())
@@ -540,4 +544,10 @@ fn router(hub: Arc<Hub>) -> Router {
         .layer(axum::middleware::from_fn(tus::cors))
         .with_state(hub)
         .merge(ledger_api)
+        .split_for_parts();
+    router
+        .fallback(openapi::no_route)
+        .layer(axum::Extension(openapi::Served(Arc::new(openapi::finish(
+            doc,
+        )))))
 }

@@ -1,13 +1,13 @@
 //! Node registration and heartbeats (signed envelopes), and `GET /v1/nodes`.
 
+use crate::openapi::TAG_NODES;
 use crate::registry::NodeRecord;
 use crate::Hub;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use ed25519_dalek::VerifyingKey;
 use meshcast_control::envelope::{Envelope, Verifier};
 use meshcast_control::identity::node_id;
@@ -15,13 +15,14 @@ use meshcast_control::messages::{self, Heartbeat, HubInfo, Register};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/nodes", get(list))
-        .route("/v1/evidence/{hash}", get(evidence))
-        .route("/v1/nodes/register", post(register))
-        .route("/v1/nodes/heartbeat", post(heartbeat))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(evidence))
+        .routes(routes!(register))
+        .routes(routes!(heartbeat))
 }
 
 pub fn now_secs() -> u64 {
@@ -120,6 +121,13 @@ fn info(hub: &Hub, node: &NodeRecord) -> HubInfo {
     }
 }
 
+/// A node joins (or updates its address, roles and capacity); answered
+/// with what it needs to work with this hub.
+#[utoipa::path(post, path = "/v1/nodes/register", tag = TAG_NODES,
+    request_body(content = String, content_type = "application/octet-stream", description = "A signed envelope (domain `meshcast-register-v1`) whose body is JSON `{{addr, roles, capacity_bytes}}`"),
+    responses(
+        (status = 200, description = "The hub's key, the node's id, trusted token issuers, the node's admission (stake needed and held) and the epoch length", body = Object),
+        (status = 400, description = "Not a valid envelope (bad signature, stale timestamp, replayed nonce) or body", body = Object)))]
 async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, key, id) = match open_envelope(&hub, messages::REGISTER, &body) {
         Ok(v) => v,
@@ -181,6 +189,13 @@ async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     }
 }
 
+/// A registered node's periodic sign of life and load.
+#[utoipa::path(post, path = "/v1/nodes/heartbeat", tag = TAG_NODES,
+    request_body(content = String, content_type = "application/octet-stream", description = "A signed envelope (domain `meshcast-heartbeat-v1`) whose body is JSON `{{load, cache_bytes, bytes_out}}`"),
+    responses(
+        (status = 200, description = "As for registration", body = Object),
+        (status = 400, description = "Not a valid envelope (bad signature, stale timestamp, replayed nonce) or body", body = Object),
+        (status = 404, description = "Not registered; register first", body = Object)))]
 async fn heartbeat(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, _, id) = match open_envelope(&hub, messages::HEARTBEAT, &body) {
         Ok(v) => v,
@@ -217,6 +232,11 @@ async fn heartbeat(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
 
 /// The node-signed envelopes a slash rests on (hex, wire form): decode
 /// them with any envelope reader and re-run the audit.
+#[utoipa::path(get, path = "/v1/evidence/{hash}", tag = TAG_NODES,
+    params(("hash" = String, Path, description = "The evidence hash a slash names")),
+    responses(
+        (status = 200, description = "The envelopes (hex, wire form) the slash rests on", body = Object),
+        (status = 404, description = "No such evidence", body = Object)))]
 async fn evidence(
     State(hub): State<Arc<Hub>>,
     axum::extract::Path(hash): axum::extract::Path<String>,
@@ -228,6 +248,10 @@ async fn evidence(
     }
 }
 
+/// Every node the hub knows: roles, state, admission, stake, score,
+/// bytes credited, audits and probes.
+#[utoipa::path(get, path = "/v1/nodes", tag = TAG_NODES,
+    responses((status = 200, description = "`nodes`: each node's record with `up`, `admitted`, `stake` and `needed`", body = Object)))]
 async fn list(State(hub): State<Arc<Hub>>) -> Response {
     let now = now_secs();
     match hub.registry.nodes() {

@@ -4,19 +4,19 @@
 //! Files stream from disk with Range and conditional requests
 //! (`tower-http`'s `ServeFile`).
 
+use crate::openapi::TAG_PLAYBACK;
 use crate::Hub;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use std::sync::Arc;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new().route("/v/{id}/{*path}", get(serve))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new().routes(routes!(serve))
 }
 
 pub fn content_type(path: &str) -> &'static str {
@@ -43,6 +43,17 @@ fn cache_control(path: &str) -> &'static str {
     }
 }
 
+/// A published file of a video (what edges fetch): playlists, MPDs, init
+/// segments and segments, with Range and conditional requests.
+#[utoipa::path(get, path = "/v/{id}/{*path}", tag = TAG_PLAYBACK,
+    params(("id" = String, Path, description = "The video's id"),
+        ("path" = String, Path, description = "The file within it, e.g. `master.m3u8`, `manifest.mpd`, `720p/seg_00001.m4s`"),
+        ("Range" = Option<String>, Header, description = "A byte range")),
+    responses(
+        (status = 200, description = "The file, with its ETag (BLAKE3) and cache lifetime", content_type = "application/octet-stream", body = String),
+        (status = 206, description = "The range asked for"),
+        (status = 304, description = "Not modified"),
+        (status = 404, description = "No such file")))]
 async fn serve(
     State(hub): State<Arc<Hub>>,
     Path((id, path)): Path<(String, String)>,

@@ -7,14 +7,14 @@
 //! it alone. Playlists stay with the HUB's origin.
 
 use crate::nodes::{now_secs, open_envelope, refuse};
+use crate::openapi::TAG_WORK;
 use crate::registry::NodeRecord;
 use crate::{Hub, HubError};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use meshcast_control::envelope::Envelope;
 use meshcast_control::placement::{
     shard_name, PlacedObject, PlacedShard, Placement, PlacementRequest, Store, PLACEMENT, STORE,
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// video id → the content key (32 bytes).
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("content_keys");
@@ -143,10 +144,10 @@ impl Placements {
     }
 }
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/placements", post(placement))
-        .route("/v1/placements/{video}", axum::routing::get(summary))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(placement))
+        .routes(routes!(summary))
 }
 
 /// Objects the network stores: media, not playlists.
@@ -342,6 +343,11 @@ pub async fn place(hub: &Arc<Hub>, video: &str) -> Result<usize, String> {
 
 /// Where a video's shards are, for operators and owners: every object's
 /// shards by node (no key, no address).
+#[utoipa::path(get, path = "/v1/placements/{video}", tag = TAG_WORK,
+    params(("video" = String, Path, description = "The video's id")),
+    responses(
+        (status = 200, description = "Every object's shards by node (no key, no address)", body = Object),
+        (status = 404, description = "Not on the network (yet)", body = Object)))]
 async fn summary(
     State(hub): State<Arc<Hub>>,
     axum::extract::Path(video): axum::extract::Path<String>,
@@ -357,6 +363,13 @@ async fn summary(
 }
 
 /// An admitted edge asks where a video's shards are.
+#[utoipa::path(post, path = "/v1/placements", tag = TAG_WORK,
+    request_body(content = String, content_type = "application/octet-stream", description = "A signed envelope (domain `meshcast-storage-placement-v1`) whose body is JSON `{{video}}`"),
+    responses(
+        (status = 200, description = "Where each object's shards are (node addresses) and the content key wrapped for this edge", body = Object),
+        (status = 400, description = "Not a valid envelope (bad signature, stale timestamp, replayed nonce) or body", body = Object),
+        (status = 403, description = "Not an admitted edge", body = Object),
+        (status = 404, description = "Not on the network (yet)", body = Object)))]
 async fn placement(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, key, id) = match open_envelope(&hub, PLACEMENT, &body) {
         Ok(v) => v,

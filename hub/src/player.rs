@@ -5,22 +5,43 @@
 //! The page records what happened in `window.meshcast` for tests.
 
 use crate::catalog::Status;
+use crate::openapi::{TAG_OPERATIONS, TAG_PLAYBACK};
 use crate::Hub;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use std::path::Component;
 use std::sync::Arc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/play/{id}", get(page))
-        .route("/assets/meshcast-acks.js", get(|| script(PLUGIN)))
-        .route("/assets/meshcast-rtc.js", get(|| script(RTC_LOADER)))
-        .route("/assets/{*path}", get(asset))
-        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(acks_plugin))
+        .routes(routes!(rtc_loader))
+        .routes(routes!(asset))
+        .routes(routes!(favicon))
+}
+
+/// The proof-of-delivery plugin for hls.js, dash.js and Shaka.
+#[utoipa::path(get, path = "/assets/meshcast-acks.js", tag = TAG_PLAYBACK,
+    responses((status = 200, description = "The script", content_type = "text/javascript", body = String)))]
+async fn acks_plugin() -> Response {
+    script(PLUGIN)
+}
+
+/// The hls.js loader that fetches over a WebRTC data channel.
+#[utoipa::path(get, path = "/assets/meshcast-rtc.js", tag = TAG_PLAYBACK,
+    responses((status = 200, description = "The script", content_type = "text/javascript", body = String)))]
+async fn rtc_loader() -> Response {
+    script(RTC_LOADER)
+}
+
+/// Browsers ask; there is none.
+#[utoipa::path(get, path = "/favicon.ico", tag = TAG_OPERATIONS,
+    responses((status = 204, description = "No icon")))]
+async fn favicon() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 /// The proof-of-delivery plugin for hls.js, dash.js and Shaka, kept in the
@@ -30,7 +51,7 @@ const PLUGIN: &str = include_str!("../../player/js/meshcast-acks.js");
 /// The hls.js loader that fetches over a WebRTC data channel.
 const RTC_LOADER: &str = include_str!("../../player/js/meshcast-rtc.js");
 
-async fn script(text: &'static str) -> Response {
+fn script(text: &'static str) -> Response {
     (
         [
             ("content-type", "text/javascript"),
@@ -41,8 +62,21 @@ async fn script(text: &'static str) -> Response {
         .into_response()
 }
 
-const ALLOWED_ASSETS: [&str; 3] = ["hls.js/dist/", "dashjs/dist/", "shaka-player/dist/"];
+/// The packages whose files are served (swagger-ui-dist keeps its files
+/// at its root).
+const ALLOWED_ASSETS: [&str; 4] = [
+    "hls.js/dist/",
+    "dashjs/dist/",
+    "shaka-player/dist/",
+    "swagger-ui-dist/",
+];
 
+/// The players' and the API reference's files, from `npm ci`.
+#[utoipa::path(get, path = "/assets/{*path}", tag = TAG_OPERATIONS,
+    params(("path" = String, Path, description = "e.g. `hls.js/dist/hls.min.js`, `dashjs/dist/modern/umd/dash.all.min.js`, `swagger-ui-dist/swagger-ui.css`")),
+    responses(
+        (status = 200, description = "The file", content_type = "text/javascript", body = String),
+        (status = 404, description = "Not one of the served packages, or not installed", content_type = "text/plain", body = String)))]
 async fn asset(State(hub): State<Arc<Hub>>, Path(path): Path<String>) -> Response {
     let Some(dir) = &hub.config.hub.assets_dir else {
         return (
@@ -59,10 +93,12 @@ async fn asset(State(hub): State<Arc<Hub>>, Path(path): Path<String>) -> Respons
     }
     match tokio::fs::read(dir.join(rel)).await {
         Ok(bytes) => {
-            let ct = if path.ends_with(".js") {
-                "text/javascript"
-            } else {
-                "application/octet-stream"
+            let ct = match path.rsplit('.').next() {
+                Some("js") => "text/javascript",
+                Some("css") => "text/css",
+                Some("png") => "image/png",
+                Some("map" | "json") => "application/json",
+                _ => "application/octet-stream",
             };
             (
                 [
@@ -81,6 +117,15 @@ async fn asset(State(hub): State<Arc<Hub>>, Path(path): Path<String>) -> Respons
     }
 }
 
+/// The player page of a ready video.
+#[utoipa::path(get, path = "/play/{id}", tag = TAG_PLAYBACK,
+    params(("id" = String, Path, description = "The video's id"),
+        ("engine" = Option<String>, Query, description = "`hls` (hls.js, the default), `dash` (dash.js) or `shaka`"),
+        ("token" = Option<String>, Query, description = "A playback token to play with (a `signed` video's, from its owner)")),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 404, description = "No such video", content_type = "text/html", body = String),
+        (status = 503, description = "Not ready yet; `Retry-After`", content_type = "text/html", body = String)))]
 async fn page(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
     let ok_id = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
     let video = if ok_id {

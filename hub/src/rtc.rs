@@ -14,12 +14,12 @@
 //! The board (`Board`) is sans-IO: time comes in as an argument.
 
 use crate::nodes::{now_secs, open_envelope, refuse};
+use crate::openapi::{TAG_NODES, TAG_PLAYBACK};
 use crate::Hub;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use meshcast_control::rtc::{self as wire, Answer, Offer, Offers};
 use meshcast_control::token;
@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// How long a node's poll waits for an offer before answering 204.
 const LONG_POLL: Duration = Duration::from_secs(20);
@@ -147,17 +148,20 @@ impl Signalling {
     }
 }
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/rtc/sessions", post(session))
-        .route("/v1/rtc/poll", post(poll))
-        .route("/v1/rtc/answer", post(answer))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(session))
+        .routes(routes!(poll))
+        .routes(routes!(answer))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SessionRequest {
+    /// A playback token (`v4.public…`) for the video.
     token: String,
+    /// The browser's `RTCSessionDescription`: `{"type": "offer", "sdp": …}`.
+    #[schema(value_type = Object)]
     offer: serde_json::Value,
 }
 
@@ -183,6 +187,18 @@ fn pick(
     }))
 }
 
+/// A viewer's WebRTC offer, relayed to an edge its token names.
+#[utoipa::path(post, path = "/v1/rtc/sessions", tag = TAG_PLAYBACK,
+    request_body(content = SessionRequest),
+    responses(
+        (status = 200, description = "`answer` (the edge's SDP answer) and `node` (`id`, `key`)", body = Object),
+        (status = 400, description = "Not a session request", body = Object),
+        (status = 403, description = "The token is not valid", body = Object),
+        (status = 413, description = "The offer is too large", body = Object),
+        (status = 429, description = "Too many sessions for this address", body = Object),
+        (status = 502, description = "The edge refused the offer", body = Object),
+        (status = 503, description = "No edge the token names takes offers now; play over HTTPS", body = Object),
+        (status = 504, description = "The edge did not answer in time; play over HTTPS", body = Object)))]
 async fn session(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -269,6 +285,14 @@ async fn session(
     }
 }
 
+/// A node's long poll for the offers relayed to it.
+#[utoipa::path(post, path = "/v1/rtc/poll", tag = TAG_NODES,
+    request_body(content = String, content_type = "application/octet-stream", description = "A signed envelope (domain `meshcast-rtc-poll-v1`) whose body is empty"),
+    responses(
+        (status = 200, description = "`offers`: each with its `id` and SDP `offer`", body = Object),
+        (status = 204, description = "None arrived within the poll"),
+        (status = 400, description = "Not a valid envelope (bad signature, stale timestamp, replayed nonce) or body", body = Object),
+        (status = 403, description = "Not an admitted edge", body = Object)))]
 async fn poll(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (_, _, id) = match open_envelope(&hub, wire::POLL, &body) {
         Ok(v) => v,
@@ -303,6 +327,14 @@ async fn poll(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     }
 }
 
+/// A node's answer to one offer relayed to it.
+#[utoipa::path(post, path = "/v1/rtc/answer", tag = TAG_NODES,
+    request_body(content = String, content_type = "application/octet-stream", description = "A signed envelope (domain `meshcast-rtc-answer-v1`) whose body is JSON `{{id, answer}}` or `{{id, error}}`"),
+    responses(
+        (status = 200, description = "Passed to the viewer"),
+        (status = 400, description = "Not a valid envelope (bad signature, stale timestamp, replayed nonce) or body", body = Object),
+        (status = 403, description = "That offer was relayed to another node", body = Object),
+        (status = 410, description = "No viewer waits for it any more", body = Object)))]
 async fn answer(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, _, id) = match open_envelope(&hub, wire::ANSWER, &body) {
         Ok(v) => v,

@@ -9,23 +9,24 @@
 
 use crate::catalog::{Policy, Status};
 use crate::nodes::{now_secs, refuse};
+use crate::openapi::TAG_PLAYBACK;
 use crate::Hub;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use meshcast_control::token::{self, TokenClaims};
 use serde::Deserialize;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new().route("/v1/videos/{id}/tokens", post(issue))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new().routes(routes!(issue))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenRequest {
     /// The viewer's Ed25519 session public key, 64 hex digits.
@@ -90,6 +91,19 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[ipnet::Ip
     client
 }
 
+/// A playback token for a `public` video, for the viewer's session key,
+/// naming the edges the hub steers this viewer to.
+#[utoipa::path(post, path = "/v1/videos/{id}/tokens", tag = TAG_PLAYBACK,
+    params(("id" = String, Path, description = "The video's id")),
+    request_body(content = TokenRequest),
+    responses(
+        (status = 200, description = "`token` (PASETO v4.public), `expires`, `budget` (bytes), `prefix`, `edges` (`url`, `key`: the edges steered to, nearest first), and the tokenized `hls` and `dash` URLs at each", body = Object),
+        (status = 400, description = "Not a token request, or `session` is not an Ed25519 public key", body = Object),
+        (status = 403, description = "The video is `signed`: its owner issues its tokens", body = Object),
+        (status = 404, description = "No such video", body = Object),
+        (status = 409, description = "Not ready yet", body = Object),
+        (status = 429, description = "Too many tokens for this address; `Retry-After`", body = Object),
+        (status = 503, description = "No admitted edge is up to serve it", body = Object)))]
 async fn issue(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

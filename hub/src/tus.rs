@@ -6,6 +6,7 @@
 
 use crate::accounts::{caller, Caller};
 use crate::catalog::{Policy, Status, VideoRecord};
+use crate::openapi::TAG_UPLOADS;
 use crate::Hub;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -184,6 +185,16 @@ fn check_quota(hub: &Hub, caller: &Caller, length: u64) -> Result<(), Box<Respon
 
 /// `POST /v1/videos`: creates the video and its upload, for the caller's
 /// account.
+#[utoipa::path(post, path = "/v1/videos", tag = TAG_UPLOADS,
+    params(("Tus-Resumable" = String, Header, description = "`1.0.0`", example = "1.0.0"),
+        ("Upload-Length" = u64, Header, description = "The file's size in bytes", example = 1000),
+        ("Upload-Metadata" = Option<String>, Header, description = "tus metadata: `filename`, `policy` (`public` or `signed`), `owner` (hex Ed25519 key for signed videos), each base64")),
+    security(("api_key" = []), ("admin_key" = [])),
+    responses(
+        (status = 201, description = "Created: `Location` is the upload's URL (`/v1/uploads/{id}`), the video's id its last segment"),
+        (status = 400, description = "A bad tus header or metadata"),
+        (status = 401, description = "No or a bad API key"),
+        (status = 413, description = "Past the account's upload or storage quota")))]
 pub async fn create(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     if let Err(r) = check_version(&headers) {
         return *r;
@@ -277,6 +288,12 @@ async fn offset_of(hub: &Hub, id: &str) -> Option<u64> {
 }
 
 /// `HEAD /v1/uploads/{id}`: how much has arrived.
+#[utoipa::path(head, path = "/v1/uploads/{id}", tag = TAG_UPLOADS,
+    params(("id" = String, Path, description = "The video's id"), ("Tus-Resumable" = String, Header, description = "`1.0.0`", example = "1.0.0")),
+    security(("api_key" = []), ("admin_key" = [])),
+    responses(
+        (status = 200, description = "`Upload-Offset`: the bytes that have arrived; `Upload-Length`"),
+        (status = 404, description = "No such upload of yours")))]
 pub async fn head(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
@@ -303,6 +320,16 @@ pub async fn head(
 }
 
 /// `PATCH /v1/uploads/{id}`: appends bytes at `Upload-Offset`.
+#[utoipa::path(patch, path = "/v1/uploads/{id}", tag = TAG_UPLOADS,
+    params(("id" = String, Path, description = "The video's id"), ("Tus-Resumable" = String, Header, description = "`1.0.0`", example = "1.0.0"),
+        ("Upload-Offset" = u64, Header, description = "Where these bytes start: the offset `HEAD` answered")),
+    request_body(content = [u8], content_type = "application/offset+octet-stream", description = "The next bytes of the file"),
+    security(("api_key" = []), ("admin_key" = [])),
+    responses(
+        (status = 204, description = "Taken: `Upload-Offset` is the new offset; the last bytes start the transcode"),
+        (status = 404, description = "No such upload of yours"),
+        (status = 409, description = "`Upload-Offset` is not where the upload stands (ask `HEAD`)"),
+        (status = 415, description = "Not `application/offset+octet-stream`")))]
 pub async fn patch(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
@@ -439,6 +466,12 @@ pub async fn patch(
 }
 
 /// `DELETE /v1/uploads/{id}`: abandons an upload.
+#[utoipa::path(delete, path = "/v1/uploads/{id}", tag = TAG_UPLOADS,
+    params(("id" = String, Path, description = "The video's id"), ("Tus-Resumable" = String, Header, description = "`1.0.0`", example = "1.0.0")),
+    security(("api_key" = []), ("admin_key" = [])),
+    responses(
+        (status = 204, description = "The upload and its video are gone"),
+        (status = 404, description = "No such upload of yours")))]
 pub async fn terminate(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,

@@ -10,10 +10,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub type Shared = Arc<Mutex<LedgerNode>>;
 
@@ -30,17 +30,22 @@ struct Api {
     on_accept: Option<OnAccept>,
 }
 
-pub fn routes(node: Shared) -> Router {
+/// The operations' tag in the OpenAPI document.
+pub const TAG: &str = "ledger";
+
+pub fn routes(node: Shared) -> OpenApiRouter {
     routes_with(node, None)
 }
 
-pub fn routes_with(node: Shared, on_accept: Option<OnAccept>) -> Router {
-    Router::new()
-        .route("/v1/ledger/status", get(status))
-        .route("/v1/ledger/txs", post(submit))
-        .route("/v1/ledger/txs/{hash}", get(tx))
-        .route("/v1/ledger/accounts/{address}", get(account))
-        .route("/v1/ledger/blocks/{height}", get(block))
+/// The API's router and its OpenAPI operations, from one list (every route
+/// is registered through `routes!`, so none is left out of the document).
+pub fn routes_with(node: Shared, on_accept: Option<OnAccept>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(submit))
+        .routes(routes!(tx))
+        .routes(routes!(account))
+        .routes(routes!(block))
         .with_state(Api { node, on_accept })
 }
 
@@ -52,6 +57,9 @@ fn lock(node: &Shared) -> std::sync::MutexGuard<'_, LedgerNode> {
     node.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The chain's id, height, app hash and mempool size.
+#[utoipa::path(get, path = "/v1/ledger/status", tag = TAG,
+    responses((status = 200, description = "`chain_id`, `height`, `app_hash` (hex), `mempool` (waiting transactions)", body = Object)))]
 async fn status(State(api): State<Api>) -> Response {
     let n = lock(&api.node);
     Json(json!({
@@ -63,9 +71,19 @@ async fn status(State(api): State<Api>) -> Response {
     .into_response()
 }
 
+/// Submit signed transactions.
+///
 /// One transaction (answered 202 with its hash, or an error status with the
 /// reason), or a JSON array of them (answered 200 with one result each, in
 /// order: `{"hash"}` or `{"error"}`).
+#[utoipa::path(post, path = "/v1/ledger/txs", tag = TAG,
+    request_body(content = Object, description = "A signed transaction (`meshcast ledger transfer --print` makes one), or a JSON array of them"),
+    responses(
+        (status = 202, description = "Taken into the mempool: `{\"hash\"}`", body = Object),
+        (status = 200, description = "An array was submitted: one `{\"hash\"}` or `{\"error\"}` per transaction, in order", body = [Object]),
+        (status = 400, description = "Not a transaction, a bad signature or a wrong nonce", body = Object),
+        (status = 409, description = "Already submitted", body = Object),
+        (status = 503, description = "The mempool is full; retry later", body = Object)))]
 async fn submit(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
     let forwarded = headers.contains_key(FORWARDED_HEADER);
     let pass_on = api.on_accept.as_ref().filter(|_| !forwarded);
@@ -111,6 +129,13 @@ async fn submit(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Resp
     }
 }
 
+/// An account: balance, stake, nonce, and a Merkle proof against the app hash.
+#[utoipa::path(get, path = "/v1/ledger/accounts/{address}", tag = TAG,
+    params(("address" = String, Path, description = "The account's Ed25519 public key, 64 hex digits")),
+    responses(
+        (status = 200, description = "`account`, `next_nonce` (counting waiting transactions), `height`, `app_hash`, `proof`", body = Object),
+        (status = 400, description = "Not 64 hex digits", body = Object),
+        (status = 404, description = "No such account", body = Object)))]
 async fn account(State(api): State<Api>, Path(address): Path<String>) -> Response {
     let node = api.node;
     let mut a = [0u8; 32];
@@ -136,6 +161,12 @@ async fn account(State(api): State<Api>, Path(address): Path<String>) -> Respons
     }
 }
 
+/// A committed block by height.
+#[utoipa::path(get, path = "/v1/ledger/blocks/{height}", tag = TAG,
+    params(("height" = u64, Path, description = "Block height, from 1")),
+    responses(
+        (status = 200, description = "The block: header and transactions", body = Object),
+        (status = 404, description = "No block at that height yet", body = Object)))]
 async fn block(State(api): State<Api>, Path(height): Path<u64>) -> Response {
     match lock(&api.node).block(height) {
         Ok(Some(b)) => Json(b).into_response(),
@@ -144,6 +175,12 @@ async fn block(State(api): State<Api>, Path(height): Path<u64>) -> Response {
     }
 }
 
+/// A committed transaction by hash, with where it landed and its result.
+#[utoipa::path(get, path = "/v1/ledger/txs/{hash}", tag = TAG,
+    params(("hash" = String, Path, description = "The transaction's hash, hex, as `POST /v1/ledger/txs` answered")),
+    responses(
+        (status = 200, description = "`height`, `index`, `tx`, `result` (`\"applied\"` or `{\"refused\"}`)", body = Object),
+        (status = 404, description = "Not committed (yet)", body = Object)))]
 async fn tx(State(api): State<Api>, Path(hash): Path<String>) -> Response {
     match lock(&api.node).tx(&hash) {
         Ok(Some(c)) => Json(json!({

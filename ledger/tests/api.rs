@@ -70,7 +70,9 @@ async fn submit_commit_and_read_back() {
     let (dir, node) = open_node("meshcast-ledger-api", "api-test");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, api::routes(node.clone())).into_future());
+    tokio::spawn(
+        axum::serve(listener, axum::Router::from(api::routes(node.clone()))).into_future(),
+    );
     let http = reqwest::Client::new();
     let post = |tx: &Tx| http.post(format!("{base}/v1/ledger/txs")).json(tx).send();
     let get = |path: &str| http.get(format!("{base}{path}")).send();
@@ -204,7 +206,13 @@ async fn batches_report_each_transaction_and_only_client_submissions_are_passed_
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, api::routes_with(node.clone(), Some(hook))).into_future());
+    tokio::spawn(
+        axum::serve(
+            listener,
+            axum::Router::from(api::routes_with(node.clone(), Some(hook))),
+        )
+        .into_future(),
+    );
     let http = reqwest::Client::new();
 
     let mut forged = transfer(1, 1, 5, "batch");

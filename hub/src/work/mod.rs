@@ -15,13 +15,13 @@ pub use flow::{transcode_distributed, workers_available};
 
 use crate::dispatch::{Board, LeaseError};
 use crate::nodes::{now_secs, open_envelope, refuse};
+use crate::openapi::TAG_WORK;
 use crate::Hub;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use meshcast_control::transcoding::{self, Commitment, Job, Progress};
 use meshcast_transcode::{Chunk, ChunkJob, Rung};
 use serde_json::json;
@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// How long a lease request waits for work before answering 204.
 const LONG_POLL: Duration = Duration::from_secs(20);
@@ -112,17 +113,18 @@ impl Work {
     }
 }
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/v1/work/lease", post(lease))
-        .route("/v1/work/progress", post(progress))
-        .route("/v1/work/commit", post(commit))
-        .route("/v1/work/{video}/{chunk}/{attempt}/source", get(source))
-        .route(
-            "/v1/work/{video}/{chunk}/{attempt}/files/{rung}/{file}",
-            put(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
-        )
-        .route("/v1/jobs", get(jobs))
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    // Only uploads of output files may be larger than axum's default.
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(upload))
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD));
+    OpenApiRouter::new()
+        .routes(routes!(lease))
+        .routes(routes!(progress))
+        .routes(routes!(commit))
+        .routes(routes!(source))
+        .routes(routes!(jobs))
+        .merge(uploads)
 }
 
 fn new_capability() -> String {
@@ -141,6 +143,13 @@ fn lease_refusal(e: LeaseError) -> Response {
 
 /// `POST /v1/work/lease`: the oldest chunk this worker may take, within
 /// `LONG_POLL`, or 204.
+#[utoipa::path(post, path = "/v1/work/lease", tag = TAG_WORK,
+    request_body(content = String, content_type = "application/octet-stream", description = "A signed envelope (domain `meshcast-transcode-lease-v1`) whose body is empty"),
+    responses(
+        (status = 200, description = "The job: video, chunk, attempt, rungs, the capability for its bulk bytes and the lease's expiry", body = Object),
+        (status = 204, description = "No work within the poll"),
+        (status = 400, description = "Not a valid envelope (bad signature, stale timestamp, replayed nonce) or body", body = Object),
+        (status = 403, description = "Not an admitted transcoder", body = Object)))]
 async fn lease(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (_, _, id) = match open_envelope(&hub, transcoding::LEASE, &body) {
         Ok(v) => v,
@@ -218,6 +227,13 @@ fn leased_video(
 }
 
 /// `GET …/source`: the chunk's cut, for the lease holder.
+#[utoipa::path(get, path = "/v1/work/{video}/{chunk}/{attempt}/source", tag = TAG_WORK,
+    params(("video" = String, Path, description = "The video's id"),
+        ("chunk" = u32, Path, description = "The chunk's index"),
+        ("attempt" = u32, Path, description = "The lease's attempt"), ("Authorization" = String, Header, description = "`Bearer` and the lease's capability (from the lease)")),
+    responses(
+        (status = 200, description = "The chunk's cut", content_type = "video/mp4", body = String),
+        (status = 403, description = "No current lease with this capability", body = Object)))]
 async fn source(
     State(hub): State<Arc<Hub>>,
     Path((video, chunk, attempt)): Path<(String, u32, u32)>,
@@ -243,6 +259,17 @@ fn valid_output_name(file: &str) -> bool {
 }
 
 /// `PUT …/files/{rung}/{file}`: one output file of the lease holder.
+#[utoipa::path(put, path = "/v1/work/{video}/{chunk}/{attempt}/files/{rung}/{file}", tag = TAG_WORK,
+    params(("video" = String, Path, description = "The video's id"),
+        ("chunk" = u32, Path, description = "The chunk's index"),
+        ("attempt" = u32, Path, description = "The lease's attempt"),
+        ("rung" = String, Path, description = "A rung of the job, e.g. `720p`"),
+        ("file" = String, Path, description = "`init.mp4` or `seg_NNNNN.m4s`"), ("Authorization" = String, Header, description = "`Bearer` and the lease's capability (from the lease)")),
+    request_body(content = String, content_type = "video/mp4", description = "The file (at most 256 MiB)"),
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 400, description = "Not an output of this job", body = Object),
+        (status = 403, description = "No current lease with this capability", body = Object)))]
 async fn upload(
     State(hub): State<Arc<Hub>>,
     Path((video, chunk, attempt, rung, file)): Path<(String, u32, u32, String, String)>,
@@ -277,6 +304,13 @@ async fn upload(
 }
 
 /// `POST /v1/work/progress`: renews the lease.
+#[utoipa::path(post, path = "/v1/work/progress", tag = TAG_WORK,
+    request_body(content = String, content_type = "application/octet-stream", description = "A signed envelope (domain `meshcast-transcode-progress-v1`) whose body is JSON `{{video, chunk, attempt, percent}}`"),
+    responses(
+        (status = 200, description = "The lease's new expiry", body = Object),
+        (status = 400, description = "Not a valid envelope (bad signature, stale timestamp, replayed nonce) or body", body = Object),
+        (status = 404, description = "No such lease", body = Object),
+        (status = 409, description = "The lease is not this worker's or has ended", body = Object)))]
 async fn progress(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, _, id) = match open_envelope(&hub, transcoding::PROGRESS, &body) {
         Ok(v) => v,
@@ -302,6 +336,13 @@ async fn progress(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
 
 /// `POST /v1/work/commit`: a worker's signed commitment; answered once
 /// the HUB has checked the output against it.
+#[utoipa::path(post, path = "/v1/work/commit", tag = TAG_WORK,
+    request_body(content = String, content_type = "application/octet-stream", description = "A signed envelope (domain `meshcast-transcode-commit-v1`) whose body is the commitment: every output file's hash"),
+    responses(
+        (status = 200, description = "The check's verdict: `accepted`, `paid`, `slashed`", body = Object),
+        (status = 400, description = "Not a valid envelope (bad signature, stale timestamp, replayed nonce) or body", body = Object),
+        (status = 404, description = "No such lease", body = Object),
+        (status = 409, description = "The lease is not this worker's or has ended", body = Object)))]
 async fn commit(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let (env, _, id) = match open_envelope(&hub, transcoding::COMMIT, &body) {
         Ok(v) => v,
@@ -350,6 +391,11 @@ async fn commit(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
 
 /// `GET /v1/jobs`: every video on the board, each chunk's state and
 /// history (for operators: the admin key).
+#[utoipa::path(get, path = "/v1/jobs", tag = TAG_WORK,
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "`videos`: each video on the board with every chunk's state and history", body = Object),
+        (status = 403, description = "Not the admin key", body = Object)))]
 async fn jobs(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     if let Err(r) = crate::accounts::admin(&hub, &headers) {
         return *r;
