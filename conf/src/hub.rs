@@ -231,6 +231,20 @@ pub struct HubSection {
     /// this long each, then exits.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Seconds,
+    /// A failed webhook delivery is retried after this, then four times
+    /// longer each time (at most 6 h apart, with jitter).
+    #[serde(default = "default_webhook_retry")]
+    pub webhook_retry: Seconds,
+    /// Attempts per webhook delivery before it is given up (and listed as
+    /// failed on the hook); 0 and 1 both mean one. The default, 8 from
+    /// 5 s, spans about 7.5 hours.
+    #[serde(default = "default_webhook_attempts")]
+    pub webhook_attempts: u32,
+    /// Let webhooks reach loopback and private addresses. Off by default:
+    /// accounts aim hooks, and the hub's own networks are not theirs to
+    /// send requests into. Turn on only where every account is trusted.
+    #[serde(default)]
+    pub webhook_private_targets: bool,
 }
 
 impl HubSection {
@@ -252,6 +266,14 @@ fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
 
 fn default_trusted_proxies() -> Vec<String> {
     vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+
+fn default_webhook_retry() -> Seconds {
+    Seconds(Duration::from_secs(5))
+}
+
+fn default_webhook_attempts() -> u32 {
+    8
 }
 
 fn default_shutdown_grace() -> Seconds {

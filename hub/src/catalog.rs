@@ -8,6 +8,51 @@ use std::path::Path;
 const VIDEOS: TableDefinition<&str, &[u8]> = TableDefinition::new("videos");
 /// `"{video}/{path}"` → JSON `FileRef`.
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+/// Sequence number → JSON `VideoEvent`: each video's arrival at ready or
+/// failed, written in the transaction that made it so (webhooks read it).
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("video_events");
+
+/// A video reaching a final state, as the catalog recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoEvent {
+    pub seq: u64,
+    pub video: String,
+    /// `video.ready` or `video.failed`.
+    pub kind: String,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// Appends the event for `before` → `after`, if it is one (a video newly
+/// ready or newly failed).
+fn record_transition(
+    txn: &redb::WriteTransaction,
+    before: Status,
+    after: &VideoRecord,
+) -> Result<(), HubError> {
+    let kind = match after.status {
+        Status::Ready => "video.ready",
+        Status::Failed => "video.failed",
+        _ => return Ok(()),
+    };
+    if before == after.status {
+        return Ok(());
+    }
+    let mut events = txn.open_table(EVENTS).map_err(err)?;
+    let seq = events
+        .last()
+        .map_err(err)?
+        .map_or(1, |(k, _)| k.value() + 1);
+    let event = VideoEvent {
+        seq,
+        video: after.id.clone(),
+        kind: kind.into(),
+        at: crate::nodes::now_secs(),
+    };
+    let json = serde_json::to_vec(&event).map_err(err)?;
+    events.insert(seq, json.as_slice()).map_err(err)?;
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,8 +122,25 @@ impl Catalog {
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(VIDEOS).map_err(err)?;
         txn.open_table(FILES).map_err(err)?;
+        txn.open_table(EVENTS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Catalog { db })
+    }
+
+    /// Up to `limit` events after sequence number `after`, oldest first.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<VideoEvent>, HubError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(EVENTS).map_err(err)?;
+        let mut out = Vec::new();
+        for entry in table
+            .range(after.saturating_add(1)..)
+            .map_err(err)?
+            .take(limit)
+        {
+            let (_, v) = entry.map_err(err)?;
+            out.push(serde_json::from_slice(v.value()).map_err(err)?);
+        }
+        Ok(out)
     }
 
     pub fn put_video(&self, v: &VideoRecord) -> Result<(), HubError> {
@@ -115,16 +177,20 @@ impl Catalog {
             };
             match current {
                 Some(mut v) => {
+                    let before = v.status;
                     change(&mut v);
                     let json = serde_json::to_vec(&v).map_err(err)?;
                     table.insert(id, json.as_slice()).map_err(err)?;
-                    Some(v)
+                    Some((before, v))
                 }
                 None => None,
             }
         };
+        if let Some((before, v)) = &updated {
+            record_transition(&txn, *before, v)?;
+        }
         txn.commit().map_err(err)?;
-        Ok(updated)
+        Ok(updated.map(|(_, v)| v))
     }
 
     pub fn delete_video(&self, id: &str) -> Result<(), HubError> {
@@ -174,12 +240,15 @@ impl Catalog {
             let mut v = current
                 .ok_or_else(|| HubError::Catalog(format!("video {id} vanished")))?
                 .map_err(err)?;
+            let before = v.status;
             v.status = Status::Ready;
             v.percent = 100.0;
             v.duration = Some(duration);
             v.renditions = renditions;
             let json = serde_json::to_vec(&v).map_err(err)?;
             videos.insert(id, json.as_slice()).map_err(err)?;
+            drop(videos);
+            record_transition(&txn, before, &v)?;
         }
         txn.commit().map_err(err)
     }

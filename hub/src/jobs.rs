@@ -54,6 +54,8 @@ pub async fn worker(hub: Arc<Hub>, mut queue: mpsc::UnboundedReceiver<String>) {
 
 async fn run_one(hub: &Arc<Hub>, id: &str) {
     let started = std::time::Instant::now();
+    // Ready or failed, the catalog has an event for the account's webhooks.
+    let _tell = Wake(hub);
     match process(hub, id).await {
         Ok(()) => {
             hub.metrics.transcodes.with_label_values(&["ready"]).inc();
@@ -75,6 +77,15 @@ async fn run_one(hub: &Arc<Hub>, id: &str) {
                 }
             }
         }
+    }
+}
+
+/// Wakes the webhook sender when dropped (the outcome is recorded by then).
+struct Wake<'a>(&'a Hub);
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.0.webhooks.wake();
     }
 }
 

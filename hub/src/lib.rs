@@ -29,6 +29,7 @@ mod rtc;
 mod tokens;
 mod tus;
 pub mod tus_client;
+pub mod webhooks;
 mod work;
 
 use axum::Router;
@@ -83,6 +84,8 @@ pub struct Hub {
     placements: placement::Placements,
     /// WebRTC signalling between viewers and nodes behind NAT.
     rtc: rtc::Signalling,
+    /// Accounts' webhooks and what is owed to them.
+    webhooks: webhooks::Webhooks,
     /// Set once when the hub is told to stop (SIGTERM, Ctrl-C).
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -441,6 +444,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
     // without the owners' keys would refuse their viewers.
     let issuers = build_issuers(&key, &catalog)?;
     let metrics = Metrics::new();
+    let webhooks = webhooks::Webhooks::open(&data.join("webhooks.redb"), &metrics.registry)?;
     let hub = Arc::new(Hub {
         config: config.clone(),
         catalog,
@@ -459,6 +463,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         work: Default::default(),
         placements,
         rtc: rtc::Signalling::new(config.hub.token_rate),
+        webhooks,
         stop: tokio::sync::watch::channel(false).0,
     });
     // Rewards for epochs settled before a crash or restart: the chain pays
@@ -474,6 +479,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
     tokio::spawn(jobs::worker(hub.clone(), queue));
     tokio::spawn(repair::run(hub.clone()));
     tokio::spawn(audits::run(hub.clone()));
+    tokio::spawn(webhooks::run(hub.clone()));
     let probe_every = config.hub.probe_interval.0;
     if !probe_every.is_zero() {
         tokio::spawn(probes::run(hub.clone(), probe_every));
@@ -541,6 +547,7 @@ fn router(hub: Arc<Hub>) -> Router {
         .merge(claims::routes())
         .merge(tokens::routes())
         .merge(rtc::routes())
+        .merge(webhooks::routes())
         .layer(axum::middleware::from_fn(tus::cors))
         .with_state(hub)
         .merge(ledger_api)
