@@ -2,6 +2,7 @@
 
 use crate::accounts::caller;
 use crate::catalog::{Status, VideoRecord};
+use crate::nodes::refuse;
 use crate::openapi::{TAG_OPERATIONS, TAG_VIDEOS};
 use crate::{tus, Hub};
 use axum::extract::{Path, Query, State};
@@ -16,7 +17,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub fn routes() -> OpenApiRouter<Arc<Hub>> {
     OpenApiRouter::new()
         .routes(routes!(list, tus::create))
-        .routes(routes!(show))
+        .routes(routes!(show, remove))
         .routes(routes!(tus::head, tus::patch, tus::terminate))
         .routes(routes!(healthz))
         .routes(routes!(metrics))
@@ -169,6 +170,58 @@ async fn show(State(hub): State<Arc<Hub>>, Path(id): Path<String>, headers: Head
         o.remove("account");
     }
     Json(public).into_response()
+}
+
+/// `DELETE /v1/videos/{id}`: removes a ready or failed video (or an
+/// upload), its files from the origin and its shards from the network's
+/// books; tokens are no longer issued for it.
+#[utoipa::path(delete, path = "/v1/videos/{id}", tag = TAG_VIDEOS,
+    params(("id" = String, Path, description = "The video's id")),
+    security(("api_key" = []), ("admin_key" = [])),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such video of yours", body = Object),
+        (status = 409, description = "Being transcoded: delete it once it is ready or failed", body = Object)))]
+async fn remove(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match caller(&hub, &headers) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let video = match hub.catalog.video(&id) {
+        Ok(Some(v)) if caller.owns(v.account.as_deref()) => v,
+        Ok(_) => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("no video {id:?} on this account"),
+            )
+        }
+        Err(e) => return internal(e),
+    };
+    if matches!(video.status, Status::Queued | Status::Transcoding) {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!("video {id} is being transcoded; delete it once it is ready or failed"),
+        );
+    }
+    if video.status == Status::Uploading {
+        let _ = tokio::fs::remove_file(tus::part_path(&hub, &id)).await;
+    }
+    if let Err(e) = hub
+        .catalog
+        .delete_video(&id)
+        .and_then(|()| hub.placements.remove(&id))
+    {
+        return internal(e);
+    }
+    if video.policy == crate::catalog::Policy::Signed {
+        hub.refresh_issuers();
+    }
+    tracing::info!(video = %id, "video deleted");
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// The hub's Prometheus series, its ledger's included.

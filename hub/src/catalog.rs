@@ -193,11 +193,18 @@ impl Catalog {
         Ok(updated.map(|(_, v)| v))
     }
 
+    /// Removes a video and its files' records (the blobs stay: they are
+    /// shared by hash with any other video that has the same bytes).
     pub fn delete_video(&self, id: &str) -> Result<(), HubError> {
         let txn = self.db.begin_write().map_err(err)?;
         txn.open_table(VIDEOS)
             .map_err(err)?
             .remove(id)
+            .map_err(err)?;
+        let (lo, hi) = (format!("{id}/"), format!("{id}0"));
+        txn.open_table(FILES)
+            .map_err(err)?
+            .retain_in(lo.as_str()..hi.as_str(), |_, _| false)
             .map_err(err)?;
         txn.commit().map_err(err)
     }

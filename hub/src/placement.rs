@@ -123,6 +123,21 @@ impl Placements {
         txn.commit().map_err(err)
     }
 
+    /// Forgets a video's placement and content key: its shards are no
+    /// longer audited, paid for or repaired.
+    pub fn remove(&self, video: &str) -> Result<(), HubError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(PLACED)
+            .map_err(err)?
+            .remove(video)
+            .map_err(err)?;
+        txn.open_table(KEYS)
+            .map_err(err)?
+            .remove(video)
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
     /// Every placed video.
     pub fn videos(&self) -> Result<Vec<String>, HubError> {
         let txn = self.db.begin_read().map_err(err)?;
