@@ -59,7 +59,7 @@ fn lock(node: &Shared) -> std::sync::MutexGuard<'_, LedgerNode> {
 
 /// The chain's id, height, app hash and mempool size.
 #[utoipa::path(get, path = "/v1/ledger/status", tag = TAG,
-    responses((status = 200, description = "`chain_id`, `height`, `app_hash` (hex), `mempool` (waiting transactions)", body = Object)))]
+    responses((status = 200, description = "`chain_id`, `height`, `app_hash` (hex), `mempool` (waiting transactions), `validators` (`address`, `power`)", body = Object)))]
 async fn status(State(api): State<Api>) -> Response {
     let n = lock(&api.node);
     Json(json!({
@@ -67,6 +67,7 @@ async fn status(State(api): State<Api>) -> Response {
         "height": n.height(),
         "app_hash": hex::encode(n.app_hash()),
         "mempool": n.mempool_len(),
+        "validators": n.validators(),
     }))
     .into_response()
 }

@@ -41,6 +41,8 @@ pub struct LedgerNode {
     verified: HashSet<[u8; 32]>,
     /// Unix milliseconds of the last committed block (0 before the first).
     last_block_time: u64,
+    /// The genesis validator set (the set consensus runs with).
+    validators: Vec<crate::state::GenesisValidator>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +66,13 @@ impl LedgerNode {
             mempool: Mempool::default(),
             verified: HashSet::new(),
             last_block_time,
+            validators: genesis.validators.clone(),
         })
+    }
+
+    /// The validators consensus runs with, and their voting power.
+    pub fn validators(&self) -> &[crate::state::GenesisValidator] {
+        &self.validators
     }
 
     /// Checks a transaction against the state and what is already queued
