@@ -740,3 +740,43 @@ async fn a_stranger_cannot_touch_another_accounts_uploads() {
     assert!(secret.len() >= 40, "{mallory_key}");
     assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_deletes_a_ready_video_and_no_one_else_can() {
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    hub.launch().await;
+    let src = hub.dir.join("clip.mp4");
+    make_video(&src, 2, "320x240");
+    let id = hub.publish(&src).await;
+    let url = hub.url(&format!("/v1/videos/{id}"));
+    let playlist = hub.url(&format!("/v/{id}/master.m3u8"));
+    assert_eq!(reqwest::get(&playlist).await.unwrap().status(), 200);
+    let stranger = client_with_key(&hub.create_account("stranger").await);
+    assert_eq!(stranger.delete(&url).send().await.unwrap().status(), 404);
+    assert_eq!(hub.video(&id).await["status"], "ready");
+    assert_eq!(
+        hub.client().delete(&url).send().await.unwrap().status(),
+        204
+    );
+    assert_eq!(hub.client().get(&url).send().await.unwrap().status(), 404);
+    assert_eq!(reqwest::get(&playlist).await.unwrap().status(), 404);
+    let session = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+            .verifying_key()
+            .to_bytes(),
+    );
+    let tokens = reqwest::Client::new()
+        .post(hub.url(&format!("/v1/videos/{id}/tokens")))
+        .json(&serde_json::json!({"session": session}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tokens.status(), 404);
+    // Its bytes no longer count against the account's storage.
+    let me = get_json(&hub.client(), &hub.url("/v1/account")).await;
+    assert_eq!(me["stored_bytes"], 0, "{me}");
+    assert_eq!(
+        hub.client().delete(&url).send().await.unwrap().status(),
+        404
+    );
+}
