@@ -444,6 +444,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tok["hls"][0].as_str().unwrap_or("-")
     );
     println!("Demo account API key:  {api_key}");
+    println!("Console (sign in with it): {hub_url}/console   API reference: {hub_url}/docs/api");
     println!(
         "Upload another video:  curl -H 'Authorization: Bearer {api_key}' -H 'Tus-Resumable: 1.0.0' -H \"Upload-Length: $(stat -c %s my.mp4)\" -X POST -i {hub_url}/v1/videos   (then PATCH the file to the Location it returns; any tus client works)"
     );

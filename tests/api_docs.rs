@@ -235,7 +235,11 @@ fn example_request(
 async fn the_documents_example_requests_succeed() {
     let mut hub = Hub::config("http://127.0.0.1:9");
     hub.launch().await;
-    let client = reqwest::Client::new();
+    // Statuses as the hub sends them (a 303 is documented as a 303).
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let base = hub.url("");
     let doc = get_json(&client, &hub.url("/v1/openapi.json")).await;
     let mut ops = operations(&doc);
@@ -256,6 +260,16 @@ async fn the_documents_example_requests_succeed() {
             "api_key" => account_key.clone(),
             _ => None,
         };
+        // Each deletion of an `{id}` gets an upload of its own, made by the
+        // document's creation example again.
+        if op.0 == "delete" && op.1.ends_with("{id}") {
+            let create = ops.iter().find(|o| rank(o) == 1).expect("POST /v1/videos");
+            let made = example_request(&client, &base, create, None, keys).expect("its example");
+            let reply = made.send().await.unwrap();
+            assert_eq!(reply.status(), 201);
+            let location = reply.headers()["location"].to_str().unwrap();
+            upload = location.rsplit('/').next().map(str::to_string);
+        }
         let Some(request) = example_request(&client, &base, op, upload.as_deref(), keys) else {
             continue;
         };
@@ -268,7 +282,7 @@ async fn the_documents_example_requests_succeed() {
             .map(str::to_string);
         let body = reply.bytes().await.unwrap();
         assert!(
-            status.is_success(),
+            status.is_success() || status.is_redirection(),
             "{} {}: {status}: {}",
             op.0,
             op.1,
@@ -296,6 +310,9 @@ async fn the_documents_example_requests_succeed() {
         "GET /v1/videos/{id}",
         "HEAD /v1/uploads/{id}",
         "DELETE /v1/uploads/{id}",
+        "DELETE /v1/videos/{id}",
+        "GET /v1/account/costs",
+        "POST /v1/account/webhooks",
         "GET /v1/account",
         "GET /v1/jobs",
         "GET /v1/ledger/status",

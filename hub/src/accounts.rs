@@ -403,7 +403,7 @@ pub(crate) fn account_caller(hub: &Hub, headers: &HeaderMap) -> Result<Account, 
 #[utoipa::path(get, path = "/v1/account", tag = TAG_ACCOUNTS,
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "`account` (id, name, quotas, escrow address) and `stored_bytes`", body = Object),
+        (status = 200, description = "`account` (id, name, created, quotas) and `stored_bytes`", body = Object),
         (status = 401, description = "No or a bad API key", body = Object)))]
 async fn me(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     let a = match account_caller(&hub, &headers) {

@@ -207,12 +207,27 @@ fn pay(hub: &Hub, node: &NodeRecord, shards: &[(String, Held)], since_ms: u64, a
     };
     let interval = hub.config.storage.audit_interval.0.as_millis() as u64;
     let mut bytes: HashMap<[u8; 32], u64> = HashMap::new();
+    let mut per_video: HashMap<&str, ([u8; 32], u64)> = HashMap::new();
     for (video, h) in shards {
         let payer = match hub.catalog.video(video) {
             Ok(Some(v)) => hub.payer_of(&v),
             _ => hub.key.public().to_bytes(),
         };
         *bytes.entry(payer).or_default() += h.len;
+        per_video.entry(video).or_insert((payer, 0)).1 += h.len;
+    }
+    let reference =
+        |payer: &[u8; 32]| format!("storage/{}/{at_ms}/{}", node.id, hex::encode(&payer[..8]));
+    for (video, (payer, b)) in &per_video {
+        let r = reference(payer);
+        let line = crate::costs::Line {
+            video: video.to_string(),
+            at: at_ms / 1000,
+            kind: "storage".into(),
+            units: byte_hours(*b, (since_ms, at_ms), interval),
+            reference: r.clone(),
+        };
+        crate::costs::note(hub, &format!("{r}/{video}"), line);
     }
     let actions = bytes
         .into_iter()
@@ -222,7 +237,7 @@ fn pay(hub: &Hub, node: &NodeRecord, shards: &[(String, Held)], since_ms: u64, a
             work: Work::Storage {
                 byte_hours: byte_hours(b, (since_ms, at_ms), interval),
             },
-            reference: format!("storage/{}/{at_ms}/{}", node.id, hex::encode(&payer[..8])),
+            reference: reference(&payer),
         })
         .collect();
     hub.ledger.submit(actions);

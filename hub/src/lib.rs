@@ -13,6 +13,8 @@ mod audits;
 mod blobs;
 mod catalog;
 mod claims;
+mod console;
+mod costs;
 mod dispatch;
 mod jobs;
 mod ledger;
@@ -86,6 +88,8 @@ pub struct Hub {
     rtc: rtc::Signalling,
     /// Accounts' webhooks and what is owed to them.
     webhooks: webhooks::Webhooks,
+    /// Transcoding and storage work per video, for accounts' costs.
+    costs: costs::Costs,
     /// Set once when the hub is told to stop (SIGTERM, Ctrl-C).
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -445,6 +449,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
     let issuers = build_issuers(&key, &catalog)?;
     let metrics = Metrics::new();
     let webhooks = webhooks::Webhooks::open(&data.join("webhooks.redb"), &metrics.registry)?;
+    let costs = costs::Costs::open(&data.join("costs.redb"))?;
     let hub = Arc::new(Hub {
         config: config.clone(),
         catalog,
@@ -464,6 +469,7 @@ pub async fn serve(config: HubConfig) -> Result<(), HubError> {
         placements,
         rtc: rtc::Signalling::new(config.hub.token_rate),
         webhooks,
+        costs,
         stop: tokio::sync::watch::channel(false).0,
     });
     // Rewards for epochs settled before a crash or restart: the chain pays
@@ -548,6 +554,8 @@ fn router(hub: Arc<Hub>) -> Router {
         .merge(tokens::routes())
         .merge(rtc::routes())
         .merge(webhooks::routes())
+        .merge(costs::routes())
+        .merge(console::routes())
         .layer(axum::middleware::from_fn(tus::cors))
         .with_state(hub)
         .merge(ledger_api)

@@ -251,7 +251,7 @@ async fn evidence(
 /// Every node the hub knows: roles, state, admission, stake, score,
 /// bytes credited, audits and probes.
 #[utoipa::path(get, path = "/v1/nodes", tag = TAG_NODES,
-    responses((status = 200, description = "`nodes`: each node's record with `up`, `admitted`, `stake` and `needed`", body = Object)))]
+    responses((status = 200, description = "`nodes`: each node's `id`, `key`, `addr`, `roles`, `state` (`up` or `down`), `stake`, `stake_needed`, `admitted`, `credited_bytes`, `bytes_out`, `cache_bytes`, `load`, `claims_accepted`, `claims_rejected`, `last_rejection`, `slashes`, `probes` (`ok`, `failed`, `last_failure`), `audits` (`passed`, `failed`, `late`, `failing`, `slashed`) and `webrtc`", body = Object)))]
 async fn list(State(hub): State<Arc<Hub>>) -> Response {
     let now = now_secs();
     match hub.registry.nodes() {

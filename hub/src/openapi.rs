@@ -27,6 +27,7 @@ pub const TAG_PLAYBACK: &str = "playback";
 pub const TAG_NODES: &str = "nodes";
 pub const TAG_WORK: &str = "work";
 pub const TAG_OPERATIONS: &str = "operations";
+pub const TAG_CONSOLE: &str = "console";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,6 +50,7 @@ pub const TAG_OPERATIONS: &str = "operations";
         (name = "work", description = "Transcode jobs and placements for worker and storage nodes"),
         (name = "ledger", description = "The replicated ledger: balances, blocks and transactions"),
         (name = "operations", description = "Health, metrics and this document"),
+        (name = "console", description = "The web console's page and files"),
     )
 )]
 struct HubDoc;

@@ -64,11 +64,12 @@ fn script(text: &'static str) -> Response {
 
 /// The packages whose files are served (swagger-ui-dist keeps its files
 /// at its root).
-const ALLOWED_ASSETS: [&str; 4] = [
+const ALLOWED_ASSETS: [&str; 5] = [
     "hls.js/dist/",
     "dashjs/dist/",
     "shaka-player/dist/",
     "swagger-ui-dist/",
+    "tus-js-client/dist/",
 ];
 
 /// The players' and the API reference's files, from `npm ci`.

@@ -384,13 +384,25 @@ fn pay(hub: &Hub, ctx: &VideoContext, c: &Commitment, worker: &str) {
     let chunk = &ctx.chunks[c.chunk as usize];
     let length = chunk.end.unwrap_or(ctx.duration) - chunk.start;
     let rung_seconds = (length * ctx.rungs.len() as f64).ceil() as u64;
+    let reference = format!("transcode/{}/{}", c.video, c.chunk);
+    crate::costs::note(
+        hub,
+        &reference,
+        crate::costs::Line {
+            video: c.video.clone(),
+            at: crate::nodes::now_secs(),
+            kind: "transcode".into(),
+            units: rung_seconds,
+            reference: reference.clone(),
+        },
+    );
     hub.ledger.submit(vec![Action::Reward {
         payer: ctx.payer,
         node: key,
         work: Work::Transcode {
             seconds: rung_seconds,
         },
-        reference: format!("transcode/{}/{}", c.video, c.chunk),
+        reference,
     }]);
 }
 

@@ -1,0 +1,67 @@
+//! The web console at `/console`: one page of plain HTML, CSS and
+//! JavaScript (`hub/console/`, compiled in) over the documented API, for
+//! owners (upload, library, player, costs) and anyone curious about the
+//! network (nodes, chain). Its only library, tus-js-client, comes from
+//! `npm ci` and is served under `/assets/` like the players; nothing is
+//! fetched from the internet. This module serves the files; what they do
+//! is in `hub/console/console.js`.
+
+use crate::openapi::TAG_CONSOLE;
+use crate::Hub;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+const PAGE: &str = include_str!("../console/index.html");
+const SCRIPT: &str = include_str!("../console/console.js");
+const STYLE: &str = include_str!("../console/console.css");
+
+pub fn routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new()
+        .routes(routes!(home))
+        .routes(routes!(page))
+        .routes(routes!(script))
+        .routes(routes!(style))
+}
+
+fn file(content_type: &'static str, body: &'static str) -> Response {
+    // Short-lived: a new hub version's console is picked up within a minute.
+    (
+        [
+            (CONTENT_TYPE, content_type),
+            (CACHE_CONTROL, "public, max-age=60"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The hub's front door: the console.
+#[utoipa::path(get, path = "/", tag = TAG_CONSOLE,
+    responses((status = 303, description = "To `/console`")))]
+async fn home() -> Response {
+    (StatusCode::SEE_OTHER, [(LOCATION, "/console")]).into_response()
+}
+
+/// The console page (sign in with an API key; library, money, network).
+#[utoipa::path(get, path = "/console", tag = TAG_CONSOLE,
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+async fn page() -> Response {
+    file("text/html; charset=utf-8", PAGE)
+}
+
+/// The console's script.
+#[utoipa::path(get, path = "/console/console.js", tag = TAG_CONSOLE,
+    responses((status = 200, description = "The script", content_type = "text/javascript", body = String)))]
+async fn script() -> Response {
+    file("text/javascript", SCRIPT)
+}
+
+/// The console's style sheet.
+#[utoipa::path(get, path = "/console/console.css", tag = TAG_CONSOLE,
+    responses((status = 200, description = "The style sheet", content_type = "text/css", body = String)))]
+async fn style() -> Response {
+    file("text/css", STYLE)
+}
