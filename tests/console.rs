@@ -1,7 +1,8 @@
 //! The web console in Chromium against `meshcast up` (hub, two edges, two
 //! workers, three storage nodes): sign in, upload through the page with a
-//! reload halfway, watch it become ready, play it to the end in the page,
-//! see its delivery cost once the acks settle, and see both edges on the
+//! reload halfway, watch it become ready, drop a file that is not a video
+//! (it fails, with the reason), play the video to the end in the page, see
+//! its delivery cost once the acks settle, and see both edges on the
 //! network page. Screenshots go to `target/tmp/console/` (printed).
 
 mod support;
@@ -130,6 +131,11 @@ async fn an_owner_uploads_plays_and_sees_costs_in_the_console() {
             .any(|s| s.as_str().unwrap().starts_with("transcoding")),
         "{r:#}"
     );
+
+    // A file dropped on the page is uploaded and fails with its reason.
+    let reason = r["dropped"]["reason"].as_str().unwrap_or_default();
+    assert!(!reason.is_empty(), "{r:#}");
+    assert!(r["droppedRow"].as_str().unwrap().contains(reason), "{r:#}");
 
     // Played to the end through an edge, with acknowledgements.
     let events: Vec<&str> = r["played"]["events"]

@@ -218,17 +218,21 @@ fn pay(hub: &Hub, node: &NodeRecord, shards: &[(String, Held)], since_ms: u64, a
     }
     let reference =
         |payer: &[u8; 32]| format!("storage/{}/{at_ms}/{}", node.id, hex::encode(&payer[..8]));
-    for (video, (payer, b)) in &per_video {
-        let r = reference(payer);
-        let line = crate::costs::Line {
-            video: video.to_string(),
-            at: at_ms / 1000,
-            kind: "storage".into(),
-            units: byte_hours(*b, (since_ms, at_ms), interval),
-            reference: r.clone(),
-        };
-        crate::costs::note(hub, &format!("{r}/{video}"), line);
-    }
+    let lines: Vec<_> = per_video
+        .iter()
+        .map(|(video, (payer, b))| {
+            let r = reference(payer);
+            let line = crate::costs::Line {
+                video: video.to_string(),
+                at: at_ms / 1000,
+                kind: "storage".into(),
+                units: byte_hours(*b, (since_ms, at_ms), interval),
+                reference: r.clone(),
+            };
+            (format!("{r}/{video}"), line)
+        })
+        .collect();
+    crate::costs::note(hub, &lines);
     let actions = bytes
         .into_iter()
         .map(|(payer, b)| Action::Reward {

@@ -8,7 +8,9 @@
 
 use crate::openapi::TAG_CONSOLE;
 use crate::Hub;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, X_CONTENT_TYPE_OPTIONS,
+};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -26,12 +28,21 @@ pub fn routes() -> OpenApiRouter<Arc<Hub>> {
         .routes(routes!(style))
 }
 
+/// The page holds an API key: only its own scripts run (no inline script,
+/// nothing from elsewhere), it talks only to the hub, and only edges'
+/// player pages may be framed in it.
+const POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+    img-src 'self' data:; connect-src 'self'; frame-src http: https:; frame-ancestors 'none'; \
+    base-uri 'none'; form-action 'self'";
+
 fn file(content_type: &'static str, body: &'static str) -> Response {
     // Short-lived: a new hub version's console is picked up within a minute.
     (
         [
             (CONTENT_TYPE, content_type),
             (CACHE_CONTROL, "public, max-age=60"),
+            (CONTENT_SECURITY_POLICY, POLICY),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         body,
     )

@@ -57,14 +57,17 @@ impl Costs {
         Ok(Costs { db })
     }
 
-    /// Records `line` under `key` unless it is there already.
-    pub fn record(&self, key: &str, line: &Line) -> Result<(), HubError> {
+    /// Records each line under its key unless that key is there already,
+    /// in one transaction.
+    pub fn record(&self, lines: &[(String, Line)]) -> Result<(), HubError> {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut t = txn.open_table(LINES).map_err(err)?;
-            if t.get(key).map_err(err)?.is_none() {
-                let json = serde_json::to_vec(line).map_err(err)?;
-                t.insert(key, json.as_slice()).map_err(err)?;
+            for (key, line) in lines {
+                if t.get(key.as_str()).map_err(err)?.is_none() {
+                    let json = serde_json::to_vec(line).map_err(err)?;
+                    t.insert(key.as_str(), json.as_slice()).map_err(err)?;
+                }
             }
         }
         txn.commit().map_err(err)
@@ -82,11 +85,11 @@ impl Costs {
     }
 }
 
-/// Records work the hub just queued a reward for; a failure to record is
-/// logged (the reward itself is unaffected).
-pub fn note(hub: &Hub, key: &str, line: Line) {
-    if let Err(e) = hub.costs.record(key, &line) {
-        tracing::warn!(error = %e, reference = %line.reference, "cannot record a cost line");
+/// Records work the hub just queued rewards for; a failure to record is
+/// logged (the rewards themselves are unaffected).
+pub fn note(hub: &Hub, lines: &[(String, Line)]) {
+    if let Err(e) = hub.costs.record(lines) {
+        tracing::warn!(error = %e, lines = lines.len(), "cannot record cost lines");
     }
 }
 

@@ -1,7 +1,8 @@
 // Drives the hub's console in headless Chromium as an owner would: signs
 // in, uploads a video through the page (cut off by a reload halfway and
 // resumed by choosing the same file again), waits for it to be ready,
-// plays it to the end in the page's player, waits for its delivery cost,
+// drops a file that is not a video (shown failed), plays the video to the
+// end in the page's player, waits for its delivery cost,
 // and opens the network page. Writes a screenshot of each page to OUT and
 // prints one JSON line with what it saw.
 //   node tests/browser/console.mjs HUB_URL API_KEY VIDEO_FILE OUT_DIR
@@ -77,6 +78,20 @@ try {
   result.video = video;
   await shot('3-library');
   step('video ' + video.status);
+
+  // Drag and drop: a file that is not a video, dropped on the zone, is
+  // uploaded and shows as failed, with the hub's reason.
+  const dropped = await page.evaluateHandle(() => {
+    const d = new DataTransfer();
+    d.items.add(new File(['meeting notes: not a video\n'], 'notes.txt', { type: 'text/plain' }));
+    return d;
+  });
+  await page.dispatchEvent('#drop', 'drop', { dataTransfer: dropped });
+  await until('the dropped file failed', () => (window.consoleState.videos || [])
+    .some((v) => v.name === 'notes.txt' && v.status === 'failed'), 60);
+  result.dropped = (await state()).videos.find((v) => v.name === 'notes.txt');
+  result.droppedRow = await page.textContent('#videos tr[data-status="failed"]');
+  step('dropped file failed: ' + result.dropped.reason);
 
   await page.click(`#videos tr[data-id="${video.id}"] a`);
   await page.waitForSelector('#video:not([hidden]) #player');

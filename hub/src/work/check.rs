@@ -385,17 +385,14 @@ fn pay(hub: &Hub, ctx: &VideoContext, c: &Commitment, worker: &str) {
     let length = chunk.end.unwrap_or(ctx.duration) - chunk.start;
     let rung_seconds = (length * ctx.rungs.len() as f64).ceil() as u64;
     let reference = format!("transcode/{}/{}", c.video, c.chunk);
-    crate::costs::note(
-        hub,
-        &reference,
-        crate::costs::Line {
-            video: c.video.clone(),
-            at: crate::nodes::now_secs(),
-            kind: "transcode".into(),
-            units: rung_seconds,
-            reference: reference.clone(),
-        },
-    );
+    let line = crate::costs::Line {
+        video: c.video.clone(),
+        at: crate::nodes::now_secs(),
+        kind: "transcode".into(),
+        units: rung_seconds,
+        reference: reference.clone(),
+    };
+    crate::costs::note(hub, &[(reference.clone(), line)]);
     hub.ledger.submit(vec![Action::Reward {
         payer: ctx.payer,
         node: key,
