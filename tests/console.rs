@@ -50,8 +50,7 @@ async fn an_owner_uploads_plays_and_sees_costs_in_the_console() {
     let hub = facts["hub"].as_str().unwrap().to_string();
     let key = facts["api_key"].as_str().unwrap().to_string();
     // Over 8 MiB (the console's tus chunk), so the reload cuts it between
-    // chunks: lossless keeps it large. (Temporal noise would too, but it
-    // trips the workers' fidelity check: see ARCHITECTURE.md, threat model.)
+    // chunks: lossless keeps it large.
     let clip = dir.join("console-upload.mp4");
     ffmpeg(&[
         "-f",

@@ -455,6 +455,91 @@ async fn a_worker_that_dies_mid_chunk_loses_its_lease_and_its_late_result_is_ref
     assert_eq!(balance(&hub, &dying.key).await, 0);
 }
 
+/// Grain is not a cheat. On a source full of temporal noise no encode at
+/// the rung's bitrate keeps what a two-thirds picture scaled back up does
+/// (measured: 0.19–0.25 against 0.58), so the rescaled reference alone
+/// slashed honest workers. Now the HUB's own encode is measured too: the
+/// worker is paid when it is as good, and otherwise refused without a
+/// slash, since even the HUB's encode cannot reach that reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_worker_on_a_grainy_source_is_never_slashed() {
+    let key = NodeKey::generate().unwrap();
+    let hub = hub_with(&[&key], "60s").await;
+    let w = worker(&hub, "w", key).await;
+    let src = hub.dir.join("grain.mp4");
+    ffmpeg_to(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25,noise=alls=40:allf=t",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440",
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "16M",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ],
+        &src,
+    );
+    let id = upload(&hub, &src).await;
+    let (stake_before, balance_before) = (stake(&hub, &w.key).await, balance(&hub, &w.key).await);
+    // The worker takes the chunk until it is accepted or the HUB takes it
+    // over (after two refusals).
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        let Some(job) = w.client.lease().await.unwrap() else {
+            break;
+        };
+        let answer = work_one(&w.client, &job, &w.scratch).await.unwrap();
+        assert!(!answer.slashed, "an honest worker slashed: {answer:?}");
+        let accepted = answer.accepted;
+        answers.push(answer);
+        if accepted {
+            break;
+        }
+    }
+    for a in answers.iter().filter(|a| !a.accepted) {
+        assert!(a.outcome.contains("refused without a slash"), "{a:?}");
+    }
+    let (video, _) = hub.wait_done(&id, Duration::from_secs(60)).await;
+    assert_eq!(video["status"], "ready", "{video}");
+    // It took the HUB's own encode to judge: the rescaled reference alone
+    // refused every time, and nothing was found false.
+    let metrics = reqwest::get(hub.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |verdict: &str| {
+        let prefix = format!("meshcast_hub_fidelity_own_encodes_total{{verdict=\"{verdict}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("honest") + count("uncheckable") >= 1, "{metrics}");
+    assert_eq!(count("false"), 0, "{metrics}");
+    if answers.iter().any(|a| a.accepted) {
+        let key = w.key.clone();
+        chain_shows("the worker paid", async || {
+            balance(&hub, &key).await > balance_before
+        })
+        .await;
+    }
+    assert_eq!(stake(&hub, &w.key).await, stake_before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_workers_several_uploads_are_transcoded_at_once() {
     let key = NodeKey::generate().unwrap();

@@ -275,6 +275,9 @@ struct Metrics {
     tokens: prometheus::IntCounterVec,
     slashes: prometheus::IntCounter,
     probes: prometheus::IntCounterVec,
+    /// Sampled segments below the rescaled reference that the HUB encoded
+    /// itself to judge, by verdict (honest, false).
+    own_encodes: prometheus::IntCounterVec,
     shards_placed: prometheus::IntCounter,
     shards_repaired: prometheus::IntCounter,
     long_polls: prometheus::IntGaugeVec,
@@ -360,6 +363,12 @@ impl Metrics {
             "Probes of edges by outcome (ok, failed)",
             "outcome",
         );
+        let own_encodes = counter_vec(
+            &registry,
+            "meshcast_hub_fidelity_own_encodes_total",
+            "Segments below the rescaled reference judged against the HUB's own encode, by verdict",
+            "verdict",
+        );
         let credited_bytes = prometheus::IntCounter::new(
             "meshcast_hub_credited_bytes_total",
             "Delivery bytes credited to nodes",
@@ -417,6 +426,7 @@ impl Metrics {
             tokens,
             slashes,
             probes,
+            own_encodes,
         }
     }
 }

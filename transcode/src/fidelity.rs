@@ -24,6 +24,12 @@
 //! two-thirds reference (0.968–0.970) honest segments lead by ≥ 0.017 and
 //! the half-size substitute trails by 0.011.
 //!
+//! Where the source holds detail no encode at the rung's bitrate keeps
+//! (temporal noise, film grain), even an honest segment falls below the
+//! reference; the HUB then measures its own encode of the segment and
+//! calls the worker's false only where its own encode beats the reference
+//! and the worker's is clearly worse (`hub/src/work/check.rs`).
+//!
 //! The SSIMs may cover only some frames of a segment (`Part::frames`,
 //! which the HUB draws after the commitment): a segment's output is then
 //! decoded only up to its last such frame and only those frames are
