@@ -257,16 +257,19 @@ async fn own_encode_ssim(
     // The worker's own job, every rung: the same ffmpeg run as the
     // worker's, so the same encode where x264 is deterministic.
     let job = ctx.job(c.chunk).ok_or("no such chunk")?;
-    let out = ctx
-        .dir
-        .join("own")
-        .join(format!("{}.{}", c.chunk, p.rung.name));
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    // One encode per chunk, whichever of its sampled segments need it
+    // (`fidelity` removes it when the chunk is judged).
+    let out = own_dir(ctx, c);
+    let done = out.join(".done");
     let measured = async {
-        encode_chunk(&ctx.cut_path(c.chunk), &job, &out, |_| {})
-            .await
-            .map_err(|e| e.to_string())?;
+        if !done.exists() {
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+            encode_chunk(&ctx.cut_path(c.chunk), &job, &out, |_| {})
+                .await
+                .map_err(|e| e.to_string())?;
+            std::fs::write(&done, b"").map_err(|e| e.to_string())?;
+        }
         let dir = out.join(&p.rung.name);
         let read = |f: &str| std::fs::read(dir.join(f)).map_err(|e| format!("{f}: {e}"));
         let init = read("init.mp4")?;
@@ -291,8 +294,12 @@ async fn own_encode_ssim(
             .ok_or_else(|| "no measurement".to_string())
     }
     .await;
-    let _ = std::fs::remove_dir_all(&out);
     measured
+}
+
+/// Where the HUB's own encode of a chunk under judgment is kept.
+fn own_dir(ctx: &VideoContext, c: &Commitment) -> std::path::PathBuf {
+    ctx.dir.join("own").join(c.chunk.to_string())
 }
 
 /// A picked segment, read and placed for the fidelity run.
@@ -374,12 +381,25 @@ async fn fidelity(
             frames: &p.frames,
         })
         .collect();
+    let judged = judge(hub, (ctx, c), &loaded, &parts, (start, end)).await;
+    let _ = std::fs::remove_dir_all(own_dir(ctx, c));
+    judged
+}
+
+/// The fidelity run over `parts`, and each segment's verdict.
+async fn judge(
+    hub: &Hub,
+    (ctx, c): (&VideoContext, &Commitment),
+    loaded: &[Picked<'_>],
+    parts: &[Part<'_>],
+    (start, end): (f64, f64),
+) -> Result<(), Finding> {
     let named = |p: &Picked| format!("{}/seg_{:05}.m4s", p.rung.name, c.segments[p.index].number);
-    match check_range(&parts, &ctx.input, (start, end - start), &ctx.dir).await {
+    match check_range(parts, &ctx.input, (start, end - start), &ctx.dir).await {
         Ok(found) => {
             for (k, (p, f)) in loaded.iter().zip(&found).enumerate() {
                 if !f.passes() {
-                    let run = (parts.as_slice(), k, (start, end - start));
+                    let run = (parts, k, (start, end - start));
                     judge_against_own_encode(hub, (ctx, c), (p, f, &named(p)), run).await?;
                 }
             }
