@@ -200,16 +200,22 @@ fn same_inits(ctx: &VideoContext, c: &Commitment) -> Result<(), String> {
 /// the same encoder and settings, but another machine and thread count.
 const OWN_ENCODE_MARGIN: f64 = 0.01;
 
+/// Below this share of the HUB's own encode's SSIM a segment is false even
+/// where the source cannot be checked against the rescaled reference:
+/// honest encodes of the same job on a noise source reached 0.71–0.92 of
+/// each other's, other video 0.40.
+const FAR_BELOW_OWN: f64 = 0.6;
+
 /// A segment below the rescaled reference is judged again against the
 /// HUB's own encode of it: on a source whose detail no encode at the
 /// rung's bitrate keeps (temporal noise, film grain) the reference is out
 /// of anyone's reach, and an honest worker must not be slashed for that.
 /// Within `OWN_ENCODE_MARGIN` of the HUB's encode it passes. Below that, it
-/// is false (slashed) only where the HUB's encode does beat the reference
-/// (the source can be checked this way); where it does not, the chunk is
-/// refused without a slash: x264 runs on two machines differ too much on
-/// such content (measured 0.71–0.92 of each other's SSIM) to rest a slash
-/// on, and the chunk is redone by someone else.
+/// is false (slashed) where the HUB's encode beats the reference (the
+/// source can be checked this way) or where it is under `FAR_BELOW_OWN` of
+/// the HUB's SSIM. Between the two the chunk is refused without a slash:
+/// x264 runs of one job differ too much on such content (0.71–0.92 of each
+/// other's SSIM) to rest a slash on, and the chunk is redone by another.
 async fn judge_against_own_encode(
     hub: &Hub,
     (ctx, c): (&VideoContext, &Commitment),
@@ -222,7 +228,7 @@ async fn judge_against_own_encode(
     })?;
     let verdict = if f.ssim + OWN_ENCODE_MARGIN >= ours {
         "honest"
-    } else if ours > f.reference {
+    } else if ours > f.reference || f.ssim < FAR_BELOW_OWN * ours {
         "false"
     } else {
         "uncheckable"
