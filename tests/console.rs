@@ -27,18 +27,20 @@ async fn meshcast_up(dir: &std::path::Path) -> (std::process::Child, Value) {
         .stderr(std::fs::File::create(dir.join("up.stderr")).unwrap())
         .spawn()
         .unwrap();
-    for _ in 0..1800 {
-        let read = std::fs::read(&ready).map(|t| serde_json::from_slice::<Value>(&t));
-        if let Ok(Ok(facts)) = read {
-            return (child, facts);
+    let facts = support::eventually("meshcast up ready", Duration::from_secs(180), || {
+        let exited = child.try_wait().unwrap();
+        let (ready, log) = (ready.clone(), dir.join("up.stderr"));
+        async move {
+            if let Some(status) = exited {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("meshcast up exited early ({status}):\n{log}");
+            }
+            let text = std::fs::read(&ready).map_err(|e| e.to_string())?;
+            serde_json::from_slice::<Value>(&text).map_err(|e| e.to_string())
         }
-        if let Some(status) = child.try_wait().unwrap() {
-            let log = std::fs::read_to_string(dir.join("up.stderr")).unwrap_or_default();
-            panic!("meshcast up exited early ({status}):\n{log}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("meshcast up was not ready in 3 minutes");
+    })
+    .await;
+    (child, facts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::hub::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -31,6 +31,8 @@ struct Receiver {
     url: String,
     got: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<Vec<u16>>>,
+    /// Told after each POST is recorded.
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 impl Receiver {
@@ -39,10 +41,11 @@ impl Receiver {
         let url = format!("http://{}/hooks/meshcast", listener.local_addr().unwrap());
         let got = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script.to_vec()));
-        let (g, s) = (got.clone(), script.clone());
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let (g, s, a) = (got.clone(), script.clone(), arrived.clone());
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
-                let (g, s) = (g.clone(), s.clone());
+                let (g, s, a) = (g.clone(), s.clone(), a.clone());
                 tokio::spawn(async move {
                     let Some(mut r) = read_request(&mut sock).await else {
                         return;
@@ -57,6 +60,7 @@ impl Receiver {
                     };
                     r.answered = status;
                     g.lock().unwrap().push(r);
+                    a.notify_waiters();
                     let reply = format!(
                         "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                     );
@@ -64,23 +68,30 @@ impl Receiver {
                 });
             }
         });
-        Receiver { url, got, script }
+        Receiver {
+            url,
+            got,
+            script,
+            arrived,
+        }
     }
 
     fn got(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 
-    /// Waits until `done` holds for what has arrived.
+    /// Waits until `done` holds for what has arrived, woken by each POST.
     async fn wait(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
+            let arrived = self.arrived.notified();
             let got = self.got();
             if done(&got) {
                 return got;
             }
-            assert!(Instant::now() < deadline, "{what}: got {got:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!("{what}: got {got:?}");
+            }
         }
     }
 }
@@ -337,16 +348,15 @@ async fn hooks_cannot_reach_private_networks_and_are_the_accounts_own() {
     let video = upload_junk(&hub).await;
     // A loopback target: each attempt is refused before any connection,
     // and after its two attempts the delivery is listed as given up.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let failed = loop {
+    let failed = support::eventually("the delivery given up", Duration::from_secs(30), || async {
         let hooks = get_json(&client, &hub.url("/v1/account/webhooks")).await;
         let failed = hooks["webhooks"][0]["failed"].clone();
-        if failed.as_array().is_some_and(|f| !f.is_empty()) {
-            break failed;
+        match failed.as_array() {
+            Some(f) if !f.is_empty() => Ok(failed),
+            _ => Err(format!("not given up: {hooks}")),
         }
-        assert!(Instant::now() < deadline, "not given up: {hooks}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(failed[0]["video"], video.as_str());
     assert_eq!(failed[0]["attempts"], 2);
     assert!(
