@@ -9,7 +9,7 @@
 //! in a row it is slashed with the signed challenge and answer as
 //! evidence, and repair rebuilds its shards elsewhere.
 
-use crate::nodes::now_secs;
+use crate::nodes::{now_ms, now_secs};
 use crate::registry::NodeRecord;
 use crate::Hub;
 use meshcast_control::envelope::{Envelope, Verifier};
@@ -73,12 +73,6 @@ fn held_by_node(hub: &Hub) -> HashMap<String, Vec<(String, Held)>> {
         }
     }
     out
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Asks one node and acts on the verdict.

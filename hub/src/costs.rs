@@ -118,7 +118,7 @@ fn delivery_lines(hub: &Hub, videos: &BTreeMap<String, [u8; 32]>) -> Result<Vec<
                 at: s.epoch.saturating_mul(epoch_secs),
                 kind: "delivery".into(),
                 units: *bytes,
-                reference: format!("delivery/{}/{}/{}", s.node, s.epoch, hex::encode(payer)),
+                reference: crate::rewards::delivery_reference(&s.node, s.epoch, payer),
             });
         }
     }

@@ -276,7 +276,7 @@ struct Metrics {
     slashes: prometheus::IntCounter,
     probes: prometheus::IntCounterVec,
     /// Sampled segments below the rescaled reference that the HUB encoded
-    /// itself to judge, by verdict (honest, false).
+    /// itself to judge, by verdict (honest, false, uncheckable).
     own_encodes: prometheus::IntCounterVec,
     shards_placed: prometheus::IntCounter,
     shards_repaired: prometheus::IntCounter,

@@ -31,6 +31,12 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A node is "up" if it was heard from within this many heartbeats.
 pub const MISSED_HEARTBEATS: u64 = 3;
 pub const HEARTBEAT_SECS: u64 = 10;

@@ -36,9 +36,15 @@ pub fn reward_actions(
             payer,
             node: node_key,
             work: Work::Delivery { bytes },
-            reference: format!("delivery/{}/{}/{}", s.node, s.epoch, hex::encode(payer)),
+            reference: delivery_reference(&s.node, s.epoch, &payer),
         })
         .collect()
+}
+
+/// The ledger reference of a settled epoch's reward from one payer: the
+/// chain pays each once.
+pub fn delivery_reference(node: &str, epoch: u64, payer: &[u8; 32]) -> String {
+    format!("delivery/{node}/{epoch}/{}", hex::encode(payer))
 }
 
 #[cfg(test)]

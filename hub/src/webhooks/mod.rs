@@ -19,7 +19,7 @@ mod store;
 
 use crate::accounts::account_caller;
 use crate::catalog::VideoEvent;
-use crate::nodes::{now_secs, refuse};
+use crate::nodes::{now_ms, now_secs, refuse};
 use crate::openapi::TAG_ACCOUNTS;
 use crate::{Hub, HubError};
 use axum::extract::{Path, State};
@@ -262,7 +262,7 @@ fn deliveries_for(
         "data": crate::api::view(hub, &video),
     })
     .to_string();
-    let now_ms = now_secs() * 1000;
+    let due = now_ms();
     Ok(hooks
         .iter()
         .filter(|h| h.account == account)
@@ -273,7 +273,7 @@ fn deliveries_for(
             video: video.id.clone(),
             body: body.clone(),
             attempts: 0,
-            next_at: Some(now_ms),
+            next_at: Some(due),
             last: None,
             created: event.at,
         })
@@ -287,13 +287,13 @@ pub async fn run(hub: Arc<Hub>) {
         if let Err(e) = fan_out(&hub) {
             tracing::error!(error = %e, "webhooks: cannot read the catalog's events");
         }
-        let now_ms = epoch_ms();
-        let mut next_due = now_ms + 1000;
+        let now = now_ms();
+        let mut next_due = now + 1000;
         match hub.webhooks.store.deliveries(None) {
             Ok(all) => {
                 for d in all {
                     let Some(at) = d.next_at else { continue };
-                    if at > now_ms {
+                    if at > now {
                         next_due = next_due.min(at);
                         continue;
                     }
@@ -315,7 +315,7 @@ pub async fn run(hub: Arc<Hub>) {
             }
             Err(e) => tracing::error!(error = %e, "webhooks: cannot read deliveries"),
         }
-        let wait = Duration::from_millis(next_due.saturating_sub(epoch_ms()).max(10));
+        let wait = Duration::from_millis(next_due.saturating_sub(now_ms()).max(10));
         tokio::select! {
             _ = hub.webhooks.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -326,12 +326,6 @@ pub async fn run(hub: Arc<Hub>) {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One attempt at `d`, and its outcome recorded.
@@ -355,7 +349,7 @@ async fn attempt(hub: &Hub, mut d: Delivery) {
         let cfg = &hub.config.hub;
         match core::retry_delay(d.attempts, cfg.webhook_attempts, cfg.webhook_retry.0, unit) {
             Some(delay) => {
-                d.next_at = Some(epoch_ms() + delay.as_millis() as u64);
+                d.next_at = Some(now_ms() + delay.as_millis() as u64);
                 "retry"
             }
             None => {
