@@ -376,6 +376,38 @@ async fn bad_tokens_and_acks_are_refused_with_reasons() {
     // the same segment is a hit.
     let r = get(&net.edge.url(&format!("/t/{good_token}{seg}")), &[]).await;
     assert!(r.cache.contains("hit"), "{}", r.cache);
+    // A cross-origin player's script may read the receipt: the response to
+    // a CORS request (it carries Origin) exposes it; others do not need to.
+    let cross = get(
+        &net.edge.url(&format!("/t/{good_token}{seg}")),
+        &[("origin", "https://player.example")],
+    )
+    .await;
+    let exposed = |r: &support::Reply| {
+        r.headers
+            .get("access-control-expose-headers")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert!(cross.headers.contains_key("meshcast-receipt"));
+    let cross_exposed = exposed(&cross);
+    assert!(
+        cross_exposed.ends_with(", Meshcast-Receipt"),
+        "{cross_exposed}"
+    );
+    // What the HUB exposes (upload offsets, …) is kept beside it.
+    assert!(
+        cross_exposed.len() > ", Meshcast-Receipt".len(),
+        "{cross_exposed}"
+    );
+    assert_eq!(cross.headers["access-control-allow-origin"], "*");
+    let plain = get(&net.edge.url(&format!("/t/{good_token}{seg}")), &[]).await;
+    assert!(plain.headers.contains_key("meshcast-receipt"));
+    assert!(
+        !exposed(&plain).contains("Meshcast-Receipt"),
+        "{}",
+        exposed(&plain)
+    );
     let header = fetch_receipt().await;
     let receipt = SealedReceipt::from_header(&header).unwrap();
     let ack = Ack::sign(&session, receipt.clone());

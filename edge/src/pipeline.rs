@@ -589,7 +589,12 @@ impl ProxyHttp for EdgePipeline {
                         book.next_serial(),
                     );
                     resp.insert_header("meshcast-receipt", r.header_value())?;
-                    resp.insert_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Meshcast-Receipt")?;
+                    // Only a CORS request (one with `Origin`) has headers
+                    // hidden from its script; the others (native players,
+                    // same-origin pages) are spared 49 bytes per response.
+                    if session.req_header().headers.contains_key(header::ORIGIN) {
+                        expose_receipt(resp)?;
+                    }
                     self.shared.metrics.receipts.inc();
                 }
             }
@@ -698,4 +703,15 @@ impl ProxyHttp for EdgePipeline {
             request_id: ctx.request_id.clone(),
         });
     }
+}
+
+/// Adds `Meshcast-Receipt` to what the origin's response exposes to a
+/// cross-origin script (the HUB exposes its own headers; they stay).
+fn expose_receipt(resp: &mut ResponseHeader) -> Result<()> {
+    let name = header::ACCESS_CONTROL_EXPOSE_HEADERS;
+    let value = match resp.headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(v) if !v.trim().is_empty() => format!("{v}, Meshcast-Receipt"),
+        _ => "Meshcast-Receipt".to_string(),
+    };
+    resp.insert_header(name, value)
 }
