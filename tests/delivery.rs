@@ -795,7 +795,7 @@ async fn an_unstaked_node_is_refused_and_a_cheater_is_slashed() {
         .map(|i| {
             let r = sealer.issue(
                 token::token_id(&tok),
-                [3; 32],
+                [3; 16],
                 &format!("/v/abc/720p/{i}.m4s"),
                 0,
                 1000 + i,

@@ -356,7 +356,7 @@ pub fn challenge(claim_bytes: &[u8], hub_nonce: &[u8; 32], claim: &Claim) -> Vec
 pub struct Published {
     pub size: u64,
     /// `receipt::content_id` of the object as the origin serves it.
-    pub content: [u8; 32],
+    pub content: [u8; 16],
 }
 
 /// Checks the opened acks: Merkle paths, listing, claimant, epoch window,

@@ -6,14 +6,25 @@
 //! ack is thus a statement by two parties — the edge that served and the
 //! viewer that was served — and only acks are ever paid for.
 //!
-//! Receipt wire format (fixed layout, big-endian, written by hand because it
-//! is what the viewer signs and must be byte-exact across Rust and the
-//! browser plugin):
-//! `"MR3" node[32] token[16] content[32] time_ms[8] serial[8] start[8]
-//!  len[8] path_len[2] path seal[16]`.
-//! `seal` is a keyed BLAKE3 MAC over everything before it that only the
-//! edge can make: when an ack comes back, the edge knows in nanoseconds
-//! that the receipt is one it issued, byte for byte.
+//! Receipt wire format (written by hand because it is what the viewer
+//! signs and must be byte-exact across Rust and the browser plugin):
+//! `"MR4" node[32] token[16] content[16] time_ms serial start len path_len
+//!  path seal[16]`, the five numbers as unsigned LEB128 varints in their
+//! shortest form (anything longer is refused, so one receipt has one
+//! encoding). `seal` is a keyed BLAKE3 MAC over everything before it that
+//! only the edge can make: when an ack comes back, the edge knows in
+//! nanoseconds that the receipt is one it issued, byte for byte.
+//!
+//! Why MR4 is shorter than MR3 (`content[32]`, the numbers as 8 bytes
+//! big-endian and `path_len` as 2: 39 bytes more for a typical segment,
+//! 52 more characters of header): a receipt goes out on every paid
+//! response, and on small ones its bytes are most of its cost (see
+//! BENCHMARKS.md, receipts). 128 bits of BLAKE3 name content as firmly
+//! as 256 here: the HUB compares a receipt's content id with the one it
+//! computes for what it published, so a cheater needs a second preimage
+//! of that id, not a collision. MR3 receipts are still read (acks logged
+//! before an upgrade are claimed after it); their content id is the first
+//! 16 bytes of the 32, which is MR4's for the same content.
 //!
 //! Why a receipt carries no Ed25519 signature of the edge (MR2 did, ~14 µs
 //! per response, half of what two cores served of 1 KB objects): the edge
@@ -30,11 +41,12 @@
 /// Names the content of a response for its receipt: BLAKE3 of the origin's
 /// ETag (the HUB's ETag is the file's BLAKE3 already) or of the path. The
 /// HUB computes the same for what it published, to bind receipts to it.
-pub fn content_id(etag: Option<&[u8]>, path: &str) -> [u8; 32] {
-    match etag {
+pub fn content_id(etag: Option<&[u8]>, path: &str) -> [u8; 16] {
+    let full = match etag {
         Some(e) => blake3::derive_key("meshcast content v1 etag", e),
         None => blake3::derive_key("meshcast content v1 path", path.as_bytes()),
-    }
+    };
+    full[..16].try_into().expect("16 of 32")
 }
 
 /// Whether a response under a token is paid media: everything but
@@ -55,9 +67,16 @@ use crate::identity::NodeKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::Signer;
+use unsigned_varint as varint;
 
-const MAGIC: &[u8; 3] = b"MR3";
-const FIXED: usize = 3 + 32 + 16 + 32 + 8 + 8 + 8 + 8 + 2;
+const MAGIC: &[u8; 3] = b"MR4";
+/// Magic, node, token, content: what comes before the varints.
+const HEAD: usize = 3 + 32 + 16 + 16;
+/// The earlier, fixed layout, still read: `"MR3" node[32] token[16]
+/// content[32] time_ms[8] serial[8] start[8] len[8] path_len[2] path
+/// seal[16]`, big-endian.
+const MAGIC_V3: &[u8; 3] = b"MR3";
+const FIXED_V3: usize = 3 + 32 + 16 + 32 + 8 + 8 + 8 + 8 + 2;
 const SEAL: usize = 16;
 /// What a session key signs: this, then the receipt's wire bytes.
 pub const ACK_CONTEXT: &[u8] = b"meshcast-ack-v1\n";
@@ -69,8 +88,8 @@ pub struct Receipt {
     pub node: [u8; 32],
     /// `token::token_id` of the playback token the request carried.
     pub token: [u8; 16],
-    /// BLAKE3 naming the content served (see the edge for what it hashes).
-    pub content: [u8; 32],
+    /// `content_id` of what was served (see the edge for what it hashes).
+    pub content: [u8; 16],
     pub time_ms: u64,
     /// Unique per receipt from one edge, so equal requests differ.
     pub serial: u64,
@@ -111,16 +130,15 @@ pub struct SealedReceipt {
 impl Receipt {
     /// The wire bytes the seal covers.
     fn unsealed_wire(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(FIXED + self.path.len() + SEAL);
+        let mut b = Vec::with_capacity(HEAD + 5 * 10 + self.path.len() + SEAL);
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&self.node);
         b.extend_from_slice(&self.token);
         b.extend_from_slice(&self.content);
-        b.extend_from_slice(&self.time_ms.to_be_bytes());
-        b.extend_from_slice(&self.serial.to_be_bytes());
-        b.extend_from_slice(&self.start.to_be_bytes());
-        b.extend_from_slice(&self.len.to_be_bytes());
-        b.extend_from_slice(&(self.path.len() as u16).to_be_bytes());
+        let path_len = self.path.len() as u64;
+        for n in [self.time_ms, self.serial, self.start, self.len, path_len] {
+            b.extend_from_slice(varint::encode::u64(n, &mut varint::encode::u64_buffer()));
+        }
         b.extend_from_slice(self.path.as_bytes());
         b
     }
@@ -157,7 +175,7 @@ impl ReceiptSealer {
     pub fn issue(
         &self,
         token: [u8; 16],
-        content: [u8; 32],
+        content: [u8; 16],
         path: &str,
         start: u64,
         len: u64,
@@ -195,31 +213,75 @@ impl ReceiptSealer {
     }
 }
 
+/// The fields before the numbers, shared by both layouts.
+fn head(wire: &[u8], content: [u8; 16]) -> Receipt {
+    Receipt {
+        node: wire[3..35].try_into().expect("32"),
+        token: wire[35..51].try_into().expect("16"),
+        content,
+        time_ms: 0,
+        serial: 0,
+        start: 0,
+        len: 0,
+        path: String::new(),
+    }
+}
+
+fn utf8_path(bytes: &[u8]) -> Result<String, ReceiptError> {
+    std::str::from_utf8(bytes)
+        .map(str::to_string)
+        .map_err(|_| ReceiptError::Malformed("path is not UTF-8"))
+}
+
+fn decode_v4(wire: &[u8]) -> Result<Receipt, ReceiptError> {
+    if wire.len() < HEAD + 5 + SEAL {
+        return Err(ReceiptError::Malformed("receipt too short"));
+    }
+    let mut r = head(wire, wire[51..67].try_into().expect("16"));
+    let mut rest = &wire[HEAD..];
+    let mut numbers = [0u64; 5];
+    for n in &mut numbers {
+        let (value, tail) = varint::decode::u64(rest)
+            .map_err(|_| ReceiptError::Malformed("a number is not a shortest varint"))?;
+        (*n, rest) = (value, tail);
+    }
+    let [time_ms, serial, start, len, path_len] = numbers;
+    if path_len > MAX_PATH as u64 || rest.len() as u64 != path_len + SEAL as u64 {
+        return Err(ReceiptError::Malformed("length does not match its path"));
+    }
+    r.path = utf8_path(&rest[..path_len as usize])?;
+    (r.time_ms, r.serial, r.start, r.len) = (time_ms, serial, start, len);
+    Ok(r)
+}
+
+fn decode_v3(wire: &[u8]) -> Result<Receipt, ReceiptError> {
+    if wire.len() < FIXED_V3 + SEAL {
+        return Err(ReceiptError::Malformed("receipt too short"));
+    }
+    let u64_at = |o: usize| u64::from_be_bytes(wire[o..o + 8].try_into().expect("8 bytes"));
+    let path_len = u16::from_be_bytes([wire[FIXED_V3 - 2], wire[FIXED_V3 - 1]]) as usize;
+    if wire.len() != FIXED_V3 + path_len + SEAL {
+        return Err(ReceiptError::Malformed("length does not match its path"));
+    }
+    let mut r = head(wire, wire[51..67].try_into().expect("16 of 32"));
+    r.path = utf8_path(&wire[FIXED_V3..FIXED_V3 + path_len])?;
+    (r.time_ms, r.serial, r.start, r.len) = (u64_at(83), u64_at(91), u64_at(99), u64_at(107));
+    Ok(r)
+}
+
 impl SealedReceipt {
     pub fn decode(wire: &[u8]) -> Result<SealedReceipt, ReceiptError> {
-        if wire.len() < FIXED + SEAL || &wire[..3] != MAGIC {
-            return Err(ReceiptError::Malformed("not a meshcast MR3 receipt"));
-        }
-        let at = |o: usize, n: usize| &wire[o..o + n];
-        let u64_at = |o: usize| u64::from_be_bytes(at(o, 8).try_into().expect("8 bytes"));
-        let path_len = u16::from_be_bytes(at(FIXED - 2, 2).try_into().expect("2 bytes")) as usize;
-        if wire.len() != FIXED + path_len + SEAL {
-            return Err(ReceiptError::Malformed("length does not match its path"));
-        }
-        let path = std::str::from_utf8(at(FIXED, path_len))
-            .map_err(|_| ReceiptError::Malformed("path is not UTF-8"))?
-            .to_string();
+        let receipt = match wire.get(..3) {
+            Some(m) if m == MAGIC => decode_v4(wire)?,
+            Some(m) if m == MAGIC_V3 => decode_v3(wire)?,
+            _ => {
+                return Err(ReceiptError::Malformed(
+                    "not a meshcast receipt (MR4 or MR3)",
+                ))
+            }
+        };
         Ok(SealedReceipt {
-            receipt: Receipt {
-                node: at(3, 32).try_into().expect("32"),
-                token: at(35, 16).try_into().expect("16"),
-                content: at(51, 32).try_into().expect("32"),
-                time_ms: u64_at(83),
-                serial: u64_at(91),
-                start: u64_at(99),
-                len: u64_at(107),
-                path,
-            },
+            receipt,
             wire: wire.to_vec(),
         })
     }
@@ -332,17 +394,29 @@ mod tests {
     #[test]
     fn issue_decode_ack_and_tamper() {
         let edge = ReceiptSealer::new(NodeKey::from_seed([3; 32]));
-        let r = edge.issue([1; 16], [2; 32], "/v/abc/720p/1.m4s", 0, 1234, 99, 7);
+        let path = "/v/abc/720p/1.m4s";
+        let r = edge.issue([1; 16], [2; 16], path, 0, 1234, 99, 7);
+        // magic, head, the five varints (1 + 2 + 1 + 1 + 1 bytes), path, seal.
+        assert_eq!(r.wire.len(), HEAD + 6 + path.len() + SEAL);
         let back = SealedReceipt::from_header(&r.header_value()).unwrap();
         assert_eq!(back, r);
         assert_eq!(edge.is_ours(&back), Ok(()));
         let other = ReceiptSealer::new(NodeKey::from_seed([4; 32]));
         assert_eq!(other.is_ours(&back), Err(ReceiptError::NotOurs));
 
-        // A viewer who changes any byte — a field, the path, the seal — is
-        // refused at the edge, before its ack can reach a claim.
-        let path_at = 117;
-        for at in [3, 110, path_at, r.wire.len() - 16, r.wire.len() - 1] {
+        // A viewer who changes any byte — a field, a number, the path, the
+        // seal — is refused at the edge, before its ack can reach a claim.
+        let path_at = r.wire.len() - SEAL - path.len();
+        let len_at = HEAD + 2; // the low byte of 1234
+        for at in [
+            3,
+            40,
+            60,
+            len_at,
+            path_at,
+            r.wire.len() - 16,
+            r.wire.len() - 1,
+        ] {
             let mut wire = r.wire.clone();
             wire[at] ^= 0x01;
             let poisoned = SealedReceipt::decode(&wire).unwrap();
@@ -372,10 +446,71 @@ mod tests {
     }
 
     #[test]
+    fn every_receipt_has_one_encoding() {
+        let edge = ReceiptSealer::new(NodeKey::from_seed([3; 32]));
+        let r = edge.issue([1; 16], [2; 16], "/a.m4s", 0, 5, u64::MAX, 1 << 40);
+        assert_eq!(SealedReceipt::decode(&r.wire).unwrap(), r);
+        // `start` = 0 written in two bytes instead of one: the same number,
+        // other bytes (another receipt id), so it is refused.
+        let at = HEAD + 10 + 6; // after time_ms (10 bytes) and serial (6)
+        assert_eq!(r.wire[at], 0);
+        let mut long = r.wire[..at].to_vec();
+        long.extend_from_slice(&[0x80, 0x00]);
+        long.extend_from_slice(&r.wire[at + 1..]);
+        assert!(matches!(
+            SealedReceipt::decode(&long),
+            Err(ReceiptError::Malformed(_))
+        ));
+        // A path length past the end, or past MAX_PATH, is refused.
+        let mut short = r.wire.clone();
+        short.truncate(short.len() - 1);
+        assert!(SealedReceipt::decode(&short).is_err());
+    }
+
+    /// An MR3 receipt as edges issued them before MR4, sealed the same way.
+    fn v3_receipt(edge: &ReceiptSealer, content: [u8; 32], path: &str, len: u64) -> Vec<u8> {
+        let mut b = MAGIC_V3.to_vec();
+        b.extend_from_slice(&edge.node());
+        b.extend_from_slice(&[1; 16]);
+        b.extend_from_slice(&content);
+        for n in [99u64, 7, 0, len] {
+            b.extend_from_slice(&n.to_be_bytes());
+        }
+        b.extend_from_slice(&(path.len() as u16).to_be_bytes());
+        b.extend_from_slice(path.as_bytes());
+        let sealed = seal(&edge.seal_key, &b);
+        b.extend_from_slice(&sealed);
+        b
+    }
+
+    #[test]
+    fn mr3_receipts_logged_before_an_upgrade_still_read_and_seal() {
+        let edge = ReceiptSealer::new(NodeKey::from_seed([3; 32]));
+        let etag = b"\"abc\"";
+        let full = blake3::derive_key("meshcast content v1 etag", etag);
+        let wire = v3_receipt(&edge, full, "/v/abc/720p/1.m4s", 1234);
+        let r = SealedReceipt::decode(&wire).unwrap();
+        assert_eq!(r.wire, wire, "kept byte for byte: acks signed them");
+        assert_eq!(edge.is_ours(&r), Ok(()));
+        // Its content id is MR4's for the same content.
+        assert_eq!(r.receipt.content, content_id(Some(etag), "/ignored"));
+        assert_eq!(
+            (r.receipt.len, r.receipt.time_ms, r.receipt.serial),
+            (1234, 99, 7)
+        );
+        assert_eq!(r.receipt.path, "/v/abc/720p/1.m4s");
+        let mut changed = wire.clone();
+        changed[FIXED_V3 - 5] ^= 1; // in len
+        let changed = SealedReceipt::decode(&changed).unwrap();
+        assert_eq!(edge.is_ours(&changed), Err(ReceiptError::NotOurs));
+        assert!(SealedReceipt::decode(&wire[..wire.len() - 1]).is_err());
+    }
+
+    #[test]
     fn long_paths_are_cut_at_a_character_boundary() {
         let edge = ReceiptSealer::new(NodeKey::from_seed([3; 32]));
         let path = format!("/{}", "é".repeat(MAX_PATH));
-        let r = edge.issue([1; 16], [2; 32], &path, 0, 1, 99, 7);
+        let r = edge.issue([1; 16], [2; 16], &path, 0, 1, 99, 7);
         assert_eq!(r.receipt.path.len(), MAX_PATH - 1);
         assert!(path.starts_with(&r.receipt.path));
         assert_eq!(SealedReceipt::decode(&r.wire).unwrap(), r);

@@ -47,7 +47,7 @@ fn acks(w: &World, n: usize, time_ms: u64) -> Vec<(String, Ack)> {
         .map(|i| {
             let r = w.edge.issue(
                 token_id(&w.token),
-                [3; 32],
+                [3; 16],
                 &format!("/v/abc/720p/{i}.m4s"),
                 0,
                 1000 + i as u64,
@@ -60,7 +60,7 @@ fn acks(w: &World, n: usize, time_ms: u64) -> Vec<(String, Ack)> {
 }
 
 /// What the HUB published in these tests: `/v/abc/720p/{i}.m4s`, 1000 + i
-/// bytes each, content [3; 32] (what `acks` signs).
+/// bytes each, content [3; 16] (what `acks` signs).
 fn catalog(path: &str) -> Option<audit::Published> {
     let i: u64 = path
         .strip_prefix("/v/abc/720p/")?
@@ -69,7 +69,7 @@ fn catalog(path: &str) -> Option<audit::Published> {
         .ok()?;
     Some(audit::Published {
         size: 1000 + i,
-        content: [3; 32],
+        content: [3; 16],
     })
 }
 
@@ -134,9 +134,20 @@ fn tampered_receipt_is_refused() {
     let mut a = acks(&w, 100, epoch_start_ms());
     // The edge changes a receipt's byte count after the viewer signed it
     // (within the object, so only the viewer's signature can tell).
-    let mut wire = a[5].1.receipt.wire.clone();
-    wire[114] ^= 0x01;
-    a[5].1.receipt = meshcast_control::receipt::SealedReceipt::decode(&wire).unwrap();
+    // It seals the changed receipt itself, so only the ack's signature is
+    // left to tell.
+    let r = a[5].1.receipt.receipt.clone();
+    let changed = w.edge.issue(
+        r.token,
+        r.content,
+        &r.path,
+        r.start,
+        r.len ^ 1,
+        r.time_ms,
+        r.serial,
+    );
+    assert_ne!(changed.wire, a[5].1.receipt.wire);
+    a[5].1.receipt = changed;
     let err = audit(&w, &build_claim(EPOCH, EPOCH_SECS, a)).unwrap_err();
     assert!(
         err.to_string().contains("signature does not verify"),
@@ -238,7 +249,7 @@ fn a_renumbered_or_resent_log_earns_nothing_twice() {
 }
 
 /// Acks for receipts the edge signs as it likes: (path, content, length).
-fn forged(w: &World, what: impl Fn(usize) -> (String, [u8; 32], u64)) -> Vec<(String, Ack)> {
+fn forged(w: &World, what: impl Fn(usize) -> (String, [u8; 16], u64)) -> Vec<(String, Ack)> {
     (0..200)
         .map(|i| {
             let (path, content, len) = what(i);
@@ -261,19 +272,19 @@ fn receipts_must_name_published_content_and_real_ranges() {
     // The cheater: a self-dealing edge with a colluding viewer. Every
     // signature is genuine; what they sign is not.
     let w = world(u64::MAX, 4_000_000_000);
-    type Receipts = Box<dyn Fn(usize) -> (String, [u8; 32], u64)>;
+    type Receipts = Box<dyn Fn(usize) -> (String, [u8; 16], u64)>;
     let cases: [(&str, Receipts); 3] = [
         (
             "does not publish",
-            Box::new(|i| (format!("/v/abc/720p/ghost{i}.m4s"), [3; 32], 1000)),
+            Box::new(|i| (format!("/v/abc/720p/ghost{i}.m4s"), [3; 16], 1000)),
         ),
         (
             "content differs",
-            Box::new(|i| (format!("/v/abc/720p/{i}.m4s"), [9; 32], 1000)),
+            Box::new(|i| (format!("/v/abc/720p/{i}.m4s"), [9; 16], 1000)),
         ),
         (
             "past the published object's end",
-            Box::new(|i| (format!("/v/abc/720p/{i}.m4s"), [3; 32], 1_000_000_000)),
+            Box::new(|i| (format!("/v/abc/720p/{i}.m4s"), [3; 16], 1_000_000_000)),
         ),
     ];
     for (why, what) in cases {
@@ -288,7 +299,7 @@ fn receipts_must_name_published_content_and_real_ranges() {
         EPOCH,
         EPOCH_SECS,
         forged(&w, |i| {
-            (format!("/v/abc/720p/{i}.m4s"), [3; 32], 1000 + i as u64)
+            (format!("/v/abc/720p/{i}.m4s"), [3; 16], 1000 + i as u64)
         }),
     );
     assert_eq!(audit(&w, &c), Ok(c.claim.bytes));
@@ -377,7 +388,7 @@ fn a_token_the_hub_does_not_trust_costs_only_its_own_entries() {
         for i in 0..200u64 {
             let r = w.edge.issue(
                 token_id(&minted),
-                [3; 32],
+                [3; 16],
                 &format!("/v/abc/720p/{i}.m4s"),
                 0,
                 1000 + i,
@@ -425,7 +436,7 @@ fn an_owner_key_earns_nothing_outside_its_own_video() {
     for i in 0..100u64 {
         let r = w.edge.issue(
             token_id(&foreign),
-            [3; 32],
+            [3; 16],
             &format!("/v/abc/720p/{i}.m4s"),
             0,
             1000 + i,

@@ -11,7 +11,7 @@ use meshcast_control::receipt::{ReceiptSealer, SealedReceipt};
 #[derive(Arbitrary, Debug)]
 struct Fields {
     token: [u8; 16],
-    content: [u8; 32],
+    content: [u8; 16],
     path: String,
     start: u64,
     len: u64,

@@ -16,8 +16,10 @@
 (function (global) {
   'use strict';
   const ACK_CONTEXT = new TextEncoder().encode('meshcast-ack-v1\n');
-  const FIXED = 3 + 32 + 16 + 32 + 8 + 8 + 8 + 8 + 2;
+  const HEAD = 3 + 32 + 16 + 16; // "MR4" node token content
+  const FIXED_V3 = 3 + 32 + 16 + 32 + 8 + 8 + 8 + 8 + 2;
   const SEAL = 16;
+  const MAX_PATH = 1024;
 
   function b64uDecode(s) {
     const b64 = s.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((s.length + 3) % 4);
@@ -38,18 +40,53 @@
     return Number(view.getBigUint64(at, false));
   }
 
-  // Fields of a receipt's wire bytes, or null if they are not one.
+  // An unsigned LEB128 varint at wire[at] in its shortest form, as
+  // [value, next offset], or null. Values stay exact up to 2^53, past any
+  // length or time a receipt carries.
+  function varint(wire, at) {
+    let value = 0;
+    for (let i = 0; i < 10 && at + i < wire.length; i++) {
+      const b = wire[at + i];
+      value += (b & 0x7f) * 2 ** (7 * i);
+      if ((b & 0x80) === 0) return b === 0 && i > 0 ? null : [value, at + i + 1];
+    }
+    return null;
+  }
+
+  // Fields of a receipt's wire bytes, or null if they are not one. "MR4":
+  // node, token, content, five varints (time, serial, start, len, path
+  // length), path, and the edge's seal (its own MAC, which the player just
+  // passes back). "MR3", the fixed layout before it, is still read.
   function parseReceipt(wire) {
-    // "MR3": fixed fields, path, and the edge's seal (its own MAC, which
-    // the player just passes back).
-    if (wire.length < FIXED + SEAL || wire[0] !== 0x4d || wire[1] !== 0x52 || wire[2] !== 0x33) return null;
+    const magic = String.fromCharCode(wire[0], wire[1], wire[2]);
+    if (magic === 'MR3') return parseReceiptV3(wire);
+    if (magic !== 'MR4' || wire.length < HEAD + 5 + SEAL) return null;
+    const numbers = [];
+    let at = HEAD;
+    for (let i = 0; i < 5; i++) {
+      const v = varint(wire, at);
+      if (v === null) return null;
+      numbers.push(v[0]);
+      at = v[1];
+    }
+    const pathLen = numbers[4];
+    if (pathLen > MAX_PATH || wire.length !== at + pathLen + SEAL) return null;
+    return {
+      node: wire.slice(3, 35),
+      len: numbers[3],
+      path: new TextDecoder().decode(wire.slice(at, at + pathLen)),
+    };
+  }
+
+  function parseReceiptV3(wire) {
+    if (wire.length < FIXED_V3 + SEAL) return null;
     const view = new DataView(wire.buffer, wire.byteOffset, wire.byteLength);
-    const pathLen = view.getUint16(FIXED - 2, false);
-    if (wire.length !== FIXED + pathLen + SEAL) return null;
+    const pathLen = view.getUint16(FIXED_V3 - 2, false);
+    if (wire.length !== FIXED_V3 + pathLen + SEAL) return null;
     return {
       node: wire.slice(3, 35),
       len: u64(view, 107),
-      path: new TextDecoder().decode(wire.slice(FIXED, FIXED + pathLen)),
+      path: new TextDecoder().decode(wire.slice(FIXED_V3, FIXED_V3 + pathLen)),
     };
   }
 

@@ -606,7 +606,7 @@ mod tests {
         let steered = ReceiptSealer::new(NodeKey::from_seed([1; 32]));
         let stranger = ReceiptSealer::new(NodeKey::from_seed([2; 32]));
         let header = |s: &ReceiptSealer| {
-            s.issue([0; 16], [0; 32], "/v/vid1/720p/seg1.m4s", 0, 10, 1, 1)
+            s.issue([0; 16], [0; 16], "/v/vid1/720p/seg1.m4s", 0, 10, 1, 1)
                 .header_value()
         };
         let mut c = Client::plain(reqwest::Client::new(), url.clone());

@@ -19,7 +19,7 @@ fn acks(n: usize) -> (ReceiptSealer, SigningKey, Vec<(String, Ack)>) {
     let session = SigningKey::from_bytes(&[9; 32]);
     let v = (0..n)
         .map(|i| {
-            let r = edge.issue([1; 16], [2; 32], &format!("/v/0123456789abcdef/720p/seg{i:05}.m4s"), 0, 1_500_000, 1_795_000_000_000 + i as u64, i as u64);
+            let r = edge.issue([1; 16], [2; 16], &format!("/v/0123456789abcdef/720p/seg{i:05}.m4s"), 0, 1_500_000, 1_795_000_000_000 + i as u64, i as u64);
             let header = r.header_value();
             (header, Ack::sign(&session, r))
         })
@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("edge_issues_one", |b| {
         b.iter(|| {
             serial += 1;
-            black_box(edge.issue([1; 16], [2; 32], "/v/0123456789abcdef/720p/seg00001.m4s", 0, 1_500_000, 1_795_000_000_000, serial).header_value())
+            black_box(edge.issue([1; 16], [2; 16], "/v/0123456789abcdef/720p/seg00001.m4s", 0, 1_500_000, 1_795_000_000_000, serial).header_value())
         })
     });
     g.finish();

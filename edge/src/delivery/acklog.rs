@@ -281,7 +281,7 @@ mod tests {
         let ack = |i: u64| {
             Ack::sign(
                 &session,
-                edge.issue([0; 16], [0; 32], "/v/a/1.m4s", 0, 100 + i, i, i),
+                edge.issue([0; 16], [0; 16], "/v/a/1.m4s", 0, 100 + i, i, i),
             )
         };
         let dir = std::env::temp_dir().join(format!("meshcast-acklog-{}", std::process::id()));

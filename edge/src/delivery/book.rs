@@ -427,7 +427,7 @@ mod epoch_tests {
         // Holding acks grouped by 2 s epochs: a new length waits.
         let receipt = book
             .sealer
-            .issue([1; 16], [2; 32], "/v/a/1.m4s", 0, 10, now, 1);
+            .issue([1; 16], [2; 16], "/v/a/1.m4s", 0, 10, now, 1);
         let ack = Ack::sign(&ed25519_dalek::SigningKey::from_bytes(&[4; 32]), receipt);
         {
             let epochs = book.epochs.read().await;
