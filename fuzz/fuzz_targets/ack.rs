@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let sealer = ReceiptSealer::new(NodeKey::from_seed([7; 32]));
-    let receipt = sealer.issue(f.token, [3; 32], &f.path, f.start, f.len, 1_000, f.serial);
+    let receipt = sealer.issue(f.token, [3; 16], &f.path, f.start, f.len, 1_000, f.serial);
     let session = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let public = session.verifying_key().to_bytes();
     let valid = Ack::sign(&session, receipt);
