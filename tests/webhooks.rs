@@ -273,9 +273,10 @@ async fn ready_and_failed_videos_are_posted_signed_and_retried() {
     // metrics say what happened.
     support::eventually("no delivery pending", Duration::from_secs(30), || async {
         let hooks = get_json(&hub.client(), &hub.url("/v1/account/webhooks")).await;
-        match hooks["webhooks"][0]["pending"] == json!([]) {
-            true => Ok(()),
-            false => Err(hooks.to_string()),
+        if hooks["webhooks"][0]["pending"] == json!([]) {
+            Ok(())
+        } else {
+            Err(hooks.to_string())
         }
     })
     .await;

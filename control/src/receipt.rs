@@ -213,18 +213,14 @@ impl ReceiptSealer {
     }
 }
 
-/// The fields before the numbers, shared by both layouts.
-fn head(wire: &[u8], content: [u8; 16]) -> Receipt {
-    Receipt {
-        node: wire[3..35].try_into().expect("32"),
-        token: wire[35..51].try_into().expect("16"),
-        content,
-        time_ms: 0,
-        serial: 0,
-        start: 0,
-        len: 0,
-        path: String::new(),
-    }
+/// Node, token and content id: at the same offsets in both layouts (MR3's
+/// content id is the first 16 bytes of its 32). `wire` is at least `HEAD`.
+fn names(wire: &[u8]) -> ([u8; 32], [u8; 16], [u8; 16]) {
+    (
+        wire[3..35].try_into().expect("32"),
+        wire[35..51].try_into().expect("16"),
+        wire[51..67].try_into().expect("16"),
+    )
 }
 
 fn utf8_path(bytes: &[u8]) -> Result<String, ReceiptError> {
@@ -237,7 +233,6 @@ fn decode_v4(wire: &[u8]) -> Result<Receipt, ReceiptError> {
     if wire.len() < HEAD + 5 + SEAL {
         return Err(ReceiptError::Malformed("receipt too short"));
     }
-    let mut r = head(wire, wire[51..67].try_into().expect("16"));
     let mut rest = &wire[HEAD..];
     let mut numbers = [0u64; 5];
     for n in &mut numbers {
@@ -249,9 +244,17 @@ fn decode_v4(wire: &[u8]) -> Result<Receipt, ReceiptError> {
     if path_len > MAX_PATH as u64 || rest.len() as u64 != path_len + SEAL as u64 {
         return Err(ReceiptError::Malformed("length does not match its path"));
     }
-    r.path = utf8_path(&rest[..path_len as usize])?;
-    (r.time_ms, r.serial, r.start, r.len) = (time_ms, serial, start, len);
-    Ok(r)
+    let (node, token, content) = names(wire);
+    Ok(Receipt {
+        node,
+        token,
+        content,
+        time_ms,
+        serial,
+        start,
+        len,
+        path: utf8_path(&rest[..path_len as usize])?,
+    })
 }
 
 fn decode_v3(wire: &[u8]) -> Result<Receipt, ReceiptError> {
@@ -263,10 +266,17 @@ fn decode_v3(wire: &[u8]) -> Result<Receipt, ReceiptError> {
     if wire.len() != FIXED_V3 + path_len + SEAL {
         return Err(ReceiptError::Malformed("length does not match its path"));
     }
-    let mut r = head(wire, wire[51..67].try_into().expect("16 of 32"));
-    r.path = utf8_path(&wire[FIXED_V3..FIXED_V3 + path_len])?;
-    (r.time_ms, r.serial, r.start, r.len) = (u64_at(83), u64_at(91), u64_at(99), u64_at(107));
-    Ok(r)
+    let (node, token, content) = names(wire);
+    Ok(Receipt {
+        node,
+        token,
+        content,
+        time_ms: u64_at(83),
+        serial: u64_at(91),
+        start: u64_at(99),
+        len: u64_at(107),
+        path: utf8_path(&wire[FIXED_V3..FIXED_V3 + path_len])?,
+    })
 }
 
 impl SealedReceipt {
@@ -465,6 +475,14 @@ mod tests {
         let mut short = r.wire.clone();
         short.truncate(short.len() - 1);
         assert!(SealedReceipt::decode(&short).is_err());
+        let mut long_path = r.receipt.clone();
+        long_path.path = "/".repeat(MAX_PATH + 1);
+        let mut wire = long_path.unsealed_wire();
+        wire.extend_from_slice(&[0; SEAL]);
+        assert_eq!(
+            SealedReceipt::decode(&wire),
+            Err(ReceiptError::Malformed("length does not match its path"))
+        );
     }
 
     /// An MR3 receipt as edges issued them before MR4, sealed the same way.

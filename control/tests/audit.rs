@@ -4,7 +4,7 @@
 use ed25519_dalek::SigningKey;
 use meshcast_control::audit::{self, build_claim, AuditError, Claim, Committed};
 use meshcast_control::identity::NodeKey;
-use meshcast_control::receipt::{Ack, ReceiptSealer};
+use meshcast_control::receipt::{Ack, ReceiptSealer, SealedReceipt};
 use meshcast_control::token::{self, token_id, TokenClaims};
 
 const EPOCH_SECS: u64 = 60;
@@ -467,4 +467,74 @@ fn an_owner_key_earns_nothing_outside_its_own_video() {
     assert_eq!(credit.bytes, honest_bytes);
     assert_eq!(credit.over_budget.len(), 1, "{:?}", credit.over_budget);
     assert!(credit.over_budget[0].contains("may not issue tokens for /v/abc/"));
+}
+
+/// An MR3 receipt, the layout edges issued before MR4 and the HUB still
+/// reads. The HUB never sees an edge's seal, so a cheating edge can write
+/// these as it likes: zeros stand in for it.
+fn mr3_ack(w: &World, node: [u8; 32], content: [u8; 32], i: u64) -> (String, Ack) {
+    let path = format!("/v/abc/720p/{i}.m4s");
+    let mut b = b"MR3".to_vec();
+    b.extend_from_slice(&node);
+    b.extend_from_slice(&token_id(&w.token));
+    b.extend_from_slice(&content);
+    for n in [epoch_start_ms() + i, i, 0, 1000 + i] {
+        b.extend_from_slice(&n.to_be_bytes());
+    }
+    b.extend_from_slice(&(path.len() as u16).to_be_bytes());
+    b.extend_from_slice(path.as_bytes());
+    b.extend_from_slice(&[0; 16]);
+    let r = SealedReceipt::decode(&b).unwrap();
+    (w.token.clone(), Ack::sign(&w.session, r))
+}
+
+/// `[3; 16]` (the catalog's content id) then what MR3 carried beyond it.
+fn mr3_content(first: u8, tail: u8) -> [u8; 32] {
+    let mut c = [tail; 32];
+    c[..16].copy_from_slice(&[first; 16]);
+    c
+}
+
+#[test]
+fn mr3_receipts_after_the_upgrade_meet_the_same_audit() {
+    let w = world(u64::MAX, 4_000_000_000);
+    let node = w.edge.node();
+    let honest: Vec<_> = (0..200)
+        .map(|i| mr3_ack(&w, node, mr3_content(3, 0), i))
+        .collect();
+    let expected: u64 = honest.iter().map(|(_, a)| a.receipt.receipt.len).sum();
+    let c = build_claim(EPOCH, EPOCH_SECS, honest);
+    assert_eq!(
+        audit(&w, &c),
+        Ok(expected),
+        "acks logged before the upgrade"
+    );
+
+    // The cheater writes MR3 because the HUB still reads it: other
+    // content, or another edge's name, are refused as they are in MR4.
+    let other = NodeKey::from_seed([5; 32]).public().to_bytes();
+    for (why, named, content) in [
+        ("content differs", node, mr3_content(9, 0)),
+        ("another node", other, mr3_content(3, 0)),
+    ] {
+        let acks = (0..200).map(|i| mr3_ack(&w, named, content, i)).collect();
+        let err = audit(&w, &build_claim(EPOCH, EPOCH_SECS, acks)).unwrap_err();
+        assert!(err.to_string().contains(why), "{why}: {err}");
+    }
+
+    // An edge and a viewer who collude can give one delivery many receipt
+    // ids: MR3 twins of MR4 receipts (the bytes MR3 has beyond MR4's
+    // content id are free to vary), as with new serials. What bounds them
+    // is the token's budget, which twins spend like any receipt.
+    let budget: u64 = (0..100).map(|i| 1000 + i).sum();
+    let w = world(budget, 4_000_000_000);
+    let mut all = acks(&w, 100, epoch_start_ms());
+    for tail in [1, 2] {
+        all.extend((0..100).map(|i| mr3_ack(&w, w.edge.node(), mr3_content(3, tail), i)));
+    }
+    let c = build_claim(EPOCH, EPOCH_SECS, all);
+    let (credited, over) = audit_with_reasons(&w, &c.claim, |idx| c.open(idx).unwrap()).unwrap();
+    assert_eq!(credited, budget, "three receipts per delivery, paid once");
+    assert_eq!(over.len(), 1, "one token went over: {over:?}");
+    assert!(over[0].contains("left of its budget"), "{over:?}");
 }
