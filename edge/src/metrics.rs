@@ -27,6 +27,8 @@ pub struct Metrics {
     pub uring_submissions: IntCounter,
     pub disk_errors: IntCounter,
     pub corrupt_objects: IntCounter,
+    /// Body bytes sent from cache files by `sendfile` (plaintext HTTP/1).
+    pub sendfile_bytes: IntCounter,
     pub access_denied: IntCounterVec,
     pub reloads: IntCounterVec,
     pub receipts: IntCounter,
@@ -104,6 +106,7 @@ impl Metrics {
             uring_submissions: counter("meshcast_uring_submissions_total", "io_uring submission queue entries pushed by the disk tier"),
             disk_errors: counter("meshcast_disk_errors_total", "Disk tier operations that failed (the object stays memory-only)"),
             corrupt_objects: counter("meshcast_cache_corrupt_objects_total", "Cached objects that failed their checksum and were purged"),
+            sendfile_bytes: counter("meshcast_sendfile_bytes_total", "Body bytes sent from disk-cache files by sendfile, without a copy through user space"),
             access_denied: counter_vec("meshcast_access_denied_total", "Requests refused by the access check, by reason", &["reason"]),
             reloads: counter_vec("meshcast_config_reloads_total", "Config reloads on SIGHUP, by result", &["result"]),
             receipts: counter("meshcast_receipts_signed_total", "Delivery receipts signed (Meshcast-Receipt headers sent)"),

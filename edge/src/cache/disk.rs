@@ -6,6 +6,7 @@
 //! still finds an object by opening its hash-named file, so a restarted edge
 //! serves its cache at once.
 
+use super::mapped::MappedBody;
 use super::object::{CorruptObject, MetaRecord};
 use super::uring::Uring;
 use crate::metrics::Metrics;
@@ -207,14 +208,15 @@ impl DiskTier {
         }
     }
 
-    /// Loads and verifies an object. `Ok(None)` is a plain miss. With the
-    /// body's size in the index, meta and body are read at once (one trip
-    /// to the I/O thread, not two); the record still decides what is valid.
+    /// Loads and verifies an object. `Ok(None)` is a plain miss. When the
+    /// index knows the body's size, meta and body are fetched at once; the
+    /// record still decides what is valid, and the body's sum is checked
+    /// before any byte is served.
     pub async fn load(
         &self,
         key: u64,
         hash_hex: &str,
-    ) -> Result<Option<(MetaRecord, Bytes)>, LoadError> {
+    ) -> Result<Option<(MetaRecord, Body)>, LoadError> {
         let indexed = self.index.lock().get(&key).map(|e| e.size);
         if indexed.is_none() && self.scanned.load(Ordering::Acquire) {
             return Ok(None);
@@ -224,7 +226,7 @@ impl DiskTier {
             Some(size) => {
                 let (meta, body) = tokio::join!(
                     self.uring.read(&meta_path, 1024),
-                    self.uring.read(&body_path, size as usize + 1)
+                    self.body(&body_path, size)
                 );
                 (meta, Some(body))
             }
@@ -240,12 +242,8 @@ impl DiskTier {
             return Err(CorruptObject::WrongKey.into());
         }
         let body = match body {
-            Some(read) => read,
-            None => {
-                self.uring
-                    .read(&body_path, record.body_len as usize + 1)
-                    .await
-            }
+            Some(fetched) => fetched,
+            None => self.body(&body_path, record.body_len).await,
         };
         let body = match body {
             Ok(b) => b,
@@ -258,9 +256,25 @@ impl DiskTier {
             }
             Err(e) => return Err(e.into()),
         };
-        record.verify_body(&body)?;
+        record.verify_body(body.as_slice())?;
         self.policy.get(&key);
-        Ok(Some((record, Bytes::from(body))))
+        Ok(Some((record, body)))
+    }
+
+    /// A body of about `size` bytes: read into a buffer through io_uring,
+    /// or mapped from `MAP_FROM` up (`mapped.rs`). A read asks for one byte
+    /// more than the size, so a grown file shows as a wrong length.
+    async fn body(&self, path: &Path, size: u64) -> io::Result<Body> {
+        if size < MAP_FROM {
+            let read = self.uring.read(path, size as usize + 1).await?;
+            return Ok(Body::Read(Bytes::from(read)));
+        }
+        let path = path.to_owned();
+        // Mapping faults the pages in: on a blocking thread, not a worker.
+        match tokio::task::spawn_blocking(move || MappedBody::open(&path)).await {
+            Ok(mapped) => Ok(Body::Mapped(Arc::new(mapped?))),
+            Err(e) => Err(io::Error::other(e)),
+        }
     }
 
     /// Writes an object: body first, then the meta record as the commit.
@@ -334,6 +348,28 @@ impl DiskTier {
     }
 }
 
+/// Bodies this large are mapped instead of read: copying them out of the
+/// page cache and into the socket costs more than a trip to a blocking
+/// thread, a map and an unmap; below it the read (one copy, into a buffer
+/// the memory tier then keeps) is cheaper. Measured in BENCHMARKS.md
+/// ("Disk hits").
+pub const MAP_FROM: u64 = 256 * 1024;
+
+/// A loaded body: read into memory, or mapped from its file.
+pub enum Body {
+    Read(Bytes),
+    Mapped(Arc<MappedBody>),
+}
+
+impl Body {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Body::Read(b) => b,
+            Body::Mapped(m) => m.as_slice(),
+        }
+    }
+}
+
 /// The tier key of a hash written as hex in a meta record.
 fn key_of_hex(hash_hex: &str) -> Option<u64> {
     let mut hash = [0u8; 16];
@@ -387,7 +423,8 @@ mod tests {
                 .expect("loads")
                 .expect("present");
             assert_eq!(loaded, rec);
-            assert_eq!(&got[..], &body[..]);
+            assert_eq!(got.as_slice(), &body[..]);
+            assert!(matches!(got, Body::Mapped(_)), "300 KB is mapped");
 
             let (_, body_path) = tier.paths(&rec.hash_hex);
             let mut bad = body.clone();

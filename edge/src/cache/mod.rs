@@ -1,9 +1,11 @@
 //! The edge's cache storage, plugged into `pingora-cache` through its
 //! `Storage` trait: objects being fetched (readable while they stream in), a
 //! size-bounded memory tier, and an io_uring disk tier whose objects carry
-//! BLAKE3 checksums and survive restarts.
+//! checksums and survive restarts; its large bodies are mapped, and sent
+//! by `sendfile` on plaintext HTTP/1 (`mapped.rs`).
 
 mod disk;
+mod mapped;
 mod memory;
 mod object;
 mod uring;
@@ -11,7 +13,9 @@ mod uring;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use disk::{DiskTier, LoadError};
+use disk::{Body, DiskTier, LoadError};
+pub(crate) use mapped::MappedBody;
+pub use mapped::Sendfile;
 use memory::{MemObject, MemoryTier};
 use object::{BodyCheck, MetaRecord};
 use parking_lot::{Mutex, RwLock};
@@ -190,14 +194,29 @@ impl Storage for TieredStorage {
                         return Ok(None);
                     }
                 };
-                let obj = Arc::new(MemObject {
-                    hash: bin,
-                    url: record.url,
-                    meta: record.meta,
-                    header: meta.response_header_copy(),
-                    body: body.clone(),
-                });
-                self.memory.put(k, obj);
+                // A mapped body a plaintext connection will `sendfile` costs
+                // less from the page cache than a memory hit would (a copy
+                // into the socket): it is not promoted. Others are; a mapped
+                // one as a copy (the memory tier holds memory, not mappings).
+                let (promote, body) = match body {
+                    Body::Read(read) => (Some(read.clone()), read),
+                    Body::Mapped(mapped) => {
+                        let sent_from_file = Sendfile::offer(&mapped);
+                        let copy =
+                            (!sent_from_file).then(|| Bytes::copy_from_slice(mapped.as_slice()));
+                        (copy, MappedBody::bytes(&mapped))
+                    }
+                };
+                if let Some(body) = promote {
+                    let obj = Arc::new(MemObject {
+                        hash: bin,
+                        url: record.url,
+                        meta: record.meta,
+                        header: meta.response_header_copy(),
+                        body,
+                    });
+                    self.memory.put(k, obj);
+                }
                 self.metrics.hits_disk.inc();
                 Ok(Some((meta, Box::new(CompleteHit::new(body)))))
             }

@@ -1,5 +1,7 @@
 //! The disk tier's I/O thread: every open, read, write, rename, unlink and
-//! close of cache files is an io_uring operation submitted from here.
+//! close of cache files is an io_uring operation submitted from here —
+//! except large bodies, which are mapped on a blocking thread
+//! (`mapped.rs`; io_uring has no mmap).
 //!
 //! Callers send a [`Request`] over a channel and wake the thread through an
 //! eventfd that the ring itself is reading, so the thread sleeps in exactly

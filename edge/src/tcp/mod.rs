@@ -33,6 +33,7 @@ pub use head::{Head, HeadScan, H2_PREFACE};
 pub use lobby::set_memory_trim;
 pub use service::{bind, TcpService};
 
+use crate::cache::Sendfile;
 use crate::connections::Slot;
 use crate::metrics::Metrics;
 use crate::pipeline::EdgePipeline;
@@ -104,8 +105,9 @@ impl TcpDoor {
         first_head: BytesMut,
         slot: &Slot,
         shutdown: &ShutdownWatch,
-        cleartext: bool,
+        sendfile: Option<Arc<Sendfile>>,
     ) {
+        let cleartext = sendfile.is_some();
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         // One head buffer for the connection, starting with what the lobby
@@ -160,7 +162,17 @@ impl TcpDoor {
                 Some(s) => s.apply_to_session(&mut session),
                 None => session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs())),
             }
-            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+            let served = self.proxy.process_new_http(session, shutdown);
+            let reused = match &sendfile {
+                // The cache lookup may offer a mapped body to this connection.
+                Some(slot) => {
+                    let reused = slot.serving(served).await;
+                    slot.clear();
+                    reused
+                }
+                None => served.await,
+            };
+            let Some(reused) = reused else {
                 return;
             };
             let (stream, persisted) = reused.consume();
@@ -262,8 +274,11 @@ impl TcpDoor {
         l4.set_socket_digest(digest);
         let Some(acceptor) = tls else {
             // No write buffer on this stream: the replay gathers small writes.
-            let conn = Replay::coalescing(Box::new(l4));
-            return self.serve_http1(conn, head, &slot, shutdown, true).await;
+            let sendfile = Arc::new(Sendfile::new(self.metrics.sendfile_bytes.clone()));
+            let conn = Replay::coalescing(Box::new(l4)).with_sendfile(sendfile.clone());
+            return self
+                .serve_http1(conn, head, &slot, shutdown, Some(sendfile))
+                .await;
         };
         let handshake = acceptor.tls_handshake(l4);
         let stream: Stream = match tokio::time::timeout(self.limits.header_timeout, handshake).await
@@ -276,7 +291,7 @@ impl TcpDoor {
             slot.set_busy(true);
             let _ = ServerApp::process_new(&self.proxy, stream, shutdown).await;
         } else {
-            self.serve_http1(Replay::new(stream), head, &slot, shutdown, false)
+            self.serve_http1(Replay::new(stream), head, &slot, shutdown, None)
                 .await;
         }
     }

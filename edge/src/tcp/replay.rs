@@ -6,7 +6,11 @@
 //! For sockets from the lobby (`lobby.rs`; they have no write buffer) it also gathers small writes, as tokio's `BufWriter` would, so
 //! a response head and a small body leave in one send; its buffer is
 //! allocated at the first write, so a parked connection holds none.
+//! Those plaintext streams may also carry a [`Sendfile`] slot: a large
+//! write that is a slice of a mapped disk-cache body the pipeline offered
+//! goes out by `sendfile` from the file (`cache/mapped.rs`).
 
+use crate::cache::Sendfile;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
 use pingora_core::protocols::{
@@ -26,6 +30,9 @@ pub struct Replay {
     /// Gathered writes (`coalescing` streams only) and how much of them
     /// is sent.
     gather: Option<(Vec<u8>, usize)>,
+    /// Plaintext streams only: the body the pipeline offered to send from
+    /// its file.
+    sendfile: Option<Arc<Sendfile>>,
 }
 
 /// Writes smaller than this are gathered (Pingora's own write buffer size).
@@ -37,6 +44,7 @@ impl Replay {
             replay: Bytes::new(),
             inner,
             gather: None,
+            sendfile: None,
         }
     }
 
@@ -46,6 +54,25 @@ impl Replay {
         Replay {
             gather: Some((Vec::new(), 0)),
             ..Replay::new(inner)
+        }
+    }
+
+    /// A plaintext stream that sends offered cache bodies from their
+    /// files (see [`Sendfile`]).
+    pub fn with_sendfile(mut self, slot: Arc<Sendfile>) -> Self {
+        self.sendfile = Some(slot);
+        self
+    }
+
+    /// `buf` sent from the offered file: `None` to write it the ordinary
+    /// way (not a slice of that file, or the socket is full: the ordinary
+    /// write then waits for it as tokio does).
+    fn send_from_file(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
+        let slot = self.sendfile.as_ref()?;
+        match slot.send(self.inner.id(), buf)? {
+            Ok(0) => None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            sent => Some(sent),
         }
     }
 
@@ -113,6 +140,10 @@ impl AsyncWrite for Replay {
             ready!(me.poll_drain(cx))?;
         }
         if buf.len() >= GATHER {
+            // Gathered bytes went first (above): the order holds.
+            if let Some(sent) = me.send_from_file(buf) {
+                return Poll::Ready(sent);
+            }
             return Pin::new(&mut me.inner).poll_write(cx, buf);
         }
         if let Some((g, _)) = &mut me.gather {
@@ -273,5 +304,45 @@ mod tests {
         let mut tail = Vec::new();
         client.read_to_end(&mut tail).await.unwrap();
         assert_eq!(tail, b"bye");
+    }
+
+    /// A mapped cache body offered to the connection leaves by `sendfile`
+    /// after the gathered head, in order and whole, the socket filling
+    /// and draining meanwhile; the same bytes from another buffer are
+    /// written the ordinary way.
+    #[tokio::test]
+    async fn offered_bodies_go_out_from_their_file_after_the_head() {
+        use crate::cache::MappedBody as Mapped;
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let path = std::env::temp_dir().join(format!("meshcast-replay-{}", std::process::id()));
+        std::fs::write(&path, &data).unwrap();
+        let body = Arc::new(Mapped::open(&path).unwrap());
+        let bytes = Mapped::bytes(&body);
+        let sent = prometheus::IntCounter::new("sent", "sent").unwrap();
+        let slot = Arc::new(Sendfile::new(sent.clone()));
+
+        let (server, mut client) = pair().await;
+        let mut conn = Replay::coalescing(server).with_sendfile(slot.clone());
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n";
+        let write = slot.serving(async {
+            assert!(Sendfile::offer(&body));
+            conn.write_all(head).await.unwrap();
+            conn.write_all(&bytes[..]).await.unwrap();
+            // Not the mapping's memory: written the ordinary way.
+            conn.write_all(&data[..20_000]).await.unwrap();
+            conn.flush().await.unwrap();
+        });
+        let mut seen = vec![0u8; head.len() + data.len() + 20_000];
+        let read = client.read_exact(&mut seen);
+        let (_, read) = tokio::join!(write, read);
+        read.unwrap();
+        assert_eq!(&seen[..head.len()], head);
+        assert_eq!(&seen[head.len()..head.len() + data.len()], &data[..]);
+        assert_eq!(&seen[head.len() + data.len()..], &data[..20_000]);
+        // Most of the body went by sendfile (a write after a full socket
+        // may go the ordinary way), none of the other buffer.
+        assert!(sent.get() > 1_000_000, "sent {}", sent.get());
+        assert!(sent.get() <= data.len() as u64);
+        std::fs::remove_file(&path).unwrap();
     }
 }
