@@ -11,12 +11,28 @@ use serde_json::Value;
 use std::time::Duration;
 use support::hub::*;
 
+/// `meshcast up`, stopped with SIGTERM (which stops its nodes) if the
+/// test ends without stopping it: a failed assertion would otherwise
+/// leave the whole network running, loading the machine for later tests.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.id().to_string())
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `meshcast up` in `dir`; returns it and its ready file's facts.
-async fn meshcast_up(dir: &std::path::Path) -> (std::process::Child, Value) {
+async fn meshcast_up(dir: &std::path::Path) -> (Up, Value) {
     let first = dir.join("first.mp4");
     make_video(&first, 4, "320x240");
     let ready = dir.join("ready.json");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
         .args(["up", "--dir"])
         .arg(dir.join("net"))
         .arg("--video")
@@ -27,8 +43,9 @@ async fn meshcast_up(dir: &std::path::Path) -> (std::process::Child, Value) {
         .stderr(std::fs::File::create(dir.join("up.stderr")).unwrap())
         .spawn()
         .unwrap();
+    let mut child = Up(child);
     let facts = support::eventually("meshcast up ready", Duration::from_secs(180), || {
-        let exited = child.try_wait().unwrap();
+        let exited = child.0.try_wait().unwrap();
         let (ready, log) = (ready.clone(), dir.join("up.stderr"));
         async move {
             if let Some(status) = exited {
@@ -219,10 +236,10 @@ async fn an_owner_uploads_plays_and_sees_costs_in_the_console() {
         assert!(len > 10_000, "{} is missing or blank", png.display());
     }
     std::process::Command::new("kill")
-        .arg(up.id().to_string())
+        .arg(up.0.id().to_string())
         .status()
         .unwrap();
-    let status = up.wait().unwrap();
+    let status = up.0.wait().unwrap();
     assert!(
         status.success(),
         "meshcast up exits cleanly on SIGTERM: {status}"
