@@ -11,24 +11,8 @@ use serde_json::Value;
 use std::time::Duration;
 use support::hub::*;
 
-/// `meshcast up`, stopped with SIGTERM (which stops its nodes) if the
-/// test ends without stopping it: a failed assertion would otherwise
-/// leave the whole network running, loading the machine for later tests.
-struct Up(std::process::Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = std::process::Command::new("kill")
-                .arg(self.0.id().to_string())
-                .status();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// Starts `meshcast up` in `dir`; returns it and its ready file's facts.
-async fn meshcast_up(dir: &std::path::Path) -> (Up, Value) {
+async fn meshcast_up(dir: &std::path::Path) -> (support::Terminated, Value) {
     let first = dir.join("first.mp4");
     make_video(&first, 4, "320x240");
     let ready = dir.join("ready.json");
@@ -43,7 +27,7 @@ async fn meshcast_up(dir: &std::path::Path) -> (Up, Value) {
         .stderr(std::fs::File::create(dir.join("up.stderr")).unwrap())
         .spawn()
         .unwrap();
-    let mut child = Up(child);
+    let mut child = support::Terminated(child);
     let facts = support::eventually("meshcast up ready", Duration::from_secs(180), || {
         let exited = child.0.try_wait().unwrap();
         let (ready, log) = (ready.clone(), dir.join("up.stderr"));
@@ -235,11 +219,7 @@ async fn an_owner_uploads_plays_and_sees_costs_in_the_console() {
         let len = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
         assert!(len > 10_000, "{} is missing or blank", png.display());
     }
-    std::process::Command::new("kill")
-        .arg(up.0.id().to_string())
-        .status()
-        .unwrap();
-    let status = up.0.wait().unwrap();
+    let status = up.terminate();
     assert!(
         status.success(),
         "meshcast up exits cleanly on SIGTERM: {status}"

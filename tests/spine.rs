@@ -427,7 +427,7 @@ async fn meshcast_up_brings_up_a_playable_network() {
     let video = dir.join("in.mp4");
     make_video(&video, 12, "640x360");
     let ready = dir.join("ready.json");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_meshcast"))
         .args(["up", "--dir"])
         .arg(dir.join("net"))
         .arg("--video")
@@ -438,6 +438,7 @@ async fn meshcast_up_brings_up_a_playable_network() {
         .stderr(std::fs::File::create(dir.join("up.stderr")).unwrap())
         .spawn()
         .unwrap();
+    let mut child = support::Terminated(child);
     let mut facts = None;
     for _ in 0..1200 {
         if let Ok(text) = std::fs::read_to_string(&ready) {
@@ -446,7 +447,7 @@ async fn meshcast_up_brings_up_a_playable_network() {
                 break;
             }
         }
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             panic!("meshcast up exited early ({status}):\n{}", up_logs(&dir));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -537,11 +538,7 @@ async fn meshcast_up_brings_up_a_playable_network() {
         .await
         .unwrap();
     assert!(ledger["height"].as_u64().unwrap() >= 1, "{ledger}");
-    std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    let status = child.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     let _ = std::fs::remove_dir_all(&dir);
 }

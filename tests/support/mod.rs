@@ -590,6 +590,29 @@ impl Drop for Nginx {
     }
 }
 
+/// A child process stopped with SIGTERM (which lets `meshcast up` stop its
+/// nodes) when dropped still running: a failed assertion would otherwise
+/// leave it running, loading the machine for the tests after it.
+pub struct Terminated(pub std::process::Child);
+
+impl Terminated {
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status();
+        self.0.wait().expect("wait for the child")
+    }
+}
+
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
 /// Polls `check` until it gives `Some` (every 50 ms, the interval only
 /// paces the polling: each pass asks the condition itself), failing with
 /// `what` and the last `Err` after `limit`.

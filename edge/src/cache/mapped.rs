@@ -139,7 +139,9 @@ impl Sendfile {
         if buf.len() < SENDFILE_MIN {
             return None;
         }
-        let body = self.body.lock().clone()?;
+        // Held over the call: the slot is this connection's alone.
+        let body = self.body.lock();
+        let body = body.as_ref()?;
         let offset = body.offset_of(buf)?;
         let sent = sendfile(socket, body.file.as_raw_fd(), offset, buf.len());
         if let Ok(n) = sent {

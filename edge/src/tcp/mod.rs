@@ -105,9 +105,9 @@ impl TcpDoor {
         first_head: BytesMut,
         slot: &Slot,
         shutdown: &ShutdownWatch,
-        sendfile: Option<Arc<Sendfile>>,
+        cleartext: bool,
     ) {
-        let cleartext = sendfile.is_some();
+        let sendfile = conn.sendfile_slot();
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         // One head buffer for the connection, starting with what the lobby
@@ -274,11 +274,9 @@ impl TcpDoor {
         l4.set_socket_digest(digest);
         let Some(acceptor) = tls else {
             // No write buffer on this stream: the replay gathers small writes.
-            let sendfile = Arc::new(Sendfile::new(self.metrics.sendfile_bytes.clone()));
-            let conn = Replay::coalescing(Box::new(l4)).with_sendfile(sendfile.clone());
-            return self
-                .serve_http1(conn, head, &slot, shutdown, Some(sendfile))
-                .await;
+            let sendfile = Sendfile::new(self.metrics.sendfile_bytes.clone());
+            let conn = Replay::coalescing(Box::new(l4)).with_sendfile(Arc::new(sendfile));
+            return self.serve_http1(conn, head, &slot, shutdown, true).await;
         };
         let handshake = acceptor.tls_handshake(l4);
         let stream: Stream = match tokio::time::timeout(self.limits.header_timeout, handshake).await
@@ -291,7 +289,7 @@ impl TcpDoor {
             slot.set_busy(true);
             let _ = ServerApp::process_new(&self.proxy, stream, shutdown).await;
         } else {
-            self.serve_http1(Replay::new(stream), head, &slot, shutdown, None)
+            self.serve_http1(Replay::new(stream), head, &slot, shutdown, false)
                 .await;
         }
     }

@@ -64,6 +64,11 @@ impl Replay {
         self
     }
 
+    /// The slot the door runs the pipeline with, if this stream has one.
+    pub fn sendfile_slot(&self) -> Option<Arc<Sendfile>> {
+        self.sendfile.clone()
+    }
+
     /// `buf` sent from the offered file: `None` to write it the ordinary
     /// way (not a slice of that file, or the socket is full: the ordinary
     /// write then waits for it as tokio does).
