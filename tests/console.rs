@@ -98,9 +98,17 @@ async fn an_owner_uploads_plays_and_sees_costs_in_the_console() {
         )
     });
     eprintln!("console screenshots: {}", out.display());
+    eprintln!("the page's tus exchanges: {:#}", r["tus"]);
+    // The hub's side of the upload, to set beside the page's `tus` list.
+    let hub_uploads: String = std::fs::read_to_string(dir.join("net/hub.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("upload") || l.contains("PATCH"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert!(
         r["failure"].is_null(),
-        "{r:#}\n{}",
+        "{r:#}\n{}\nhub:\n{hub_uploads}",
         String::from_utf8_lossy(&run.stderr)
     );
     assert_eq!(r["pageErrors"], serde_json::json!([]), "{r:#}");
@@ -122,7 +130,12 @@ async fn an_owner_uploads_plays_and_sees_costs_in_the_console() {
     );
     assert_eq!(r["resumed"], true, "{r:#}");
     let video = &r["video"];
-    assert_eq!(video["status"], "ready", "{r:#}");
+    assert_eq!(video["status"], "ready", "{r:#}\nhub:\n{hub_uploads}");
+    assert_eq!(
+        r["sameName"].as_array().map(Vec::len),
+        Some(1),
+        "the resume continued the first upload, not a second: {r:#}\nhub:\n{hub_uploads}"
+    );
     assert_eq!(video["upload"]["length"].as_u64(), Some(size));
     let id = video["id"].as_str().unwrap();
     assert!(

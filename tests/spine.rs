@@ -376,6 +376,75 @@ async fn sigterm_lets_an_upload_in_flight_finish() {
     assert!(v["status"].is_string() && v["status"] != "uploading", "{v}");
 }
 
+/// A client that sends the last byte and hangs up without waiting for the
+/// answer (a closed tab, a reload) still leaves a complete upload: the
+/// hub must not stop between storing the bytes and queueing the video,
+/// or HEAD would say "complete" of a video that never transcodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_client_hangs_up_after_the_last_byte_is_complete() {
+    let mut hub = Hub::config("http://127.0.0.1:1");
+    hub.launch().await;
+    let client = hub.client();
+    let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i * 7) as u8).collect();
+    let url = tus_client::create(&client, &hub.url("/v1/videos"), "x.mp4", data.len() as u64)
+        .await
+        .unwrap();
+    let u: reqwest::Url = url.parse().unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", hub.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "PATCH {} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        u.path(),
+        hub.api_key.as_deref().unwrap(),
+        data.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&data).await.unwrap();
+    s.shutdown().await.unwrap();
+    drop(s);
+    let id = tus_client::video_id(&url).to_string();
+    let v = eventually(
+        "the whole upload to leave `uploading`",
+        Duration::from_secs(30),
+        || async {
+            let v = hub.video(&id).await;
+            match v["status"].as_str() {
+                Some("uploading") => Err(format!("{v}")),
+                _ => Ok(v),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        v["upload"]["length"].as_u64(),
+        Some(data.len() as u64),
+        "{v}"
+    );
+    assert_eq!(
+        tus_client::offset(&client, &url).await.unwrap(),
+        data.len() as u64
+    );
+
+    // A hub killed after the last byte was stored and before the video was
+    // queued: the client's resume (HEAD) finds it whole and queues it.
+    let url = tus_client::create(&client, &hub.url("/v1/videos"), "y.mp4", 1000)
+        .await
+        .unwrap();
+    let id = tus_client::video_id(&url).to_string();
+    hub.kill();
+    let part = hub.dir.join("data/uploads").join(format!("{id}.part"));
+    std::fs::write(&part, vec![7u8; 1000]).unwrap();
+    hub.launch().await;
+    assert_eq!(hub.video(&id).await["status"], "uploading");
+    assert_eq!(tus_client::offset(&client, &url).await.unwrap(), 1000);
+    let v = hub.video(&id).await;
+    assert_ne!(
+        v["status"], "uploading",
+        "HEAD queued the whole upload: {v}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_crash_mid_transcode_requeues_the_video() {
     let mut hub = Hub::config("http://127.0.0.1:1");

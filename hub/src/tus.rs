@@ -307,6 +307,16 @@ pub async fn head(
         Status::Uploading => offset_of(&hub, &id).await.unwrap_or(0),
         _ => video.upload_length,
     };
+    if video.status == Status::Uploading && offset == video.upload_length {
+        // Every byte is stored but the video was never queued: the hub
+        // stopped in between (a crash). No PATCH is left to do it, so this
+        // answer does, unless a PATCH holding the upload is about to.
+        if let Some(_guard) = hub.lock_upload(&id) {
+            tracing::warn!(video = %id, "the upload was whole on disk but not queued");
+            hub.finish_upload(&id);
+        }
+    }
+    tracing::info!(video = %id, offset, length = video.upload_length, "upload offset asked");
     (
         StatusCode::OK,
         [
@@ -371,22 +381,33 @@ pub async fn patch(
             tus_error(StatusCode::CONFLICT, "this upload is already complete")
         };
     }
-    // A client resuming after a network drop may arrive before the hub has
-    // noticed the old connection is dead: the newer PATCH takes over.
-    let mut guard = None;
-    for _ in 0..60 {
-        match hub.lock_upload(&id) {
-            Some(g) => {
-                guard = Some(g);
-                break;
-            }
-            None => {
-                hub.supersede_upload(&id);
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+    // Stored bytes and the queueing of a finished upload must not part:
+    // hyper drops a handler whose client hangs up (a reload right after the
+    // last byte), and HEAD would then call complete a video never queued.
+    // A task of its own runs to the end whatever the connection does.
+    let task = tokio::spawn(append(hub, id, video, claimed, body));
+    match task.await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "upload task failed");
+            tus_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the hub cannot store this upload right now",
+            )
         }
     }
-    let Some(guard) = guard else {
+}
+
+/// Appends a PATCH body at `claimed`, holding the upload's lock, and queues
+/// the video when the last byte is in.
+async fn append(
+    hub: Arc<Hub>,
+    id: String,
+    video: VideoRecord,
+    claimed: u64,
+    body: Body,
+) -> Response {
+    let Some(guard) = take_upload(&hub, &id).await else {
         return tus_error(
             StatusCode::LOCKED,
             "another PATCH for this upload is still in progress",
@@ -410,37 +431,16 @@ pub async fn patch(
             );
         }
     };
-    let mut offset = current;
-    let mut stream = body.into_data_stream();
-    let mut failure = None;
-    loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            _ = guard.cancel.notified() => {
-                failure = Some("superseded by a newer PATCH".to_string());
-                break;
-            }
-        };
-        let Some(chunk) = next else { break };
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                failure = Some(format!("the upload was interrupted: {e}"));
-                break;
-            }
-        };
-        if offset + chunk.len() as u64 > video.upload_length {
-            failure = Some("more bytes than Upload-Length".into());
-            break;
-        }
-        if let Err(e) = file.write_all(&chunk).await {
-            tracing::error!(video = %id, error = %e, "upload write failed");
-            failure = Some("the hub could not store the bytes (disk full?)".into());
-            break;
-        }
-        offset += chunk.len() as u64;
-        hub.metrics.upload_bytes.inc_by(chunk.len() as u64);
-    }
+    let (offset, failure) = copy_body(
+        &hub,
+        &id,
+        &guard,
+        &mut file,
+        current,
+        video.upload_length,
+        body,
+    )
+    .await;
     let _ = file.flush().await;
     let _ = file.sync_data().await;
     if let Some(why) = failure {
@@ -452,6 +452,7 @@ pub async fn patch(
         };
         return tus_error(status, &why);
     }
+    tracing::info!(video = %id, from = current, to = offset, "PATCH stored");
     if offset == video.upload_length {
         hub.finish_upload(&id);
     }
@@ -463,6 +464,57 @@ pub async fn patch(
         ],
     )
         .into_response()
+}
+
+/// The upload's lock. A client resuming after a network drop may arrive
+/// before the hub has noticed the old connection is dead: the newer PATCH
+/// takes over, after up to 3 s.
+async fn take_upload(hub: &Arc<Hub>, id: &str) -> Option<UploadGuard> {
+    for _ in 0..60 {
+        if let Some(g) = hub.lock_upload(id) {
+            return Some(g);
+        }
+        hub.supersede_upload(id);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Writes the body after `offset`; the offset reached and why it stopped
+/// short, if it did.
+async fn copy_body(
+    hub: &Hub,
+    id: &str,
+    guard: &UploadGuard,
+    file: &mut tokio::fs::File,
+    mut offset: u64,
+    length: u64,
+    body: Body,
+) -> (u64, Option<String>) {
+    let mut stream = body.into_data_stream();
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = guard.cancel.notified() => return (offset, Some("superseded by a newer PATCH".into())),
+        };
+        let chunk = match next {
+            None => return (offset, None),
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return (offset, Some(format!("the upload was interrupted: {e}"))),
+        };
+        if offset + chunk.len() as u64 > length {
+            return (offset, Some("more bytes than Upload-Length".into()));
+        }
+        if let Err(e) = file.write_all(&chunk).await {
+            tracing::error!(video = %id, error = %e, "upload write failed");
+            return (
+                offset,
+                Some("the hub could not store the bytes (disk full?)".into()),
+            );
+        }
+        offset += chunk.len() as u64;
+        hub.metrics.upload_bytes.inc_by(chunk.len() as u64);
+    }
 }
 
 /// `DELETE /v1/uploads/{id}`: abandons an upload.
@@ -502,16 +554,25 @@ pub async fn terminate(
 impl Hub {
     /// Marks a complete upload queued and hands it to the transcoder.
     fn finish_upload(&self, id: &str) {
-        match self.catalog.update(id, |v| v.status = Status::Queued) {
-            Ok(_) => {
+        let mut was_uploading = false;
+        let queue = |v: &mut VideoRecord| {
+            // Once only, whichever request sees the last byte first.
+            was_uploading = v.status == Status::Uploading;
+            if was_uploading {
+                v.status = Status::Queued;
+            }
+        };
+        match self.catalog.update(id, queue) {
+            Ok(Some(_)) if was_uploading => {
                 tracing::info!(video = %id, "upload complete; queued for transcoding");
                 self.jobs.enqueue(id.to_string());
             }
+            Ok(_) => {}
             Err(e) => tracing::error!(video = %id, error = %e, "cannot queue upload"),
         }
     }
 
-    fn lock_upload(&self, id: &str) -> Option<UploadGuard<'_>> {
+    fn lock_upload(self: &Arc<Self>, id: &str) -> Option<UploadGuard> {
         let mut busy = self.uploads_busy.lock().unwrap_or_else(|p| p.into_inner());
         if busy.contains_key(id) {
             return None;
@@ -519,7 +580,7 @@ impl Hub {
         let cancel = Arc::new(tokio::sync::Notify::new());
         busy.insert(id.to_string(), cancel.clone());
         Some(UploadGuard {
-            hub: self,
+            hub: self.clone(),
             id: id.to_string(),
             cancel,
         })
@@ -537,13 +598,13 @@ impl Hub {
     }
 }
 
-struct UploadGuard<'a> {
-    hub: &'a Hub,
+struct UploadGuard {
+    hub: Arc<Hub>,
     id: String,
     cancel: Arc<tokio::sync::Notify>,
 }
 
-impl Drop for UploadGuard<'_> {
+impl Drop for UploadGuard {
     fn drop(&mut self) {
         self.hub
             .uploads_busy

@@ -20,6 +20,16 @@ const browser = await chromium.launch({
 });
 const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
 page.on('pageerror', (e) => result.errors.push('page: ' + e));
+// Every tus exchange, so a failed resume shows what the hub answered.
+result.tus = [];
+page.on('response', (r) => {
+  const q = r.request();
+  if (!/\/v1\/(uploads\/|videos$)/.test(new URL(r.url()).pathname) || q.method() === 'GET') return;
+  result.tus.push(`${q.method()} ${new URL(r.url()).pathname} offset=${q.headers()['upload-offset'] ?? '-'} -> ${r.status()} offset=${r.headers()['upload-offset'] ?? '-'}`);
+});
+page.on('requestfailed', (q) => {
+  if (/\/v1\/(uploads\/|videos$)/.test(new URL(q.url()).pathname)) result.tus.push(`${q.method()} ${new URL(q.url()).pathname} failed: ${q.failure()?.errorText}`);
+});
 const shot = (n) => page.screenshot({ path: path.join(out, n + '.png'), fullPage: true });
 const state = () => page.evaluate(() => window.consoleState);
 const until = (what, fn, seconds, arg = null) => page.waitForFunction(fn, arg, { timeout: seconds * 1000, polling: 250 })
@@ -38,7 +48,9 @@ try {
   await page.waitForSelector('#library:not([hidden])');
   step('signed in');
 
-  // Hold the second PATCH forever, so the reload cuts the upload mid-way.
+  // Hold the second PATCH until the reload: removing the route lets it go,
+  // and the reload cuts it off mid-body (on a busy machine, sometimes just
+  // after its last byte, which once left the video stuck in `uploading`).
   let patches = 0;
   let firstChunk;
   const cut = new Promise((ok) => { firstChunk = ok; });
@@ -75,6 +87,8 @@ try {
     await page.waitForTimeout(250);
   }
   result.statuses = [...seen];
+  // A resume that fell back to a new upload would leave the first behind.
+  result.sameName = (await state()).videos.filter((v) => v.name === name).map((v) => v.id + ' ' + v.status);
   result.video = video;
   await shot('3-library');
   step('video ' + video.status);
