@@ -386,10 +386,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("meshcast-disk-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
-        (
-            DiskTier::open(&dir, 64 << 20, metrics).expect("io_uring"),
-            dir,
-        )
+        let tier = DiskTier::open(&dir, 64 << 20, metrics).expect("io_uring");
+        // The start-up scan deletes objects whose body does not match its
+        // record: let it finish before a test rewrites a body in place.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !tier.scanned.load(Ordering::Acquire) {
+            assert!(std::time::Instant::now() < deadline, "the scan finishes");
+            std::thread::yield_now();
+        }
+        (tier, dir)
     }
 
     fn record(hash: [u8; 16], body: &[u8], body_check: BodyCheck) -> MetaRecord {
