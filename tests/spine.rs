@@ -319,6 +319,22 @@ async fn tus_protocol_answers() {
     );
 }
 
+/// A raw connection that has sent the head of a PATCH from offset 0
+/// promising `len` bytes, for tests that control how the body goes.
+async fn patch_head(hub: &Hub, url: &str, len: usize) -> tokio::net::TcpStream {
+    let u: reqwest::Url = url.parse().unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", hub.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "PATCH {} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {len}\r\n\r\n",
+        u.path(),
+        hub.api_key.as_deref().unwrap(),
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
 /// SIGTERM stops the hub gracefully: no new connections, but an upload
 /// in flight is taken whole and answered, and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,17 +346,7 @@ async fn sigterm_lets_an_upload_in_flight_finish() {
     let url = tus_client::create(&client, &hub.url("/v1/videos"), "x.mp4", data.len() as u64)
         .await
         .unwrap();
-    let u: reqwest::Url = url.parse().unwrap();
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", hub.port))
-        .await
-        .unwrap();
-    let head = format!(
-        "PATCH {} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
-        u.path(),
-        hub.api_key.as_deref().unwrap(),
-        data.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
+    let mut s = patch_head(&hub, &url, data.len()).await;
     s.write_all(&data[..data.len() / 2]).await.unwrap();
     s.flush().await.unwrap();
     hub.terminate();
@@ -389,17 +395,7 @@ async fn an_upload_whose_client_hangs_up_after_the_last_byte_is_complete() {
     let url = tus_client::create(&client, &hub.url("/v1/videos"), "x.mp4", data.len() as u64)
         .await
         .unwrap();
-    let u: reqwest::Url = url.parse().unwrap();
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", hub.port))
-        .await
-        .unwrap();
-    let head = format!(
-        "PATCH {} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
-        u.path(),
-        hub.api_key.as_deref().unwrap(),
-        data.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
+    let mut s = patch_head(&hub, &url, data.len()).await;
     s.write_all(&data).await.unwrap();
     s.shutdown().await.unwrap();
     drop(s);
