@@ -281,8 +281,9 @@ async fn restart_keeps_the_cache_and_corrupt_files_are_never_served() {
     assert_eq!(edge.metric(&tier("memory")).await, 0.0);
     // On plaintext HTTP/1 a body this large went from its file by
     // sendfile (a write after a full socket may be an ordinary copy) and
-    // was not promoted: the next hit, a range, is a disk hit sent the same
-    // way, and holds the right bytes.
+    // was not promoted; once checked it stays locked in RAM: the next hit,
+    // a range, is served from that locked body with nothing read, sent the
+    // same way, and holds the right bytes.
     let sent = edge.metric("meshcast_sendfile_bytes_total").await;
     assert!(sent > 0.0 && sent <= 300_000.0, "sent by sendfile: {sent}");
     let r = get(
@@ -292,8 +293,11 @@ async fn restart_keeps_the_cache_and_corrupt_files_are_never_served() {
     .await;
     assert_eq!(r.status, 206);
     assert_eq!(r.body, a[1000..251_000]);
-    assert_eq!(edge.metric(&tier("disk")).await, 2.0);
+    assert_eq!(edge.metric(&tier("disk")).await, 1.0);
+    assert_eq!(edge.metric(&tier("locked")).await, 1.0);
     assert_eq!(edge.metric(&tier("memory")).await, 0.0);
+    let locked = edge.metric("meshcast_cache_bytes{tier=\"locked\"}").await;
+    assert_eq!(locked, 300_000.0, "the checked body is locked");
     assert!(edge.metric("meshcast_sendfile_bytes_total").await > sent);
     // A smaller body is promoted by its disk hit: the next comes from memory.
     get(&edge.url("/seg/small.m4s?len=50000"), &[]).await;

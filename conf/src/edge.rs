@@ -219,6 +219,14 @@ pub struct CacheSection {
     pub disk_size: ByteSize,
     #[serde(default = "default_memory_size")]
     pub memory_size: ByteSize,
+    /// Disk-tier bodies of 256KiB and up, once their sum is checked, stay
+    /// mapped and locked in RAM up to this many bytes, so their next hits
+    /// read nothing from disk and check nothing. Counted apart from
+    /// `memory_size`. Needs `RLIMIT_MEMLOCK` at least this large (root has
+    /// no limit; systemd: `LimitMEMLOCK=`); bodies that cannot be locked
+    /// are checked on every hit. 0 turns it off.
+    #[serde(default = "default_locked_size")]
+    pub locked_size: ByteSize,
     /// Larger responses are passed through, not cached.
     #[serde(default = "default_max_object")]
     pub max_object_size: ByteSize,
@@ -477,6 +485,9 @@ fn default_max_header() -> ByteSize {
     ByteSize(32 << 10)
 }
 fn default_memory_size() -> ByteSize {
+    ByteSize(256 << 20)
+}
+fn default_locked_size() -> ByteSize {
     ByteSize(256 << 20)
 }
 fn default_max_object() -> ByteSize {
@@ -754,6 +765,7 @@ origin = "http://127.0.0.1:8000"
         let c = EdgeConfig::parse(Path::new("edge.toml"), MINIMAL).unwrap();
         assert_eq!(c.cache.disk_size.0, 10 << 30);
         assert_eq!(c.cache.memory_size.0, 256 << 20);
+        assert_eq!(c.cache.locked_size.0, 256 << 20, "locked_size defaults");
         assert_eq!(
             c.sites[0].origin,
             Origin {

@@ -23,6 +23,8 @@ pub struct Metrics {
     /// lookup per request).
     pub hits_memory: IntCounter,
     pub hits_disk: IntCounter,
+    /// Disk-tier bodies served from RAM, locked since their check.
+    pub hits_locked: IntCounter,
     pub hits_partial: IntCounter,
     pub uring_submissions: IntCounter,
     pub disk_errors: IntCounter,
@@ -102,6 +104,7 @@ impl Metrics {
             cache_objects: gauge_vec("meshcast_cache_objects", "Objects held by each cache tier", &["tier"]),
             hits_memory: hits.with_label_values(&["memory"]),
             hits_disk: hits.with_label_values(&["disk"]),
+            hits_locked: hits.with_label_values(&["locked"]),
             hits_partial: hits.with_label_values(&["partial"]),
             uring_submissions: counter("meshcast_uring_submissions_total", "io_uring submission queue entries pushed by the disk tier"),
             disk_errors: counter("meshcast_disk_errors_total", "Disk tier operations that failed (the object stays memory-only)"),

@@ -3,7 +3,7 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
-use crate::cache::TieredStorage;
+use crate::cache::{TierSizes, TieredStorage};
 use crate::connections::Connections;
 use crate::delivery::book::Book;
 use crate::delivery::hub_client::{HubClient, HubService};
@@ -130,28 +130,36 @@ fn build_delivery(
 /// origin connection and cache file is a descriptor), says what it is and
 /// returns it.
 fn raise_open_files_limit() -> u64 {
+    raise_limit(libc::RLIMIT_NOFILE, "open-files").unwrap_or(1024)
+}
+
+/// Raises a resource's soft limit to its hard limit; returns the limit
+/// now, `None` if it cannot be read. (The locked-memory limit is raised the
+/// same way so `[cache] locked_size` gets what the hard limit allows.)
+fn raise_limit(resource: libc::__rlimit_resource_t, name: &str) -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            tracing::warn!("cannot read the open-files limit");
-            return 1024;
+        if libc::getrlimit(resource, &mut lim) != 0 {
+            tracing::warn!(limit = name, "cannot read the limit");
+            return None;
         }
         let before = lim.rlim_cur;
         lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            tracing::warn!(limit = before, "cannot raise the open-files limit");
-            return before;
+        if before != lim.rlim_max && libc::setrlimit(resource, &lim) != 0 {
+            tracing::warn!(limit = name, now = before, "cannot raise the limit");
+            return Some(before);
         }
         tracing::info!(
+            limit = name,
             was = before,
             now = lim.rlim_cur,
-            "open-files limit raised to the hard limit"
+            "limit raised to the hard limit"
         );
-        lim.rlim_cur
+        Some(lim.rlim_cur)
     }
 }
 
@@ -217,13 +225,15 @@ pub fn run(path: PathBuf, config: EdgeConfig) -> Result<(), EdgeError> {
     let state = build_state(&config)?;
     crate::replies::set_server_name(&config.edge.server_name);
     let open_files = raise_open_files_limit();
+    raise_limit(libc::RLIMIT_MEMLOCK, "locked-memory");
     let c = &config.cache;
-    let storage: &'static TieredStorage = Box::leak(Box::new(TieredStorage::new(
-        &c.dir,
-        c.disk_size.0,
-        c.memory_size.0,
-        metrics,
-    )));
+    let sizes = TierSizes {
+        disk: c.disk_size.0,
+        memory: c.memory_size.0,
+        locked: c.locked_size.0,
+    };
+    let storage: &'static TieredStorage =
+        Box::leak(Box::new(TieredStorage::new(&c.dir, sizes, metrics)));
     let lock: Box<CacheKeyLockImpl> = CacheLock::new_boxed(c.lock_timeout.0);
     let lock: &'static CacheKeyLockImpl = Box::leak(lock);
     let access_log = AccessLog::open(

@@ -4,8 +4,10 @@
 //! The index (which objects exist, their sizes and URLs) is rebuilt from the
 //! meta files at start, in the background; until that scan is done a lookup
 //! still finds an object by opening its hash-named file, so a restarted edge
-//! serves its cache at once.
+//! serves its cache at once. Large bodies checked once may stay locked in
+//! RAM and be served again without a read or a check (`locked.rs`).
 
+use super::locked::{Kept, LockedSet, Ticket};
 use super::mapped::MappedBody;
 use super::object::{CorruptObject, MetaRecord};
 use super::uring::Uring;
@@ -21,7 +23,7 @@ use tinyufo::TinyUfo;
 
 /// Eviction weights are counted in 4KiB blocks (TinyUFO weights are u16, so
 /// one object weighs at most 256MiB: larger ones are not admitted).
-const BLOCK: u64 = 4096;
+pub(super) const BLOCK: u64 = 4096;
 
 pub struct DiskTier {
     root: PathBuf,
@@ -30,17 +32,38 @@ pub struct DiskTier {
     /// TinyUFO reports evictions by a hash of its own, not our key, so
     /// each entry carries its key as its value.
     policy: TinyUfo<u64, u64>,
+    /// Which large bodies may stay locked once checked; `None` when
+    /// `locked_size` is 0.
+    locked: Option<LockedSet>,
     scanned: AtomicBool,
     tmp_seq: AtomicU64,
+    /// Numbers each index entry's version (see [`Ticket`]).
+    generations: AtomicU64,
     bytes: AtomicI64,
     metrics: &'static Metrics,
 }
 
-#[derive(Clone)]
 struct IndexEntry {
     hash_hex: String,
     url: String,
     size: u64,
+    /// Changes whenever the object's files do (store, meta update).
+    generation: u64,
+    /// The body, locked in RAM since it was checked.
+    kept: Option<Arc<Kept>>,
+}
+
+/// What a load found.
+pub enum Loaded {
+    /// A body checked on an earlier hit and locked since: nothing was read.
+    Kept(Arc<Kept>),
+    /// Read (or mapped) and checked now. With a ticket the body is a
+    /// locked mapping the caller may [`DiskTier::keep`].
+    Checked {
+        record: MetaRecord,
+        body: Body,
+        ticket: Option<Ticket>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +80,13 @@ pub fn weight(size: u64) -> Option<u16> {
 
 impl DiskTier {
     /// Opens (creating) the cache directory and starts the I/O thread.
-    pub fn open(dir: &Path, capacity: u64, metrics: &'static Metrics) -> io::Result<Arc<Self>> {
+    /// `locked` bytes of large checked bodies may stay locked in RAM.
+    pub fn open(
+        dir: &Path,
+        capacity: u64,
+        locked: u64,
+        metrics: &'static Metrics,
+    ) -> io::Result<Arc<Self>> {
         let root = dir.join("objects");
         for i in 0..=255u8 {
             std::fs::create_dir_all(root.join(format!("{i:02x}")))?;
@@ -69,8 +98,10 @@ impl DiskTier {
             uring,
             index: Mutex::new(HashMap::new()),
             policy: TinyUfo::new(blocks, (blocks / 16).max(64)),
+            locked: LockedSet::new(locked),
             scanned: AtomicBool::new(false),
             tmp_seq: AtomicU64::new(0),
+            generations: AtomicU64::new(0),
             bytes: AtomicI64::new(0),
             metrics,
         });
@@ -81,12 +112,17 @@ impl DiskTier {
         Ok(tier)
     }
 
-    fn paths(&self, hash_hex: &str) -> (PathBuf, PathBuf) {
+    pub(super) fn paths(&self, hash_hex: &str) -> (PathBuf, PathBuf) {
         let dir = self.root.join(&hash_hex[..2]);
         (
             dir.join(format!("{hash_hex}.meta")),
             dir.join(format!("{hash_hex}.body")),
         )
+    }
+
+    #[cfg(test)]
+    pub(super) fn metrics_for_tests(&self) -> &'static Metrics {
+        self.metrics
     }
 
     fn tmp_path(&self, path: &Path) -> PathBuf {
@@ -125,14 +161,7 @@ impl DiskTier {
                         let Some(key) = key_of_hex(&r.hash_hex) else {
                             continue;
                         };
-                        self.admit(
-                            key,
-                            IndexEntry {
-                                hash_hex: r.hash_hex,
-                                url: r.url,
-                                size: r.body_len,
-                            },
-                        );
+                        self.admit(key, r.hash_hex, r.url, r.body_len);
                         objects += 1;
                     }
                     _ => {
@@ -153,12 +182,19 @@ impl DiskTier {
 
     /// Records an object in the index and the eviction policy; deletes what
     /// the policy evicts (possibly the object itself, if not admitted).
-    fn admit(self: &Arc<Self>, key: u64, entry: IndexEntry) {
-        let Some(w) = weight(entry.size) else {
-            self.delete_files_later(entry.hash_hex);
+    fn admit(self: &Arc<Self>, key: u64, hash_hex: String, url: String, size: u64) {
+        let Some(w) = weight(size) else {
+            self.delete_files_later(hash_hex);
             return;
         };
-        let size = entry.size as i64;
+        let entry = IndexEntry {
+            hash_hex,
+            url,
+            size,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
+            kept: None,
+        };
+        let size = size as i64;
         if let Some(old) = self.index.lock().insert(key, entry) {
             self.bytes.fetch_sub(old.size as i64, Ordering::Relaxed);
         }
@@ -173,6 +209,9 @@ impl DiskTier {
 
     fn forget(&self, key: u64) -> Option<IndexEntry> {
         let gone = self.index.lock().remove(&key)?;
+        if let Some(locked) = &self.locked {
+            locked.remove(key);
+        }
         self.bytes.fetch_sub(gone.size as i64, Ordering::Relaxed);
         Some(gone)
     }
@@ -208,25 +247,38 @@ impl DiskTier {
         }
     }
 
-    /// Loads and verifies an object. `Ok(None)` is a plain miss. When the
-    /// index knows the body's size, meta and body are fetched at once; the
-    /// record still decides what is valid, and the body's sum is checked
-    /// before any byte is served.
-    pub async fn load(
-        &self,
-        key: u64,
-        hash_hex: &str,
-    ) -> Result<Option<(MetaRecord, Body)>, LoadError> {
-        let indexed = self.index.lock().get(&key).map(|e| e.size);
-        if indexed.is_none() && self.scanned.load(Ordering::Acquire) {
-            return Ok(None);
-        }
+    /// Loads and verifies an object. `Ok(None)` is a plain miss. A body
+    /// kept locked since its check is returned as it is. Otherwise, when
+    /// the index knows the body's size, meta and body are fetched at once;
+    /// the record still decides what is valid, and the body's sum is
+    /// checked before any byte is served.
+    pub async fn load(&self, key: u64, hash_hex: &str) -> Result<Option<Loaded>, LoadError> {
+        let indexed = match self.index.lock().get(&key) {
+            Some(IndexEntry {
+                kept: Some(kept), ..
+            }) => Some(Err(kept.clone())),
+            Some(e) => Some(Ok((e.size, Ticket(e.generation)))),
+            None => None,
+        };
+        let (size, ticket) = match indexed {
+            Some(Err(kept)) => {
+                self.policy.get(&key);
+                if let Some(locked) = &self.locked {
+                    locked.touch(key);
+                }
+                return Ok(Some(Loaded::Kept(kept)));
+            }
+            Some(Ok((size, ticket))) => (Some(size), Some(ticket)),
+            None if self.scanned.load(Ordering::Acquire) => return Ok(None),
+            None => (None, None),
+        };
+        let lock = size.filter(|size| self.may_lock(key, *size)).map(|_| key);
         let (meta_path, body_path) = self.paths(hash_hex);
-        let (meta, body) = match indexed {
+        let (meta, body) = match size {
             Some(size) => {
                 let (meta, body) = tokio::join!(
                     self.uring.read(&meta_path, 1024),
-                    self.body(&body_path, size)
+                    self.body(&body_path, size, lock)
                 );
                 (meta, Some(body))
             }
@@ -243,7 +295,7 @@ impl DiskTier {
         }
         let body = match body {
             Some(fetched) => fetched,
-            None => self.body(&body_path, record.body_len).await,
+            None => self.body(&body_path, record.body_len, None).await,
         };
         let body = match body {
             Ok(b) => b,
@@ -256,25 +308,81 @@ impl DiskTier {
             }
             Err(e) => return Err(e.into()),
         };
+        // Locked before this check: the bytes checked are those kept.
         record.verify_body(body.as_slice())?;
         self.policy.get(&key);
-        Ok(Some((record, body)))
+        let ticket = ticket.filter(|_| matches!(&body, Body::Mapped(m) if m.is_locked()));
+        Ok(Some(Loaded::Checked {
+            record,
+            body,
+            ticket,
+        }))
+    }
+
+    /// Whether a body of `size` bytes is to be locked as it is mapped: a
+    /// mapped one the locked set admits.
+    fn may_lock(&self, key: u64, size: u64) -> bool {
+        let (Some(locked), Some(w)) = (&self.locked, weight(size)) else {
+            return false;
+        };
+        if size < MAP_FROM {
+            return false;
+        }
+        let (admitted, pushed_out) = locked.admit(key, w);
+        if !pushed_out.is_empty() {
+            let mut index = self.index.lock();
+            for key in pushed_out {
+                if let Some(entry) = index.get_mut(&key) {
+                    entry.kept = None;
+                }
+            }
+        }
+        admitted
+    }
+
+    /// Keeps a body checked by a load that took `ticket`, unless the
+    /// object changed or went since; true if kept.
+    pub fn keep(&self, key: u64, ticket: Ticket, kept: Kept) -> bool {
+        debug_assert!(kept.body.is_locked(), "only locked bodies are kept");
+        let mut index = self.index.lock();
+        match index.get_mut(&key) {
+            Some(entry) if entry.generation == ticket.0 => {
+                entry.kept = Some(Arc::new(kept));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A body of about `size` bytes: read into a buffer through io_uring,
-    /// or mapped from `MAP_FROM` up (`mapped.rs`). A read asks for one byte
-    /// more than the size, so a grown file shows as a wrong length.
-    async fn body(&self, path: &Path, size: u64) -> io::Result<Body> {
+    /// or mapped from `MAP_FROM` up (`mapped.rs`), and then locked in RAM
+    /// if it is to be kept as `lock_for`'s (a refused lock leaves it
+    /// unlocked and not kept). A read asks for one byte more than the size,
+    /// so a grown file shows as a wrong length.
+    async fn body(&self, path: &Path, size: u64, lock_for: Option<u64>) -> io::Result<Body> {
         if size < MAP_FROM {
             let read = self.uring.read(path, size as usize + 1).await?;
             return Ok(Body::Read(Bytes::from(read)));
         }
         let path = path.to_owned();
+        let gauge = lock_for.map(|_| self.metrics.cache_bytes.with_label_values(&["locked"]));
         // Mapping faults the pages in: on a blocking thread, not a worker.
-        match tokio::task::spawn_blocking(move || MappedBody::open(&path)).await {
-            Ok(mapped) => Ok(Body::Mapped(Arc::new(mapped?))),
-            Err(e) => Err(io::Error::other(e)),
+        let mapped = tokio::task::spawn_blocking(move || {
+            let mut mapped = MappedBody::open(&path)?;
+            let refused = match gauge {
+                Some(gauge) => mapped.lock(&gauge).err(),
+                None => None,
+            };
+            Ok::<_, io::Error>((mapped, refused))
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let (mapped, refused) = mapped?;
+        if let (Some(error), Some(locked), Some(key)) = (refused, &self.locked, lock_for) {
+            locked.refused(&error);
+            locked.remove(key);
         }
+        Ok(Body::Mapped(Arc::new(mapped)))
     }
 
     /// Writes an object: body first, then the meta record as the commit.
@@ -295,20 +403,16 @@ impl DiskTier {
         self.uring
             .write_atomic(&meta_path, &self.tmp_path(&meta_path), vec![encoded])
             .await?;
-        self.admit(
-            key,
-            IndexEntry {
-                hash_hex: record.hash_hex,
-                url: record.url,
-                size: record.body_len,
-            },
-        );
+        self.admit(key, record.hash_hex, record.url, record.body_len);
         Ok(())
     }
 
-    /// Rewrites the meta record of a stored object (after a revalidation).
+    /// Rewrites the meta record of a stored object (after a revalidation);
+    /// a kept body goes with the old record, and a load that read the old
+    /// one cannot keep its body.
     pub async fn update_meta(
         &self,
+        key: u64,
         hash_hex: &str,
         meta: (Vec<u8>, Vec<u8>),
     ) -> Result<bool, LoadError> {
@@ -323,6 +427,12 @@ impl DiskTier {
         self.uring
             .write_atomic(&meta_path, &self.tmp_path(&meta_path), vec![encoded])
             .await?;
+        // After the write: a load that began before it holds the old
+        // generation, one that began after it reads the new record.
+        if let Some(entry) = self.index.lock().get_mut(&key) {
+            entry.generation = self.generations.fetch_add(1, Ordering::Relaxed);
+            entry.kept = None;
+        }
         Ok(true)
     }
 
@@ -378,15 +488,16 @@ fn key_of_hex(hash_hex: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::object::BodyCheck;
     use super::*;
 
-    fn tier(name: &str) -> (Arc<DiskTier>, PathBuf) {
+    /// A tier in a fresh directory, `locked` bytes of it lockable.
+    pub(in super::super) fn tier(name: &str, locked: u64) -> (Arc<DiskTier>, PathBuf) {
         let dir = std::env::temp_dir().join(format!("meshcast-disk-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
-        let tier = DiskTier::open(&dir, 64 << 20, metrics).expect("io_uring");
+        let tier = DiskTier::open(&dir, 64 << 20, locked, metrics).expect("io_uring");
         // The start-up scan deletes objects whose body does not match its
         // record: let it finish before a test rewrites a body in place.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -397,7 +508,11 @@ mod tests {
         (tier, dir)
     }
 
-    fn record(hash: [u8; 16], body: &[u8], body_check: BodyCheck) -> MetaRecord {
+    pub(in super::super) fn record(
+        hash: [u8; 16],
+        body: &[u8],
+        body_check: BodyCheck,
+    ) -> MetaRecord {
         MetaRecord {
             hash_hex: hex::encode(hash),
             url: "example.com/seg.m4s".into(),
@@ -409,10 +524,11 @@ mod tests {
 
     /// A cache written before XXH3 sums (`MCMETA01`, BLAKE3) is still
     /// served after the upgrade, and still checked: a flipped byte in such
-    /// a body is corrupt, not served.
+    /// a body is corrupt, not served. (Nothing is locked here: a locked
+    /// body is not read again, see `locked.rs` for how that is checked.)
     #[tokio::test]
     async fn objects_of_both_record_formats_load_and_are_checked() {
-        let (tier, dir) = tier("formats");
+        let (tier, dir) = tier("formats", 0);
         let body: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
         let old = BodyCheck::Blake3(*blake3::hash(&body).as_bytes());
         for (i, check) in [(1u8, BodyCheck::of(&body)), (2u8, old)] {
@@ -422,11 +538,15 @@ mod tests {
             tier.store(key, rec.clone(), vec![Bytes::from(body.clone())])
                 .await
                 .expect("stored");
-            let (loaded, got) = tier
-                .load(key, &rec.hash_hex)
-                .await
-                .expect("loads")
-                .expect("present");
+            let loaded = tier.load(key, &rec.hash_hex).await.expect("loads");
+            let Some(Loaded::Checked {
+                record: loaded,
+                body: got,
+                ticket: None,
+            }) = loaded
+            else {
+                panic!("a checked body, not for keeping");
+            };
             assert_eq!(loaded, rec);
             assert_eq!(got.as_slice(), &body[..]);
             assert!(matches!(got, Body::Mapped(_)), "300 KB is mapped");

@@ -29,6 +29,9 @@ pub struct MappedBody {
     /// `None` for an empty body (an empty mapping is an error).
     map: Option<Mmap>,
     file: File,
+    /// Set once the mapping is locked in RAM (`locked.rs`): the gauge of
+    /// locked bytes, taken back when the mapping goes.
+    locked: Option<prometheus::IntGauge>,
 }
 
 impl MappedBody {
@@ -46,7 +49,27 @@ impl MappedBody {
             // read-only, so its bytes cannot change under the `Bytes`.
             Some(unsafe { MmapOptions::new().populate().map(&file)? })
         };
-        Ok(MappedBody { map, file })
+        Ok(MappedBody {
+            map,
+            file,
+            locked: None,
+        })
+    }
+
+    /// Locks the mapped pages in RAM (blocking), counting them in `gauge`
+    /// until the mapping is dropped. An empty body has nothing to lock.
+    pub fn lock(&mut self, gauge: &prometheus::IntGauge) -> io::Result<()> {
+        let Some(map) = &self.map else {
+            return Ok(());
+        };
+        map.lock()?;
+        gauge.add(map.len() as i64);
+        self.locked = Some(gauge.clone());
+        Ok(())
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked.is_some()
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -69,6 +92,15 @@ impl MappedBody {
         let start = buf.as_ptr() as usize;
         let inside = start >= base && start + buf.len() <= base + map.len();
         inside.then(|| (start - base) as u64)
+    }
+}
+
+impl Drop for MappedBody {
+    fn drop(&mut self) {
+        // The unmap that follows unlocks the pages.
+        if let Some(gauge) = &self.locked {
+            gauge.sub(self.len() as i64);
+        }
     }
 }
 

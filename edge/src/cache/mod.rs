@@ -2,9 +2,11 @@
 //! `Storage` trait: objects being fetched (readable while they stream in), a
 //! size-bounded memory tier, and an io_uring disk tier whose objects carry
 //! checksums and survive restarts; its large bodies are mapped, and sent
-//! by `sendfile` on plaintext HTTP/1 (`mapped.rs`).
+//! by `sendfile` on plaintext HTTP/1 (`mapped.rs`), and once checked may
+//! stay locked in RAM to be served again without a read (`locked.rs`).
 
 mod disk;
+mod locked;
 mod mapped;
 mod memory;
 mod object;
@@ -13,7 +15,8 @@ mod uring;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use disk::{Body, DiskTier, LoadError};
+use disk::{Body, DiskTier, LoadError, Loaded};
+use locked::Kept;
 pub(crate) use mapped::MappedBody;
 pub use mapped::Sendfile;
 use memory::{MemObject, MemoryTier};
@@ -35,6 +38,15 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
+
+/// The `[cache]` sizes, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct TierSizes {
+    pub disk: u64,
+    pub memory: u64,
+    /// Checked disk-tier bodies kept locked in RAM (`locked.rs`).
+    pub locked: u64,
+}
 
 pub struct TieredStorage {
     memory: MemoryTier,
@@ -104,8 +116,8 @@ impl TieredStorage {
     /// Builds the storage. A disk tier that cannot start (no io_uring, no
     /// permission on `dir`) is logged and left out: the edge serves from
     /// memory rather than not at all.
-    pub fn new(dir: &Path, disk_size: u64, memory_size: u64, metrics: &'static Metrics) -> Self {
-        let disk = match DiskTier::open(dir, disk_size, metrics) {
+    pub fn new(dir: &Path, sizes: TierSizes, metrics: &'static Metrics) -> Self {
+        let disk = match DiskTier::open(dir, sizes.disk, sizes.locked, metrics) {
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "disk cache unavailable; serving from memory only");
@@ -113,7 +125,7 @@ impl TieredStorage {
             }
         };
         TieredStorage {
-            memory: MemoryTier::new(memory_size, metrics),
+            memory: MemoryTier::new(sizes.memory, metrics),
             disk,
             writes: Mutex::new(HashMap::new()),
             next_write_id: AtomicU64::new(1),
@@ -133,6 +145,39 @@ impl TieredStorage {
             next: 0,
         };
         Ok(Some((meta, Box::new(hit))))
+    }
+
+    /// A disk hit's body as sent. A mapped body a plaintext connection
+    /// will `sendfile` costs less from the page cache than a memory hit
+    /// would (a copy into the socket): it is not promoted. Others are; a
+    /// mapped one as a copy (the memory tier holds memory, not mappings).
+    fn disk_body(
+        &self,
+        k: u64,
+        hash: [u8; 16],
+        record: &MetaRecord,
+        header: &ResponseHeader,
+        body: Body,
+    ) -> Bytes {
+        let (promote, body) = match body {
+            Body::Read(read) => (Some(read.clone()), read),
+            Body::Mapped(mapped) => {
+                let sent_from_file = Sendfile::offer(&mapped);
+                let copy = (!sent_from_file).then(|| Bytes::copy_from_slice(mapped.as_slice()));
+                (copy, MappedBody::bytes(&mapped))
+            }
+        };
+        if let Some(body) = promote {
+            let obj = Arc::new(MemObject {
+                hash,
+                url: record.url.clone(),
+                meta: record.meta.clone(),
+                header: header.clone(),
+                body,
+            });
+            self.memory.put(k, obj);
+        }
+        body
     }
 
     /// Purges every object whose URL key satisfies `pred`; returns how many.
@@ -184,7 +229,23 @@ impl Storage for TieredStorage {
         };
         let hex = hex::encode(bin);
         match disk.load(k, &hex).await {
-            Ok(Some((record, body))) => {
+            Ok(Some(Loaded::Kept(kept))) => {
+                self.metrics.hits_locked.inc();
+                let meta = hit_meta(&kept.record.meta.0, &kept.header)?;
+                let body = self.disk_body(
+                    k,
+                    bin,
+                    &kept.record,
+                    &kept.header,
+                    Body::Mapped(kept.body.clone()),
+                );
+                Ok(Some((meta, Box::new(CompleteHit::new(body)))))
+            }
+            Ok(Some(Loaded::Checked {
+                record,
+                body,
+                ticket,
+            })) => {
                 let meta = match CacheMeta::deserialize(&record.meta.0, &record.meta.1) {
                     Ok(m) => m,
                     Err(e) => {
@@ -194,29 +255,16 @@ impl Storage for TieredStorage {
                         return Ok(None);
                     }
                 };
-                // A mapped body a plaintext connection will `sendfile` costs
-                // less from the page cache than a memory hit would (a copy
-                // into the socket): it is not promoted. Others are; a mapped
-                // one as a copy (the memory tier holds memory, not mappings).
-                let (promote, body) = match body {
-                    Body::Read(read) => (Some(read.clone()), read),
-                    Body::Mapped(mapped) => {
-                        let sent_from_file = Sendfile::offer(&mapped);
-                        let copy =
-                            (!sent_from_file).then(|| Bytes::copy_from_slice(mapped.as_slice()));
-                        (copy, MappedBody::bytes(&mapped))
-                    }
-                };
-                if let Some(body) = promote {
-                    let obj = Arc::new(MemObject {
-                        hash: bin,
-                        url: record.url,
-                        meta: record.meta,
-                        header: meta.response_header_copy(),
-                        body,
-                    });
-                    self.memory.put(k, obj);
+                let header = meta.response_header_copy();
+                if let (Some(ticket), Body::Mapped(mapped)) = (ticket, &body) {
+                    let kept = Kept {
+                        record: record.clone(),
+                        header: header.clone(),
+                        body: mapped.clone(),
+                    };
+                    disk.keep(k, ticket, kept);
                 }
+                let body = self.disk_body(k, bin, &record, &header, body);
                 self.metrics.hits_disk.inc();
                 Ok(Some((meta, Box::new(CompleteHit::new(body)))))
             }
@@ -334,7 +382,7 @@ impl Storage for TieredStorage {
             updated = true;
         }
         if let Some(disk) = &self.disk {
-            match disk.update_meta(&hex, serialized).await {
+            match disk.update_meta(k, &hex, serialized).await {
                 Ok(u) => updated |= u,
                 Err(e) => {
                     tracing::error!(key = %hex, error = %e, "could not update cached meta on disk");
