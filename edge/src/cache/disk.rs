@@ -261,6 +261,11 @@ impl DiskTier {
             None => None,
         };
         let (size, ticket) = match indexed {
+            // The tier key is 64 bits of the hash: a crafted collision
+            // must not be served another key's body.
+            Some(Err(kept)) if kept.record.hash_hex != hash_hex => {
+                return Err(CorruptObject::WrongKey.into());
+            }
             Some(Err(kept)) => {
                 self.policy.get(&key);
                 if let Some(locked) = &self.locked {

@@ -241,6 +241,14 @@ mod tests {
             tier.metrics_for_tests().uring_submissions.get(),
             submissions
         );
+        // Another key sharing the 64-bit tier key is not given this body.
+        let other = hex::encode([0xee; 16]);
+        assert!(matches!(
+            tier.load(key, &other).await,
+            Err(super::super::disk::LoadError::Corrupt(
+                super::super::object::CorruptObject::WrongKey
+            ))
+        ));
 
         assert!(tier.remove(key, &rec.hash_hex).await);
         assert_eq!(locked_bytes(&tier), 0, "a purge unlocks the body");
