@@ -151,13 +151,14 @@ impl TieredStorage {
     /// will `sendfile` costs less from the page cache than a memory hit
     /// would (a copy into the socket): it is not promoted. Others are; a
     /// mapped one as a copy (the memory tier holds memory, not mappings).
+    /// `entry` gives the record and header a promoted copy is kept with;
+    /// it is called only then.
     fn disk_body(
         &self,
         k: u64,
         hash: [u8; 16],
-        record: &MetaRecord,
-        header: &ResponseHeader,
         body: Body,
+        entry: impl FnOnce() -> (MetaRecord, ResponseHeader),
     ) -> Bytes {
         let (promote, body) = match body {
             Body::Read(read) => (Some(read.clone()), read),
@@ -168,11 +169,12 @@ impl TieredStorage {
             }
         };
         if let Some(body) = promote {
+            let (record, header) = entry();
             let obj = Arc::new(MemObject {
                 hash,
-                url: record.url.clone(),
-                meta: record.meta.clone(),
-                header: header.clone(),
+                url: record.url,
+                meta: record.meta,
+                header,
                 body,
             });
             self.memory.put(k, obj);
@@ -232,13 +234,9 @@ impl Storage for TieredStorage {
             Ok(Some(Loaded::Kept(kept))) => {
                 self.metrics.hits_locked.inc();
                 let meta = hit_meta(&kept.record.meta.0, &kept.header)?;
-                let body = self.disk_body(
-                    k,
-                    bin,
-                    &kept.record,
-                    &kept.header,
-                    Body::Mapped(kept.body.clone()),
-                );
+                let body = self.disk_body(k, bin, Body::Mapped(kept.body.clone()), || {
+                    (kept.record.clone(), kept.header.clone())
+                });
                 Ok(Some((meta, Box::new(CompleteHit::new(body)))))
             }
             Ok(Some(Loaded::Checked {
@@ -255,16 +253,15 @@ impl Storage for TieredStorage {
                         return Ok(None);
                     }
                 };
-                let header = meta.response_header_copy();
                 if let (Some(ticket), Body::Mapped(mapped)) = (ticket, &body) {
                     let kept = Kept {
                         record: record.clone(),
-                        header: header.clone(),
+                        header: meta.response_header_copy(),
                         body: mapped.clone(),
                     };
                     disk.keep(k, ticket, kept);
                 }
-                let body = self.disk_body(k, bin, &record, &header, body);
+                let body = self.disk_body(k, bin, body, || (record, meta.response_header_copy()));
                 self.metrics.hits_disk.inc();
                 Ok(Some((meta, Box::new(CompleteHit::new(body)))))
             }
