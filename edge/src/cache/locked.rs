@@ -34,7 +34,7 @@ use super::mapped::MappedBody;
 use super::object::MetaRecord;
 use parking_lot::Mutex;
 use pingora_http::ResponseHeader;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -68,6 +68,19 @@ struct Clock {
     residents: HashMap<u64, Resident>,
     weight: usize,
     limit: usize,
+}
+
+impl Clock {
+    /// Drops the ring's places of removed residents (and the older place
+    /// of one removed and admitted again), so a set that never fills,
+    /// where the hand never moves, cannot grow its ring without bound.
+    fn compact(&mut self) {
+        let Clock {
+            ring, residents, ..
+        } = self;
+        let mut seen = HashSet::new();
+        ring.retain(|key| residents.contains_key(key) && seen.insert(*key));
+    }
 }
 
 struct Resident {
@@ -131,6 +144,9 @@ impl LockedSet {
         }
         // A newcomer counts as used: it survives the hand's next pass.
         clock.residents.insert(key, Resident { weight, used: true });
+        if clock.ring.len() > 2 * clock.residents.len() + 64 {
+            clock.compact();
+        }
         clock.ring.push_back(key);
         clock.weight += weight_blocks;
         (true, out)
@@ -148,11 +164,8 @@ impl LockedSet {
         if let Some(r) = clock.residents.remove(&key) {
             clock.weight -= usize::from(r.weight);
         }
-        // Its place in the ring is dropped when the hand reaches it; a
-        // ring of only such places is cleared here so it cannot grow.
-        if clock.residents.is_empty() {
-            clock.ring.clear();
-        }
+        // Its place in the ring goes when the hand reaches it, or when
+        // the ring is compacted.
     }
 
     /// Logs a refused lock once, with what to change.
@@ -352,5 +365,15 @@ mod tests {
         // A removed resident's blocks are free again.
         set.remove(2);
         assert_eq!(set.admit(3, 4), (true, vec![]));
+        // Removed residents' places do not pile up in a set that never
+        // fills (the hand never moves there).
+        let roomy = LockedSet::new(100 * 4096).unwrap();
+        assert_eq!(roomy.admit(1, 1), (true, vec![]));
+        for key in 100..10_000 {
+            assert_eq!(roomy.admit(key, 1), (true, vec![]));
+            roomy.remove(key);
+        }
+        assert!(roomy.clock.lock().ring.len() <= 2 * 2 + 64 + 1);
+        assert_eq!(roomy.admit(1, 1), (true, vec![]), "the resident stays");
     }
 }
